@@ -1,0 +1,202 @@
+#include "structure.h"
+#include "elements.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEG (M_PI / 180.0)
+
+int nesf_lattice_from_params(const nesf_cellpar *p, nesf_lattice *out, nesf_error *err)
+{
+    double ca = cos(p->alpha * DEG), cb = cos(p->beta * DEG);
+    double cg = cos(p->gamma * DEG), sg = sin(p->gamma * DEG);
+    if (!(p->a > 0 && p->b > 0 && p->c > 0) || !(fabs(sg) > 1e-8))
+        return nesf_fail(err, NESF_ERR_INVALID, "invalid cell parameters");
+    double cx = cb, cy = (ca - cb * cg) / sg;
+    double cz2 = 1.0 - cx * cx - cy * cy;
+    if (!(cz2 > 1e-12))
+        return nesf_fail(err, NESF_ERR_INVALID,
+                         "cell angles %.3f %.3f %.3f do not form a cell",
+                         p->alpha, p->beta, p->gamma);
+    memset(out, 0, sizeof *out);
+    out->m[0][0] = p->a;
+    out->m[1][0] = p->b * cg;
+    out->m[1][1] = p->b * sg;
+    out->m[2][0] = p->c * cx;
+    out->m[2][1] = p->c * cy;
+    out->m[2][2] = p->c * sqrt(cz2);
+    return NESF_OK;
+}
+
+static double norm3(const double v[3]) { return sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]); }
+
+static double angle_deg(const double u[3], const double v[3])
+{
+    double c = (u[0] * v[0] + u[1] * v[1] + u[2] * v[2]) / (norm3(u) * norm3(v));
+    if (c > 1) c = 1;
+    if (c < -1) c = -1;
+    return acos(c) / DEG;
+}
+
+void nesf_lattice_params(const nesf_lattice *l, nesf_cellpar *out)
+{
+    out->a = norm3(l->m[0]);
+    out->b = norm3(l->m[1]);
+    out->c = norm3(l->m[2]);
+    out->alpha = angle_deg(l->m[1], l->m[2]);
+    out->beta = angle_deg(l->m[0], l->m[2]);
+    out->gamma = angle_deg(l->m[0], l->m[1]);
+}
+
+static double det3(const double m[3][3])
+{
+    return m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) -
+           m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+           m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+}
+
+double nesf_lattice_volume(const nesf_lattice *l) { return fabs(det3(l->m)); }
+
+int nesf_lattice_inverse(const nesf_lattice *l, double inv[3][3], nesf_error *err)
+{
+    const double (*m)[3] = l->m;
+    double d = det3(l->m);
+    if (!isfinite(d) || fabs(d) < 1e-9)
+        return nesf_fail(err, NESF_ERR_INVALID, "lattice is singular (volume %g)", fabs(d));
+    inv[0][0] = (m[1][1] * m[2][2] - m[1][2] * m[2][1]) / d;
+    inv[0][1] = (m[0][2] * m[2][1] - m[0][1] * m[2][2]) / d;
+    inv[0][2] = (m[0][1] * m[1][2] - m[0][2] * m[1][1]) / d;
+    inv[1][0] = (m[1][2] * m[2][0] - m[1][0] * m[2][2]) / d;
+    inv[1][1] = (m[0][0] * m[2][2] - m[0][2] * m[2][0]) / d;
+    inv[1][2] = (m[0][2] * m[1][0] - m[0][0] * m[1][2]) / d;
+    inv[2][0] = (m[1][0] * m[2][1] - m[1][1] * m[2][0]) / d;
+    inv[2][1] = (m[0][1] * m[2][0] - m[0][0] * m[2][1]) / d;
+    inv[2][2] = (m[0][0] * m[1][1] - m[0][1] * m[1][0]) / d;
+    return NESF_OK;
+}
+
+void nesf_lattice_frac_to_cart(const nesf_lattice *l, const double f[3], double c[3])
+{
+    for (int k = 0; k < 3; k++)
+        c[k] = f[0] * l->m[0][k] + f[1] * l->m[1][k] + f[2] * l->m[2][k];
+}
+
+nesf_structure *nesf_structure_new(int capacity)
+{
+    nesf_structure *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    if (nesf_structure_reserve(s, capacity > 0 ? capacity : 4) != NESF_OK) {
+        nesf_structure_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void nesf_structure_free(nesf_structure *s)
+{
+    if (!s) return;
+    free(s->z);
+    free(s->frac);
+    free(s->cart);
+    free(s);
+}
+
+int nesf_structure_reserve(nesf_structure *s, int capacity)
+{
+    if (capacity <= s->cap) return NESF_OK;
+    int *z = realloc(s->z, (size_t)capacity * sizeof *z);
+    if (!z) return NESF_ERR_NOMEM;
+    s->z = z;
+    double *f = realloc(s->frac, (size_t)capacity * 3 * sizeof *f);
+    if (!f) return NESF_ERR_NOMEM;
+    s->frac = f;
+    double *c = realloc(s->cart, (size_t)capacity * 3 * sizeof *c);
+    if (!c) return NESF_ERR_NOMEM;
+    s->cart = c;
+    s->cap = capacity;
+    return NESF_OK;
+}
+
+nesf_structure *nesf_structure_copy(const nesf_structure *s)
+{
+    nesf_structure *c = nesf_structure_new(s->n);
+    if (!c) return NULL;
+    memcpy(c->id, s->id, sizeof c->id);
+    c->lat = s->lat;
+    c->n = s->n;
+    if (s->n) {
+        memcpy(c->z, s->z, (size_t)s->n * sizeof *s->z);
+        memcpy(c->frac, s->frac, (size_t)s->n * 3 * sizeof *s->frac);
+        memcpy(c->cart, s->cart, (size_t)s->n * 3 * sizeof *s->cart);
+    }
+    return c;
+}
+
+static int grow(nesf_structure *s, nesf_error *err)
+{
+    if (s->n < s->cap) return NESF_OK;
+    if (nesf_structure_reserve(s, s->cap ? 2 * s->cap : 4) != NESF_OK)
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory adding a site");
+    return NESF_OK;
+}
+
+int nesf_structure_add_site(nesf_structure *s, int z, const double frac[3], nesf_error *err)
+{
+    if (grow(s, err)) return NESF_ERR_NOMEM;
+    s->z[s->n] = z;
+    memcpy(s->frac + 3 * s->n, frac, 3 * sizeof *frac);
+    nesf_lattice_frac_to_cart(&s->lat, frac, s->cart + 3 * s->n);
+    s->n++;
+    return NESF_OK;
+}
+
+int nesf_structure_add_site_cart(nesf_structure *s, int z, const double cart[3], nesf_error *err)
+{
+    double inv[3][3];
+    int rc = nesf_lattice_inverse(&s->lat, inv, err);
+    if (rc) return rc;
+    if (grow(s, err)) return NESF_ERR_NOMEM;
+    double *f = s->frac + 3 * s->n;
+    for (int k = 0; k < 3; k++)
+        f[k] = cart[0] * inv[0][k] + cart[1] * inv[1][k] + cart[2] * inv[2][k];
+    s->z[s->n] = z;
+    memcpy(s->cart + 3 * s->n, cart, 3 * sizeof *cart);
+    s->n++;
+    return NESF_OK;
+}
+
+void nesf_structure_update_cart(nesf_structure *s)
+{
+    for (int i = 0; i < s->n; i++)
+        nesf_lattice_frac_to_cart(&s->lat, s->frac + 3 * i, s->cart + 3 * i);
+}
+
+void nesf_structure_wrap(nesf_structure *s)
+{
+    for (int i = 0; i < 3 * s->n; i++) {
+        double f = s->frac[i] - floor(s->frac[i]);
+        /* floor of -1e-17 leaves 1.0: fold it back to 0 */
+        s->frac[i] = f >= 1.0 ? 0.0 : f;
+    }
+    nesf_structure_update_cart(s);
+}
+
+int nesf_structure_validate(const nesf_structure *s, nesf_error *err)
+{
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++)
+            if (!isfinite(s->lat.m[i][j]))
+                return nesf_fail(err, NESF_ERR_INVALID, "lattice has a non-finite entry");
+    double v = nesf_lattice_volume(&s->lat);
+    if (!(v > 1e-6))
+        return nesf_fail(err, NESF_ERR_INVALID, "cell volume %g is not positive", v);
+    for (int i = 0; i < s->n; i++) {
+        if (s->z[i] < 1 || s->z[i] > NESF_MAX_Z)
+            return nesf_fail(err, NESF_ERR_INVALID, "site %d: atomic number %d out of range", i + 1, s->z[i]);
+        for (int k = 0; k < 3; k++)
+            if (!isfinite(s->frac[3 * i + k]) || !isfinite(s->cart[3 * i + k]))
+                return nesf_fail(err, NESF_ERR_INVALID, "site %d: non-finite coordinate", i + 1);
+    }
+    return NESF_OK;
+}

@@ -1,0 +1,15 @@
+/* nesf bench <what> - dispatches to the benchmarks; each prints figures. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+int nesf_cmd_bench(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help")) {
+        printf("usage: nesf bench <load|field|train|decode> [options]\n");
+        return argc < 2 ? 2 : 0;
+    }
+    fprintf(stderr, "nesf bench: unknown benchmark '%s'\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,10 @@
+/* commands.h - subcommands of the offline `nesf` tool, one file each
+ * (cmd_<name>.c).  Each returns the process exit status: 0 success,
+ * 1 failure reported on stderr, 2 usage error. */
+#ifndef NESF_COMMANDS_H
+#define NESF_COMMANDS_H
+
+int nesf_cmd_convert(int argc, char **argv);
+int nesf_cmd_bench(int argc, char **argv);
+
+#endif

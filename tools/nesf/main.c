@@ -1,0 +1,46 @@
+/* nesf - the offline tool: train, eval, encode, decode, convert, bench. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"convert", nesf_cmd_convert, "convert a CIF/JSON structure to JSON, CIF or pymatgen JSON"},
+    {"bench", nesf_cmd_bench, "benchmarks (load, field, train, decode)"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: nesf <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n`nesf <command> --help` describes a command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("nesf %s\n", NESF_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "nesf: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
