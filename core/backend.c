@@ -58,7 +58,7 @@ void *nesf_arena_alloc(nesf_arena *a, size_t bytes)
     }
     if (a->nblk == (int)(sizeof a->blk / sizeof a->blk[0])) return NULL;
     size_t cap = bytes;
-    if (a->nblk && a->blk[a->nblk - 1].cap > cap) cap = a->blk[a->nblk - 1].cap;
+    if (a->nblk && 2 * a->blk[a->nblk - 1].cap > cap) cap = 2 * a->blk[a->nblk - 1].cap;
     if (cap < ((size_t)1 << 20)) cap = (size_t)1 << 20;
     char *base = a->be->ops->alloc(a->be, cap);
     if (!base) return NULL;
@@ -83,9 +83,10 @@ int nesf_arena_reset(nesf_arena *a)
         if (a->nblk) a->blk[0].used = 0;
         return NESF_OK;
     }
-    /* the last step overflowed into several blocks: merge into one */
+    /* the last step overflowed into several blocks: merge into one with
+     * headroom, since steps vary in size (batches differ in atom count) */
     nesf_arena_release(a);
-    size_t cap = a->peak + a->peak / 8;
+    size_t cap = a->peak + a->peak / 2;
     char *base = a->be->ops->alloc(a->be, cap);
     if (!base) return NESF_ERR_NOMEM;
     a->blk[0] = (nesf_arena_block){base, cap, 0};

@@ -424,8 +424,10 @@ int nesf_trainer_save(nesf_trainer *t, const nesf_train_state *st, const char *p
     be->ops->sync(be);
     int64_t shape[1] = {(int64_t)net->nparams};
     snprintf(state, sizeof state,
-             "{\"epoch\":%d,\"step\":%ld,\"adam_t\":%ld,\"best_val\":%.17g,\"best_epoch\":%d,\"seconds\":%.3f}",
-             st->epoch, st->step, t->t, isfinite(st->best_val) ? st->best_val : 1e300, st->best_epoch, st->seconds);
+             "{\"epoch\":%d,\"batch\":%d,\"step\":%ld,\"adam_t\":%ld,\"best_val\":%.17g,"
+             "\"best_epoch\":%d,\"seconds\":%.3f,\"acc_loss\":%.17g}",
+             st->epoch, st->batch, st->step, t->t, isfinite(st->best_val) ? st->best_val : 1e300,
+             st->best_epoch, st->seconds, st->acc_loss);
     rc = nesf_st_writer_add(w, "trainer.adam_m", NESF_ST_F32, 1, shape, mh, err);
     if (!rc) rc = nesf_st_writer_add(w, "trainer.adam_v", NESF_ST_F32, 1, shape, vh, err);
     if (!rc) rc = nesf_st_writer_meta(w, "train_state", state, err);
@@ -455,13 +457,16 @@ int nesf_trainer_load(nesf_trainer *t, nesf_train_state *st, const char *path, n
     if (!rc) {
         json_error_t je;
         json_t *o = json_loads(state, 0, &je);
-        json_int_t ep, step, at, be_ep;
-        double bv, secs;
-        if (!o || json_unpack(o, "{s:I, s:I, s:I, s:F, s:I, s:F}", "epoch", &ep, "step", &step, "adam_t", &at,
-                              "best_val", &bv, "best_epoch", &be_ep, "seconds", &secs)) {
+        json_int_t ep, bt, step, at, be_ep;
+        double bv, secs, acc;
+        if (!o || json_unpack(o, "{s:I, s:I, s:I, s:I, s:F, s:I, s:F, s:F}", "epoch", &ep, "batch", &bt,
+                              "step", &step, "adam_t", &at, "best_val", &bv, "best_epoch", &be_ep,
+                              "seconds", &secs, "acc_loss", &acc)) {
             rc = nesf_fail(err, NESF_ERR_FORMAT, "bad train_state in checkpoint");
         } else {
             st->epoch = (int)ep;
+            st->batch = (int)bt;
+            st->acc_loss = acc;
             st->step = (long)step;
             st->best_val = bv >= 1e300 ? INFINITY : bv;
             st->best_epoch = (int)be_ep;

@@ -24,6 +24,16 @@ typedef struct nesf_train_config {
 } nesf_train_config;
 
 void nesf_train_config_paper(nesf_train_config *c);
+
+/* Derives independent seeds (per epoch, batch, purpose) from one seed, so
+ * a resumed run draws exactly what an uninterrupted one would. */
+static inline uint64_t nesf_seed_mix(uint64_t a, uint64_t b)
+{
+    uint64_t x = a ^ (b + 0x9E3779B97F4A7C15ull + (a << 6) + (a >> 2));
+    x ^= x >> 33; x *= 0xFF51AFD7ED558CCDull;
+    x ^= x >> 33; x *= 0xC4CEB9FE1A85EC53ull;
+    return x ^ (x >> 33);
+}
 /* Reads the "training" part of a config file; absent keys keep values. */
 int nesf_train_config_load(const char *path, nesf_train_config *c, nesf_error *err);
 char *nesf_train_config_to_json(const nesf_train_config *c);
@@ -67,7 +77,9 @@ long nesf_trainer_steps(const nesf_trainer *t);
 /* Training state beside the weights, for exact resumption. */
 typedef struct nesf_train_state {
     int epoch;          /* epochs completed */
+    int batch;          /* batches done in the current epoch (mid-epoch stop) */
     long step;          /* Adam steps taken */
+    double acc_loss;    /* running sum of the current epoch's batch losses */
     double best_val;    /* best validation loss so far (INFINITY if none) */
     int best_epoch;
     double seconds;     /* training wall time so far */
