@@ -153,7 +153,7 @@ static const char *const mlp_names[NESF_NUM_MLPS] = {
 static int widths_of(const int *hidden, int nh, int in, int out, int *w)
 {
     w[0] = in;
-    memcpy(w + 1, hidden, (size_t)nh * sizeof *w);
+    if (nh) memcpy(w + 1, hidden, (size_t)nh * sizeof *w);
     w[nh + 1] = out;
     return nh + 1;
 }

@@ -1,5 +1,6 @@
 #include "sample.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +20,8 @@ int nesf_arange_count(double lo, double hi, double step)
     double n = (hi - lo) / step;
     double r = floor(n + 0.5);
     /* treat values within rounding of an integer as that integer */
-    if (fabs(n - r) < 1e-6) return (int)r;
-    return (int)ceil(n);
+    if (fabs(n - r) < 1e-6) return r > INT_MAX ? INT_MAX : (int)r;
+    return n > INT_MAX ? INT_MAX : (int)ceil(n);
 }
 
 typedef struct rng {
