@@ -49,7 +49,7 @@ typedef struct nesf_model nesf_model;
 
 /* The paper's configuration (spec §3). */
 void nesf_model_config_paper(nesf_model_config *cfg);
-/* Reads the "model" part of a JSON config file (config/models/*.json);
+/* Reads the "model" part of a JSON config file (config/models/NAME.json);
  * missing keys keep the paper's values. */
 int nesf_model_config_load(const char *path, nesf_model_config *cfg, nesf_error *err);
 /* Serialises cfg as a JSON object string (caller frees). */

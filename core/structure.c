@@ -102,6 +102,13 @@ void nesf_structure_free(nesf_structure *s)
     free(s);
 }
 
+void nesf_structure_list_free(nesf_structure **list, int n)
+{
+    if (!list) return;
+    for (int i = 0; i < n; i++) nesf_structure_free(list[i]);
+    free(list);
+}
+
 int nesf_structure_reserve(nesf_structure *s, int capacity)
 {
     if (capacity <= s->cap) return NESF_OK;

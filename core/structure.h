@@ -44,6 +44,8 @@ void nesf_lattice_frac_to_cart(const nesf_lattice *l, const double f[3], double 
 nesf_structure *nesf_structure_new(int capacity);
 void nesf_structure_free(nesf_structure *s);
 nesf_structure *nesf_structure_copy(const nesf_structure *s);
+/* Frees list[0..n-1] and the list itself (the arrays readers return). */
+void nesf_structure_list_free(nesf_structure **list, int n);
 int nesf_structure_reserve(nesf_structure *s, int capacity);
 
 /* Appends a site; the other coordinate set is derived from the lattice,

@@ -10,6 +10,7 @@ int nesf_cmd_bench(int argc, char **argv)
         printf("usage: nesf bench <load|field|train|decode> [options]\n");
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "load")) return nesf_bench_load(argc - 1, argv + 1);
     fprintf(stderr, "nesf bench: unknown benchmark '%s'\n", argv[1]);
     return 2;
 }

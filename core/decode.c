@@ -1,0 +1,767 @@
+/* decode.c - the reconstruction algorithm on an abstract field, its
+ * options, NMS and the ground-truth field.  See decode.h. */
+#include "decode.h"
+
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- options ---- */
+
+void nesf_decode_opts_default(nesf_decode_opts *o)
+{
+    o->grid_step = 0.5f;
+    o->grid_pad = 0.5f;
+    o->iterations = 64;
+    o->score_max = 0.9f;
+    o->nms_radius = 0.5f;
+    o->nms_min_count = 10;
+    o->species_lo = -0.3f;
+    o->species_hi = 0.3f;
+    o->species_step = 0.1f;
+    o->max_atoms = 1024;
+    o->max_particles = 1 << 21;
+    o->batch_particles = 1L << 20;
+}
+
+typedef struct opt_desc {
+    const char *key;
+    char type; /* 'f' float, 'i' int, 'l' long */
+    size_t off;
+    double lo, hi;
+} opt_desc;
+
+#define OPT(k, t, lo, hi) {#k, t, offsetof(nesf_decode_opts, k), lo, hi}
+static const opt_desc opt_table[] = {
+    OPT(grid_step, 'f', 0.05, 5.0),
+    OPT(grid_pad, 'f', 0.0, 20.0),
+    OPT(iterations, 'i', 1, 4096),
+    OPT(score_max, 'f', 1e-3, 100.0),
+    OPT(nms_radius, 'f', 1e-2, 10.0),
+    OPT(nms_min_count, 'i', 1, 1e6),
+    OPT(species_lo, 'f', -5.0, 5.0),
+    OPT(species_hi, 'f', -5.0, 5.0),
+    OPT(species_step, 'f', 1e-2, 5.0),
+    OPT(max_atoms, 'i', 1, 100000),
+    OPT(max_particles, 'i', 1, 1 << 24),
+    OPT(batch_particles, 'l', 1, 1L << 28),
+};
+#undef OPT
+#define N_OPTS ((int)(sizeof opt_table / sizeof opt_table[0]))
+
+/* Most points per atom of the species vote (32³). */
+#define MAX_SPECIES_POINTS 32768
+
+static double opt_get(const nesf_decode_opts *o, const opt_desc *d)
+{
+    const char *p = (const char *)o + d->off;
+    switch (d->type) {
+    case 'f': return *(const float *)p;
+    case 'i': return *(const int *)p;
+    default: return (double)*(const long *)p;
+    }
+}
+
+static void opt_set(nesf_decode_opts *o, const opt_desc *d, double v)
+{
+    char *p = (char *)o + d->off;
+    switch (d->type) {
+    case 'f': *(float *)p = (float)v; break;
+    case 'i': *(int *)p = (int)v; break;
+    default: *(long *)p = (long)v; break;
+    }
+}
+
+int nesf_arange_count(double lo, double hi, double step)
+{
+    if (!(step > 0) || !(hi > lo)) return 0;
+    double n = ceil((hi - lo) / step - 1e-6);
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+int nesf_decode_opts_check(const nesf_decode_opts *o, nesf_error *err)
+{
+    for (int i = 0; i < N_OPTS; i++) {
+        double v = opt_get(o, &opt_table[i]);
+        if (!(v >= opt_table[i].lo && v <= opt_table[i].hi))
+            return nesf_fail(err, NESF_ERR_INVALID, "decode option %s = %g is outside [%g, %g]",
+                             opt_table[i].key, v, opt_table[i].lo, opt_table[i].hi);
+    }
+    if (!(o->species_lo < o->species_hi))
+        return nesf_fail(err, NESF_ERR_INVALID,
+                         "decode options: species_lo (%g) must be below species_hi (%g)",
+                         o->species_lo, o->species_hi);
+    long ns = nesf_arange_count(o->species_lo, o->species_hi, o->species_step);
+    if (ns * ns * ns > MAX_SPECIES_POINTS)
+        return nesf_fail(err, NESF_ERR_INVALID,
+                         "decode options: species grid of %ld³ points per atom exceeds %d",
+                         ns, MAX_SPECIES_POINTS);
+    return NESF_OK;
+}
+
+int nesf_decode_opts_from_json(nesf_decode_opts *o, const struct json_t *obj, nesf_error *err)
+{
+    if (!obj || !json_is_object(obj))
+        return nesf_fail(err, NESF_ERR_INVALID, "decode options must be a JSON object");
+    nesf_decode_opts t = *o;
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)obj, key, val) {
+        const opt_desc *d = NULL;
+        for (int i = 0; i < N_OPTS && !d; i++)
+            if (!strcmp(opt_table[i].key, key)) d = &opt_table[i];
+        if (!d) return nesf_fail(err, NESF_ERR_INVALID, "unknown decode option \"%.64s\"", key);
+        double v;
+        if (d->type == 'f') {
+            if (!json_is_number(val))
+                return nesf_fail(err, NESF_ERR_INVALID, "decode option %s must be a number", key);
+            v = json_number_value(val);
+        } else {
+            if (!json_is_integer(val))
+                return nesf_fail(err, NESF_ERR_INVALID, "decode option %s must be an integer", key);
+            v = (double)json_integer_value(val);
+        }
+        if (!(v >= d->lo && v <= d->hi))
+            return nesf_fail(err, NESF_ERR_INVALID, "decode option %s = %g is outside [%g, %g]",
+                             key, v, d->lo, d->hi);
+        opt_set(&t, d, v);
+    }
+    int rc = nesf_decode_opts_check(&t, err);
+    if (rc) return rc;
+    *o = t;
+    return NESF_OK;
+}
+
+int nesf_decode_opts_from_text(nesf_decode_opts *o, const char *text, nesf_error *err)
+{
+    json_error_t je;
+    json_t *obj = json_loads(text, 0, &je);
+    if (!obj)
+        return nesf_fail(err, NESF_ERR_PARSE, "decode options: %s (line %d)", je.text, je.line);
+    int rc = nesf_decode_opts_from_json(o, obj, err);
+    json_decref(obj);
+    return rc;
+}
+
+char *nesf_decode_opts_to_json(const nesf_decode_opts *o)
+{
+    json_t *obj = json_object();
+    if (!obj) return NULL;
+    for (int i = 0; i < N_OPTS; i++) {
+        double v = opt_get(o, &opt_table[i]);
+        json_object_set_new(obj, opt_table[i].key,
+                            opt_table[i].type == 'f' ? json_real(v) : json_integer((json_int_t)v));
+    }
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(7));
+    json_decref(obj);
+    return s;
+}
+
+/* ---- non-max suppression ---- */
+
+typedef struct cell_entry {
+    uint64_t key;
+    int idx;
+} cell_entry;
+
+/* Cell coordinates are clamped to 21 bits; clamping keeps neighbouring
+ * cells neighbours, so it only costs speed for particles ~500 000 cells
+ * away, never correctness. */
+#define CELL_BIAS (1 << 20)
+#define CELL_MAX ((1 << 21) - 1)
+
+static int cell_coord(float v, double inv)
+{
+    double c = floor(v * inv) + CELL_BIAS;
+    if (c < 0) c = 0;
+    if (c > CELL_MAX) c = CELL_MAX;
+    return (int)c;
+}
+
+static uint64_t cell_key(int x, int y, int z)
+{
+    return ((uint64_t)x << 42) | ((uint64_t)y << 21) | (uint64_t)z;
+}
+
+static int cmp_cell(const void *a, const void *b)
+{
+    const cell_entry *x = a, *y = b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return x->idx - y->idx;
+}
+
+typedef struct score_entry {
+    float s;
+    int idx;
+} score_entry;
+
+static int cmp_score(const void *a, const void *b)
+{
+    const score_entry *x = a, *y = b;
+    if (x->s != y->s) return x->s < y->s ? -1 : 1;
+    return x->idx - y->idx;
+}
+
+static int finite3(const float *p) { return isfinite(p[0]) && isfinite(p[1]) && isfinite(p[2]); }
+
+int nesf_nms(int n, const float *pos, const float *s, float radius, int min_count,
+             int max_out, float *atoms, int *more)
+{
+    if (more) *more = 0;
+    if (n <= 0) return 0;
+    cell_entry *cells = malloc((size_t)n * sizeof *cells);
+    score_entry *order = malloc((size_t)n * sizeof *order);
+    int (*cc)[3] = malloc((size_t)n * sizeof *cc);
+    unsigned char *alive = calloc((size_t)n, 1);
+    if (!cells || !order || !cc || !alive) {
+        free(cells); free(order); free(cc); free(alive);
+        return -1;
+    }
+    double inv = 1.0 / radius, r2 = (double)radius * radius;
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(s[i]) || !finite3(pos + 3 * i)) continue;
+        for (int k = 0; k < 3; k++) cc[i][k] = cell_coord(pos[3 * i + k], inv);
+        cells[m] = (cell_entry){cell_key(cc[i][0], cc[i][1], cc[i][2]), i};
+        order[m] = (score_entry){s[i], i};
+        alive[i] = 1;
+        m++;
+    }
+    qsort(cells, (size_t)m, sizeof *cells, cmp_cell);
+    qsort(order, (size_t)m, sizeof *order, cmp_score);
+
+    int na = 0;
+    for (int o = 0; o < m; o++) {
+        int i = order[o].idx;
+        if (!alive[i]) continue;
+        const float *pi = pos + 3 * i;
+        double acc[3] = {0, 0, 0}, wsum = 0;
+        int cnt = 0;
+        for (int dx = -1; dx <= 1; dx++)
+            for (int dy = -1; dy <= 1; dy++)
+                for (int dz = -1; dz <= 1; dz++) {
+                    int x = cc[i][0] + dx, y = cc[i][1] + dy, z = cc[i][2] + dz;
+                    if (x < 0 || y < 0 || z < 0 || x > CELL_MAX || y > CELL_MAX || z > CELL_MAX)
+                        continue;
+                    uint64_t key = cell_key(x, y, z);
+                    int lo = 0, hi = m; /* first entry with key >= key */
+                    while (lo < hi) {
+                        int mid = lo + (hi - lo) / 2;
+                        if (cells[mid].key < key) lo = mid + 1; else hi = mid;
+                    }
+                    for (int e = lo; e < m && cells[e].key == key; e++) {
+                        int j = cells[e].idx;
+                        if (!alive[j]) continue;
+                        const float *pj = pos + 3 * j;
+                        double d0 = pj[0] - pi[0], d1 = pj[1] - pi[1], d2 = pj[2] - pi[2];
+                        if (d0 * d0 + d1 * d1 + d2 * d2 >= r2) continue;
+                        alive[j] = 0;
+                        /* softmax(-s) over the group; s[i] is its minimum */
+                        double w = exp(-((double)s[j] - s[i]));
+                        wsum += w;
+                        for (int k = 0; k < 3; k++) acc[k] += w * pj[k];
+                        cnt++;
+                    }
+                }
+        if (cnt < min_count) continue;
+        if (na == max_out) {
+            if (more) *more = 1;
+            continue;
+        }
+        for (int k = 0; k < 3; k++) atoms[3 * na + k] = (float)(acc[k] / wsum);
+        na++;
+    }
+    free(cells); free(order); free(cc); free(alive);
+    return na;
+}
+
+/* ---- the algorithm ---- */
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+/* Everything one decode call allocates, sized for its largest batch. */
+typedef struct decode_ws {
+    nesf_backend *be;
+    float *grid_d, *p_d, *f_d, *s_d, *sq_d, *sl_d;     /* backend */
+    float *grid_h, *p_h, *s_h, *kp_h, *ks_h, *atoms_h; /* host */
+    float *sq_h, *sl_h, *len_h, *ang_h, *sofs_h;
+    int *off, *natoms, *aoff, *sp_off, *cls, *votes;
+} decode_ws;
+
+static void ws_free(decode_ws *w)
+{
+    nesf_backend *be = w->be;
+    float *dev[] = {w->grid_d, w->p_d, w->f_d, w->s_d, w->sq_d, w->sl_d};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i]) be->ops->free(be, dev[i]);
+    void *host[] = {w->grid_h, w->p_h, w->s_h, w->kp_h, w->ks_h, w->atoms_h, w->sq_h, w->sl_h,
+                    w->len_h, w->ang_h, w->sofs_h, w->off, w->natoms, w->aoff, w->sp_off,
+                    w->cls, w->votes};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+static void free_outputs(nesf_structure **out, int n)
+{
+    for (int i = 0; i < n; i++) {
+        nesf_structure_free(out[i]);
+        out[i] = NULL;
+    }
+}
+
+/* Builds structure i from its lattice and atoms; NESF_ERR_INVALID for a
+ * degenerate lattice. */
+static int build_structure(const float len[3], const float ang[3], int na, const float *atoms,
+                           const int *cls, const int *species_z, nesf_structure **out,
+                           nesf_error *err)
+{
+    const double deg = 180.0 / M_PI;
+    nesf_cellpar p = {len[0], len[1], len[2], ang[0] * deg, ang[1] * deg, ang[2] * deg};
+    nesf_lattice lat;
+    double inv[3][3];
+    if (nesf_lattice_from_params(&p, &lat, err) || nesf_lattice_inverse(&lat, inv, err)) {
+        nesf_error_prefix(err, "predicted lattice (%.4g %.4g %.4g Å, %.4g %.4g %.4g°) is degenerate: ",
+                          p.a, p.b, p.c, p.alpha, p.beta, p.gamma);
+        return NESF_ERR_INVALID;
+    }
+    nesf_structure *s = nesf_structure_new(na);
+    if (!s) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory building a structure");
+    s->lat = lat;
+    for (int a = 0; a < na; a++) {
+        double c[3] = {atoms[3 * a], atoms[3 * a + 1], atoms[3 * a + 2]};
+        int rc = nesf_structure_add_site_cart(s, species_z[cls[a]], c, err);
+        if (rc) {
+            nesf_structure_free(s);
+            return rc;
+        }
+    }
+    *out = s;
+    return NESF_OK;
+}
+
+/* Index of the first maximum of x[0..n) (NaN never wins). */
+static int argmax(const float *x, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b] || (isnan(x[b]) && !isnan(x[i]))) b = i;
+    return b;
+}
+
+int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
+                      nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
+{
+    double t0 = now_ms();
+    nesf_decode_opts def;
+    if (!o) {
+        nesf_decode_opts_default(&def);
+        o = &def;
+    }
+    nesf_decode_stats stats;
+    memset(&stats, 0, sizeof stats);
+    int rc = nesf_decode_opts_check(o, err);
+    if (rc) return rc;
+    const int n = f->n, A = f->num_species;
+    for (int i = 0; i < n; i++) {
+        out[i] = NULL;
+        if (item_err) nesf_error_clear(&item_err[i]);
+    }
+    if (n <= 0) {
+        if (st) *st = stats;
+        return NESF_OK;
+    }
+
+    /* the particle grid, shared by every structure */
+    int gn[3];
+    double glo[3];
+    long G = 1;
+    for (int k = 0; k < 3; k++) {
+        glo[k] = (double)f->bbox_min[k] - o->grid_pad;
+        gn[k] = nesf_arange_count(glo[k], (double)f->bbox_max[k] + o->grid_pad, o->grid_step);
+        G *= gn[k];
+    }
+    if (G <= 0)
+        return nesf_fail(err, NESF_ERR_INVALID, "the particle grid over the bounding box is empty");
+    if (G > o->max_particles)
+        return nesf_fail(err, NESF_ERR_INVALID,
+                         "particle grid %dx%dx%d = %ld exceeds max_particles %d (raise grid_step)",
+                         gn[0], gn[1], gn[2], G, o->max_particles);
+    const int ns = nesf_arange_count(o->species_lo, o->species_hi, o->species_step);
+    const int P3 = ns * ns * ns;
+    long maxa = G / o->nms_min_count + 1;
+    if (maxa > o->max_atoms) maxa = o->max_atoms;
+    int Sb = (int)(o->batch_particles / G);
+    if (Sb < 1) Sb = 1;
+    if (Sb > n) Sb = n;
+    const size_t Q = (size_t)Sb * G;
+    /* species queries go through the field in chunks of whole atoms */
+    int chunk = (1 << 16) / P3;
+    if (chunk < 1) chunk = 1;
+
+    nesf_backend *be = f->be;
+    decode_ws w;
+    memset(&w, 0, sizeof w);
+    w.be = be;
+    const size_t fl = sizeof(float);
+    w.grid_d = be->ops->alloc(be, (size_t)G * 3 * fl);
+    w.p_d = be->ops->alloc(be, Q * 3 * fl);
+    w.f_d = be->ops->alloc(be, Q * 3 * fl);
+    w.s_d = be->ops->alloc(be, Q * fl);
+    w.sq_d = be->ops->alloc(be, (size_t)chunk * P3 * 3 * fl);
+    w.sl_d = be->ops->alloc(be, (size_t)chunk * P3 * A * fl);
+    w.grid_h = malloc((size_t)G * 3 * fl);
+    w.p_h = malloc(Q * 3 * fl);
+    w.s_h = malloc(Q * fl);
+    w.kp_h = malloc((size_t)G * 3 * fl);
+    w.ks_h = malloc((size_t)G * fl);
+    w.atoms_h = malloc((size_t)Sb * maxa * 3 * fl);
+    w.sq_h = malloc((size_t)chunk * P3 * 3 * fl);
+    w.sl_h = malloc((size_t)chunk * P3 * A * fl);
+    w.len_h = malloc((size_t)Sb * 3 * fl);
+    w.ang_h = malloc((size_t)Sb * 3 * fl);
+    w.sofs_h = malloc((size_t)P3 * 3 * fl);
+    w.off = malloc((size_t)(Sb + 1) * sizeof(int));
+    w.natoms = malloc((size_t)Sb * sizeof(int));
+    w.aoff = malloc((size_t)(Sb + 1) * sizeof(int));
+    w.sp_off = malloc((size_t)(Sb + 1) * sizeof(int));
+    w.cls = malloc((size_t)Sb * maxa * sizeof(int));
+    w.votes = malloc((size_t)A * sizeof(int));
+    if (!w.grid_d || !w.p_d || !w.f_d || !w.s_d || !w.sq_d || !w.sl_d || !w.grid_h || !w.p_h ||
+        !w.s_h || !w.kp_h || !w.ks_h || !w.atoms_h || !w.sq_h || !w.sl_h || !w.len_h ||
+        !w.ang_h || !w.sofs_h || !w.off || !w.natoms || !w.aoff || !w.sp_off || !w.cls ||
+        !w.votes) {
+        ws_free(&w);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory for decoding %d structures "
+                         "(%ld particles each)", n, G);
+    }
+    /* x slowest, z fastest, as numpy's meshgrid(indexing="ij") */
+    for (long g = 0; g < G; g++) {
+        long ix = g / ((long)gn[1] * gn[2]), iy = (g / gn[2]) % gn[1], iz = g % gn[2];
+        w.grid_h[3 * g] = (float)(glo[0] + ix * (double)o->grid_step);
+        w.grid_h[3 * g + 1] = (float)(glo[1] + iy * (double)o->grid_step);
+        w.grid_h[3 * g + 2] = (float)(glo[2] + iz * (double)o->grid_step);
+    }
+    for (int p = 0; p < P3; p++) {
+        int c[3] = {p / (ns * ns), (p / ns) % ns, p % ns};
+        for (int k = 0; k < 3; k++)
+            w.sofs_h[3 * p + k] = (float)(o->species_lo + c[k] * (double)o->species_step);
+    }
+    rc = be->ops->upload(be, w.grid_d, w.grid_h, (size_t)G * 3 * fl);
+    if (rc) {
+        nesf_fail(err, NESF_ERR_BACKEND, "uploading the particle grid failed");
+        goto fail;
+    }
+    const float r2max = o->score_max * o->score_max;
+
+    for (int b0 = 0; b0 < n; b0 += Sb) {
+        const int S = n - b0 < Sb ? n - b0 : Sb;
+        const size_t q = (size_t)S * G;
+        double t1 = now_ms();
+        for (int s = 0; s <= S; s++) w.off[s] = (int)(s * G);
+        for (int s = 0; s < S; s++)
+            if ((rc = be->ops->copy(be, w.p_d + (size_t)s * G * 3, w.grid_d, (size_t)G * 3 * fl))) {
+                nesf_fail(err, NESF_ERR_BACKEND, "copying particles failed");
+                goto fail;
+            }
+        /* step 3: the flow; the score is |f_p|² of the last step */
+        for (int it = 0; it < o->iterations; it++) {
+            if ((rc = f->position(f, b0, S, w.off, w.p_d, w.f_d, err))) goto fail;
+            be->ops->axpy(be, q * 3, 1.0f, w.f_d, w.p_d);
+        }
+        be->ops->row_sqnorm(be, (int)q, 3, w.f_d, 3, w.s_d);
+        if ((rc = be->ops->sync(be))) {
+            nesf_fail(err, NESF_ERR_BACKEND, "backend failed during the particle flow");
+            goto fail;
+        }
+        stats.field_evals += (long)q * o->iterations;
+        stats.particles += (long)q;
+        double t2 = now_ms();
+        stats.ms_flow += t2 - t1;
+
+        /* steps 4-5 on the host */
+        if (be->ops->download(be, w.p_h, w.p_d, q * 3 * fl) ||
+            be->ops->download(be, w.s_h, w.s_d, q * fl)) {
+            rc = nesf_fail(err, NESF_ERR_BACKEND, "downloading particles failed");
+            goto fail;
+        }
+        w.aoff[0] = 0;
+        for (int s = 0; s < S; s++) {
+            int kept = 0;
+            for (long g = 0; g < G; g++) {
+                size_t r = (size_t)s * G + g;
+                if (!(w.s_h[r] <= r2max)) continue; /* also drops NaN */
+                memcpy(w.kp_h + 3 * kept, w.p_h + 3 * r, 3 * fl);
+                w.ks_h[kept++] = w.s_h[r];
+            }
+            stats.kept += kept;
+            int more = 0;
+            int na = nesf_nms(kept, w.kp_h, w.ks_h, o->nms_radius, o->nms_min_count, (int)maxa,
+                              w.atoms_h + (size_t)w.aoff[s] * 3, &more);
+            if (na < 0) {
+                rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory in non-max suppression");
+                goto fail;
+            }
+            stats.truncated += more;
+            w.natoms[s] = na;
+            w.aoff[s + 1] = w.aoff[s] + na;
+        }
+        const int total = w.aoff[S];
+        stats.atoms += total;
+        double t3 = now_ms();
+        stats.ms_nms += t3 - t2;
+
+        /* step 6: species vote, chunks of whole atoms */
+        for (int a0 = 0; a0 < total; a0 += chunk) {
+            const int a1 = total - a0 < chunk ? total : a0 + chunk;
+            int sf = 0;
+            while (w.aoff[sf + 1] <= a0) sf++;
+            int sl = sf;
+            while (w.aoff[sl + 1] < a1) sl++;
+            const int Sc = sl - sf + 1;
+            for (int k = 0; k <= Sc; k++) {
+                int v = w.aoff[sf + k];
+                v = v < a0 ? a0 : v > a1 ? a1 : v;
+                w.sp_off[k] = (v - a0) * P3;
+            }
+            for (int a = a0; a < a1; a++)
+                for (int p = 0; p < P3; p++)
+                    for (int k = 0; k < 3; k++)
+                        w.sq_h[((size_t)(a - a0) * P3 + p) * 3 + k] =
+                            w.atoms_h[3 * a + k] + w.sofs_h[3 * p + k];
+            const size_t qp = (size_t)(a1 - a0) * P3;
+            if (be->ops->upload(be, w.sq_d, w.sq_h, qp * 3 * fl)) {
+                rc = nesf_fail(err, NESF_ERR_BACKEND, "uploading species queries failed");
+                goto fail;
+            }
+            if ((rc = f->species(f, b0 + sf, Sc, w.sp_off, w.sq_d, w.sl_d, err))) goto fail;
+            if (be->ops->download(be, w.sl_h, w.sl_d, qp * A * fl)) {
+                rc = nesf_fail(err, NESF_ERR_BACKEND, "downloading species logits failed");
+                goto fail;
+            }
+            stats.field_evals += (long)qp;
+            for (int a = a0; a < a1; a++) {
+                memset(w.votes, 0, (size_t)A * sizeof(int));
+                for (int p = 0; p < P3; p++)
+                    w.votes[argmax(w.sl_h + ((size_t)(a - a0) * P3 + p) * A, A)]++;
+                int best = 0;
+                for (int c = 1; c < A; c++)
+                    if (w.votes[c] > w.votes[best]) best = c;
+                w.cls[a] = best;
+            }
+        }
+        stats.ms_species += now_ms() - t3;
+
+        /* step 1 (the lattice) and the output structures */
+        if ((rc = f->lattice(f, b0, S, w.len_h, w.ang_h, err))) goto fail;
+        for (int s = 0; s < S; s++) {
+            nesf_error e;
+            nesf_error_clear(&e);
+            rc = build_structure(w.len_h + 3 * s, w.ang_h + 3 * s, w.natoms[s],
+                                 w.atoms_h + (size_t)w.aoff[s] * 3, w.cls + w.aoff[s],
+                                 f->species_z, &out[b0 + s], &e);
+            if (rc == NESF_ERR_INVALID && item_err) {
+                item_err[b0 + s] = e;
+                continue;
+            }
+            if (rc) {
+                if (err) *err = e;
+                nesf_error_prefix(err, "structure %d: ", b0 + s);
+                goto fail;
+            }
+        }
+    }
+    ws_free(&w);
+    stats.structures = n;
+    stats.ms = now_ms() - t0;
+    if (st) *st = stats;
+    return NESF_OK;
+
+fail:
+    ws_free(&w);
+    free_outputs(out, n);
+    return rc ? rc : NESF_ERR_BACKEND;
+}
+
+void nesf_field_release(nesf_field *f)
+{
+    if (f && f->release) f->release(f);
+    if (f) {
+        f->release = NULL;
+        f->impl = NULL;
+    }
+}
+
+/* ---- the ground-truth field ---- */
+
+typedef struct truth_impl {
+    int *aoff;      /* atoms of structure i: [aoff[i], aoff[i+1]) */
+    float *pos;     /* atom xyz */
+    int *cls;       /* atom species class */
+    float *len, *ang;
+    int *species_z;
+    float *in, *res; /* host staging */
+    size_t cap_in, cap_res;
+} truth_impl;
+
+static int truth_stage(nesf_field *f, const float *xyz, size_t q, size_t res_cols,
+                       nesf_error *err)
+{
+    truth_impl *t = f->impl;
+    if (q * 3 > t->cap_in) {
+        float *p = realloc(t->in, q * 3 * sizeof *p);
+        if (!p) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory in the truth field");
+        t->in = p;
+        t->cap_in = q * 3;
+    }
+    if (q * res_cols > t->cap_res) {
+        float *p = realloc(t->res, q * res_cols * sizeof *p);
+        if (!p) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory in the truth field");
+        t->res = p;
+        t->cap_res = q * res_cols;
+    }
+    if (q && f->be->ops->download(f->be, t->in, xyz, q * 3 * sizeof(float)))
+        return nesf_fail(err, NESF_ERR_BACKEND, "download failed in the truth field");
+    return NESF_OK;
+}
+
+/* Nearest atom of structure s to p (ties: lower index). */
+static int truth_nearest(const truth_impl *t, int s, const float *p)
+{
+    int best = t->aoff[s];
+    float bd = INFINITY;
+    for (int a = t->aoff[s]; a < t->aoff[s + 1]; a++) {
+        const float *q = t->pos + 3 * a;
+        float d0 = q[0] - p[0], d1 = q[1] - p[1], d2 = q[2] - p[2];
+        float d = d0 * d0 + d1 * d1 + d2 * d2;
+        if (d < bd) {
+            bd = d;
+            best = a;
+        }
+    }
+    return best;
+}
+
+static int truth_eval(nesf_field *f, int first, int S, const int *off, const float *xyz,
+                      float *out, int species, nesf_error *err)
+{
+    truth_impl *t = f->impl;
+    const size_t q = (size_t)off[S], cols = species ? (size_t)f->num_species : 3;
+    int rc = truth_stage(f, xyz, q, cols, err);
+    if (rc) return rc;
+    if (species) memset(t->res, 0, q * cols * sizeof(float));
+    for (int s = 0; s < S; s++)
+        for (int r = off[s]; r < off[s + 1]; r++) {
+            const float *p = t->in + 3 * (size_t)r;
+            int a = truth_nearest(t, first + s, p);
+            if (species) {
+                t->res[(size_t)r * cols + t->cls[a]] = 1.0f;
+            } else {
+                for (int k = 0; k < 3; k++) t->res[3 * (size_t)r + k] = t->pos[3 * a + k] - p[k];
+            }
+        }
+    if (q && f->be->ops->upload(f->be, out, t->res, q * cols * sizeof(float)))
+        return nesf_fail(err, NESF_ERR_BACKEND, "upload failed in the truth field");
+    return NESF_OK;
+}
+
+static int truth_position(nesf_field *f, int first, int S, const int *off, const float *xyz,
+                          float *out, nesf_error *err)
+{
+    return truth_eval(f, first, S, off, xyz, out, 0, err);
+}
+
+static int truth_species(nesf_field *f, int first, int S, const int *off, const float *xyz,
+                         float *out, nesf_error *err)
+{
+    return truth_eval(f, first, S, off, xyz, out, 1, err);
+}
+
+static int truth_lattice(nesf_field *f, int first, int S, float *lengths, float *angles,
+                         nesf_error *err)
+{
+    truth_impl *t = f->impl;
+    memcpy(lengths, t->len + 3 * first, (size_t)S * 3 * sizeof(float));
+    memcpy(angles, t->ang + 3 * first, (size_t)S * 3 * sizeof(float));
+    return NESF_OK;
+}
+
+static void truth_release(nesf_field *f)
+{
+    truth_impl *t = f->impl;
+    if (!t) return;
+    free(t->aoff); free(t->pos); free(t->cls); free(t->len); free(t->ang);
+    free(t->species_z); free(t->in); free(t->res);
+    free(t);
+}
+
+int nesf_field_truth(nesf_backend *be, nesf_structure *const *s, int n, const int *species_z,
+                     int num_species, const float bbox_min[3], const float bbox_max[3],
+                     nesf_field *f, nesf_error *err)
+{
+    memset(f, 0, sizeof *f);
+    if (n < 0 || num_species < 1)
+        return nesf_fail(err, NESF_ERR_INVALID, "truth field: bad sizes");
+    truth_impl *t = calloc(1, sizeof *t);
+    if (!t) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    f->impl = t;
+    f->release = truth_release;
+    long atoms = 0;
+    for (int i = 0; i < n; i++) atoms += s[i]->n;
+    t->aoff = malloc((size_t)(n + 1) * sizeof *t->aoff);
+    t->pos = malloc((size_t)(atoms ? atoms : 1) * 3 * sizeof *t->pos);
+    t->cls = malloc((size_t)(atoms ? atoms : 1) * sizeof *t->cls);
+    t->len = malloc((size_t)(n ? n : 1) * 3 * sizeof *t->len);
+    t->ang = malloc((size_t)(n ? n : 1) * 3 * sizeof *t->ang);
+    t->species_z = malloc((size_t)num_species * sizeof *t->species_z);
+    if (!t->aoff || !t->pos || !t->cls || !t->len || !t->ang || !t->species_z) {
+        nesf_field_release(f);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    }
+    memcpy(t->species_z, species_z, (size_t)num_species * sizeof *species_z);
+    t->aoff[0] = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i]->n < 1) {
+            nesf_field_release(f);
+            return nesf_fail(err, NESF_ERR_INVALID, "structure %d (%s) has no atoms", i, s[i]->id);
+        }
+        for (int a = 0; a < s[i]->n; a++) {
+            int c = -1, j = t->aoff[i] + a;
+            for (int k = 0; k < num_species && c < 0; k++)
+                if (species_z[k] == s[i]->z[a]) c = k;
+            if (c < 0) {
+                nesf_field_release(f);
+                return nesf_fail(err, NESF_ERR_NOTFOUND,
+                                 "structure %d (%s): element Z=%d is not in the species list",
+                                 i, s[i]->id, s[i]->z[a]);
+            }
+            t->cls[j] = c;
+            for (int k = 0; k < 3; k++) t->pos[3 * j + k] = (float)s[i]->cart[3 * a + k];
+        }
+        t->aoff[i + 1] = t->aoff[i] + s[i]->n;
+        nesf_cellpar p;
+        nesf_lattice_params(&s[i]->lat, &p);
+        const double rad = M_PI / 180.0;
+        float v[6] = {p.a, p.b, p.c, p.alpha * rad, p.beta * rad, p.gamma * rad};
+        memcpy(t->len + 3 * i, v, 3 * sizeof *v);
+        memcpy(t->ang + 3 * i, v + 3, 3 * sizeof *v);
+    }
+    f->be = be;
+    f->n = n;
+    f->num_species = num_species;
+    f->species_z = t->species_z;
+    memcpy(f->bbox_min, bbox_min, sizeof f->bbox_min);
+    memcpy(f->bbox_max, bbox_max, sizeof f->bbox_max);
+    f->position = truth_position;
+    f->species = truth_species;
+    f->lattice = truth_lattice;
+    return NESF_OK;
+}

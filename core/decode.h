@@ -1,0 +1,140 @@
+/* decode.h - reconstruction (spec §5): latent -> crystal structure.
+ *
+ * Particles start on a grid over the bounding box, flow along the position
+ * field for a fixed number of steps, are scored by |f_p|² of the last step,
+ * clustered by non-max suppression and labelled by a species-field vote.
+ *
+ * The algorithm runs against an abstract field (nesf_field) so that the
+ * same code decodes the network's fields (nesf_decode) and the exact field
+ * of a known structure (nesf_field_truth, which checks the algorithm
+ * independently of training).  Particle updates run on the field's backend
+ * (GEMMs through the model, axpy, row_sqnorm); NMS and the vote run on the
+ * host after one download per batch, because both are short, sequential and
+ * data-dependent (a greedy sort-and-sweep per structure), which a GPU would
+ * serialise anyway, and the data moved is only the final particles.
+ *
+ * Many latents are decoded together: all particles of all structures of a
+ * batch go through one chain of field evaluations per step. */
+#ifndef NESF_DECODE_H
+#define NESF_DECODE_H
+
+#include "backend.h"
+#include "error.h"
+#include "model.h"
+#include "structure.h"
+
+struct json_t; /* jansson */
+
+typedef struct nesf_decode_opts {
+    float grid_step;     /* particle grid spacing, Å (0.5) */
+    float grid_pad;      /* grid covers [bbmin - pad, bbmax + pad) per axis (0.5) */
+    int iterations;      /* p <- p + f_p(p) steps (64), >= 1 */
+    float score_max;     /* drop particles with |f_p| > score_max, Å (0.9) */
+    float nms_radius;    /* NMS sphere radius, Å (0.5) */
+    int nms_min_count;   /* particles a sphere needs to emit an atom (10) */
+    float species_lo, species_hi, species_step; /* vote grid arange(lo, hi, step)³
+                                                   around each atom (-0.3, 0.3, 0.1) */
+    int max_atoms;       /* atoms kept per structure, lowest scores first (1024) */
+    int max_particles;   /* refuse grids larger than this per structure (2^21) */
+    long batch_particles;/* particles evaluated together; structures are
+                            decoded in batches of about this size (2^21) */
+} nesf_decode_opts;
+
+/* The paper's settings (spec §5). */
+void nesf_decode_opts_default(nesf_decode_opts *o);
+/* Overrides from a JSON object whose keys are the field names above (the
+ * daemon's "options"); unknown keys, wrong types and out-of-range values
+ * are rejected with a message naming the key.  o keeps its other values. */
+int nesf_decode_opts_from_json(nesf_decode_opts *o, const struct json_t *obj, nesf_error *err);
+/* Same, from JSON text. */
+int nesf_decode_opts_from_text(nesf_decode_opts *o, const char *text, nesf_error *err);
+/* Checks ranges (also done by every decode call). */
+int nesf_decode_opts_check(const nesf_decode_opts *o, nesf_error *err);
+/* The options as a JSON object text (caller frees). */
+char *nesf_decode_opts_to_json(const nesf_decode_opts *o);
+/* Points per axis of arange(lo, hi, step) (numpy semantics, with a 1e-6
+ * relative tolerance so that an exact multiple excludes the end point). */
+int nesf_arange_count(double lo, double hi, double step);
+
+typedef struct nesf_decode_stats {
+    int structures;
+    long particles;      /* initial particles over all structures */
+    long field_evals;    /* query points evaluated (position + species) */
+    long kept;           /* particles under the score threshold */
+    long atoms;          /* atoms emitted */
+    int truncated;       /* structures that hit max_atoms */
+    double ms;           /* wall time of the whole call */
+    double ms_flow;      /* particle flow (position field) */
+    double ms_nms;       /* download, scoring, NMS */
+    double ms_species;   /* species field and vote */
+} nesf_decode_stats;
+
+/* ---- fields ----
+ * A field answers queries for S structures.  Query points and outputs are
+ * backend memory; off is a HOST array of S+1 row offsets (structure s owns
+ * rows [off[s], off[s+1]) of xyz and out), as in model.h.  first is the
+ * index of the first of the S structures within the field, so a caller can
+ * work through the field's structures in batches. */
+typedef struct nesf_field nesf_field;
+struct nesf_field {
+    nesf_backend *be;
+    int n;                      /* structures */
+    int num_species;            /* A: species logits per point */
+    const int *species_z;       /* class -> atomic number, A entries */
+    float bbox_min[3], bbox_max[3];
+    /* out: Q x 3, vector from each point to the nearest atom */
+    int (*position)(nesf_field *f, int first, int S, const int *off, const float *xyz,
+                    float *out, nesf_error *err);
+    /* out: Q x A species logits */
+    int (*species)(nesf_field *f, int first, int S, const int *off, const float *xyz,
+                   float *out, nesf_error *err);
+    /* lattice of structures [first, first + S): lengths Å, angles radians,
+     * S x 3 each, host memory */
+    int (*lattice)(nesf_field *f, int first, int S, float *lengths, float *angles,
+                   nesf_error *err);
+    void (*release)(nesf_field *f);
+    void *impl;
+};
+
+/* The network's fields for n latents z (host, n x latent); z is copied to
+ * the model's backend.  Release with nesf_field_release. */
+int nesf_field_model(nesf_model *m, int n, const float *z, nesf_field *f, nesf_error *err);
+/* The exact field of n known structures: position = nearest atom - p
+ * (non-periodic, the cell's own atoms), species logits = one-hot of the
+ * nearest atom's class (species_z lists class -> Z, A entries; an atom
+ * whose Z is not listed fails with NESF_ERR_NOTFOUND), lattice = the
+ * structure's.  The structures must outlive the field.  Ties between
+ * equidistant atoms go to the lower index. */
+int nesf_field_truth(nesf_backend *be, nesf_structure *const *s, int n, const int *species_z,
+                     int num_species, const float bbox_min[3], const float bbox_max[3],
+                     nesf_field *f, nesf_error *err);
+void nesf_field_release(nesf_field *f);
+
+/* ---- decoding ----
+ * out[i] (i < f->n) receives a new structure (caller frees) with the
+ * field's lattice, the detected atoms' Cartesian positions and species.
+ * A structure that cannot be built (non-finite latent, degenerate
+ * predicted lattice) fails the call, unless item_err is given: then
+ * out[i] is NULL, item_err[i] says why, and the call goes on.  Nothing is
+ * left allocated on failure.  st may be NULL. */
+int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
+                      nesf_error *item_err, nesf_decode_stats *st, nesf_error *err);
+
+/* Decodes n latents (host memory, n x latent) of model m in batched
+ * passes (all particles of a batch through one GEMM chain per step).
+ * o may be NULL for the defaults. */
+int nesf_decode(nesf_model *m, int n, const float *z, const nesf_decode_opts *o,
+                nesf_structure **out, nesf_error *item_err, nesf_decode_stats *st,
+                nesf_error *err);
+
+/* Non-max suppression of one structure's particles (spec §5 step 5):
+ * pos (n x 3) and squared scores s (n) of the particles that passed the
+ * score filter.  Writes up to max_out atom positions (x 3) in emission
+ * order (lowest score first) and returns their count, or -1 when out of
+ * memory; *more (may be NULL) is set when further atoms were dropped.
+ * Neighbours are found through a hash grid of cell size radius, so a
+ * field that scatters particles costs O(n), not O(n²).  Exposed for tests. */
+int nesf_nms(int n, const float *pos, const float *s, float radius, int min_count,
+             int max_out, float *atoms, int *more);
+
+#endif

@@ -1,0 +1,223 @@
+/* symmetry.c - what is derived from a whole structure: the reduced formula
+ * (pymatgen's rules) and the space group (spglib). */
+#include "structure.h"
+#include "elements.h"
+#include "symmetry.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <spglib.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- reduced formula --------------------------------------------------- */
+
+typedef struct {
+    int z;
+    long count;
+} el_count;
+
+/* pymatgen sorts by (X, symbol); elements without an electronegativity
+ * (noble gases, Z > 103) get NaN there, which we order last. */
+static int cmp_electroneg(const void *pa, const void *pb)
+{
+    const nesf_element *a = nesf_element_get(((const el_count *)pa)->z);
+    const nesf_element *b = nesf_element_get(((const el_count *)pb)->z);
+    double xa = a->electronegativity > 0 ? a->electronegativity : INFINITY;
+    double xb = b->electronegativity > 0 ? b->electronegativity : INFINITY;
+    if (xa != xb) return xa < xb ? -1 : 1;
+    return strcmp(a->symbol, b->symbol);
+}
+
+static long gcd_l(long a, long b)
+{
+    while (b) {
+        long t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+typedef struct {
+    char *p;
+    size_t left;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void sb_put(sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(b->p, b->left, fmt, ap);
+    va_end(ap);
+    if (k < 0) return;
+    size_t used = (size_t)k < b->left ? (size_t)k : (b->left ? b->left - 1 : 0);
+    b->p += used;
+    b->left -= used;
+}
+
+static void put_element(sbuf *b, int z, long amount)
+{
+    sb_put(b, "%s", nesf_element_get(z)->symbol);
+    if (amount != 1) sb_put(b, "%ld", amount);
+}
+
+/* pymatgen.core.composition.reduce_formula for integer amounts, elements
+ * sorted already.  A trailing pair of close electronegativities is a
+ * polyanion, written "(XY)n" when it reduces further. */
+static void reduce_formula(const el_count *e, int n, sbuf *b)
+{
+    long f = 0;
+    for (int i = 0; i < n; i++) f = gcd_l(f, e[i].count);
+    if (f <= 0) f = 1;
+    int nplain = n;
+    long poly_factor = 1;
+    if (n >= 3) {
+        const nesf_element *x1 = nesf_element_get(e[n - 2].z), *x2 = nesf_element_get(e[n - 1].z);
+        if (x1->electronegativity > 0 && x2->electronegativity > 0 &&
+            x2->electronegativity - x1->electronegativity < 1.65) {
+            poly_factor = gcd_l(e[n - 2].count / f, e[n - 1].count / f);
+            if (poly_factor != 1) nplain = n - 2;
+        }
+    }
+    for (int i = 0; i < nplain; i++) put_element(b, e[i].z, e[i].count / f);
+    if (nplain < n) {
+        sb_put(b, "(");
+        put_element(b, e[n - 2].z, e[n - 2].count / f / poly_factor);
+        put_element(b, e[n - 1].z, e[n - 1].count / f / poly_factor);
+        sb_put(b, ")%ld", poly_factor);
+    }
+}
+
+void nesf_structure_formula(const nesf_structure *s, char *buf, int size)
+{
+    if (size <= 0) return;
+    buf[0] = 0;
+    long count[NESF_MAX_Z + 1] = {0};
+    for (int i = 0; i < s->n; i++)
+        if (s->z[i] >= 1 && s->z[i] <= NESF_MAX_Z) count[s->z[i]]++;
+    el_count e[NESF_MAX_Z];
+    int n = 0;
+    for (int z = 1; z <= NESF_MAX_Z; z++)
+        if (count[z]) e[n++] = (el_count){z, count[z]};
+    if (!n) return;
+    qsort(e, (size_t)n, sizeof *e, cmp_electroneg);
+    char tmp[2048];
+    sbuf b = {tmp, sizeof tmp};
+    reduce_formula(e, n, &b);
+    /* pymatgen's Composition.special_formulas: peroxides and diatomic gases */
+    static const char *const special[][2] = {
+        {"LiO", "Li2O2"}, {"NaO", "Na2O2"}, {"KO", "K2O2"}, {"HO", "H2O2"},
+        {"CsO", "Cs2O2"}, {"RbO", "Rb2O2"}, {"O", "O2"}, {"N", "N2"},
+        {"F", "F2"}, {"Cl", "Cl2"}, {"H", "H2"},
+    };
+    const char *out = tmp;
+    for (size_t i = 0; i < sizeof special / sizeof special[0]; i++)
+        if (!strcmp(tmp, special[i][0])) out = special[i][1];
+    snprintf(buf, (size_t)size, "%s", out);
+}
+
+/* ---- spglib ------------------------------------------------------------ */
+
+/* spglib keeps its error state in a global: one caller at a time. */
+static pthread_mutex_t spg_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* spglib wants column vectors and plain arrays. */
+static int spg_input(const nesf_structure *s, double lat[3][3], double (**pos)[3], int **types)
+{
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) lat[i][j] = s->lat.m[j][i];
+    size_t n = s->n > 0 ? (size_t)s->n : 1;
+    *pos = malloc(n * sizeof **pos);
+    *types = malloc(n * sizeof **types);
+    if (!*pos || !*types) {
+        free(*pos);
+        free(*types);
+        return NESF_ERR_NOMEM;
+    }
+    for (int i = 0; i < s->n; i++) {
+        for (int k = 0; k < 3; k++) {
+            double f = s->frac[3 * i + k];
+            (*pos)[i][k] = f - floor(f);
+        }
+        (*types)[i] = s->z[i];
+    }
+    return NESF_OK;
+}
+
+int nesf_structure_spacegroup(const nesf_structure *s, double symprec, char *symbol, int size)
+{
+    if (size > 0) symbol[0] = 0;
+    if (s->n <= 0 || !(symprec > 0) || nesf_structure_validate(s, NULL) != NESF_OK) return 0;
+    double lat[3][3], (*pos)[3];
+    int *types;
+    if (spg_input(s, lat, &pos, &types)) return 0;
+    char sym[11] = "";
+    pthread_mutex_lock(&spg_lock);
+    int num = spg_get_international(sym, lat, pos, types, s->n, symprec);
+    pthread_mutex_unlock(&spg_lock);
+    free(pos);
+    free(types);
+    if (num <= 0) return 0;
+    if (size > 0) snprintf(symbol, (size_t)size, "%s", sym);
+    return num;
+}
+
+void nesf_symmetry_free(nesf_symmetry *sym)
+{
+    if (!sym) return;
+    free(sym->rot);
+    free(sym->trans);
+    free(sym->equivalent);
+    free(sym);
+}
+
+int nesf_structure_symmetry(const nesf_structure *s, double symprec, nesf_symmetry **out,
+                            nesf_error *err)
+{
+    *out = NULL;
+    int rc = nesf_structure_validate(s, err);
+    if (rc) return rc;
+    if (s->n <= 0) return nesf_fail(err, NESF_ERR_INVALID, "structure has no sites");
+    if (!(symprec > 0) || !isfinite(symprec))
+        return nesf_fail(err, NESF_ERR_INVALID, "symprec must be positive (got %g)", symprec);
+    double lat[3][3], (*pos)[3];
+    int *types;
+    if (spg_input(s, lat, &pos, &types))
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    pthread_mutex_lock(&spg_lock);
+    SpglibDataset *ds = spg_get_dataset(lat, pos, types, s->n, symprec);
+    const char *why = ds ? NULL : spg_get_error_message(spg_get_error_code());
+    pthread_mutex_unlock(&spg_lock);
+    free(pos);
+    free(types);
+    if (!ds)
+        return nesf_fail(err, NESF_ERR_INVALID, "spglib found no space group at symprec %g: %s",
+                         symprec, why ? why : "unknown reason");
+    nesf_symmetry *y = calloc(1, sizeof *y);
+    if (y) {
+        y->number = ds->spacegroup_number;
+        snprintf(y->symbol, sizeof y->symbol, "%s", ds->international_symbol);
+        snprintf(y->hall, sizeof y->hall, "%s", ds->hall_symbol);
+        y->n_ops = ds->n_operations;
+        y->n_atoms = s->n;
+        y->rot = malloc((size_t)y->n_ops * sizeof *y->rot);
+        y->trans = malloc((size_t)y->n_ops * sizeof *y->trans);
+        y->equivalent = malloc((size_t)s->n * sizeof *y->equivalent);
+    }
+    if (!y || !y->rot || !y->trans || !y->equivalent) {
+        spg_free_dataset(ds);
+        nesf_symmetry_free(y);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    }
+    memcpy(y->rot, ds->rotations, (size_t)y->n_ops * sizeof *y->rot);
+    memcpy(y->trans, ds->translations, (size_t)y->n_ops * sizeof *y->trans);
+    memcpy(y->equivalent, ds->equivalent_atoms, (size_t)s->n * sizeof *y->equivalent);
+    spg_free_dataset(ds);
+    *out = y;
+    return NESF_OK;
+}

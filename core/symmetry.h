@@ -1,0 +1,28 @@
+/* symmetry.h - the space-group operations of a structure (spglib), for
+ * writing symmetrized CIFs.  nesf_structure_formula and
+ * nesf_structure_spacegroup (structure.h) live in symmetry.c as well.
+ * spglib calls are serialised internally (it keeps global error state). */
+#ifndef NESF_SYMMETRY_H
+#define NESF_SYMMETRY_H
+
+#include "error.h"
+#include "structure.h"
+
+typedef struct nesf_symmetry {
+    int number;            /* International Tables number, 1..230 */
+    char symbol[16];       /* international short symbol, "Fm-3m" */
+    char hall[20];         /* Hall symbol */
+    int n_ops;
+    int (*rot)[3][3];      /* [n_ops] rotations acting on fractional coordinates */
+    double (*trans)[3];    /* [n_ops] translations, fractional */
+    int n_atoms;
+    int *equivalent;       /* [n_atoms] index of the orbit's representative site */
+} nesf_symmetry;
+
+/* Operations of s in its own cell (not a standardised one), found with
+ * tolerance symprec (Å).  *out is owned by the caller: nesf_symmetry_free. */
+int nesf_structure_symmetry(const nesf_structure *s, double symprec, nesf_symmetry **out,
+                            nesf_error *err);
+void nesf_symmetry_free(nesf_symmetry *sym);
+
+#endif
