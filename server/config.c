@@ -89,11 +89,12 @@ static int set_backend(nesfd_config *c, const char *what, const char *s, nesf_er
 
 int nesfd_config_parse_listen(nesfd_config *c, const char *s, nesf_error *err)
 {
+    int rc;
     const char *colon = strrchr(s, ':');
     if (!colon)
         return nesf_fail(err, NESF_ERR_INVALID, "listen: expected HOST:PORT, got '%s'", s);
-    long port;
-    if (parse_long("listen port", colon + 1, 0, 65535, &port, err)) return err ? err->code : 1;
+    long port = 0;
+    if ((rc = parse_long("listen port", colon + 1, 0, 65535, &port, err))) return rc;
     size_t hl = (size_t)(colon - s);
     const char *h = s;
     if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
@@ -216,11 +217,12 @@ static int apply_section(nesfd_config *c, json_t *obj, const char *section, cons
 static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *base_dir,
                      nesf_error *err)
 {
-    long n;
-    const char *s;
+    long n = 0;
+    int rc;
+    const char *s = NULL;
 #define INT_KEY(name, lo, hi, field)                                          \
     if (!strcmp(key, name)) {                                                 \
-        if (json_int(name, v, lo, hi, &n, err)) return err ? err->code : 1;   \
+        if ((rc = json_int(name, v, lo, hi, &n, err))) return rc;   \
         field = n;                                                            \
         return NESF_OK;                                                       \
     }
@@ -234,18 +236,18 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
     INT_KEY("idle_s", 1, 86400, c->idle_timeout_s)
 #undef INT_KEY
     if (!strcmp(key, "body_limit")) {
-        if (json_int(key, v, 1, 1L << 40, &n, err)) return err ? err->code : 1;
+        if ((rc = json_int(key, v, 1, 1L << 40, &n, err))) return rc;
         c->body_limit = (size_t)n;
         return NESF_OK;
     }
     if (!strcmp(key, "request_s")) return json_seconds(key, v, &c->request_timeout_s, err);
     if (!strcmp(key, "shutdown_grace_s")) return json_seconds(key, v, &c->shutdown_grace_s, err);
     if (!strcmp(key, "listen")) {
-        if (!(s = json_str(key, v, err))) return err ? err->code : 1;
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         return nesfd_config_parse_listen(c, s, err);
     }
     if (!strcmp(key, "backend")) {
-        if (!(s = json_str(key, v, err))) return err ? err->code : 1;
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         return set_backend(c, key, s, err);
     }
     if (!strcmp(key, "log_requests")) {
@@ -255,11 +257,11 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
     }
     if (!strcmp(key, "auth_token")) {
         if (json_is_null(v)) { c->token[0] = 0; return NESF_OK; }
-        if (!(s = json_str(key, v, err))) return err ? err->code : 1;
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         return set_token(c, key, s, err);
     }
     if (!strcmp(key, "auth_token_file")) {
-        if (!(s = json_str(key, v, err))) return err ? err->code : 1;
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         char p[4096];
         if (s[0] != '/' && base_dir && *base_dir) snprintf(p, sizeof p, "%s/%s", base_dir, s);
         else snprintf(p, sizeof p, "%s", s);
@@ -271,8 +273,8 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
         size_t i;
         json_t *o;
         json_array_foreach(v, i, o) {
-            if (!(s = json_str(key, o, err))) return err ? err->code : 1;
-            if (add_origin(c, s, err)) return err ? err->code : 1;
+            if (!(s = json_str(key, o, err))) return NESF_ERR_INVALID;
+            if ((rc = add_origin(c, s, err))) return rc;
         }
         return NESF_OK;
     }
@@ -283,8 +285,8 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
         const char *name;
         json_t *p;
         json_object_foreach(v, name, p) {
-            if (!(s = json_str("models", p, err))) return err ? err->code : 1;
-            if (set_model(c, name, s, base_dir, err)) return err ? err->code : 1;
+            if (!(s = json_str("models", p, err))) return NESF_ERR_INVALID;
+            if ((rc = set_model(c, name, s, base_dir, err))) return rc;
         }
         return NESF_OK;
     }
@@ -317,11 +319,12 @@ static int apply_section(nesfd_config *c, json_t *obj, const char *section, cons
 {
     const char *key;
     json_t *v;
+    int rc;
     json_object_foreach(obj, key, v) {
         if (!key_in_section(key, section))
             return nesf_fail(err, NESF_ERR_INVALID, "unknown key '%s'%s%s", key,
                              *section ? " in " : "", section);
-        if (apply_key(c, key, v, base_dir, err)) return err ? err->code : 1;
+        if ((rc = apply_key(c, key, v, base_dir, err))) return rc;
     }
     return NESF_OK;
 }
@@ -421,10 +424,11 @@ static const flag_info *find_flag(const char *name, size_t len)
 static int apply_flag(nesfd_config *c, const char *name, const char *val, int *origins_reset,
                       int *help, int *version, int *check, nesf_error *err)
 {
-    long n;
+    long n = 0;
+    int rc;
 #define INT_FLAG(flag, lo, hi, field)                                         \
     if (!strcmp(name, flag)) {                                                \
-        if (parse_long(flag, val, lo, hi, &n, err)) return err ? err->code : 1; \
+        if ((rc = parse_long(flag, val, lo, hi, &n, err))) return rc; \
         field = n;                                                            \
         return NESF_OK;                                                       \
     }
@@ -443,8 +447,8 @@ static int apply_flag(nesfd_config *c, const char *name, const char *val, int *o
     if (!strcmp(name, "--request-timeout")) return parse_seconds(name, val, &c->request_timeout_s, err);
     if (!strcmp(name, "--shutdown-grace")) return parse_seconds(name, val, &c->shutdown_grace_s, err);
     if (!strcmp(name, "--idle-timeout")) {
-        double s;
-        if (parse_seconds(name, val, &s, err)) return err ? err->code : 1;
+        double s = 0;
+        if ((rc = parse_seconds(name, val, &s, err))) return rc;
         c->idle_timeout_s = s < 1 ? 1 : (int)s;
         return NESF_OK;
     }

@@ -51,6 +51,9 @@ struct nesfd_req {
     size_t len, cap;
     long long start;
     int status, replied, suspended, batch;
+    int late_status;          /* error found while receiving the body */
+    int queue_failed;
+    size_t dropped;           /* body bytes drained past the limit */
     char err_code[32];
     const char *origin;       /* allowed Origin to echo, or NULL */
     struct { char name[40], value[160]; } hdr[MAX_EXTRA_HEADERS];
@@ -109,7 +112,7 @@ void nesfd_req_add_header(nesfd_req *r, const char *name, const char *value)
 
 void nesfd_reply(nesfd_req *r, int status, const char *content_type, char *body, size_t len)
 {
-    if (r->replied) {
+    if (r->replied || r->queue_failed) {
         free(body);
         return;
     }
@@ -130,10 +133,11 @@ void nesfd_reply(nesfd_req *r, int status, const char *content_type, char *body,
     }
     for (int i = 0; i < r->nhdr; i++) MHD_add_response_header(resp, r->hdr[i].name, r->hdr[i].value);
     if (atomic_load(&r->h->draining)) MHD_add_response_header(resp, "Connection", "close");
-    MHD_queue_response(r->conn, (unsigned)status, resp);
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->status = status;
-    r->replied = 1;
+    if (ok == MHD_YES) r->replied = 1;
+    else r->queue_failed = 1;
 }
 
 void nesfd_reply_json(nesfd_req *r, int status, json_t *j)
@@ -322,29 +326,38 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         atomic_fetch_add(&h->inflight, 1);
         nesfd_metrics_inflight(h->metrics, 1);
         precheck(h, r, method);
-        return MHD_YES;
+        return r->queue_failed ? MHD_NO : MHD_YES;
     }
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (r->replied) return MHD_YES; /* answered early: drop the rest */
-        if (r->len + n > h->body_limit) {
-            nesfd_reply_error(r, 413, "body_too_large", "request body exceeds the limit of %zu bytes",
-                              h->body_limit);
-            return MHD_YES;
+        if (r->replied) return MHD_YES; /* answered from the headers: drop the rest */
+        /* libmicrohttpd only sends an answer queued before the body or after
+         * all of it, so a body without Content-Length that passes the limit
+         * is drained without being kept and refused at its end; one that
+         * goes on for another limit's worth is cut off. */
+        if (r->late_status || r->len + n > h->body_limit) {
+            if (!r->late_status) r->late_status = 413;
+            r->dropped += n;
+            return r->dropped > h->body_limit ? MHD_NO : MHD_YES;
         }
-        if (append_body(r, upload_data, n)) {
-            nesfd_reply_error(r, 503, "out_of_memory", "cannot buffer the request body");
-            return MHD_YES;
-        }
+        if (append_body(r, upload_data, n)) r->late_status = 503;
         return MHD_YES;
     }
     if (r->replied) return MHD_YES;
-    r->suspended = 0;
-    r->route->fn(r, h->ctx);
-    if (!r->replied && !r->suspended)
-        nesfd_reply_error(r, 500, "internal", "the handler produced no answer");
-    return MHD_YES;
+    if (r->late_status == 413)
+        nesfd_reply_error(r, 413, "body_too_large", "request body exceeds the limit of %zu bytes",
+                          h->body_limit);
+    else if (r->late_status)
+        nesfd_reply_error(r, 503, "out_of_memory", "cannot buffer the request body");
+    else {
+        r->suspended = 0;
+        r->route->fn(r, h->ctx);
+        if (!r->replied && !r->suspended && !r->queue_failed)
+            nesfd_reply_error(r, 500, "internal", "the handler produced no answer");
+    }
+    /* a response libmicrohttpd refused leaves nothing to send: close */
+    return r->replied || r->suspended ? MHD_YES : MHD_NO;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -450,13 +463,13 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
     h->d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
         0, NULL, NULL, on_access, h,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
         MHD_OPTION_LISTEN_SOCKET, h->listen_fd,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)c->http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)c->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)c->idle_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
         MHD_OPTION_END);
     if (!h->d) {
         nesfd_http_stop(h);
