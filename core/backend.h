@@ -140,8 +140,14 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err);
 int nesf_backend_cuda_available(void);
 
 /* Counter-based RNG shared by every backend: a uniform float in [0, 1)
- * from (seed, index), so CPU and GPU dropout masks agree bit for bit. */
-static inline float nesf_hash_uniform(uint64_t seed, uint64_t i)
+ * from (seed, index), so CPU and GPU dropout masks agree bit for bit (the
+ * CUDA kernels compile this very function for the device). */
+#if defined(__CUDACC__)
+#define NESF_HOSTDEV __host__ __device__
+#else
+#define NESF_HOSTDEV
+#endif
+static inline NESF_HOSTDEV float nesf_hash_uniform(uint64_t seed, uint64_t i)
 {
     uint64_t x = seed ^ (i * 0x9E3779B97F4A7C15ull);
     x ^= x >> 30; x *= 0xBF58476D1CE4E5B9ull;
