@@ -46,6 +46,11 @@ TINY_CONFIG = {
     "bn_eps": 1e-5,
 }
 
+# weight matrices whose gradients the paper-network step stores in full
+PAPER_GRAD_WEIGHTS = {"encoder.pos.0.weight", "encoder.species.0.weight", "decoder.length.1.weight",
+                      "decoder.angle.1.weight", "decoder.position.8.weight",
+                      "decoder.position.2.weight", "decoder.species.2.weight"}
+
 TRAIN_CONFIG = {"batch": 64, "epochs": 3200, "lr": 1e-3, "lr_halve_every": 640,
                 "loss_weights": ref.LOSS_WEIGHTS, "seed": SEED, "note": "parity fixture"}
 
@@ -194,13 +199,11 @@ def make_forward(name, cfg, structs_all, structs, species, bbmin, bbmax, out, ha
     return model
 
 
-def make_train_step(cfg, structs_all, structs, species, bbmin, bbmax, out, rng):
-    torch.manual_seed(SEED + 7)
-    model = ref.NeSF(cfg, len(species)).double()
-    randomize_bn(model, structs_all, species, bbmin, bbmax, rng)
-    round32(model)
-    ref.save_model(os.path.join(out, "train_step.safetensors"), model, species, bbmin, bbmax,
-                   TRAIN_CONFIG)
+def make_train_step(model, weights, io_name, structs, species, bbmin, bbmax, out, rng,
+                    grad_filter=None, adam_names=None):
+    """One training step of `model` (whose weights are in fixtures/weights)
+    into fixtures/io_name.  grad_filter(name) picks the gradients to store
+    (all when None)."""
     before = {k: v.detach().clone() for k, v in model.named_tensors()}
 
     # explicit queries: paper sampling (spec §4), subsampled to keep the file small
@@ -236,18 +239,20 @@ def make_train_step(cfg, structs_all, structs, species, bbmin, bbmax, out, rng):
         io[f"loss.{k}"] = np.asarray([float(loss[k])], dtype=np.float32)
         io[f"eval_loss.{k}"] = np.asarray([float(eval_loss[k])], dtype=np.float32)
     for k in model.param_names():
-        io[f"grad.{k}"] = f32(params[k].grad)
+        if grad_filter is None or grad_filter(k):
+            io[f"grad.{k}"] = f32(params[k].grad)
     for k, t in params.items():
         if k.endswith(("running_mean", "running_var")):
             io[f"after.{k}"] = f32(t)
             assert not torch.equal(t, before[k]), k
     S = len(structs)
+    cfg = model.cfg
     for l, w in enumerate(cfg["enc_head_hidden"]):
         io[f"dropout_mask.{l}"] = ref.dropout_mask(S, w, cfg["dropout"], DROPOUT_SEED + l)
 
     # one Adam step from zero moments (PyTorch semantics)
-    adam_names = ["decoder.position.0.weight", "encoder.head.1.bn.weight", "decoder.species.3.bias",
-                  "encoder.pos.0.bias"]
+    adam_names = adam_names or ["decoder.position.0.weight", "encoder.head.1.bn.weight",
+                                f"decoder.species.{len(cfg['spec_hidden'])}.bias", "encoder.pos.0.bias"]
     ps = [params[k] for k in model.param_names()]
     opt = torch.optim.Adam(ps, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     opt.step()
@@ -264,11 +269,11 @@ def make_train_step(cfg, structs_all, structs, species, bbmin, bbmax, out, rng):
     for s, i, v in zip(seeds, idx, io["hash.value"]):
         assert ref.hash_uniform_scalar(int(s), int(i)) == float(v)
 
-    meta = {"weights": "train_step.safetensors", "structures": "train_structures.jsonl",
+    meta = {"weights": weights, "structures": "train_structures.jsonl",
             "dropout_seed": str(DROPOUT_SEED), "adam": "lr 1e-3, betas 0.9 0.999, eps 1e-8, t 1",
             "loss": "10*position + 0.1*species + 1*length + 1*angle"}
-    ref.st_save(os.path.join(out, "train_step_io.safetensors"), io, meta)
-    print("train_step: losses " + ", ".join(f"{k} {float(v):.5g}" for k, v in loss.items())
+    ref.st_save(os.path.join(out, io_name), io, meta)
+    print(f"{io_name}: losses " + ", ".join(f"{k} {float(v):.5g}" for k, v in loss.items())
           + f"; {len(batch['pos_xyz'])} position and {len(batch['spec_xyz'])} species queries")
 
 
@@ -307,7 +312,22 @@ def main():
     trs = [val[i] for i in TRAIN_VAL]
     with open(os.path.join(args.out, "train_structures.jsonl"), "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in trs)
-    make_train_step(TINY_CONFIG, calib, trs, species, bbmin, bbmax, args.out, rng)
+    torch.manual_seed(SEED + 7)
+    tiny = ref.NeSF(TINY_CONFIG, len(species)).double()
+    randomize_bn(tiny, calib, species, bbmin, bbmax, rng)
+    round32(tiny)
+    ref.save_model(os.path.join(args.out, "train_step.safetensors"), tiny, species, bbmin, bbmax,
+                   TRAIN_CONFIG)
+    make_train_step(tiny, "train_step.safetensors", "train_step_io.safetensors", trs, species,
+                    bbmin, bbmax, args.out, rng)
+    # the paper network (weights of forward.safetensors): every gradient but
+    # those of the big weight matrices, to keep the file small
+    paper, _, _, _ = ref.load_model(os.path.join(args.out, "forward.safetensors"))
+    small = lambda k: not k.endswith(".weight") or ".bn." in k or k in PAPER_GRAD_WEIGHTS
+    make_train_step(paper, "forward.safetensors", "train_step_paper_io.safetensors", trs, species,
+                    bbmin, bbmax, args.out, rng, grad_filter=small,
+                    adam_names=["decoder.position.8.weight", "encoder.head.1.bn.weight",
+                                "decoder.species.2.bias", "encoder.pos.0.bias"])
     total = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
     print(f"fixtures in {args.out}: {total / 1e6:.2f} MB")
 
