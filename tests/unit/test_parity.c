@@ -480,13 +480,13 @@ static void check_train_step(const char *weights, const char *io_name, int all_g
         float *gref = get_f32(io, gname, NULL), *p = malloc(n * sizeof *p);
         if (nesf_trainer_param(t, pname, p, &e)) fail_msg("%s", e.msg);
         float gmax = 0;
-        for (size_t i = 0; i < n; i++) gmax = fmaxf(gmax, fabsf(gref[i]));
-        for (size_t i = 0; i < n; i++) {
-            double d = fabs((double)p[i] - ref[i]);
-            double tol = fabsf(gref[i]) >= 2e-3f * gmax ? 2e-6 : 2.0001e-3;
+        for (size_t j = 0; j < n; j++) gmax = fmaxf(gmax, fabsf(gref[j]));
+        for (size_t j = 0; j < n; j++) {
+            double d = fabs((double)p[j] - ref[j]);
+            double tol = fabsf(gref[j]) >= 2e-3f * gmax ? 2e-6 : 2.0001e-3;
             if (!(d <= tol))
                 fail_msg("%s[%zu] after Adam: %.8g, reference %.8g (before %.8g, grad %.3g)",
-                         pname, i, p[i], ref[i], before[i], gref[i]);
+                         pname, j, p[j], ref[j], before[j], gref[j]);
         }
         nadam++;
         free(before); free(ref); free(gref); free(p);
