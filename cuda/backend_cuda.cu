@@ -77,6 +77,9 @@ static void cu_destroy(nesf_backend *be)
         cudaStreamSynchronize(c->stream);
         if (c->scratch) cudaFree(c->scratch);
         if (c->host_scalar) cudaFreeHost(c->host_scalar);
+        for (int i = 0; i < NESF_CUDA_STAGE_SLOTS; i++)
+            if (c->stage[i].done) cudaEventDestroy(c->stage[i].done);
+        if (c->stage_mem) cudaFreeHost(c->stage_mem);
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) cudaStreamDestroy(c->stream);
         (void)cudaGetLastError();
@@ -132,6 +135,20 @@ static int cu_upload(nesf_backend *be, void *dst, const void *src, size_t bytes)
     nesf_cuda *c = nesf_cuda_of(be);
     if (bytes == 0) return NESF_OK;
     nesf_cuda_bind(c);
+    if (bytes <= NESF_CUDA_STAGE_BYTES) {
+        nesf_cuda_stage *st = &c->stage[c->stage_next];
+        c->stage_next = (c->stage_next + 1) % NESF_CUDA_STAGE_SLOTS;
+        if (st->pending && nesf_cuda_check(c, "upload", cudaEventSynchronize(st->done)))
+            return NESF_ERR_BACKEND;
+        st->pending = 0;
+        memcpy(st->host, src, bytes);
+        if (nesf_cuda_check(c, "upload", cudaMemcpyAsync(dst, st->host, bytes,
+                                                         cudaMemcpyHostToDevice, c->stream)) ||
+            nesf_cuda_check(c, "upload", cudaEventRecord(st->done, c->stream)))
+            return NESF_ERR_BACKEND;
+        st->pending = 1;
+        return NESF_OK;
+    }
     if (nesf_cuda_check(c, "upload",
                         cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream)))
         return NESF_ERR_BACKEND;
@@ -801,6 +818,12 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
     if (e == cudaSuccess) { step = "cudaGetDeviceProperties"; e = cudaGetDeviceProperties(&prop, device); }
     if (e == cudaSuccess) { step = "cudaStreamCreate"; e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking); }
     if (e == cudaSuccess) { step = "cudaMallocHost"; e = cudaMallocHost((void **)&c->host_scalar, 4 * sizeof(double)); }
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&c->stage_mem, NESF_CUDA_STAGE_SLOTS * NESF_CUDA_STAGE_BYTES);
+    for (int i = 0; i < NESF_CUDA_STAGE_SLOTS && e == cudaSuccess; i++) {
+        step = "cudaEventCreate";
+        c->stage[i].host = c->stage_mem + i * NESF_CUDA_STAGE_BYTES;
+        e = cudaEventCreateWithFlags(&c->stage[i].done, cudaEventDisableTiming);
+    }
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         int rc = nesf_fail(err, NESF_ERR_BACKEND, "CUDA device %d: %s: %s", device, step,
