@@ -524,28 +524,27 @@ static void cu_relu_bn_backward(nesf_backend *be, int rows, int cols, const floa
     if (!ws) return;
     double *part = (double *)ws;
     float *kd = (float *)(ws + pbytes); /* mean of dOut */
-    float *kx = kd + cols;              /* mean of dOut * xhat */
+    float *kx = kd + cols;              /* mean of dOut * xhat, times invstd */
 
     col_partial<2>(c, "relu_bn_backward", p, [=] __device__(int r, int k, double *acc) {
-        float xh = (R[(size_t)r * ldr + k] - mean[k]) * invstd[k];
         float g = dOut[(size_t)r * ldo + k];
         acc[0] += g;
-        acc[1] += (double)g * xh;
+        acc[1] += g * (R[(size_t)r * ldr + k] - mean[k]) * invstd[k];
     }, part);
     nesf_each1d(c, "relu_bn_backward", (size_t)cols, [=] __device__(size_t k) {
         double sd = col_total(p, part, 0, (int)k), sx = col_total(p, part, 1, (int)k);
         if (dbeta) dbeta[k] += (float)sd;
         if (dgamma) dgamma[k] += (float)sx;
         kd[k] = (float)(sd / p.rows);
-        kx[k] = (float)(sx / p.rows);
+        kx[k] = (float)(sx / p.rows) * invstd[k];
     });
-    /* dX = gamma invstd (dOut - mean(dOut) - xhat mean(dOut xhat)), then ReLU */
+    /* dX = gamma invstd (dOut - mean(dOut) - (R - mean) invstd mean(dOut xhat)),
+     * then ReLU; grouped as the CPU backend does */
     nesf_each2d(c, "relu_bn_backward", rows, cols, [=] __device__(int r, int k) {
         float rv = R[(size_t)r * ldr + k];
-        float xh = (rv - mean[k]) * invstd[k];
         float g = dOut[(size_t)r * ldo + k];
-        float gm = gamma ? gamma[k] : 1.0f;
-        dY[(size_t)r * ldd + k] = rv > 0.0f ? gm * invstd[k] * (g - kd[k] - xh * kx[k]) : 0.0f;
+        float k1 = (gamma ? gamma[k] : 1.0f) * invstd[k];
+        dY[(size_t)r * ldd + k] = rv > 0.0f ? k1 * (g - kd[k] - (rv - mean[k]) * kx[k]) : 0.0f;
     });
 }
 
