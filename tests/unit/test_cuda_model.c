@@ -254,7 +254,7 @@ static void test_decode(void **state)
 {
     fixture *f = *state;
     NEED_GPU(f);
-    const int n = 4;
+    enum { n = 4 };
     nesf_decode_opts o;
     nesf_decode_opts_default(&o);
     o.iterations = 24; /* the CPU side must stay quick */
@@ -280,7 +280,7 @@ static void test_decode_truth(void **state)
 {
     fixture *f = *state;
     NEED_GPU(f);
-    const int n = 3;
+    enum { n = 3 };
     nesf_decode_opts o;
     nesf_decode_opts_default(&o);
     const int A = nesf_model_num_species(f->mc);
