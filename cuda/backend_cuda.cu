@@ -774,6 +774,24 @@ static int parse_math(const char *s, int *math, cublasComputeType_t *ct)
     return 0;
 }
 
+/* Dense peak of the GEMM mode from the boost clock and the per-SM rates of
+ * the architecture (FLOP per clock per SM: FP32 lanes x 2, tensor-core
+ * TF32 / BF16 dense); 0 for an architecture not listed. */
+static double peak_flops(int device, int major, int minor, int sms, int math)
+{
+    int khz = 0;
+    if (cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    double fp32, tf32, bf16;
+    if (major == 8 && minor == 0) { fp32 = 128; tf32 = 1024; bf16 = 2048; } /* A100 */
+    else if (major == 9 && minor == 0) { fp32 = 256; tf32 = 2048; bf16 = 4096; } /* H100, H200 */
+    else return 0;
+    double per_clk = math == NESF_CUDA_TF32 ? tf32 : math == NESF_CUDA_BF16 ? bf16 : fp32;
+    return per_clk * sms * khz * 1e3;
+}
+
 int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
 {
     static const char *math_names[] = {"fp32", "tf32", "bf16"};
@@ -840,6 +858,7 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
         return rc;
     }
     c->sm_count = prop.multiProcessorCount;
+    be->peak_flops = peak_flops(device, prop.major, prop.minor, prop.multiProcessorCount, math);
     snprintf(be->device, sizeof be->device, "CUDA %d: %.64s, sm_%d%d, %d SMs, %.0f GiB; cuBLAS %d.%d, %s",
              device, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              prop.totalGlobalMem / 1073741824.0, cublas_ver / 10000, cublas_ver / 100 % 100,
