@@ -140,8 +140,14 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err);
 int nesf_backend_cuda_available(void);
 
 /* Counter-based RNG shared by every backend: a uniform float in [0, 1)
- * from (seed, index), so CPU and GPU dropout masks agree bit for bit. */
-static inline float nesf_hash_uniform(uint64_t seed, uint64_t i)
+ * from (seed, index), so CPU and GPU dropout masks agree bit for bit (the
+ * CUDA kernels compile this very function for the device). */
+#if defined(__CUDACC__)
+#define NESF_HOSTDEV __host__ __device__
+#else
+#define NESF_HOSTDEV
+#endif
+static inline NESF_HOSTDEV float nesf_hash_uniform(uint64_t seed, uint64_t i)
 {
     uint64_t x = seed ^ (i * 0x9E3779B97F4A7C15ull);
     x ^= x >> 30; x *= 0xBF58476D1CE4E5B9ull;
@@ -149,5 +155,30 @@ static inline float nesf_hash_uniform(uint64_t seed, uint64_t i)
     x ^= x >> 31;
     return (float)(x >> 40) * (1.0f / 16777216.0f);
 }
+
+
+/* Bump allocator over backend memory for the scratch of one forward or
+ * training step: allocations live until the next reset.  When a step needs
+ * more than the current block another block is added; reset() then merges
+ * them into one block of the peak size, so steady state is one block and
+ * no allocation. */
+typedef struct nesf_arena_block {
+    char *base;
+    size_t cap, used;
+} nesf_arena_block;
+
+typedef struct nesf_arena {
+    nesf_backend *be;
+    nesf_arena_block blk[32];
+    int nblk;
+    size_t peak;
+} nesf_arena;
+
+void nesf_arena_init(nesf_arena *a, nesf_backend *be);
+/* 64-byte aligned, NOT zeroed; NULL on allocation failure. */
+void *nesf_arena_alloc(nesf_arena *a, size_t bytes);
+float *nesf_arena_floats(nesf_arena *a, size_t n);
+int nesf_arena_reset(nesf_arena *a);
+void nesf_arena_release(nesf_arena *a);
 
 #endif

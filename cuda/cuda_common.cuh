@@ -1,0 +1,121 @@
+/* cuda_common.cuh - state and helpers shared by the CUDA sources: the
+ * backend's private record (stream, cuBLAS handle, scratch, first error
+ * since the last sync) and the launch shapes the kernels use.
+ * C++ (nvcc) only; the C side sees nothing but core/backend.h. */
+#ifndef NESF_CUDA_COMMON_CUH
+#define NESF_CUDA_COMMON_CUH
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "backend.h"
+#include "error.h"
+}
+
+/* NESF_CUDA_MATH selects the GEMM arithmetic: fp32 (default, exact FP32),
+ * tf32 or bf16 (tensor cores, FP32 in and out, inputs rounded). */
+enum { NESF_CUDA_FP32 = 0, NESF_CUDA_TF32, NESF_CUDA_BF16 };
+
+typedef struct nesf_cuda {
+    int device;
+    int sm_count;
+    int math;                 /* NESF_CUDA_FP32 ... */
+    cublasComputeType_t compute;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *scratch;            /* grown on demand, device memory */
+    size_t scratch_bytes;
+    double *host_scalar;      /* pinned, for scalar results (losses) */
+    int failed;               /* NESF_ERR_BACKEND once something failed */
+    char msg[256];            /* first failure since the last sync */
+} nesf_cuda;
+
+static inline nesf_cuda *nesf_cuda_of(nesf_backend *be) { return (nesf_cuda *)be->impl; }
+
+/* Records the first failure (later ones would only repeat its cause) and
+ * returns NESF_ERR_BACKEND. */
+int nesf_cuda_fail(nesf_cuda *c, const char *what, const char *why);
+int nesf_cuda_check(nesf_cuda *c, const char *what, cudaError_t e);
+/* After a launch: records a launch failure (bad configuration, sticky
+ * error); returns nonzero when the op must stop. */
+int nesf_cuda_launched(nesf_cuda *c, const char *what);
+/* Makes c's device current in the calling thread (threads other than the
+ * creator's may drive the backend, one at a time). */
+void nesf_cuda_bind(nesf_cuda *c);
+/* Device scratch of at least bytes, valid until the next call; it is only
+ * used by work queued on c->stream, so growing it waits for that work.
+ * NULL (failure recorded) when out of memory. */
+void *nesf_cuda_scratch(nesf_cuda *c, size_t bytes);
+
+/* Grid-stride shapes.  Element-wise 2-D work uses a 256-thread block whose
+ * x extent is the smallest power of two >= cols (at most 32), so narrow
+ * matrices (xyz, 3 columns) do not idle most of a warp. */
+struct nesf_shape2d {
+    dim3 grid, block;
+};
+
+static inline nesf_shape2d nesf_shape_2d(int rows, int cols)
+{
+    int bx = 32;
+    while (bx > 1 && bx / 2 >= cols) bx /= 2;
+    int by = 256 / bx;
+    long gx = (cols + bx - 1) / bx;
+    long gy = (rows + by - 1) / by;
+    if (gx < 1) gx = 1;
+    if (gy < 1) gy = 1;
+    if (gy > 65535) gy = 65535;
+    nesf_shape2d s;
+    s.grid = dim3((unsigned)gx, (unsigned)gy, 1);
+    s.block = dim3((unsigned)bx, (unsigned)by, 1);
+    return s;
+}
+
+/* Calls f(r, c) once for every r < rows, c < cols. */
+template <class F>
+__global__ void nesf_k_each2d(int rows, int cols, F f)
+{
+    for (int r = blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += gridDim.y * blockDim.y)
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)
+            f(r, c);
+}
+
+template <class F>
+static inline void nesf_each2d(nesf_cuda *c, const char *what, int rows, int cols, F f)
+{
+    if (rows <= 0 || cols <= 0) return;
+    nesf_shape2d s = nesf_shape_2d(rows, cols);
+    nesf_k_each2d<<<s.grid, s.block, 0, c->stream>>>(rows, cols, f);
+    nesf_cuda_launched(c, what);
+}
+
+/* 1-D grid-stride: f(i) for i < n.  The grid depends on n only, never on
+ * the device, so reductions built on it are reproducible everywhere. */
+template <class F>
+__global__ void nesf_k_each1d(size_t n, F f)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        f(i);
+}
+
+static inline unsigned nesf_blocks_1d(size_t n, unsigned threads, unsigned max_blocks)
+{
+    size_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    if (b > max_blocks) b = max_blocks;
+    return (unsigned)b;
+}
+
+template <class F>
+static inline void nesf_each1d(nesf_cuda *c, const char *what, size_t n, F f)
+{
+    if (n == 0) return;
+    nesf_k_each1d<<<nesf_blocks_1d(n, 256, 65535), 256, 0, c->stream>>>(n, f);
+    nesf_cuda_launched(c, what);
+}
+
+#endif
