@@ -126,6 +126,8 @@ struct nesf_backend {
     char device[160];      /* human description, e.g. "CPU, OpenBLAS 2 threads" */
     int threads;           /* CPU threads used (informational on CUDA) */
     double peak_flops;     /* peak FLOP/s of the GEMM arithmetic in use (0: unknown) */
+    int chunk_rows;        /* rows per pass the backend runs best (field chunks):
+                              cache-sized on the CPU, launch-amortising on a GPU */
     const nesf_backend_ops *ops;
     void *impl;            /* backend private state */
 };

@@ -378,6 +378,7 @@ int nesf_backend_cpu_create(int threads, nesf_backend **out, nesf_error *err)
 #endif
     be->name = "cpu";
     be->threads = threads;
+    be->chunk_rows = 4096; /* a chunk's activations stay in the last-level cache */
     be->ops = &cpu_ops;
     snprintf(be->device, sizeof be->device, "CPU, OpenBLAS, %d thread%s", threads,
              threads == 1 ? "" : "s");

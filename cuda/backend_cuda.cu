@@ -858,6 +858,11 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
         return rc;
     }
     c->sm_count = prop.multiProcessorCount;
+    /* field chunks: enough rows that each GEMM fills the device and launch
+     * costs are amortised; NESF_CUDA_CHUNK overrides (tuning) */
+    be->chunk_rows = 1 << 16;
+    const char *ch = getenv("NESF_CUDA_CHUNK");
+    if (ch && atoi(ch) >= 256) be->chunk_rows = atoi(ch);
     be->peak_flops = peak_flops(device, prop.major, prop.minor, prop.multiProcessorCount, math);
     snprintf(be->device, sizeof be->device, "CUDA %d: %.64s, sm_%d%d, %d SMs, %.0f GiB; cuBLAS %d.%d, %s",
              device, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
