@@ -27,14 +27,18 @@
 
 static nesf_backend *be;
 
+/* CPU by default; NESF_PARITY_BACKEND=cuda|auto checks another backend
+ * against the same fixtures (on a machine with a GPU). */
 static int setup(void **state)
 {
     (void)state;
     nesf_error e = {0};
-    if (nesf_backend_cpu_create(1, &be, &e)) {
-        fprintf(stderr, "cpu backend: %s\n", e.msg);
+    const char *kind = getenv("NESF_PARITY_BACKEND");
+    if (nesf_backend_create(kind && *kind ? kind : "cpu", 1, &be, &e)) {
+        fprintf(stderr, "backend: %s\n", e.msg);
         return -1;
     }
+    print_message("parity on backend %s (%s)\n", be->name, be->device);
     return 0;
 }
 
