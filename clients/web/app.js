@@ -323,8 +323,11 @@ function selectFrame(i, resetView) {
     `<span><span class="k">α β γ</span>${fmt(p.alpha, 1)} ${fmt(p.beta, 1)} ${fmt(p.gamma, 1)}°</span>` +
     `<span><span class="k">V</span>${fmt(volume(s), 1)} Å³</span>`;
   document.querySelectorAll('#strip li').forEach((li, k) => li.classList.toggle('current', k === i));
+  // scroll the strip only (scrollIntoView would scroll the page too)
   const cur = document.querySelector('#strip li.current');
-  if (cur && cur.scrollIntoView) cur.scrollIntoView({ block: 'nearest', inline: 'nearest' });
+  const strip = $('#strip');
+  if (cur && (cur.offsetLeft < strip.scrollLeft || cur.offsetLeft + cur.offsetWidth > strip.scrollLeft + strip.clientWidth))
+    strip.scrollLeft = cur.offsetLeft - (strip.clientWidth - cur.offsetWidth) / 2;
   $('#slider').value = String(i);
   $('#download-cif').disabled = !cifOf(f);
   $('#download-cif').title = cifOf(f) ? '' : 'the server sent no CIF for this frame';
