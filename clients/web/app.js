@@ -313,15 +313,27 @@ function selectFrame(i, resetView) {
   const f = state.frames[i];
   const s = f.structure || {};
   const p = latticeParams(s);
-  render(f, resetView);
-  $('#frame-info').innerHTML =
-    `<span class="big formula">${formulaHTML(formulaOf(f))}</span>` +
-    `<span><span class="k">t</span>${fmt(f.t, 3)}</span>` +
-    `<span><span class="k">atoms</span>${natoms(f)}</span>` +
-    `<span><span class="k">space group</span>${escapeHTML(spaceGroup(s))}</span>` +
-    `<span><span class="k">a b c</span>${fmt(p.a, 3)} ${fmt(p.b, 3)} ${fmt(p.c, 3)} Å</span>` +
-    `<span><span class="k">α β γ</span>${fmt(p.alpha, 1)} ${fmt(p.beta, 1)} ${fmt(p.gamma, 1)}°</span>` +
-    `<span><span class="k">V</span>${fmt(volume(s), 1)} Å³</span>`;
+  if (f.error) {
+    $('#frame-info').innerHTML = `<span class="big">–</span><span><span class="k">t</span>${fmt(f.t, 3)}</span>` +
+      `<span class="failed">this step did not decode: ${escapeHTML(f.error.message || f.error.code || '')}</span>`;
+    $('#legend').innerHTML = '';
+    if (state.viewer) {
+      state.viewer.removeAllModels();
+      state.viewer.removeAllShapes();
+      state.viewer.removeAllLabels();
+      state.viewer.render();
+    }
+  } else {
+    render(f, resetView);
+    $('#frame-info').innerHTML =
+      `<span class="big formula">${formulaHTML(formulaOf(f))}</span>` +
+      `<span><span class="k">t</span>${fmt(f.t, 3)}</span>` +
+      `<span><span class="k">atoms</span>${natoms(f)}</span>` +
+      `<span><span class="k">space group</span>${escapeHTML(spaceGroup(s))}</span>` +
+      `<span><span class="k">a b c</span>${fmt(p.a, 3)} ${fmt(p.b, 3)} ${fmt(p.c, 3)} Å</span>` +
+      `<span><span class="k">α β γ</span>${fmt(p.alpha, 1)} ${fmt(p.beta, 1)} ${fmt(p.gamma, 1)}°</span>` +
+      `<span><span class="k">V</span>${fmt(volume(s), 1)} Å³</span>`;
+  }
   document.querySelectorAll('#strip li').forEach((li, k) => li.classList.toggle('current', k === i));
   // scroll the strip only (scrollIntoView would scroll the page too)
   const cur = document.querySelector('#strip li.current');
@@ -360,10 +372,12 @@ function renderStrip() {
     if (i > 0 && formula !== formulaOf(state.frames[i - 1])) li.classList.add('changed');
     const t = typeof f.t === 'number' ? f.t : (n > 1 ? i / (n - 1) : 0);
     const bar = `linear-gradient(90deg, var(--a) ${(1 - t) * 100}%, var(--b) ${(1 - t) * 100}%)`;
+    const meta = f.error ? `<span class="meta failed" title="${escapeHTML(f.error.message || '')}">` +
+                           `${escapeHTML(f.error.code || 'decode failed')}</span>`
+                         : `<span class="meta">${natoms(f)} atoms · ${escapeHTML(spaceGroup(f.structure || {}))}</span>`;
     li.innerHTML = `<span class="bar" style="background:${bar}"></span>` +
       `<span class="t">t = ${fmt(t, 2)}</span>` +
-      `<span class="formula">${formulaHTML(formula)}</span>` +
-      `<span class="meta">${natoms(f)} atoms · ${escapeHTML(spaceGroup(f.structure || {}))}</span>`;
+      `<span class="formula">${f.error ? '–' : formulaHTML(formula)}</span>` + meta;
     if (cifOf(f)) {
       const a = document.createElement('a');
       a.className = 'cif';
