@@ -3,8 +3,10 @@
     with Nesfd() as d:           # env NESFD (binary), NESF_TEST_MODEL (weights)
         d.url                    # http://127.0.0.1:PORT
 
-The model defaults to the committed tiny parity fixture (latent size 20),
-which decodes in milliseconds on a CPU; NESF_TEST_MODEL picks another."""
+The model is NESF_TEST_MODEL or else the default trained weights,
+models/lcs6.safetensors: the clients are tested on structures that really
+decode (a random network predicts degenerate cells).  Tests ask for
+FAST_OPTIONS decoding to stay quick on a 2-core CPU."""
 import json
 import os
 import socket
@@ -14,7 +16,8 @@ import time
 import urllib.request
 
 ROOT = os.environ.get("NESF_SOURCE_ROOT") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_MODEL = os.path.join(ROOT, "tests", "parity", "fixtures", "forward_tiny.safetensors")
+DEFAULT_MODEL = os.path.join(ROOT, "models", "lcs6.safetensors")
+FAST_OPTIONS = {"grid_step": 1.0, "iterations": 32}
 
 
 def free_port():
@@ -24,11 +27,14 @@ def free_port():
 
 
 class Nesfd:
-    def __init__(self, extra=(), model=None, name="test"):
+    def __init__(self, extra=(), model=None, name="test", token=None):
         self.exe = os.environ.get("NESFD") or os.path.join(ROOT, "build", "server", "nesfd")
         if not os.access(self.exe, os.X_OK):
             raise RuntimeError("nesfd not built: %s (set NESFD)" % self.exe)
         self.model = model or os.environ.get("NESF_TEST_MODEL") or DEFAULT_MODEL
+        if not os.path.exists(self.model):
+            raise RuntimeError("no model: %s (set NESF_TEST_MODEL)" % self.model)
+        self.token = token
         self.name = name
         self.extra = list(extra)
         self.proc = None
@@ -48,7 +54,10 @@ class Nesfd:
                 if self.proc.poll() is not None:
                     break
                 try:
-                    with urllib.request.urlopen(self.url + "/ready", timeout=2) as r:
+                    req = urllib.request.Request(self.url + "/ready")
+                    if self.token:
+                        req.add_header("Authorization", "Bearer " + self.token)
+                    with urllib.request.urlopen(req, timeout=2) as r:
                         if r.status == 200:
                             return self
                 except OSError:
@@ -85,11 +94,11 @@ class Nesfd:
         if self.log:
             os.unlink(self.log.name)
 
-    def post(self, path, body, token=None):
+    def post(self, path, body):
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
         req.add_header("Content-Type", "application/json")
-        if token:
-            req.add_header("Authorization", "Bearer " + token)
+        if self.token:
+            req.add_header("Authorization", "Bearer " + self.token)
         with urllib.request.urlopen(req, timeout=300) as r:
             return json.loads(r.read())
 
