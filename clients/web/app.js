@@ -288,6 +288,9 @@ function centerOnCell(v, m) {
 
 /* an oblique view shows all three cell axes at once */
 function resetCamera(v) {
+  const view = v.getView();
+  view.splice(4, 4, 0, 0, 0, 1); // identity rotation: rotate() below accumulates
+  v.setView(view);
   v.zoomTo();
   v.rotate(-62, 'x');
   v.rotate(-28, 'y');
