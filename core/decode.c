@@ -1,6 +1,7 @@
 /* decode.c - the reconstruction algorithm on an abstract field, its
  * options, NMS and the ground-truth field.  See decode.h. */
 #include "decode.h"
+#include "decode_internal.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -29,11 +30,16 @@ void nesf_decode_opts_default(nesf_decode_opts *o)
     o->max_atoms = 1024;
     o->max_particles = 1 << 21;
     o->batch_particles = 1L << 20;
+    o->mode = NESF_DECODE_PAPER;
+    o->fast_step = 0.5f;
+    o->fast_margin = 1.0f;
+    o->fast_tol = 1e-3f;
+    o->fast_merge = 0.01f;
 }
 
 typedef struct opt_desc {
     const char *key;
-    char type; /* 'f' float, 'i' int, 'l' long */
+    char type; /* 'f' float, 'i' int, 'l' long, 'm' mode (an int named in JSON) */
     size_t off;
     double lo, hi;
 } opt_desc;
@@ -52,7 +58,13 @@ static const opt_desc opt_table[] = {
     OPT(max_atoms, 'i', 1, 100000),
     OPT(max_particles, 'i', 1, 1 << 24),
     OPT(batch_particles, 'l', 1, 1L << 28),
+    OPT(mode, 'm', NESF_DECODE_PAPER, NESF_DECODE_FAST),
+    OPT(fast_step, 'f', 0.05, 5.0),
+    OPT(fast_margin, 'f', 0.0, 20.0),
+    OPT(fast_tol, 'f', 1e-6, 1.0),
+    OPT(fast_merge, 'f', 0.0, 1.0),
 };
+static const char *const mode_names[] = {"paper", "fast"};
 #undef OPT
 #define N_OPTS ((int)(sizeof opt_table / sizeof opt_table[0]))
 
@@ -64,7 +76,7 @@ static double opt_get(const nesf_decode_opts *o, const opt_desc *d)
     const char *p = (const char *)o + d->off;
     switch (d->type) {
     case 'f': return *(const float *)p;
-    case 'i': return *(const int *)p;
+    case 'i': case 'm': return *(const int *)p;
     default: return (double)*(const long *)p;
     }
 }
@@ -74,7 +86,7 @@ static void opt_set(nesf_decode_opts *o, const opt_desc *d, double v)
     char *p = (char *)o + d->off;
     switch (d->type) {
     case 'f': *(float *)p = (float)v; break;
-    case 'i': *(int *)p = (int)v; break;
+    case 'i': case 'm': *(int *)p = (int)v; break;
     default: *(long *)p = (long)v; break;
     }
 }
@@ -111,8 +123,14 @@ int nesf_decode_opts_from_json(nesf_decode_opts *o, const struct json_t *obj, ne
         for (int i = 0; i < N_OPTS && !d; i++)
             if (!strcmp(opt_table[i].key, key)) d = &opt_table[i];
         if (!d) return nesf_fail(err, NESF_ERR_INVALID, "unknown decode option \"%.64s\"", key);
-        double v;
-        if (d->type == 'f') {
+        double v = -1;
+        if (d->type == 'm') {
+            for (int m = 0; json_is_string(val) && m <= NESF_DECODE_FAST; m++)
+                if (!strcmp(json_string_value(val), mode_names[m])) v = m;
+            if (v < 0)
+                return nesf_fail(err, NESF_ERR_INVALID,
+                                 "decode option %s must be \"paper\" or \"fast\"", key);
+        } else if (d->type == 'f') {
             if (!json_is_number(val))
                 return nesf_fail(err, NESF_ERR_INVALID, "decode option %s must be a number", key);
             v = json_number_value(val);
@@ -149,8 +167,10 @@ char *nesf_decode_opts_to_json(const nesf_decode_opts *o)
     if (!obj) return NULL;
     for (int i = 0; i < N_OPTS; i++) {
         double v = opt_get(o, &opt_table[i]);
-        json_object_set_new(obj, opt_table[i].key,
-                            opt_table[i].type == 'f' ? json_real(v) : json_integer((json_int_t)v));
+        json_t *jv = opt_table[i].type == 'f'   ? json_real(v)
+                     : opt_table[i].type == 'm' ? json_string(mode_names[(int)v])
+                                                : json_integer((json_int_t)v);
+        json_object_set_new(obj, opt_table[i].key, jv);
     }
     char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(7));
     json_decref(obj);
@@ -207,6 +227,12 @@ static int finite3(const float *p) { return isfinite(p[0]) && isfinite(p[1]) && 
 int nesf_nms(int n, const float *pos, const float *s, float radius, int min_count,
              int max_out, float *atoms, int *more)
 {
+    return nesf_nms_weighted(n, pos, s, NULL, radius, min_count, max_out, atoms, more);
+}
+
+int nesf_nms_weighted(int n, const float *pos, const float *s, const float *wt, float radius,
+                      double min_weight, int max_out, float *atoms, int *more)
+{
     if (more) *more = 0;
     if (n <= 0) return 0;
     cell_entry *cells = malloc((size_t)n * sizeof *cells);
@@ -235,8 +261,7 @@ int nesf_nms(int n, const float *pos, const float *s, float radius, int min_coun
         int i = order[o].idx;
         if (!alive[i]) continue;
         const float *pi = pos + 3 * i;
-        double acc[3] = {0, 0, 0}, wsum = 0;
-        int cnt = 0;
+        double acc[3] = {0, 0, 0}, wsum = 0, cnt = 0;
         for (int dx = -1; dx <= 1; dx++)
             for (int dy = -1; dy <= 1; dy++)
                 for (int dz = -1; dz <= 1; dz++) {
@@ -257,13 +282,13 @@ int nesf_nms(int n, const float *pos, const float *s, float radius, int min_coun
                         if (d0 * d0 + d1 * d1 + d2 * d2 >= r2) continue;
                         alive[j] = 0;
                         /* softmax(-s) over the group; s[i] is its minimum */
-                        double w = exp(-((double)s[j] - s[i]));
+                        double wj = wt ? wt[j] : 1.0, w = wj * exp(-((double)s[j] - s[i]));
                         wsum += w;
                         for (int k = 0; k < 3; k++) acc[k] += w * pj[k];
-                        cnt++;
+                        cnt += wj;
                     }
                 }
-        if (cnt < min_count) continue;
+        if (cnt < min_weight) continue;
         if (na == max_out) {
             if (more) *more = 1;
             continue;
@@ -284,27 +309,111 @@ static double now_ms(void)
     return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
 
+double nesf__now_ms(void) { return now_ms(); }
+
 /* Everything one decode call allocates, sized for its largest batch. */
 typedef struct decode_ws {
     nesf_backend *be;
-    float *grid_d, *p_d, *f_d, *s_d, *sq_d, *sl_d;     /* backend */
-    int *cls_d;
+    float *grid_d, *p_d, *f_d, *s_d;                   /* backend */
     float *grid_h, *p_h, *s_h, *kp_h, *ks_h, *atoms_h; /* host; kp, ks: per NMS thread */
-    float *sq_h, *len_h, *ang_h, *sofs_h;
-    int *off, *natoms, *aoff, *sp_off, *cls;
+    float *len_h, *ang_h;
+    int *off, *natoms, *aoff, *cls;
     int *kept, *more;   /* per structure of a batch, from the NMS threads */
+    nesf__vote vote;
 } decode_ws;
 
 static void ws_free(decode_ws *w)
 {
     nesf_backend *be = w->be;
-    void *dev[] = {w->grid_d, w->p_d, w->f_d, w->s_d, w->sq_d, w->sl_d, w->cls_d};
+    void *dev[] = {w->grid_d, w->p_d, w->f_d, w->s_d};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->ops->free(be, dev[i]);
-    void *host[] = {w->grid_h, w->p_h, w->s_h, w->kp_h, w->ks_h, w->atoms_h, w->sq_h,
-                    w->len_h, w->ang_h, w->sofs_h, w->off, w->natoms, w->aoff, w->sp_off,
+    void *host[] = {w->grid_h, w->p_h, w->s_h, w->kp_h, w->ks_h, w->atoms_h,
+                    w->len_h, w->ang_h, w->off, w->natoms, w->aoff,
                     w->cls, w->kept, w->more};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+    nesf__vote_free(&w->vote);
+}
+
+/* ---- step 6: species vote ---- */
+
+int nesf__vote_init(nesf__vote *v, nesf_backend *be, const nesf_decode_opts *o, int A,
+                    int max_structs, nesf_error *err)
+{
+    memset(v, 0, sizeof *v);
+    v->be = be;
+    const int ns = nesf_arange_count(o->species_lo, o->species_hi, o->species_step);
+    v->P = ns * ns * ns;
+    v->A = A;
+    /* species queries go through the field in chunks of whole atoms */
+    v->chunk = (1 << 16) / v->P;
+    if (v->chunk < 1) v->chunk = 1;
+    const size_t fl = sizeof(float), cq = (size_t)v->chunk * v->P;
+    v->sq_d = be->ops->alloc(be, cq * 3 * fl);
+    v->sl_d = be->ops->alloc(be, cq * A * fl);
+    v->cls_d = be->ops->alloc(be, (size_t)v->chunk * sizeof(int));
+    v->sq_h = malloc(cq * 3 * fl);
+    v->ofs_h = malloc((size_t)v->P * 3 * fl);
+    v->sp_off = malloc((size_t)(max_structs + 1) * sizeof(int));
+    if (!v->sq_d || !v->sl_d || !v->cls_d || !v->sq_h || !v->ofs_h || !v->sp_off) {
+        nesf__vote_free(v);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory for the species vote");
+    }
+    for (int p = 0; p < v->P; p++) {
+        int c[3] = {p / (ns * ns), (p / ns) % ns, p % ns};
+        for (int k = 0; k < 3; k++)
+            v->ofs_h[3 * p + k] = (float)(o->species_lo + c[k] * (double)o->species_step);
+    }
+    return NESF_OK;
+}
+
+void nesf__vote_free(nesf__vote *v)
+{
+    nesf_backend *be = v->be;
+    void *dev[] = {v->sq_d, v->sl_d, v->cls_d};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i]) be->ops->free(be, dev[i]);
+    free(v->sq_h);
+    free(v->ofs_h);
+    free(v->sp_off);
+    memset(v, 0, sizeof *v);
+}
+
+int nesf__vote_run(nesf__vote *v, nesf_field *f, int first, int S, const int *aoff,
+                   const float *atoms, int *cls, long *evals, nesf_error *err)
+{
+    nesf_backend *be = v->be;
+    const int P3 = v->P, chunk = v->chunk, total = aoff[S];
+    const size_t fl = sizeof(float);
+    int rc;
+    for (int a0 = 0; a0 < total; a0 += chunk) {
+        const int a1 = total - a0 < chunk ? total : a0 + chunk;
+        int sf = 0;
+        while (aoff[sf + 1] <= a0) sf++;
+        int sl = sf;
+        while (aoff[sl + 1] < a1) sl++;
+        const int Sc = sl - sf + 1;
+        for (int k = 0; k <= Sc; k++) {
+            int x = aoff[sf + k];
+            x = x < a0 ? a0 : x > a1 ? a1 : x;
+            v->sp_off[k] = (x - a0) * P3;
+        }
+        for (int a = a0; a < a1; a++)
+            for (int p = 0; p < P3; p++)
+                for (int k = 0; k < 3; k++)
+                    v->sq_h[((size_t)(a - a0) * P3 + p) * 3 + k] =
+                        atoms[3 * a + k] + v->ofs_h[3 * p + k];
+        const size_t qp = (size_t)(a1 - a0) * P3;
+        if (be->ops->upload(be, v->sq_d, v->sq_h, qp * 3 * fl))
+            return nesf_fail(err, NESF_ERR_BACKEND, "uploading species queries failed");
+        if ((rc = f->species(f, first + sf, Sc, v->sp_off, v->sq_d, v->sl_d, err))) return rc;
+        /* the vote runs where the logits are: one class per atom comes back */
+        be->ops->vote(be, a1 - a0, P3, v->A, v->sl_d, v->cls_d);
+        if (be->ops->download(be, cls + a0, v->cls_d, (size_t)(a1 - a0) * sizeof(int)))
+            return nesf_fail(err, NESF_ERR_BACKEND, "species vote failed");
+        *evals += (long)qp;
+    }
+    return NESF_OK;
 }
 
 /* ---- steps 4-5 for a batch: one structure per task, on threads ----
@@ -420,6 +529,13 @@ static int build_structure(const float len[3], const float ang[3], int na, const
     return NESF_OK;
 }
 
+int nesf__build_structure(const float len[3], const float ang[3], int na, const float *atoms,
+                          const int *cls, const int *species_z, nesf_structure **out,
+                          nesf_error *err)
+{
+    return build_structure(len, ang, na, atoms, cls, species_z, out, err);
+}
+
 int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
                       nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
 {
@@ -442,6 +558,7 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         if (st) *st = stats;
         return NESF_OK;
     }
+    if (o->mode == NESF_DECODE_FAST) return nesf__decode_fast(f, o, out, item_err, st, err);
 
     /* the particle grid, shared by every structure */
     int gn[3];
@@ -458,17 +575,12 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         return nesf_fail(err, NESF_ERR_INVALID,
                          "particle grid %dx%dx%d = %ld exceeds max_particles %d (raise grid_step)",
                          gn[0], gn[1], gn[2], G, o->max_particles);
-    const int ns = nesf_arange_count(o->species_lo, o->species_hi, o->species_step);
-    const int P3 = ns * ns * ns;
     long maxa = G / o->nms_min_count + 1;
     if (maxa > o->max_atoms) maxa = o->max_atoms;
     int Sb = (int)(o->batch_particles / G);
     if (Sb < 1) Sb = 1;
     if (Sb > n) Sb = n;
     const size_t Q = (size_t)Sb * G;
-    /* species queries go through the field in chunks of whole atoms */
-    int chunk = (1 << 16) / P3;
-    if (chunk < 1) chunk = 1;
 
     nesf_backend *be = f->be;
     decode_ws w;
@@ -479,9 +591,6 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     w.p_d = be->ops->alloc(be, Q * 3 * fl);
     w.f_d = be->ops->alloc(be, Q * 3 * fl);
     w.s_d = be->ops->alloc(be, Q * fl);
-    w.sq_d = be->ops->alloc(be, (size_t)chunk * P3 * 3 * fl);
-    w.sl_d = be->ops->alloc(be, (size_t)chunk * P3 * A * fl);
-    w.cls_d = be->ops->alloc(be, (size_t)chunk * sizeof(int));
     w.grid_h = malloc((size_t)G * 3 * fl);
     w.p_h = malloc(Q * 3 * fl);
     w.s_h = malloc(Q * fl);
@@ -491,22 +600,22 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     w.kept = malloc((size_t)Sb * sizeof(int));
     w.more = malloc((size_t)Sb * sizeof(int));
     w.atoms_h = malloc((size_t)Sb * maxa * 3 * fl);
-    w.sq_h = malloc((size_t)chunk * P3 * 3 * fl);
     w.len_h = malloc((size_t)Sb * 3 * fl);
     w.ang_h = malloc((size_t)Sb * 3 * fl);
-    w.sofs_h = malloc((size_t)P3 * 3 * fl);
     w.off = malloc((size_t)(Sb + 1) * sizeof(int));
     w.natoms = malloc((size_t)Sb * sizeof(int));
     w.aoff = malloc((size_t)(Sb + 1) * sizeof(int));
-    w.sp_off = malloc((size_t)(Sb + 1) * sizeof(int));
     w.cls = malloc((size_t)Sb * maxa * sizeof(int));
-    if (!w.grid_d || !w.p_d || !w.f_d || !w.s_d || !w.sq_d || !w.sl_d || !w.cls_d || !w.grid_h ||
-        !w.p_h || !w.s_h || !w.kp_h || !w.ks_h || !w.atoms_h || !w.sq_h || !w.len_h ||
-        !w.ang_h || !w.sofs_h || !w.off || !w.natoms || !w.aoff || !w.sp_off || !w.cls ||
-        !w.kept || !w.more) {
+    if (!w.grid_d || !w.p_d || !w.f_d || !w.s_d || !w.grid_h || !w.p_h || !w.s_h || !w.kp_h ||
+        !w.ks_h || !w.atoms_h || !w.len_h || !w.ang_h || !w.off || !w.natoms || !w.aoff ||
+        !w.cls || !w.kept || !w.more) {
         ws_free(&w);
         return nesf_fail(err, NESF_ERR_NOMEM, "out of memory for decoding %d structures "
                          "(%ld particles each)", n, G);
+    }
+    if ((rc = nesf__vote_init(&w.vote, be, o, A, Sb, err))) {
+        ws_free(&w);
+        return rc;
     }
     /* x slowest, z fastest, as numpy's meshgrid(indexing="ij") */
     for (long g = 0; g < G; g++) {
@@ -514,11 +623,6 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         w.grid_h[3 * g] = (float)(glo[0] + ix * (double)o->grid_step);
         w.grid_h[3 * g + 1] = (float)(glo[1] + iy * (double)o->grid_step);
         w.grid_h[3 * g + 2] = (float)(glo[2] + iz * (double)o->grid_step);
-    }
-    for (int p = 0; p < P3; p++) {
-        int c[3] = {p / (ns * ns), (p / ns) % ns, p % ns};
-        for (int k = 0; k < 3; k++)
-            w.sofs_h[3 * p + k] = (float)(o->species_lo + c[k] * (double)o->species_step);
     }
     rc = be->ops->upload(be, w.grid_d, w.grid_h, (size_t)G * 3 * fl);
     if (rc) {
@@ -549,6 +653,7 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         }
         stats.field_evals += (long)q * o->iterations;
         stats.particles += (long)q;
+        stats.steps += (long)S * o->iterations;
         double t2 = now_ms();
         stats.ms_flow += t2 - t1;
 
@@ -577,38 +682,10 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         double t3 = now_ms();
         stats.ms_nms += t3 - t2;
 
-        /* step 6: species vote, chunks of whole atoms */
-        for (int a0 = 0; a0 < total; a0 += chunk) {
-            const int a1 = total - a0 < chunk ? total : a0 + chunk;
-            int sf = 0;
-            while (w.aoff[sf + 1] <= a0) sf++;
-            int sl = sf;
-            while (w.aoff[sl + 1] < a1) sl++;
-            const int Sc = sl - sf + 1;
-            for (int k = 0; k <= Sc; k++) {
-                int v = w.aoff[sf + k];
-                v = v < a0 ? a0 : v > a1 ? a1 : v;
-                w.sp_off[k] = (v - a0) * P3;
-            }
-            for (int a = a0; a < a1; a++)
-                for (int p = 0; p < P3; p++)
-                    for (int k = 0; k < 3; k++)
-                        w.sq_h[((size_t)(a - a0) * P3 + p) * 3 + k] =
-                            w.atoms_h[3 * a + k] + w.sofs_h[3 * p + k];
-            const size_t qp = (size_t)(a1 - a0) * P3;
-            if (be->ops->upload(be, w.sq_d, w.sq_h, qp * 3 * fl)) {
-                rc = nesf_fail(err, NESF_ERR_BACKEND, "uploading species queries failed");
-                goto fail;
-            }
-            if ((rc = f->species(f, b0 + sf, Sc, w.sp_off, w.sq_d, w.sl_d, err))) goto fail;
-            /* the vote runs where the logits are: one class per atom comes back */
-            be->ops->vote(be, a1 - a0, P3, A, w.sl_d, w.cls_d);
-            if (be->ops->download(be, w.cls + a0, w.cls_d, (size_t)(a1 - a0) * sizeof(int))) {
-                rc = nesf_fail(err, NESF_ERR_BACKEND, "species vote failed");
-                goto fail;
-            }
-            stats.field_evals += (long)qp;
-        }
+        /* step 6: species vote */
+        if ((rc = nesf__vote_run(&w.vote, f, b0, S, w.aoff, w.atoms_h, w.cls, &stats.field_evals,
+                                 err)))
+            goto fail;
         stats.ms_species += now_ms() - t3;
 
         /* step 1 (the lattice) and the output structures */

@@ -40,7 +40,24 @@ typedef struct nesf_decode_opts {
     int max_particles;   /* refuse grids larger than this per structure (2^21) */
     long batch_particles;/* particles evaluated together; structures are
                             decoded in batches of about this size (2^21) */
+    /* The algorithm: NESF_DECODE_PAPER, spec §5 exactly, or
+     * NESF_DECODE_FAST (decode_fast.c); JSON "mode": "paper" | "fast".
+     * Fast mode: the lattice heads run first and particles start on a
+     * grid of spacing fast_step Å over the predicted cell plus fast_margin
+     * Å (clipped to the paper's box); each particle carries the volume it
+     * stands for, in particles of a grid_step grid, so that nms_min_count
+     * keeps its meaning.  A particle retires when its step is below
+     * fast_tol Å; particles within the same fast_merge Å cell merge (their
+     * weights add; 0: never); iterations bounds the steps.  species_*
+     * apply to both modes, grid_pad only bounds the fast grid. */
+    int mode;
+    float fast_step;     /* (0.5) */
+    float fast_margin;   /* (1.0) */
+    float fast_tol;      /* (0.001) */
+    float fast_merge;    /* (0.01) */
 } nesf_decode_opts;
+
+enum { NESF_DECODE_PAPER = 0, NESF_DECODE_FAST = 1 };
 
 /* The paper's settings (spec §5). */
 void nesf_decode_opts_default(nesf_decode_opts *o);
@@ -66,6 +83,8 @@ typedef struct nesf_decode_stats {
     double ms_flow;      /* particle flow (position field) */
     double ms_nms;       /* download, scoring, NMS */
     double ms_species;   /* species field and vote */
+    long steps;          /* sum over structures of the flow steps they ran */
+    long merged;         /* particles merged into others (fast mode) */
 } nesf_decode_stats;
 
 /* ---- fields ----
@@ -135,5 +154,10 @@ int nesf_decode(nesf_model *m, int n, const float *z, const nesf_decode_opts *o,
  * field that scatters particles costs O(n), not O(n²).  Exposed for tests. */
 int nesf_nms(int n, const float *pos, const float *s, float radius, int min_count,
              int max_out, float *atoms, int *more);
+/* The same with particle i standing for w[i] particles (w NULL: 1 each):
+ * a group emits an atom when its weight reaches min_weight, at its mean
+ * weighted by w·softmax(-s).  nesf_nms is the case w = NULL. */
+int nesf_nms_weighted(int n, const float *pos, const float *s, const float *w, float radius,
+                      double min_weight, int max_out, float *atoms, int *more);
 
 #endif

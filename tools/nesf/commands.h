@@ -12,5 +12,6 @@ int nesf_bench_load(int argc, char **argv);
 int nesf_bench_field(int argc, char **argv);
 int nesf_bench_train(int argc, char **argv);
 int nesf_bench_gpu(int argc, char **argv);
+int nesf_bench_decode_modes(int argc, char **argv);
 
 #endif

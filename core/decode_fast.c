@@ -1,0 +1,443 @@
+/* decode_fast.c - the fast reconstruction (decode.h, mode "fast").
+ *
+ * The paper's decoder flows ~7000 particles over the dataset's whole box
+ * for 64 steps, whatever the structure.  This one spends field
+ * evaluations only where they change the answer:
+ *  - the lattice heads run first and particles start on a grid over the
+ *    predicted cell plus a margin, laid out in fractional coordinates so
+ *    that it follows the cell's shape, and clipped to the paper's box (a
+ *    wrong cell can cost particles, never add particles the paper would
+ *    not have); a cell that is no cell falls back to the box;
+ *  - each particle carries the volume it stands for (its weight, in
+ *    particles of the paper's grid), so NMS's "at least nms_min_count
+ *    particles" still reads "at least that much volume flowed here",
+ *    whatever the spacing and however many particles merged;
+ *  - a particle retires once its step is below fast_tol: it sits at the
+ *    field's fixed point, where the paper's remaining steps would leave it;
+ *  - particles that land in the same fast_merge cell merge: the field is
+ *    deterministic, so they would share the rest of their path;
+ *  - a structure is done when its last particle has retired (at most
+ *    `iterations` steps; what is still moving then is scored as in the
+ *    paper, by its last step).
+ * Retirement and merging are decided on the host after every step, so
+ * that only the surviving particles of the batch go through the next
+ * evaluation. */
+#include "decode_internal.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the starting grid ---- */
+
+/* Particles of the box grid (the paper's region at spacing step). */
+static long box_grid(const nesf_field *f, const nesf_decode_opts *o, float *xyz)
+{
+    int gn[3];
+    double lo[3];
+    for (int k = 0; k < 3; k++) {
+        lo[k] = (double)f->bbox_min[k] - o->grid_pad;
+        gn[k] = nesf_arange_count(lo[k], (double)f->bbox_max[k] + o->grid_pad, o->fast_step);
+        if (gn[k] < 1) gn[k] = 1;
+    }
+    long G = (long)gn[0] * gn[1] * gn[2];
+    if (xyz)
+        for (long g = 0; g < G; g++) {
+            long ix = g / ((long)gn[1] * gn[2]), iy = (g / gn[2]) % gn[1], iz = g % gn[2];
+            xyz[3 * g] = (float)(lo[0] + ix * (double)o->fast_step);
+            xyz[3 * g + 1] = (float)(lo[1] + iy * (double)o->fast_step);
+            xyz[3 * g + 2] = (float)(lo[2] + iz * (double)o->fast_step);
+        }
+    return G;
+}
+
+/* The grid over a predicted cell: per axis k, n_k points per cell edge
+ * (spacing about fast_step along the edge), extended by fast_margin Å
+ * measured across the cell's faces, cell-centred (u = (j + 1/2) / n_k),
+ * keeping the points inside the region of the paper's grid.  Writes the points when xyz
+ * is given and returns their count, or -1 when the cell is unusable or its
+ * grid, before clipping, would exceed max_particles.  *weight: particles
+ * of the paper's grid that one point stands for. */
+static long cell_grid(const nesf_field *f, const nesf_decode_opts *o, const float len[3],
+                      const float ang[3], float *xyz, float *weight)
+{
+    const double deg = 180.0 / M_PI;
+    nesf_cellpar p = {len[0], len[1], len[2], ang[0] * deg, ang[1] * deg, ang[2] * deg};
+    nesf_lattice lat;
+    if (!(isfinite(p.a) && isfinite(p.b) && isfinite(p.c) && isfinite(p.alpha) &&
+          isfinite(p.beta) && isfinite(p.gamma)) ||
+        nesf_lattice_from_params(&p, &lat, NULL))
+        return -1;
+    const double V = fabs(nesf_lattice_volume(&lat));
+    if (!(V > 1e-3)) return -1;
+    const double(*m)[3] = lat.m;
+    int n[3], M[3];
+    double U = 1;
+    for (int k = 0; k < 3; k++) {
+        const double *u = m[(k + 1) % 3], *v = m[(k + 2) % 3];
+        double cx = u[1] * v[2] - u[2] * v[1], cy = u[2] * v[0] - u[0] * v[2],
+               cz = u[0] * v[1] - u[1] * v[0];
+        double h = V / sqrt(cx * cx + cy * cy + cz * cz); /* distance between faces */
+        double e = sqrt(m[k][0] * m[k][0] + m[k][1] * m[k][1] + m[k][2] * m[k][2]);
+        double nk = ceil(e / o->fast_step - 1e-6);
+        if (!(nk >= 1)) nk = 1;
+        double mk = ceil(o->fast_margin / h * nk - 1e-6);
+        if (!(mk >= 0)) mk = 0;
+        U *= nk + 2 * mk;
+        if (!(U <= o->max_particles)) return -1;
+        n[k] = (int)nk;
+        M[k] = (int)mk;
+    }
+    *weight = (float)(V / ((double)n[0] * n[1] * n[2]) /
+                      ((double)o->grid_step * o->grid_step * o->grid_step));
+    /* the region the paper's particles stand for: its grid points plus
+     * half a spacing */
+    double lo[3], hi[3];
+    for (int k = 0; k < 3; k++) {
+        lo[k] = (double)f->bbox_min[k] - o->grid_pad - 0.5 * o->grid_step;
+        hi[k] = (double)f->bbox_max[k] + o->grid_pad + 0.5 * o->grid_step;
+    }
+    long cnt = 0;
+    for (int i = -M[0]; i < n[0] + M[0]; i++)
+        for (int j = -M[1]; j < n[1] + M[1]; j++)
+            for (int l = -M[2]; l < n[2] + M[2]; l++) {
+                double u[3] = {(i + 0.5) / n[0], (j + 0.5) / n[1], (l + 0.5) / n[2]}, c[3];
+                nesf_lattice_frac_to_cart(&lat, u, c);
+                if (c[0] < lo[0] || c[0] >= hi[0] || c[1] < lo[1] || c[1] >= hi[1] ||
+                    c[2] < lo[2] || c[2] >= hi[2])
+                    continue;
+                if (xyz)
+                    for (int k = 0; k < 3; k++) xyz[3 * cnt + k] = (float)c[k];
+                cnt++;
+            }
+    return cnt;
+}
+
+/* The starting particles of one structure: its cell's grid, or the box
+ * grid when the cell gives none.  Count only when xyz is NULL. */
+static long start_grid(const nesf_field *f, const nesf_decode_opts *o, const float len[3],
+                       const float ang[3], float *xyz, float *weight)
+{
+    long c = cell_grid(f, o, len, ang, xyz, weight);
+    if (c > 0) return c;
+    double r = (double)o->fast_step / o->grid_step;
+    *weight = (float)(r * r * r);
+    return box_grid(f, o, xyz);
+}
+
+/* ---- merging ---- */
+
+typedef struct key_entry {
+    uint64_t key;
+    int idx;
+} key_entry;
+
+static int cmp_key(const void *a, const void *b)
+{
+    const key_entry *x = a, *y = b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return x->idx - y->idx;
+}
+
+/* Cell coordinate of v at cell size 1/inv, or -1 out of 21 bits. */
+static int64_t merge_coord(float v, double inv)
+{
+    double c = floor(v * inv) + (1 << 20);
+    return c >= 0 && c < (1 << 21) ? (int64_t)c : -1;
+}
+
+/* Merges the n particles (p, w, s) that share a cell of size r, in place:
+ * weights add, position and score become weight-averaged.  Keeps the
+ * order of each cell's first particle.  Returns the new count. */
+static int merge_cells(int n, float *p, float *w, float *s, float r, key_entry *keys)
+{
+    const double inv = 1.0 / r;
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t c[3];
+        for (int k = 0; k < 3; k++) c[k] = merge_coord(p[3 * i + k], inv);
+        if (c[0] < 0 || c[1] < 0 || c[2] < 0) continue; /* far away: never merged */
+        keys[m++] = (key_entry){((uint64_t)c[0] << 42) | ((uint64_t)c[1] << 21) | (uint64_t)c[2], i};
+    }
+    if (m < 2) return n;
+    qsort(keys, (size_t)m, sizeof *keys, cmp_key);
+    /* fold every run into its first (lowest-index) particle; mark the rest */
+    for (int a = 0; a < m;) {
+        int b = a + 1;
+        while (b < m && keys[b].key == keys[a].key) b++;
+        if (b - a > 1) {
+            int i = keys[a].idx;
+            double W = 0, acc[4] = {0, 0, 0, 0};
+            for (int e = a; e < b; e++) {
+                int j = keys[e].idx;
+                double wj = w[j];
+                W += wj;
+                for (int k = 0; k < 3; k++) acc[k] += wj * p[3 * j + k];
+                acc[3] += wj * s[j];
+                if (j != i) w[j] = -1;
+            }
+            for (int k = 0; k < 3; k++) p[3 * i + k] = (float)(acc[k] / W);
+            s[i] = (float)(acc[3] / W);
+            w[i] = (float)W;
+        }
+        a = b;
+    }
+    int out = 0;
+    for (int i = 0; i < n; i++) {
+        if (w[i] < 0) continue;
+        if (out != i) {
+            memcpy(p + 3 * out, p + 3 * i, 3 * sizeof *p);
+            w[out] = w[i];
+            s[out] = s[i];
+        }
+        out++;
+    }
+    return out;
+}
+
+/* ---- the algorithm ---- */
+
+typedef struct fast_ws {
+    nesf_backend *be;
+    float *p_d, *f_d;          /* backend: active positions, their field */
+    float *ap, *af, *aw, *as;  /* host: active positions, field, weights, last scores */
+    float *fp, *fw, *fs;       /* host: finished particles, per structure slot */
+    float *atoms;              /* host: atoms, per structure slot */
+    int *cls;
+    key_entry *keys;
+    int *aoff, *slot, *fcnt, *natoms, *atoff;
+    float *len, *ang, *wt;     /* lattice of every structure; particle weight */
+    long *cnt0;                /* starting particles of every structure */
+    nesf__vote vote;
+} fast_ws;
+
+static void fws_free(fast_ws *w)
+{
+    if (w->p_d) w->be->ops->free(w->be, w->p_d);
+    if (w->f_d) w->be->ops->free(w->be, w->f_d);
+    void *host[] = {w->ap, w->af, w->aw, w->as, w->fp, w->fw, w->fs, w->atoms, w->cls,
+                    w->keys, w->aoff, w->slot, w->fcnt, w->natoms, w->atoff, w->len, w->ang,
+                    w->wt, w->cnt0};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+    if (w->vote.be) nesf__vote_free(&w->vote);
+}
+
+/* Flows the batch's particles (structures [0, S) of the batch, active
+ * rows aoff) until each has retired; finished particles of structure s
+ * land in its slot from slot[s] on, fcnt[s] of them. */
+static int flow(nesf_field *f, const nesf_decode_opts *o, fast_ws *w, int b0, int S,
+                nesf_decode_stats *st, nesf_error *err)
+{
+    nesf_backend *be = f->be;
+    const size_t fl = sizeof(float);
+    const float tol2 = o->fast_tol * o->fast_tol;
+    int rc;
+    for (int it = 0; it < o->iterations && w->aoff[S] > 0; it++) {
+        const int Pa = w->aoff[S];
+        if (be->ops->upload(be, w->p_d, w->ap, (size_t)Pa * 3 * fl))
+            return nesf_fail(err, NESF_ERR_BACKEND, "uploading particles failed");
+        if ((rc = f->position(f, b0, S, w->aoff, w->p_d, w->f_d, err))) return rc;
+        if (be->ops->download(be, w->af, w->f_d, (size_t)Pa * 3 * fl) || be->ops->sync(be))
+            return nesf_fail(err, NESF_ERR_BACKEND, "backend failed during the particle flow");
+        st->field_evals += Pa;
+        const int last = it == o->iterations - 1;
+        /* compact in place: structure s moves to [start, out), which never
+         * lies beyond its old rows */
+        int out = 0, a1 = w->aoff[0];
+        for (int s = 0; s < S; s++) {
+            const int a0 = a1, start = out;
+            a1 = w->aoff[s + 1];
+            if (a1 > a0) st->steps++;
+            for (int i = a0; i < a1; i++) {
+                const float *fv = w->af + 3 * i;
+                float d2 = fv[0] * fv[0] + fv[1] * fv[1] + fv[2] * fv[2], q[3];
+                for (int k = 0; k < 3; k++) q[k] = w->ap[3 * i + k] + fv[k];
+                if (!isfinite(d2) || !isfinite(q[0]) || !isfinite(q[1]) || !isfinite(q[2]))
+                    continue; /* the paper's score filter would drop it */
+                if (d2 < tol2 || last) {
+                    const long r = w->slot[s] + w->fcnt[s]++;
+                    memcpy(w->fp + 3 * r, q, sizeof q);
+                    w->fw[r] = w->aw[i];
+                    w->fs[r] = d2;
+                    continue;
+                }
+                memcpy(w->ap + 3 * out, q, sizeof q);
+                w->aw[out] = w->aw[i];
+                w->as[out] = d2;
+                out++;
+            }
+            if (o->fast_merge > 0 && out - start > 1) {
+                int kept = merge_cells(out - start, w->ap + 3 * start, w->aw + start,
+                                       w->as + start, o->fast_merge, w->keys);
+                st->merged += out - start - kept;
+                out = start + kept;
+            }
+            w->aoff[s] = start;
+        }
+        w->aoff[S] = out;
+    }
+    return NESF_OK;
+}
+
+int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
+                      nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
+{
+    double t0 = nesf__now_ms();
+    nesf_decode_stats stats;
+    memset(&stats, 0, sizeof stats);
+    const int n = f->n;
+    nesf_backend *be = f->be;
+    fast_ws w;
+    memset(&w, 0, sizeof w);
+    w.be = be;
+    int rc;
+    w.len = malloc((size_t)n * 3 * sizeof *w.len);
+    w.ang = malloc((size_t)n * 3 * sizeof *w.ang);
+    w.wt = malloc((size_t)n * sizeof *w.wt);
+    w.cnt0 = malloc((size_t)n * sizeof *w.cnt0);
+    if (!w.len || !w.ang || !w.wt || !w.cnt0) {
+        rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    /* step 1 first: the lattice decides where the particles start */
+    double t1 = nesf__now_ms();
+    if ((rc = f->lattice(f, 0, n, w.len, w.ang, err))) goto fail;
+    long Pmax = 0, P = 0;
+    int Smax = 0;
+    for (int i = 0, b = 0; i < n; i++) {
+        w.cnt0[i] = start_grid(f, o, w.len + 3 * i, w.ang + 3 * i, NULL, &w.wt[i]);
+        if (w.cnt0[i] > o->max_particles) {
+            rc = nesf_fail(err, NESF_ERR_INVALID,
+                           "particle grid of %ld exceeds max_particles %d (raise fast_step)",
+                           w.cnt0[i], o->max_particles);
+            goto fail;
+        }
+        /* batches of whole structures, about batch_particles particles */
+        if (b > 0 && P + w.cnt0[i] > o->batch_particles) {
+            P = 0;
+            b = 0;
+        }
+        P += w.cnt0[i];
+        b++;
+        if (P > Pmax) Pmax = P;
+        if (b > Smax) Smax = b;
+    }
+    const size_t fl = sizeof(float), Q = (size_t)Pmax;
+    w.p_d = be->ops->alloc(be, Q * 3 * fl);
+    w.f_d = be->ops->alloc(be, Q * 3 * fl);
+    w.ap = malloc(Q * 3 * fl);
+    w.af = malloc(Q * 3 * fl);
+    w.aw = malloc(Q * fl);
+    w.as = malloc(Q * fl);
+    w.fp = malloc(Q * 3 * fl);
+    w.fw = malloc(Q * fl);
+    w.fs = malloc(Q * fl);
+    w.atoms = malloc(Q * 3 * fl);
+    w.cls = malloc(Q * sizeof *w.cls);
+    w.keys = malloc(Q * sizeof *w.keys);
+    w.aoff = malloc((size_t)(Smax + 1) * sizeof *w.aoff);
+    w.slot = malloc((size_t)(Smax + 1) * sizeof *w.slot);
+    w.fcnt = malloc((size_t)Smax * sizeof *w.fcnt);
+    w.natoms = malloc((size_t)Smax * sizeof *w.natoms);
+    w.atoff = malloc((size_t)(Smax + 1) * sizeof *w.atoff);
+    if (!w.p_d || !w.f_d || !w.ap || !w.af || !w.aw || !w.as || !w.fp || !w.fw || !w.fs ||
+        !w.atoms || !w.cls || !w.keys || !w.aoff || !w.slot || !w.fcnt || !w.natoms ||
+        !w.atoff) {
+        rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory for decoding %d structures", n);
+        goto fail;
+    }
+    if ((rc = nesf__vote_init(&w.vote, be, o, f->num_species, Smax, err))) goto fail;
+    const float r2max = o->score_max * o->score_max;
+    stats.ms_flow += nesf__now_ms() - t1;
+
+    for (int b0 = 0; b0 < n;) {
+        int S = 0;
+        long Pb = 0;
+        while (b0 + S < n && (S == 0 || Pb + w.cnt0[b0 + S] <= o->batch_particles))
+            Pb += w.cnt0[b0 + S++];
+        t1 = nesf__now_ms();
+        w.aoff[0] = w.slot[0] = 0;
+        for (int s = 0; s < S; s++) {
+            const int i = b0 + s;
+            float wt;
+            long c = start_grid(f, o, w.len + 3 * i, w.ang + 3 * i, w.ap + 3 * (size_t)w.aoff[s], &wt);
+            for (long g = 0; g < c; g++) {
+                w.aw[w.aoff[s] + g] = wt;
+                w.as[w.aoff[s] + g] = INFINITY;
+            }
+            w.aoff[s + 1] = w.aoff[s] + (int)c;
+            w.slot[s + 1] = w.aoff[s + 1];
+            w.fcnt[s] = 0;
+        }
+        stats.particles += Pb;
+        if ((rc = flow(f, o, &w, b0, S, &stats, err))) goto fail;
+        double t2 = nesf__now_ms();
+        stats.ms_flow += t2 - t1;
+
+        /* steps 4-5: score filter and weighted NMS, per structure */
+        w.atoff[0] = 0;
+        for (int s = 0; s < S; s++) {
+            float *fp = w.fp + 3 * (size_t)w.slot[s], *fw = w.fw + w.slot[s], *fs = w.fs + w.slot[s];
+            int kept = 0;
+            for (int r = 0; r < w.fcnt[s]; r++) {
+                if (!(fs[r] <= r2max)) continue;
+                memmove(fp + 3 * kept, fp + 3 * r, 3 * fl);
+                fw[kept] = fw[r];
+                fs[kept++] = fs[r];
+            }
+            stats.kept += kept;
+            int more = 0;
+            int cap = kept < o->max_atoms ? kept : o->max_atoms;
+            int na = nesf_nms_weighted(kept, fp, fs, fw, o->nms_radius, o->nms_min_count, cap,
+                                       w.atoms + 3 * (size_t)w.atoff[s], &more);
+            if (na < 0) {
+                rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory in non-max suppression");
+                goto fail;
+            }
+            stats.truncated += more || (kept > cap && na == cap);
+            w.natoms[s] = na;
+            w.atoff[s + 1] = w.atoff[s] + na;
+        }
+        stats.atoms += w.atoff[S];
+        double t3 = nesf__now_ms();
+        stats.ms_nms += t3 - t2;
+
+        /* step 6 */
+        if ((rc = nesf__vote_run(&w.vote, f, b0, S, w.atoff, w.atoms, w.cls, &stats.field_evals,
+                                 err)))
+            goto fail;
+        stats.ms_species += nesf__now_ms() - t3;
+
+        for (int s = 0; s < S; s++) {
+            nesf_error e;
+            nesf_error_clear(&e);
+            rc = nesf__build_structure(w.len + 3 * (b0 + s), w.ang + 3 * (b0 + s), w.natoms[s],
+                                       w.atoms + 3 * (size_t)w.atoff[s], w.cls + w.atoff[s],
+                                       f->species_z, &out[b0 + s], &e);
+            if (rc == NESF_ERR_INVALID && item_err) {
+                item_err[b0 + s] = e;
+                continue;
+            }
+            if (rc) {
+                if (err) *err = e;
+                nesf_error_prefix(err, "structure %d: ", b0 + s);
+                goto fail;
+            }
+        }
+        b0 += S;
+    }
+    fws_free(&w);
+    stats.structures = n;
+    stats.ms = nesf__now_ms() - t0;
+    if (st) *st = stats;
+    return NESF_OK;
+
+fail:
+    fws_free(&w);
+    for (int i = 0; i < n; i++) {
+        nesf_structure_free(out[i]);
+        out[i] = NULL;
+    }
+    return rc ? rc : NESF_ERR_BACKEND;
+}

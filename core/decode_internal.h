@@ -1,0 +1,46 @@
+/* decode_internal.h - the parts of reconstruction that the paper algorithm
+ * (decode.c) and the fast one (decode_fast.c) share: the species vote
+ * (spec §5 step 6), building the output structure, a clock.  Not a public
+ * interface. */
+#ifndef NESF_DECODE_INTERNAL_H
+#define NESF_DECODE_INTERNAL_H
+
+#include "decode.h"
+
+double nesf__now_ms(void);
+
+/* Species vote buffers, sized at init for the options' offset grid and up
+ * to max_structs structures per call. */
+typedef struct nesf__vote {
+    nesf_backend *be;
+    int P;              /* offsets per atom */
+    int A;              /* species */
+    int chunk;          /* atoms per field call */
+    float *sq_d, *sl_d; /* backend: chunk*P queries, their logits */
+    int *cls_d;         /* backend: chunk classes */
+    float *sq_h;        /* host: chunk*P queries */
+    float *ofs_h;       /* host: P offsets */
+    int *sp_off;        /* host: max_structs+1 */
+} nesf__vote;
+
+int nesf__vote_init(nesf__vote *v, nesf_backend *be, const nesf_decode_opts *o, int A,
+                    int max_structs, nesf_error *err);
+void nesf__vote_free(nesf__vote *v);
+/* Classes of the atoms of field structures [first, first + S): those of
+ * structure s are atoms[aoff[s] .. aoff[s+1]) (host, x 3); cls (host)
+ * receives aoff[S] classes; *evals grows by the species queries. */
+int nesf__vote_run(nesf__vote *v, nesf_field *f, int first, int S, const int *aoff,
+                   const float *atoms, int *cls, long *evals, nesf_error *err);
+
+/* A structure from a predicted lattice (lengths Å, angles radians) and its
+ * atoms; NESF_ERR_INVALID for a degenerate lattice. */
+int nesf__build_structure(const float len[3], const float ang[3], int na, const float *atoms,
+                          const int *cls, const int *species_z, nesf_structure **out,
+                          nesf_error *err);
+
+/* Fast mode (decode_fast.c): nesf_decode_field's contract, called with
+ * checked options, out[] and item_err[] cleared and f->n > 0. */
+int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
+                      nesf_error *item_err, nesf_decode_stats *st, nesf_error *err);
+
+#endif

@@ -1,0 +1,212 @@
+/* nesf bench decode-modes - the paper's decoding algorithm next to the
+ * fast one (decode.h, "mode") on the same latents in the same run: field
+ * evaluations and wall time per structure, the full Table 1 row of each
+ * (spec §6), and whether the fast mode meets issue #8's bar (>= 10x fewer
+ * field evaluations, >= 5x less wall time, atom-count and species errors
+ * at most 0.5 points and position errors at most 0.005 Å worse).
+ *
+ * The two modes take turns on chunks of structures, so that a machine
+ * whose load changes during the run slows both alike.  --field truth
+ * decodes the exact fields of the structures instead of the network's
+ * (the algorithms alone). */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "commands.h"
+#include "dataset.h"
+#include "decode.h"
+#include "metrics.h"
+#include "model.h"
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+typedef struct mode_run {
+    const char *name;
+    nesf_decode_opts o;
+    nesf_metrics met;
+    double wall;       /* s */
+    long evals, steps, particles, failed;
+} mode_run;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nesf bench decode-modes [--model M] [--data FILE.jsonl] [--limit N]\n"
+            "         [--chunk N] [--field model|truth] [--paper JSON] [--fast JSON]\n"
+            "         [--backend cpu|cuda|auto] [--threads N]\n"
+            "  Decodes the latents of FILE (default ../shared/datasets/lcs6/val.jsonl) with\n"
+            "  the paper's algorithm and with the fast mode, N structures at a time in turn\n"
+            "  (--chunk, 8), and prints field evaluations, wall time and the Table 1 row\n"
+            "  of each.  --paper/--fast: decode options (JSON) over each side's defaults.\n");
+}
+
+/* Decodes structures [i0, i0 + k) in mode r and adds them to its figures. */
+static int run_chunk(mode_run *r, nesf_model *m, nesf_backend *be, const char *field,
+                     nesf_structure *const *truth, const float *z, int k, nesf_error *err)
+{
+    nesf_structure **out = calloc((size_t)k, sizeof *out);
+    nesf_error *ie = calloc((size_t)k, sizeof *ie);
+    if (!out || !ie) {
+        free(out);
+        free(ie);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    }
+    nesf_decode_stats st;
+    int rc;
+    double t0 = now_s();
+    if (!strcmp(field, "truth")) {
+        int zs[NESF_MAX_SPECIES], A = nesf_model_num_species(m);
+        float lo[3], hi[3];
+        for (int c = 0; c < A; c++) zs[c] = nesf_model_species_z(m, c);
+        nesf_model_bbox(m, lo, hi);
+        nesf_field f;
+        rc = nesf_field_truth(be, truth, k, zs, A, lo, hi, &f, err);
+        if (!rc) rc = nesf_decode_field(&f, &r->o, out, ie, &st, err);
+        nesf_field_release(&f);
+    } else {
+        rc = nesf_decode(m, k, z, &r->o, out, ie, &st, err);
+    }
+    r->wall += now_s() - t0;
+    if (!rc) {
+        r->evals += st.field_evals;
+        r->steps += st.steps;
+        r->particles += st.particles;
+        for (int i = 0; i < k; i++) {
+            r->failed += out[i] == NULL;
+            nesf_metrics_add(&r->met, truth[i], out[i]);
+        }
+    }
+    nesf_structure_list_free(out, k);
+    free(ie);
+    return rc;
+}
+
+int nesf_bench_decode_modes(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
+        {"limit", required_argument, 0, 'n'}, {"chunk", required_argument, 0, 'c'},
+        {"field", required_argument, 0, 'F'}, {"paper", required_argument, 0, 'P'},
+        {"fast", required_argument, 0, 'Q'},  {"backend", required_argument, 0, 'k'},
+        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *model = "models/lcs6.safetensors", *data = NULL, *field = "model";
+    const char *paper_json = NULL, *fast_json = NULL, *backend = "auto";
+    int limit = 0, chunk = 8, threads = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'd': data = optarg; break;
+        case 'n': limit = atoi(optarg); break;
+        case 'c': chunk = atoi(optarg); break;
+        case 'F': field = optarg; break;
+        case 'P': paper_json = optarg; break;
+        case 'Q': fast_json = optarg; break;
+        case 'k': backend = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc || chunk < 1 || limit < 0 ||
+        (strcmp(field, "model") && strcmp(field, "truth"))) {
+        usage(stderr);
+        return 2;
+    }
+    char def[1024];
+    if (!data) {
+        const char *sh = getenv("NESF_SHARED");
+        snprintf(def, sizeof def, "%s/datasets/lcs6/val.jsonl", sh ? sh : "../shared");
+        data = def;
+    }
+    mode_run run[2] = {{.name = "paper"}, {.name = "fast"}};
+    nesf_error err = {0};
+    for (int r = 0; r < 2; r++) {
+        nesf_decode_opts_default(&run[r].o);
+        run[r].o.mode = r ? NESF_DECODE_FAST : NESF_DECODE_PAPER;
+        const char *js = r ? fast_json : paper_json;
+        if (js && nesf_decode_opts_from_text(&run[r].o, js, &err)) {
+            fprintf(stderr, "nesf bench decode-modes: --%s: %s\n", run[r].name, err.msg);
+            return 2;
+        }
+        nesf_metrics_init(&run[r].met);
+    }
+    nesf_dataset d = {0};
+    nesf_backend *be = NULL;
+    nesf_model *m = NULL;
+    float *z = NULL;
+    int status = 1;
+    if (nesf_dataset_load(data, &d, &err) || nesf_backend_create(backend, threads, &be, &err) ||
+        nesf_model_load(model, be, &m, &err))
+        goto done;
+    const int n = limit && limit < d.n ? limit : d.n, L = nesf_model_latent_size(m);
+    z = malloc((size_t)(n ? n : 1) * L * sizeof *z);
+    if (!z) {
+        nesf_fail(&err, NESF_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (nesf_model_encode(m, d.s, n, z, &err)) goto done;
+    for (int i0 = 0; i0 < n; i0 += chunk) {
+        const int k = n - i0 < chunk ? n - i0 : chunk;
+        /* alternate which mode goes first, so neither always runs on a warm cache */
+        for (int j = 0; j < 2; j++) {
+            mode_run *r = &run[(j + i0 / chunk) % 2];
+            if (run_chunk(r, m, be, field, d.s + i0, z + (size_t)i0 * L, k, &err)) {
+                nesf_error_prefix(&err, "%s mode: ", r->name);
+                goto done;
+            }
+        }
+        fprintf(stderr, "\r%d/%d structures", i0 + k, n);
+    }
+    fprintf(stderr, "\n");
+
+    char *oj[2] = {nesf_decode_opts_to_json(&run[0].o), nesf_decode_opts_to_json(&run[1].o)};
+    printf("nesf bench decode-modes: %d structures of %s, %s field, %s\n", n, data, field, model);
+    printf("backend: %s; modes alternate in chunks of %d\n", be->device, chunk);
+    for (int r = 0; r < 2; r++) printf("%-5s options: %s\n", run[r].name, oj[r] ? oj[r] : "?");
+    free(oj[0]);
+    free(oj[1]);
+    printf("\n%-6s %12s %10s %9s %10s %7s %8s %8s %8s %8s %7s %7s %6s\n", "mode", "evals/struct",
+           "ms/struct", "particles", "steps", "atoms%", "posact", "posdet", "specact%",
+           "specdet%", "len", "ang", "failed");
+    nesf_metrics_summary sum[2];
+    for (int r = 0; r < 2; r++) {
+        nesf_metrics_summarize(&run[r].met, &sum[r]);
+        printf("%-6s %12.0f %10.1f %9.0f %10.1f %7.2f %8.4f %8.4f %8.2f %8.2f %7.4f %7.3f %6ld\n",
+               run[r].name, (double)run[r].evals / n, 1e3 * run[r].wall / n,
+               (double)run[r].particles / n, (double)run[r].steps / n, sum[r].count_err_pct,
+               sum[r].pos_act, sum[r].pos_det, sum[r].spec_act_pct, sum[r].spec_det_pct,
+               sum[r].len_mae, sum[r].ang_mae, run[r].failed);
+    }
+    const double er = (double)run[0].evals / (double)(run[1].evals ? run[1].evals : 1);
+    const double wr = run[0].wall / (run[1].wall > 0 ? run[1].wall : 1e-9);
+    const double d_cnt = sum[1].count_err_pct - sum[0].count_err_pct;
+    const double d_sa = sum[1].spec_act_pct - sum[0].spec_act_pct;
+    const double d_sd = sum[1].spec_det_pct - sum[0].spec_det_pct;
+    const double d_pa = sum[1].pos_act - sum[0].pos_act, d_pd = sum[1].pos_det - sum[0].pos_det;
+    printf("\nfast vs paper: %.1fx fewer field evaluations, %.1fx less wall time; atom-count "
+           "error %+.2f points, species %+.2f / %+.2f points, position %+.4f / %+.4f Å\n",
+           er, wr, d_cnt, d_sa, d_sd, d_pa, d_pd);
+    const int bar = er >= 10 && wr >= 5 && d_cnt <= 0.5 && d_sa <= 0.5 && d_sd <= 0.5 &&
+                    d_pa <= 0.005 && d_pd <= 0.005;
+    printf("bar (>= 10x evaluations, >= 5x wall, <= +0.5 points, <= +0.005 Å): %s\n",
+           bar ? "met" : "NOT met");
+    status = 0;
+done:
+    if (status) fprintf(stderr, "nesf bench decode-modes: %s\n", err.msg[0] ? err.msg : "failed");
+    free(z);
+    nesf_model_free(m);
+    nesf_backend_free(be);
+    nesf_dataset_free(&d);
+    return status;
+}
