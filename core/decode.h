@@ -14,7 +14,17 @@
  * serialise anyway, and the data moved is only the final particles.
  *
  * Many latents are decoded together: all particles of all structures of a
- * batch go through one chain of field evaluations per step. */
+ * batch go through one chain of field evaluations per step.
+ *
+ * Output cell: the lattice is nesf_lattice_from_params of the predicted
+ * (a, b, c, alpha, beta, gamma), i.e. a along +x, b in the xy-plane, c
+ * completing a right-handed cell: the orientation in which the datasets
+ * store their cells and hence the frame the position field was trained
+ * in.  Atoms keep the decoded Cartesian positions; fractional coordinates
+ * are cart · lattice⁻¹ and are not wrapped.  (A few dataset cells, 20 of
+ * LCS6 train and 1 of val, are stored rotated away from that orientation;
+ * for them the Cartesian positions still match, the fractional ones are
+ * off by the small rotation.) */
 #ifndef NESF_DECODE_H
 #define NESF_DECODE_H
 
