@@ -189,6 +189,16 @@ void nesf_structure_wrap(nesf_structure *s)
     nesf_structure_update_cart(s);
 }
 
+int nesf_structure_canonicalize(nesf_structure *s, nesf_error *err)
+{
+    nesf_cellpar p;
+    nesf_lattice_params(&s->lat, &p);
+    int rc = nesf_lattice_from_params(&p, &s->lat, err);
+    if (rc) return rc;
+    nesf_structure_update_cart(s);
+    return NESF_OK;
+}
+
 int nesf_structure_validate(const nesf_structure *s, nesf_error *err)
 {
     for (int i = 0; i < 3; i++)

@@ -215,10 +215,11 @@ def make_train_step(cfg, structs_all, structs, species, bbmin, bbmax, out, rng):
         spec_q.append(q[np.sort(rng.choice(len(q), 24 * len(a), replace=False))])
     batch = ref.make_batch(structs, species, pos_q, spec_q)
 
+    # inference-mode losses first (running statistics, no dropout)
+    model.eval()
+    with torch.no_grad():
+        eval_loss = ref.losses(model, batch, None)
     model.train()
-    for _, t in model.named_tensors():
-        if t.grad is not None:
-            t.grad = None
     loss = ref.losses(model, batch, DROPOUT_SEED)
     loss["total"].backward()
     params = dict(model.named_tensors())
@@ -233,6 +234,7 @@ def make_train_step(cfg, structs_all, structs, species, bbmin, bbmax, out, rng):
     })
     for k in ("position", "species", "length", "angle", "total"):
         io[f"loss.{k}"] = np.asarray([float(loss[k])], dtype=np.float32)
+        io[f"eval_loss.{k}"] = np.asarray([float(eval_loss[k])], dtype=np.float32)
     for k in model.param_names():
         io[f"grad.{k}"] = f32(params[k].grad)
     for k, t in params.items():

@@ -1,0 +1,547 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void nesfd_config_defaults(nesfd_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->host, sizeof c->host, "127.0.0.1");
+    c->port = 8080;
+    snprintf(c->backend, sizeof c->backend, "auto");
+    c->http_threads = 4;
+    c->max_connections = 1024;
+    c->max_batch = 32;
+    c->max_delay_us = 2000;
+    c->queue_limit = 4096;
+    c->body_limit = 8u << 20;
+    c->max_items = 512;
+    c->request_timeout_s = 300;
+    c->idle_timeout_s = 60;
+    c->shutdown_grace_s = 60;
+    c->log_requests = 1;
+}
+
+void nesfd_config_finish(nesfd_config *c)
+{
+    if (c->n_models == 0) {
+        c->n_models = 1;
+        snprintf(c->models[0].name, sizeof c->models[0].name, "lcs6");
+        snprintf(c->models[0].path, sizeof c->models[0].path, "models/lcs6.safetensors");
+    }
+}
+
+/* ---- value parsers shared by the file and the flags ---- */
+
+static int parse_long(const char *what, const char *s, long lo, long hi, long *out,
+                      nesf_error *err)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an integer in [%ld, %ld], got '%s'",
+                         what, lo, hi, s);
+    *out = v;
+    return NESF_OK;
+}
+
+/* Byte sizes accept a k/m/g suffix (powers of 1024). */
+static int parse_size(const char *what, const char *s, size_t *out, nesf_error *err)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    unsigned long long mul = 1;
+    if (*end == 'k' || *end == 'K') mul = 1ull << 10, end++;
+    else if (*end == 'm' || *end == 'M') mul = 1ull << 20, end++;
+    else if (*end == 'g' || *end == 'G') mul = 1ull << 30, end++;
+    if (errno || end == s || *end || s[0] == '-' || v == 0 || v > (1ull << 40) / mul)
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected a positive size like 8388608 or 8M, got '%s'",
+                         what, s);
+    *out = (size_t)(v * mul);
+    return NESF_OK;
+}
+
+static int parse_seconds(const char *what, const char *s, double *out, nesf_error *err)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v <= 0 || v > 86400 * 7)
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected seconds > 0, got '%s'", what, s);
+    *out = v;
+    return NESF_OK;
+}
+
+static int set_backend(nesfd_config *c, const char *what, const char *s, nesf_error *err)
+{
+    if (strcmp(s, "auto") && strcmp(s, "cpu") && strcmp(s, "cuda"))
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected auto, cpu or cuda, got '%s'", what, s);
+    snprintf(c->backend, sizeof c->backend, "%s", s);
+    return NESF_OK;
+}
+
+int nesfd_config_parse_listen(nesfd_config *c, const char *s, nesf_error *err)
+{
+    int rc;
+    const char *colon = strrchr(s, ':');
+    if (!colon)
+        return nesf_fail(err, NESF_ERR_INVALID, "listen: expected HOST:PORT, got '%s'", s);
+    long port = 0;
+    if ((rc = parse_long("listen port", colon + 1, 0, 65535, &port, err))) return rc;
+    size_t hl = (size_t)(colon - s);
+    const char *h = s;
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
+    if (hl >= sizeof c->host)
+        return nesf_fail(err, NESF_ERR_INVALID, "listen: host too long");
+    if (hl > 0) {
+        memcpy(c->host, h, hl);
+        c->host[hl] = 0;
+    }
+    c->port = (int)port;
+    return NESF_OK;
+}
+
+static int valid_model_name(const char *s)
+{
+    if (!*s || strlen(s) >= sizeof ((nesfd_model_spec *)0)->name) return 0;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("-_.", *s)) return 0;
+    return 1;
+}
+
+/* Adds or replaces model `name`; path is joined to base_dir when relative. */
+static int set_model(nesfd_config *c, const char *name, const char *path, const char *base_dir,
+                     nesf_error *err)
+{
+    if (!valid_model_name(name))
+        return nesf_fail(err, NESF_ERR_INVALID,
+                         "model name '%s': use 1-63 letters, digits, '-', '_' or '.'", name);
+    if (!*path) return nesf_fail(err, NESF_ERR_INVALID, "model '%s': empty path", name);
+    int i = 0;
+    while (i < c->n_models && strcmp(c->models[i].name, name)) i++;
+    if (i == NESFD_MAX_MODELS)
+        return nesf_fail(err, NESF_ERR_INVALID, "at most %d models", NESFD_MAX_MODELS);
+    nesfd_model_spec *m = &c->models[i];
+    int w;
+    if (path[0] != '/' && base_dir && *base_dir)
+        w = snprintf(m->path, sizeof m->path, "%s/%s", base_dir, path);
+    else
+        w = snprintf(m->path, sizeof m->path, "%s", path);
+    if (w < 0 || (size_t)w >= sizeof m->path)
+        return nesf_fail(err, NESF_ERR_INVALID, "model '%s': path too long", name);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    if (i == c->n_models) c->n_models++;
+    return NESF_OK;
+}
+
+static int add_origin(nesfd_config *c, const char *o, nesf_error *err)
+{
+    if (c->n_origins == NESFD_MAX_ORIGINS)
+        return nesf_fail(err, NESF_ERR_INVALID, "at most %d CORS origins", NESFD_MAX_ORIGINS);
+    if (!*o || strlen(o) >= sizeof c->origins[0] || strpbrk(o, "\r\n ,"))
+        return nesf_fail(err, NESF_ERR_INVALID, "CORS origin '%s' is not a single origin", o);
+    snprintf(c->origins[c->n_origins++], sizeof c->origins[0], "%s", o);
+    return NESF_OK;
+}
+
+static int read_token_file(nesfd_config *c, const char *path, nesf_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return nesf_fail(err, NESF_ERR_IO, "token file %s: %s", path, strerror(errno));
+    char line[sizeof c->token + 2];
+    if (!fgets(line, sizeof line, f)) line[0] = 0;
+    fclose(f);
+    line[strcspn(line, "\r\n")] = 0;
+    if (strlen(line) >= sizeof c->token)
+        return nesf_fail(err, NESF_ERR_INVALID, "token file %s: token longer than %zu bytes", path,
+                         sizeof c->token - 1);
+    if (!*line) return nesf_fail(err, NESF_ERR_INVALID, "token file %s: empty", path);
+    snprintf(c->token, sizeof c->token, "%s", line);
+    return NESF_OK;
+}
+
+static int set_token(nesfd_config *c, const char *what, const char *t, nesf_error *err)
+{
+    if (strlen(t) >= sizeof c->token)
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: token longer than %zu bytes", what,
+                         sizeof c->token - 1);
+    for (const char *p = t; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 127)
+            return nesf_fail(err, NESF_ERR_INVALID, "%s: token must be printable without spaces", what);
+    snprintf(c->token, sizeof c->token, "%s", t);
+    return NESF_OK;
+}
+
+/* ---- the JSON file ---- */
+
+/* JSON integers and whole-valued reals are accepted as integers. */
+static int json_int(const char *key, json_t *v, long lo, long hi, long *out, nesf_error *err)
+{
+    double d;
+    if (json_is_integer(v)) d = (double)json_integer_value(v);
+    else if (json_is_real(v)) d = json_real_value(v);
+    else return nesf_fail(err, NESF_ERR_INVALID, "%s: expected a number", key);
+    if (d != floor(d) || d < (double)lo || d > (double)hi)
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an integer in [%ld, %ld]", key, lo, hi);
+    *out = (long)d;
+    return NESF_OK;
+}
+
+static int json_seconds(const char *key, json_t *v, double *out, nesf_error *err)
+{
+    if (!json_is_number(v) || !(json_number_value(v) > 0) || json_number_value(v) > 86400 * 7)
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected seconds > 0", key);
+    *out = json_number_value(v);
+    return NESF_OK;
+}
+
+static const char *json_str(const char *key, json_t *v, nesf_error *err)
+{
+    if (!json_is_string(v)) {
+        nesf_fail(err, NESF_ERR_INVALID, "%s: expected a string", key);
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+static int apply_section(nesfd_config *c, json_t *obj, const char *section, const char *base_dir,
+                         nesf_error *err);
+
+static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *base_dir,
+                     nesf_error *err)
+{
+    long n = 0;
+    int rc;
+    const char *s = NULL;
+#define INT_KEY(name, lo, hi, field)                                          \
+    if (!strcmp(key, name)) {                                                 \
+        if ((rc = json_int(name, v, lo, hi, &n, err))) return rc;   \
+        field = n;                                                            \
+        return NESF_OK;                                                       \
+    }
+    INT_KEY("compute_threads", 0, 1024, c->compute_threads)
+    INT_KEY("http_threads", 1, 256, c->http_threads)
+    INT_KEY("max_connections", 1, 65536, c->max_connections)
+    INT_KEY("max_batch", 1, 65536, c->max_batch)
+    INT_KEY("max_delay_us", 0, 10000000, c->max_delay_us)
+    INT_KEY("queue_limit", 1, 1 << 24, c->queue_limit)
+    INT_KEY("max_items", 1, 1 << 20, c->max_items)
+    INT_KEY("idle_s", 1, 86400, c->idle_timeout_s)
+#undef INT_KEY
+    if (!strcmp(key, "body_limit")) {
+        if ((rc = json_int(key, v, 1, 1L << 40, &n, err))) return rc;
+        c->body_limit = (size_t)n;
+        return NESF_OK;
+    }
+    if (!strcmp(key, "request_s")) return json_seconds(key, v, &c->request_timeout_s, err);
+    if (!strcmp(key, "shutdown_grace_s")) return json_seconds(key, v, &c->shutdown_grace_s, err);
+    if (!strcmp(key, "listen")) {
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
+        return nesfd_config_parse_listen(c, s, err);
+    }
+    if (!strcmp(key, "backend")) {
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
+        return set_backend(c, key, s, err);
+    }
+    if (!strcmp(key, "log_requests")) {
+        if (!json_is_boolean(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected true or false", key);
+        c->log_requests = json_is_true(v);
+        return NESF_OK;
+    }
+    if (!strcmp(key, "auth_token")) {
+        if (json_is_null(v)) { c->token[0] = 0; return NESF_OK; }
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
+        return set_token(c, key, s, err);
+    }
+    if (!strcmp(key, "auth_token_file")) {
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
+        char p[4096];
+        if (s[0] != '/' && base_dir && *base_dir) snprintf(p, sizeof p, "%s/%s", base_dir, s);
+        else snprintf(p, sizeof p, "%s", s);
+        return read_token_file(c, p, err);
+    }
+    if (!strcmp(key, "cors_origins")) {
+        if (!json_is_array(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an array", key);
+        c->n_origins = 0;
+        size_t i;
+        json_t *o;
+        json_array_foreach(v, i, o) {
+            if (!(s = json_str(key, o, err))) return NESF_ERR_INVALID;
+            if ((rc = add_origin(c, s, err))) return rc;
+        }
+        return NESF_OK;
+    }
+    if (!strcmp(key, "models")) {
+        if (!json_is_object(v))
+            return nesf_fail(err, NESF_ERR_INVALID, "models: expected an object {name: path}");
+        c->n_models = 0;
+        const char *name;
+        json_t *p;
+        json_object_foreach(v, name, p) {
+            if (!(s = json_str("models", p, err))) return NESF_ERR_INVALID;
+            if ((rc = set_model(c, name, s, base_dir, err))) return rc;
+        }
+        return NESF_OK;
+    }
+    if (!strcmp(key, "batching") || !strcmp(key, "timeouts")) {
+        if (!json_is_object(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an object", key);
+        return apply_section(c, v, key, base_dir, err);
+    }
+    return nesf_fail(err, NESF_ERR_INVALID, "unknown key '%s'", key);
+}
+
+/* Keys of the nested objects; a key outside its section is refused so that
+ * a typo or a misplaced key cannot be silently ignored. */
+static int key_in_section(const char *key, const char *section)
+{
+    static const char *const batching[] = {"max_batch", "max_delay_us", "queue_limit", NULL};
+    static const char *const timeouts[] = {"request_s", "idle_s", "shutdown_grace_s", NULL};
+    const char *const *list = !strcmp(section, "batching") ? batching
+                            : !strcmp(section, "timeouts") ? timeouts : NULL;
+    if (!list) { /* top level: everything except the sectioned keys */
+        for (const char *const *l = batching; *l; l++) if (!strcmp(*l, key)) return 0;
+        for (const char *const *l = timeouts; *l; l++) if (!strcmp(*l, key)) return 0;
+        return 1;
+    }
+    for (; *list; list++) if (!strcmp(*list, key)) return 1;
+    return 0;
+}
+
+static int apply_section(nesfd_config *c, json_t *obj, const char *section, const char *base_dir,
+                         nesf_error *err)
+{
+    const char *key;
+    json_t *v;
+    int rc;
+    json_object_foreach(obj, key, v) {
+        if (!key_in_section(key, section))
+            return nesf_fail(err, NESF_ERR_INVALID, "unknown key '%s'%s%s", key,
+                             *section ? " in " : "", section);
+        if ((rc = apply_key(c, key, v, base_dir, err))) return rc;
+    }
+    return NESF_OK;
+}
+
+int nesfd_config_load_file(nesfd_config *c, const char *path, nesf_error *err)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return nesf_fail(err, NESF_ERR_PARSE, "%s:%d:%d: %s", path, je.line, je.column, je.text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return nesf_fail(err, NESF_ERR_FORMAT, "%s: expected a JSON object", path);
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    int rc = apply_section(c, root, "", dir, err);
+    json_decref(root);
+    if (rc) nesf_error_prefix(err, "%s: ", path);
+    return rc;
+}
+
+/* ---- flags ---- */
+
+typedef struct {
+    const char *name;
+    int takes_value;
+    const char *arg, *help;
+} flag_info;
+
+static const flag_info flags[] = {
+    {"--config", 1, "FILE", "JSON configuration (see config/nesfd.json); flags override it"},
+    {"--listen", 1, "HOST:PORT", "listen address (default 127.0.0.1:8080; [::1]:8080 for IPv6)"},
+    {"--model", 1, "NAME=PATH", "serve a safetensors model under NAME (repeatable; the first is the\n"
+                                "default; default lcs6=models/lcs6.safetensors)"},
+    {"--backend", 1, "KIND", "auto | cpu | cuda (default auto: CUDA when available)"},
+    {"--compute-threads", 1, "N", "BLAS threads per model backend (default 0 = all cores)"},
+    {"--http-threads", 1, "N", "HTTP worker threads, each running an epoll loop (default 4)"},
+    {"--max-connections", 1, "N", "simultaneous connections (default 1024)"},
+    {"--max-batch", 1, "N", "items per backend call (default 32)"},
+    {"--max-delay-us", 1, "US", "longest wait of a queued item for a fuller batch (default 2000)"},
+    {"--no-batching", 0, NULL, "one item per backend call (same as --max-batch 1 --max-delay-us 0)"},
+    {"--queue-limit", 1, "N", "queued items per model before answering 503 (default 4096)"},
+    {"--body-limit", 1, "BYTES", "largest request body, k/m/g suffixes allowed (default 8M)"},
+    {"--max-items", 1, "N", "latents, structures or steps per request (default 512)"},
+    {"--request-timeout", 1, "SEC", "deadline from arrival to answer, else 504 (default 300)"},
+    {"--idle-timeout", 1, "SEC", "close keep-alive connections idle this long (default 60)"},
+    {"--shutdown-grace", 1, "SEC", "on SIGTERM, wait this long for in-flight requests (default 60)"},
+    {"--token-file", 1, "FILE", "require 'Authorization: Bearer <first line of FILE>' on every\n"
+                                "route but /health (also: NESFD_TOKEN, config auth_token)"},
+    {"--cors-origin", 1, "ORIGIN", "allow browser calls from ORIGIN, e.g. https://viewer.example\n"
+                                   "(repeatable, '*' for any; replaces the file's list)"},
+    {"--quiet", 0, NULL, "no per-request log lines"},
+    {"--check-config", 0, NULL, "print the effective configuration as JSON and exit"},
+    {"--help", 0, NULL, "this text"},
+    {"--version", 0, NULL, "print the version"},
+};
+
+void nesfd_config_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nesfd [options]\n\n"
+            "nesfd serves NeSF models over HTTP/JSON: POST /decode, /encode, /interpolate,\n"
+            "/reconstruct; GET /health, /ready, /models, /metrics (api/openapi.yaml).\n"
+            "Concurrent requests are batched per model into one backend call.\n\noptions:\n");
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        char left[64];
+        snprintf(left, sizeof left, "%s%s%s", flags[i].name, flags[i].arg ? " " : "",
+                 flags[i].arg ? flags[i].arg : "");
+        fprintf(f, "  %-26s ", left);
+        for (const char *h = flags[i].help; *h; h++) {
+            fputc(*h, f);
+            if (*h == '\n') fprintf(f, "  %-26s ", "");
+        }
+        fputc('\n', f);
+    }
+    fprintf(f,
+            "\nconfig file keys: listen, models {name: path}, backend, compute_threads,\n"
+            "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit},\n"
+            "body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
+            "auth_token | auth_token_file, cors_origins [..], log_requests.\n"
+            "Model paths in the file are relative to the file; on the command line, to the\n"
+            "current directory.  SIGTERM/SIGINT: stop accepting, finish in-flight requests,\n"
+            "exit 0.  Logs: one JSON line per request on stderr.\n");
+}
+
+static const flag_info *find_flag(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if (strlen(flags[i].name) == len && !strncmp(flags[i].name, name, len)) return &flags[i];
+    return NULL;
+}
+
+static int apply_flag(nesfd_config *c, const char *name, const char *val, int *origins_reset,
+                      int *help, int *version, int *check, nesf_error *err)
+{
+    long n = 0;
+    int rc;
+#define INT_FLAG(flag, lo, hi, field)                                         \
+    if (!strcmp(name, flag)) {                                                \
+        if ((rc = parse_long(flag, val, lo, hi, &n, err))) return rc; \
+        field = n;                                                            \
+        return NESF_OK;                                                       \
+    }
+    INT_FLAG("--compute-threads", 0, 1024, c->compute_threads)
+    INT_FLAG("--http-threads", 1, 256, c->http_threads)
+    INT_FLAG("--max-connections", 1, 65536, c->max_connections)
+    INT_FLAG("--max-batch", 1, 65536, c->max_batch)
+    INT_FLAG("--max-delay-us", 0, 10000000, c->max_delay_us)
+    INT_FLAG("--queue-limit", 1, 1 << 24, c->queue_limit)
+    INT_FLAG("--max-items", 1, 1 << 20, c->max_items)
+#undef INT_FLAG
+    if (!strcmp(name, "--config")) return NESF_OK; /* read before the other flags */
+    if (!strcmp(name, "--listen")) return nesfd_config_parse_listen(c, val, err);
+    if (!strcmp(name, "--backend")) return set_backend(c, name, val, err);
+    if (!strcmp(name, "--body-limit")) return parse_size(name, val, &c->body_limit, err);
+    if (!strcmp(name, "--request-timeout")) return parse_seconds(name, val, &c->request_timeout_s, err);
+    if (!strcmp(name, "--shutdown-grace")) return parse_seconds(name, val, &c->shutdown_grace_s, err);
+    if (!strcmp(name, "--idle-timeout")) {
+        double s = 0;
+        if ((rc = parse_seconds(name, val, &s, err))) return rc;
+        c->idle_timeout_s = s < 1 ? 1 : (int)s;
+        return NESF_OK;
+    }
+    if (!strcmp(name, "--token-file")) return read_token_file(c, val, err);
+    if (!strcmp(name, "--cors-origin")) {
+        if (!*origins_reset) c->n_origins = 0, *origins_reset = 1;
+        return add_origin(c, val, err);
+    }
+    if (!strcmp(name, "--model")) {
+        const char *eq = strchr(val, '=');
+        if (!eq) return nesf_fail(err, NESF_ERR_INVALID, "--model: expected NAME=PATH, got '%s'", val);
+        char mname[64];
+        size_t l = (size_t)(eq - val);
+        if (l >= sizeof mname) l = sizeof mname - 1;
+        memcpy(mname, val, l);
+        mname[l] = 0;
+        return set_model(c, mname, eq + 1, NULL, err);
+    }
+    if (!strcmp(name, "--no-batching")) {
+        c->max_batch = 1;
+        c->max_delay_us = 0;
+        return NESF_OK;
+    }
+    if (!strcmp(name, "--quiet")) { c->log_requests = 0; return NESF_OK; }
+    if (!strcmp(name, "--check-config")) { *check = 1; return NESF_OK; }
+    if (!strcmp(name, "--help")) { *help = 1; return NESF_OK; }
+    if (!strcmp(name, "--version")) { *version = 1; return NESF_OK; }
+    return nesf_fail(err, NESF_ERR_INVALID, "unknown option '%s'", name);
+}
+
+/* Walks argv calling fn(name, value) for each flag; "--x=v" and "--x v". */
+static int walk_args(int argc, char **argv, int only_config, nesfd_config *c, int *help,
+                     int *version, int *check, nesf_error *err)
+{
+    int origins_reset = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h")) a = "--help";
+        const char *eq = strncmp(a, "--", 2) ? NULL : strchr(a, '=');
+        size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+        const flag_info *f = find_flag(a, nl);
+        if (!f) return nesf_fail(err, NESF_ERR_INVALID, "unknown option '%s' (see --help)", a);
+        const char *val = NULL;
+        if (f->takes_value) {
+            if (eq) val = eq + 1;
+            else if (i + 1 < argc) val = argv[++i];
+            else return nesf_fail(err, NESF_ERR_INVALID, "%s needs a value (%s)", f->name, f->arg);
+        } else if (eq) {
+            return nesf_fail(err, NESF_ERR_INVALID, "%s takes no value", f->name);
+        }
+        int rc;
+        if (only_config)
+            rc = strcmp(f->name, "--config") ? NESF_OK : nesfd_config_load_file(c, val, err);
+        else
+            rc = apply_flag(c, f->name, val, &origins_reset, help, version, check, err);
+        if (rc) return rc;
+    }
+    return NESF_OK;
+}
+
+int nesfd_config_from_args(nesfd_config *c, int argc, char **argv, int *help, int *version,
+                           int *check, nesf_error *err)
+{
+    *help = *version = *check = 0;
+    int rc = walk_args(argc, argv, 1, c, help, version, check, err);
+    if (rc) return rc;
+    const char *env = getenv("NESFD_TOKEN");
+    if (env && *env && (rc = set_token(c, "NESFD_TOKEN", env, err))) return rc;
+    return walk_args(argc, argv, 0, c, help, version, check, err);
+}
+
+char *nesfd_config_dump(const nesfd_config *c)
+{
+    json_t *models = json_object(), *origins = json_array();
+    for (int i = 0; i < c->n_models; i++)
+        json_object_set_new(models, c->models[i].name, json_string(c->models[i].path));
+    for (int i = 0; i < c->n_origins; i++) json_array_append_new(origins, json_string(c->origins[i]));
+    char listen[300];
+    snprintf(listen, sizeof listen, strchr(c->host, ':') ? "[%s]:%d" : "%s:%d", c->host, c->port);
+    json_t *o = json_pack(
+        "{s:s, s:o, s:s, s:i, s:i, s:i, s:{s:i, s:I, s:i}, s:I, s:i, s:{s:f, s:i, s:f},"
+        " s:o, s:o, s:b}",
+        "listen", listen, "models", models, "backend", c->backend,
+        "compute_threads", c->compute_threads, "http_threads", c->http_threads,
+        "max_connections", c->max_connections,
+        "batching", "max_batch", c->max_batch, "max_delay_us", (json_int_t)c->max_delay_us,
+        "queue_limit", c->queue_limit,
+        "body_limit", (json_int_t)c->body_limit, "max_items", c->max_items,
+        "timeouts", "request_s", c->request_timeout_s, "idle_s", c->idle_timeout_s,
+        "shutdown_grace_s", c->shutdown_grace_s,
+        "auth_token", c->token[0] ? json_string("<redacted>") : json_null(),
+        "cors_origins", origins, "log_requests", c->log_requests);
+    char *s = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    return s;
+}

@@ -1,0 +1,505 @@
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <uuid/uuid.h>
+
+#include "batcher.h"
+#include "log.h"
+
+#define MAX_EXTRA_HEADERS 6
+
+struct nesfd_http {
+    struct MHD_Daemon *d;
+    nesfd_route *routes;
+    int n_routes;
+    int *route_metric;       /* metrics label per route */
+    int other_metric;        /* unknown paths */
+    void *ctx;
+    nesfd_metrics *metrics;
+    size_t body_limit;
+    char token[256];
+    char (*origins)[256];
+    int n_origins;
+    int log_requests;
+    int listen_fd, port;
+    atomic_int inflight;
+    atomic_int draining;
+};
+
+struct nesfd_req {
+    nesfd_http *h;
+    struct MHD_Connection *conn;
+    char id[129];
+    const nesfd_route *route;
+    int metric_route;
+    char method[16];
+    char path[160];
+    char *body;
+    size_t len, cap;
+    long long start;
+    int status, replied, suspended, batch;
+    int late_status;          /* error found while receiving the body */
+    int queue_failed;
+    size_t dropped;           /* body bytes drained past the limit */
+    char err_code[32];
+    const char *origin;       /* allowed Origin to echo, or NULL */
+    struct { char name[40], value[160]; } hdr[MAX_EXTRA_HEADERS];
+    int nhdr;
+    void *state;
+    void (*state_free)(void *);
+};
+
+/* ---- request accessors ---- */
+
+const char *nesfd_req_id(const nesfd_req *r) { return r->id; }
+long long nesfd_req_start_ns(const nesfd_req *r) { return r->start; }
+void *nesfd_req_state(nesfd_req *r) { return r->state; }
+void nesfd_req_set_batch(nesfd_req *r, int batch) { if (batch > r->batch) r->batch = batch; }
+
+const char *nesfd_req_body(const nesfd_req *r, size_t *len)
+{
+    if (len) *len = r->len;
+    return r->body ? r->body : "";
+}
+
+const char *nesfd_req_arg(nesfd_req *r, const char *key)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *nesfd_req_header(nesfd_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+void nesfd_req_set_state(nesfd_req *r, void *state, void (*free_fn)(void *))
+{
+    if (r->state && r->state_free && r->state != state) r->state_free(r->state);
+    r->state = state;
+    r->state_free = free_fn;
+}
+
+void nesfd_req_suspend(nesfd_req *r)
+{
+    r->suspended = 1;
+    MHD_suspend_connection(r->conn);
+}
+
+void nesfd_req_resume(nesfd_req *r) { MHD_resume_connection(r->conn); }
+
+void nesfd_req_add_header(nesfd_req *r, const char *name, const char *value)
+{
+    if (r->nhdr == MAX_EXTRA_HEADERS) return;
+    snprintf(r->hdr[r->nhdr].name, sizeof r->hdr[0].name, "%s", name);
+    snprintf(r->hdr[r->nhdr].value, sizeof r->hdr[0].value, "%s", value);
+    r->nhdr++;
+}
+
+/* ---- responses ---- */
+
+void nesfd_reply(nesfd_req *r, int status, const char *content_type, char *body, size_t len)
+{
+    if (r->replied || r->queue_failed) {
+        free(body);
+        return;
+    }
+    struct MHD_Response *resp =
+        body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
+             : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!resp) {
+        free(body);
+        return; /* the connection gets closed: nothing better is possible */
+    }
+    if (content_type) MHD_add_response_header(resp, "Content-Type", content_type);
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    if (r->origin) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
+        MHD_add_response_header(resp, "Vary", "Origin");
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+    }
+    for (int i = 0; i < r->nhdr; i++) MHD_add_response_header(resp, r->hdr[i].name, r->hdr[i].value);
+    if (atomic_load(&r->h->draining)) MHD_add_response_header(resp, "Connection", "close");
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    r->status = status;
+    if (ok == MHD_YES) r->replied = 1;
+    else r->queue_failed = 1;
+}
+
+void nesfd_reply_json(nesfd_req *r, int status, json_t *j)
+{
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!s) {
+        nesfd_reply_error(r, 500, "internal", "out of memory while writing the answer");
+        return;
+    }
+    nesfd_reply(r, status, "application/json", s, strlen(s));
+}
+
+void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(r->err_code, sizeof r->err_code, "%s", code);
+    json_t *j = json_pack("{s:{s:s, s:s, s:s}}", "error", "code", code, "message", msg,
+                          "request_id", r->id);
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!s) { /* last resort, still the documented shape */
+        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        s = strdup(oom);
+        if (!s) return;
+    }
+    nesfd_reply(r, status, "application/json", s, strlen(s));
+}
+
+/* ---- request set-up: id, route, CORS, auth, size ---- */
+
+/* A caller's id is echoed in a header and in logs: keep it to a safe set. */
+static int sane_request_id(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char ch = s[n];
+        int alnum = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+        if (n >= 128 || !(alnum || strchr("-_.:", ch))) return 0;
+    }
+    return n > 0;
+}
+
+static const char *allowed_origin(const nesfd_http *h, const char *origin)
+{
+    if (!origin) return NULL;
+    for (int i = 0; i < h->n_origins; i++) {
+        if (!strcmp(h->origins[i], "*")) return "*";
+        if (!strcmp(h->origins[i], origin)) return h->origins[i];
+    }
+    return NULL;
+}
+
+/* Constant time in the token's length so its prefix cannot be probed. */
+static int token_ok(const nesfd_http *h, const char *auth)
+{
+    if (!auth || strncasecmp(auth, "Bearer ", 7)) return 0;
+    auth += 7;
+    while (*auth == ' ') auth++;
+    size_t n = strlen(h->token), m = strlen(auth);
+    unsigned char diff = (unsigned char)(n != m);
+    for (size_t i = 0; i < n; i++) diff |= (unsigned char)(h->token[i] ^ (i < m ? auth[i] : 0));
+    return diff == 0;
+}
+
+static int method_allowed(const nesfd_route *rt, const char *method)
+{
+    if (!strcmp(rt->method, method)) return 1;
+    return !strcmp(rt->method, "GET") && !strcmp(method, "HEAD");
+}
+
+/* Answers what can be answered from the headers alone; returns 1 if it did. */
+static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
+{
+    if (atomic_load(&h->draining)) {
+        nesfd_req_add_header(r, "Retry-After", "1");
+        nesfd_reply_error(r, 503, "shutting_down", "the server is shutting down");
+        return 1;
+    }
+    if (!r->route) {
+        nesfd_reply_error(r, 404, "not_found", "no route %s (see GET /health, /ready, /models, "
+                          "/metrics and POST /decode, /encode, /interpolate, /reconstruct)", r->path);
+        return 1;
+    }
+    char allow[32];
+    snprintf(allow, sizeof allow, "%s%s, OPTIONS", r->route->method,
+             strcmp(r->route->method, "GET") ? "" : ", HEAD");
+    if (!strcmp(method, "OPTIONS")) { /* CORS preflight; browsers send no token with it */
+        nesfd_req_add_header(r, "Allow", allow);
+        if (r->origin) {
+            nesfd_req_add_header(r, "Access-Control-Allow-Methods", allow);
+            nesfd_req_add_header(r, "Access-Control-Allow-Headers",
+                                 "Authorization, Content-Type, X-Request-Id");
+            nesfd_req_add_header(r, "Access-Control-Max-Age", "600");
+        }
+        nesfd_reply(r, 204, NULL, NULL, 0);
+        return 1;
+    }
+    if (!method_allowed(r->route, method)) {
+        nesfd_req_add_header(r, "Allow", allow);
+        nesfd_reply_error(r, 405, "method_not_allowed", "%s takes %s, not %s", r->path,
+                          r->route->method, method);
+        return 1;
+    }
+    if (h->token[0] && !r->route->public &&
+        !token_ok(h, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"))) {
+        nesfd_req_add_header(r, "WWW-Authenticate", "Bearer realm=\"nesfd\"");
+        nesfd_reply_error(r, 401, "unauthorized", "missing or wrong bearer token");
+        return 1;
+    }
+    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
+    if (cl) {
+        char *end;
+        unsigned long long v = strtoull(cl, &end, 10);
+        if (v > h->body_limit) {
+            nesfd_reply_error(r, 413, "body_too_large", "request body of %llu bytes exceeds the "
+                              "limit of %zu bytes", v, h->body_limit);
+            return 1;
+        }
+        if (*end == 0 && v > 0) {
+            r->body = malloc((size_t)v + 1);
+            r->cap = r->body ? (size_t)v + 1 : 0;
+        }
+    }
+    return 0;
+}
+
+static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char *url,
+                          const char *method)
+{
+    nesfd_req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->h = h;
+    r->conn = conn;
+    r->start = nesfd_now_ns();
+    snprintf(r->method, sizeof r->method, "%s", method);
+    snprintf(r->path, sizeof r->path, "%s", url);
+    const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
+    if (rid && sane_request_id(rid)) {
+        snprintf(r->id, sizeof r->id, "%s", rid);
+    } else {
+        uuid_t u;
+        uuid_generate_random(u);
+        uuid_unparse_lower(u, r->id);
+    }
+    r->metric_route = h->other_metric;
+    for (int i = 0; i < h->n_routes; i++)
+        if (!strcmp(h->routes[i].path, url)) {
+            r->route = &h->routes[i];
+            r->metric_route = h->route_metric[i];
+        }
+    r->origin = allowed_origin(h, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin"));
+    return r;
+}
+
+static int append_body(nesfd_req *r, const char *data, size_t n)
+{
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + n + 1) cap *= 2;
+        char *p = realloc(r->body, cap);
+        if (!p) return -1;
+        r->body = p;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = 0;
+    return 0;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    nesfd_http *h = cls;
+    nesfd_req *r = *con_cls;
+    if (!r) {
+        if (!(r = req_new(h, conn, url, method))) return MHD_NO;
+        *con_cls = r;
+        atomic_fetch_add(&h->inflight, 1);
+        nesfd_metrics_inflight(h->metrics, 1);
+        precheck(h, r, method);
+        return r->queue_failed ? MHD_NO : MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (r->replied) return MHD_YES; /* answered from the headers: drop the rest */
+        /* libmicrohttpd only sends an answer queued before the body or after
+         * all of it, so a body without Content-Length that passes the limit
+         * is drained without being kept and refused at its end; one that
+         * goes on for another limit's worth is cut off. */
+        if (r->late_status || r->len + n > h->body_limit) {
+            if (!r->late_status) r->late_status = 413;
+            r->dropped += n;
+            return r->dropped > h->body_limit ? MHD_NO : MHD_YES;
+        }
+        if (append_body(r, upload_data, n)) r->late_status = 503;
+        return MHD_YES;
+    }
+    if (r->replied) return MHD_YES;
+    if (r->late_status == 413)
+        nesfd_reply_error(r, 413, "body_too_large", "request body exceeds the limit of %zu bytes",
+                          h->body_limit);
+    else if (r->late_status)
+        nesfd_reply_error(r, 503, "out_of_memory", "cannot buffer the request body");
+    else {
+        r->suspended = 0;
+        r->route->fn(r, h->ctx);
+        if (!r->replied && !r->suspended && !r->queue_failed)
+            nesfd_reply_error(r, 500, "internal", "the handler produced no answer");
+    }
+    /* a response libmicrohttpd refused leaves nothing to send: close */
+    return r->replied || r->suspended ? MHD_YES : MHD_NO;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    nesfd_http *h = cls;
+    nesfd_req *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    double secs = (double)(nesfd_now_ns() - r->start) * 1e-9;
+    /* 499: the client went away before an answer (nginx's convention) */
+    int status = r->replied ? r->status : 499;
+    nesfd_metrics_request(h->metrics, r->metric_route, status, secs);
+    if (h->log_requests) {
+        json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:f, s:i, s:I}", "id", r->id, "method", r->method,
+                              "route", r->path, "status", status, "ms", secs * 1e3,
+                              "batch", r->batch, "bytes_in", (json_int_t)r->len);
+        if (j && r->err_code[0]) json_object_set_new(j, "error", json_string(r->err_code));
+        if (j && toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            json_object_set_new(j, "aborted", json_true());
+        nesfd_log_json("info", "request", j);
+    }
+    if (r->state && r->state_free) r->state_free(r->state);
+    free(r->body);
+    free(r);
+    nesfd_metrics_inflight(h->metrics, -1);
+    atomic_fetch_sub(&h->inflight, 1);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    msg[strcspn(msg, "\n")] = 0;
+    nesfd_log("warn", "libmicrohttpd", "%s", msg);
+}
+
+static int open_listener(const char *host, int port, int *bound_port, nesf_error *err)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int gai = getaddrinfo(host, ps, &hints, &res);
+    if (gai) return -nesf_fail(err, NESF_ERR_INVALID, "listen %s: %s", host, gai_strerror(gai));
+    int fd = -1, e = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+        if (fd < 0) { e = errno; continue; }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1024) == 0) break;
+        e = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return -nesf_fail(err, NESF_ERR_IO, "listen %s:%d: %s", host, port, strerror(e));
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    *bound_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                                 : ((struct sockaddr_in *)&ss)->sin_port);
+    return fd;
+}
+
+int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_routes, void *ctx,
+                     nesfd_metrics *metrics, nesfd_http **out, nesf_error *err)
+{
+    nesfd_http *h = calloc(1, sizeof *h);
+    if (!h) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    h->routes = calloc((size_t)n_routes, sizeof *h->routes);
+    h->route_metric = calloc((size_t)n_routes, sizeof *h->route_metric);
+    h->origins = calloc(c->n_origins ? (size_t)c->n_origins : 1, sizeof *h->origins);
+    if (!h->routes || !h->route_metric || !h->origins) {
+        nesfd_http_stop(h);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    }
+    memcpy(h->routes, routes, (size_t)n_routes * sizeof *routes);
+    h->n_routes = n_routes;
+    for (int i = 0; i < n_routes; i++) h->route_metric[i] = nesfd_metrics_route(metrics, routes[i].path);
+    h->other_metric = nesfd_metrics_route(metrics, "other");
+    memcpy(h->origins, c->origins, (size_t)c->n_origins * sizeof *h->origins);
+    h->n_origins = c->n_origins;
+    h->ctx = ctx;
+    h->metrics = metrics;
+    h->body_limit = c->body_limit;
+    h->log_requests = c->log_requests;
+    snprintf(h->token, sizeof h->token, "%s", c->token);
+
+    h->listen_fd = open_listener(c->host, c->port, &h->port, err);
+    if (h->listen_fd < 0) {
+        h->listen_fd = -1;
+        int code = err ? err->code : NESF_ERR_IO;
+        nesfd_http_stop(h);
+        return code;
+    }
+    h->d = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
+        0, NULL, NULL, on_access, h,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
+        MHD_OPTION_LISTEN_SOCKET, h->listen_fd,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)c->http_threads,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)c->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)c->idle_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_END);
+    if (!h->d) {
+        nesfd_http_stop(h);
+        return nesf_fail(err, NESF_ERR_IO, "libmicrohttpd failed to start (thread pool with epoll)");
+    }
+    h->listen_fd = -1; /* the daemon owns it now */
+    *out = h;
+    return NESF_OK;
+}
+
+int nesfd_http_port(const nesfd_http *h) { return h->port; }
+int nesfd_http_inflight(nesfd_http *h) { return atomic_load(&h->inflight); }
+
+void nesfd_http_quiesce(nesfd_http *h)
+{
+    if (atomic_exchange(&h->draining, 1)) return;
+    if (h->d) {
+        MHD_socket fd = MHD_quiesce_daemon(h->d);
+        if (fd != MHD_INVALID_SOCKET) close(fd);
+        h->listen_fd = -1;
+    }
+}
+
+void nesfd_http_stop(nesfd_http *h)
+{
+    if (!h) return;
+    if (h->d) MHD_stop_daemon(h->d);
+    if (h->listen_fd >= 0) close(h->listen_fd);
+    free(h->routes);
+    free(h->route_metric);
+    free(h->origins);
+    free(h);
+}

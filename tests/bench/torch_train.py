@@ -1,0 +1,76 @@
+#!/usr/bin/python3
+"""PyTorch baseline of `nesf bench train`: training steps (forward, backward,
+Adam) of the paper network at batch 64 with the spec §4 query sampling, on
+structures drawn (seeded) from lcs6/train.jsonl, float32.
+
+    /usr/bin/python3 tests/bench/torch_train.py [--weights F] [--batch 64] [--steps 2] [--threads 2]
+
+Prints one line of key=value pairs starting with "torch_train:".  step_s is
+the mean time of one step without sampling; sample_s the mean time to draw
+that step's query points and targets (numpy).  structures_per_s and
+queries_per_s (position + species queries) count the step alone.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(here, "..", "parity"))
+sys.path.insert(0, here)
+import nesf_ref as ref  # noqa: E402
+from torch_field import build_model  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--weights", help="safetensors weights (default: fresh paper network)")
+    ap.add_argument("--shared", default=os.path.join(here, "..", "..", "..", "shared"))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, species, bbmin, bbmax = build_model(args.weights, args.shared, args.seed)
+    model = model.float().train()
+    train = ref.load_jsonl(os.path.join(args.shared, "datasets", "lcs6", "train.jsonl"))
+    rng = np.random.default_rng(args.seed)
+    params = [t for n, t in model.named_tensors() if n in set(model.param_names())]
+    opt = torch.optim.Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+
+    step_t = sample_t = 0.0
+    nq = 0
+    for step in range(args.steps + 1):
+        t0 = time.perf_counter()
+        structs = [train[i] for i in rng.choice(len(train), args.batch, replace=False)]
+        pq, sq = [], []
+        for s in structs:
+            a, _, _ = ref.structure_arrays(s, species)
+            p, q = ref.paper_queries(a, bbmin, bbmax, rng)
+            pq.append(p)
+            sq.append(q)
+        batch = ref.make_batch(structs, species, pq, sq, dtype=torch.float32)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = ref.losses(model, batch, drop_seed=int(rng.integers(0, 2**62)))
+        loss["total"].backward()
+        opt.step()
+        t2 = time.perf_counter()
+        if step > 0:   # the first step is a warm-up
+            sample_t += t1 - t0
+            step_t += t2 - t1
+            nq += len(batch["pos_xyz"]) + len(batch["spec_xyz"])
+    n = args.steps
+    print(f"torch_train: batch={args.batch} steps={n} step_s={step_t / n:.4f} "
+          f"sample_s={sample_t / n:.4f} structures_per_s={args.batch * n / step_t:.2f} "
+          f"queries_per_s={nq / step_t:.1f} queries_per_step={nq // n} "
+          f"loss={float(loss['total']):.4f} threads={args.threads} torch={torch.__version__}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()

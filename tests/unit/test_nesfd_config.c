@@ -1,0 +1,182 @@
+/* nesfd configuration: defaults, the JSON file, flags over the file,
+ * relative model paths, and the errors for bad keys and values. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "config.h"
+
+static char dir[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/nesfd-config-XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd);
+}
+
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+static int args(nesfd_config *c, nesf_error *err, ...)
+{
+    char *argv[32] = {"nesfd"};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, err);
+    for (char *a; (a = va_arg(ap, char *));) argv[argc++] = a;
+    va_end(ap);
+    int help, version, check;
+    return nesfd_config_from_args(c, argc, argv, &help, &version, &check, err);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    nesfd_config c;
+    nesfd_config_defaults(&c);
+    nesfd_config_finish(&c);
+    assert_string_equal(c.host, "127.0.0.1");
+    assert_int_equal(c.port, 8080);
+    assert_int_equal(c.n_models, 1);
+    assert_string_equal(c.models[0].name, "lcs6");
+    assert_string_equal(c.models[0].path, "models/lcs6.safetensors");
+    assert_string_equal(c.backend, "auto");
+    assert_string_equal(c.token, "");
+}
+
+static void test_file_and_flags(void **state)
+{
+    (void)state;
+    const char *path = write_file("nesfd.json",
+        "{\"listen\": \"0.0.0.0:9000\", \"models\": {\"a\": \"m/a.safetensors\", \"b\": \"/abs/b.st\"},"
+        " \"backend\": \"cpu\", \"batching\": {\"max_batch\": 7, \"max_delay_us\": 100, \"queue_limit\": 50},"
+        " \"body_limit\": 1000, \"timeouts\": {\"request_s\": 2.5, \"idle_s\": 3},"
+        " \"auth_token\": \"s3cret\", \"cors_origins\": [\"https://a.example\"], \"log_requests\": false}");
+    nesfd_config c;
+    nesf_error err;
+    nesfd_config_defaults(&c);
+    /* --config is read first wherever it is; later flags win over it */
+    assert_int_equal(args(&c, &err, "--max-batch", "9", "--config", path, "--model", "b=x.st",
+                          "--listen", "[::1]:0", "--cors-origin", "*", NULL), NESF_OK);
+    nesfd_config_finish(&c);
+    assert_string_equal(c.host, "::1");
+    assert_int_equal(c.port, 0);
+    assert_int_equal(c.n_models, 2);
+    char want[600];
+    snprintf(want, sizeof want, "%s/m/a.safetensors", dir);
+    assert_string_equal(c.models[0].path, want); /* relative to the file */
+    assert_string_equal(c.models[1].path, "x.st"); /* flag: relative to the cwd */
+    assert_int_equal(c.max_batch, 9);
+    assert_int_equal(c.max_delay_us, 100);
+    assert_int_equal(c.queue_limit, 50);
+    assert_int_equal(c.body_limit, 1000);
+    assert_true(c.request_timeout_s == 2.5);
+    assert_int_equal(c.idle_timeout_s, 3);
+    assert_string_equal(c.token, "s3cret");
+    assert_int_equal(c.n_origins, 1);
+    assert_string_equal(c.origins[0], "*");
+    assert_int_equal(c.log_requests, 0);
+    char *dump = nesfd_config_dump(&c);
+    assert_non_null(dump);
+    assert_null(strstr(dump, "s3cret"));
+    assert_non_null(strstr(dump, "\"[::1]:0\""));
+    free(dump);
+
+    assert_int_equal(args(&c, &err, "--no-batching", "--body-limit", "2M", NULL), NESF_OK);
+    assert_int_equal(c.max_batch, 1);
+    assert_int_equal(c.max_delay_us, 0);
+    assert_int_equal(c.body_limit, 2u << 20);
+}
+
+static void test_token_sources(void **state)
+{
+    (void)state;
+    const char *tf = write_file("token", "from-file\n");
+    nesfd_config c;
+    nesf_error err;
+    nesfd_config_defaults(&c);
+    setenv("NESFD_TOKEN", "from-env", 1);
+    assert_int_equal(args(&c, &err, NULL), NESF_OK);
+    assert_string_equal(c.token, "from-env");
+    assert_int_equal(args(&c, &err, "--token-file", tf, NULL), NESF_OK);
+    assert_string_equal(c.token, "from-file");
+    unsetenv("NESFD_TOKEN");
+    const char *empty = write_file("empty", "\n");
+    assert_int_not_equal(args(&c, &err, "--token-file", empty, NULL), NESF_OK);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    nesfd_config c;
+    nesf_error err;
+    nesfd_config_defaults(&c);
+    const char *typo = write_file("typo.json", "{\"max_batch\": 4}"); /* belongs in batching */
+    assert_int_not_equal(nesfd_config_load_file(&c, typo, &err), NESF_OK);
+    assert_non_null(strstr(err.msg, "max_batch"));
+    const char *bad = write_file("bad.json", "{\"listen\": \"127.0.0.1:8080\",\n \"backend\": }");
+    assert_int_equal(nesfd_config_load_file(&c, bad, &err), NESF_ERR_PARSE);
+    assert_non_null(strstr(err.msg, ":2:")); /* the line */
+    const char *neg = write_file("neg.json", "{\"batching\": {\"max_batch\": 0}}");
+    assert_int_not_equal(nesfd_config_load_file(&c, neg, &err), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--backend", "tpu", NULL), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--listen", "nohostport", NULL), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--listen", "1.2.3.4:70000", NULL), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--model", "noequals", NULL), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--model", "bad/name=x", NULL), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--max-batch", NULL), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--max-batch", "12x", NULL), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--frobnicate", NULL), NESF_OK);
+    assert_non_null(strstr(err.msg, "--frobnicate"));
+    assert_int_not_equal(args(&c, &err, "--config", "/nonexistent/nesfd.json", NULL), NESF_OK);
+    assert_int_not_equal(args(&c, &err, "--cors-origin", "a, b", NULL), NESF_OK);
+}
+
+static void test_repo_config(void **state)
+{
+    (void)state;
+    const char *root = getenv("NESF_SOURCE_ROOT");
+    if (!root) skip();
+    char path[600];
+    snprintf(path, sizeof path, "%s/config/nesfd.json", root);
+    nesfd_config c;
+    nesf_error err;
+    nesfd_config_defaults(&c);
+    if (nesfd_config_load_file(&c, path, &err)) fail_msg("%s", err.msg);
+    assert_true(c.n_models >= 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_file_and_flags),
+        cmocka_unit_test(test_token_sources),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_repo_config),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
