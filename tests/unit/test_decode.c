@@ -176,6 +176,17 @@ static int bad_lattice(nesf_field *f, int first, int S, float *len, float *ang, 
     return rc;
 }
 
+/* The truth field's lattice with a negative a and three 175° angles. */
+static int flat_lattice(nesf_field *f, int first, int S, float *len, float *ang, nesf_error *err)
+{
+    int rc = truth_lattice(f, first, S, len, ang, err);
+    for (int s = 0; s < S; s++) {
+        len[3 * s] = -2;
+        for (int k = 0; k < 3; k++) ang[3 * s + k] = (float)(175 * M_PI / 180);
+    }
+    return rc;
+}
+
 static void test_item_errors(void **state)
 {
     (void)state;
@@ -205,20 +216,6 @@ static void test_item_errors(void **state)
     for (int i = 0; i < 3; i++) nesf_structure_free(s[i]);
 }
 
-static void bbox_of(const nesf_dataset *d, float lo[3], float hi[3])
-{
-    for (int k = 0; k < 3; k++) {
-        lo[k] = INFINITY;
-        hi[k] = -INFINITY;
-    }
-    for (int i = 0; i < d->n; i++)
-        for (int a = 0; a < d->s[i]->n; a++)
-            for (int k = 0; k < 3; k++) {
-                lo[k] = fminf(lo[k], (float)d->s[i]->cart[3 * a + k]);
-                hi[k] = fmaxf(hi[k], (float)d->s[i]->cart[3 * a + k]);
-            }
-}
-
 /* LCS6 val, paper settings, training bounding box: every structure comes
  * back (all 286; every 8th under the sanitizers, which are ~10x slower). */
 static void test_truth_lcs6_val(void **state)
@@ -235,7 +232,7 @@ static void test_truth_lcs6_val(void **state)
     snprintf(path, sizeof path, "%s/datasets/lcs6/meta.json", shared());
     assert_int_equal(nesf_vocab_load(path, &v, &err), 0);
     float lo[3], hi[3];
-    bbox_of(&train, lo, hi);
+    nesf_structures_bbox(train.s, train.n, lo, hi);
     nesf_dataset_free(&train);
     const int stride = SLOW ? 8 : 1;
     int n = 0;
@@ -266,12 +263,139 @@ static void test_truth_lcs6_val(void **state)
     nesf_dataset_free(&val);
 }
 
+/* The network's fields: a randomly initialised paper model decodes
+ * deterministically, the same batched as one latent at a time, with the
+ * lattice heads' cell (repaired when it is none), and a non-finite latent
+ * fails alone. */
+static void test_model_decode(void **state)
+{
+    (void)state;
+    nesf_model_config cfg;
+    nesf_model_config_paper(&cfg);
+    const int zs[4] = {8, 11, 17, 26};
+    const float lo[3] = {0, 0, 0}, hi[3] = {5, 5, 5};
+    nesf_model *m;
+    nesf_error err;
+    assert_int_equal(nesf_model_create(&cfg, zs, 4, lo, hi, be, 7, &m, &err), 0);
+    enum { n = 6 };
+    const int L = nesf_model_latent_size(m);
+    nesf_structure *s[2] = {rocksalt(5.0), single()};
+    float *z = malloc((size_t)n * L * sizeof *z);
+    assert_int_equal(nesf_model_encode(m, s, 2, z, &err), 0);
+    for (int i = 2; i < n; i++)
+        for (int k = 0; k < L; k++) z[(size_t)i * L + k] = (float)((i * 31 + k * 17) % 13 - 6) * 0.3f;
+    float len[3 * n], ang[3 * n];
+    assert_int_equal(nesf_model_lattice(m, n, z, len, ang, &err), 0);
+    int valid[n], nvalid = 0;
+    for (int i = 0; i < n; i++) {
+        nesf_cellpar p = {len[3 * i], len[3 * i + 1], len[3 * i + 2], ang[3 * i] * 180 / M_PI,
+                          ang[3 * i + 1] * 180 / M_PI, ang[3 * i + 2] * 180 / M_PI};
+        nesf_lattice l;
+        valid[i] = nesf_lattice_from_params(&p, &l, NULL) == 0;
+        nvalid += valid[i];
+    }
+    nesf_decode_opts o;
+    nesf_decode_opts_default(&o);
+    o.grid_step = 1.0f;
+    o.iterations = 4;
+    o.nms_min_count = 1;
+    o.score_max = 100;
+    nesf_structure *a[n], *b[n], *one[n];
+    nesf_error ierr[n];
+    nesf_decode_stats st;
+
+    /* strict: the latents whose heads give no cell fail, each on its own */
+    assert_int_equal(nesf_decode(m, n, z, &o, a, ierr, &st, &err), 0);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(a[i] != NULL, valid[i]);
+        if (!valid[i]) assert_non_null(strstr(ierr[i].msg, "degenerate"));
+        nesf_structure_free(a[i]);
+    }
+    if (nvalid < n) assert_int_equal(nesf_decode(m, n, z, &o, a, NULL, NULL, &err), NESF_ERR_INVALID);
+
+    o.repair_lattice = 1;
+    assert_int_equal(nesf_decode(m, n, z, &o, a, ierr, &st, &err), 0);
+    assert_int_equal(nesf_decode(m, n, z, &o, b, NULL, NULL, &err), 0);
+    assert_int_equal(st.particles, (long)n * 6 * 6 * 6);
+    assert_int_equal(st.lattice_repaired, n - nvalid);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(ierr[i].code, 0);
+        assert_non_null(a[i]);
+        assert_true(nesf_lattice_volume(&a[i]->lat) > 0);
+        assert_int_equal(a[i]->n, b[i]->n);
+        assert_memory_equal(a[i]->cart, b[i]->cart, (size_t)a[i]->n * 3 * sizeof(double));
+        assert_memory_equal(a[i]->z, b[i]->z, (size_t)a[i]->n * sizeof(int));
+        assert_int_equal(nesf_decode(m, 1, z + (size_t)i * L, &o, &one[i], NULL, NULL, &err), 0);
+        assert_int_equal(one[i]->n, a[i]->n);
+        for (int k = 0; k < 3 * a[i]->n; k++) assert_true(fabs(one[i]->cart[k] - a[i]->cart[k]) < 1e-3);
+        for (int k = 0; k < a[i]->n; k++) {
+            int known = 0;
+            for (int c = 0; c < 4; c++) known |= a[i]->z[k] == zs[c];
+            assert_true(known);
+        }
+        if (valid[i]) {
+            nesf_cellpar p;
+            nesf_lattice_params(&a[i]->lat, &p);
+            assert_true(fabs(p.a - len[3 * i]) < 1e-4 && fabs(p.c - len[3 * i + 2]) < 1e-4);
+            assert_true(fabs(p.gamma - ang[3 * i + 2] * 180 / M_PI) < 1e-3);
+        }
+        nesf_structure_free(a[i]);
+        nesf_structure_free(b[i]);
+        nesf_structure_free(one[i]);
+    }
+    /* a NaN latent: reported for itself, the others still decode */
+    z[(size_t)1 * L + 3] = NAN;
+    assert_int_equal(nesf_decode(m, n, z, &o, a, ierr, NULL, &err), 0);
+    assert_null(a[1]);
+    assert_int_equal(ierr[1].code, NESF_ERR_INVALID);
+    for (int i = 0; i < n; i++)
+        if (i != 1) assert_non_null(a[i]);
+    for (int i = 0; i < n; i++) nesf_structure_free(a[i]);
+    assert_int_equal(nesf_decode(m, n, z, &o, a, NULL, NULL, &err), NESF_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "latent 1"));
+    free(z);
+    for (int i = 0; i < 2; i++) nesf_structure_free(s[i]);
+    nesf_model_free(m);
+}
+
+/* Cells that are none get the nearest sane one. */
+static void test_repair(void **state)
+{
+    (void)state;
+    nesf_structure *s[1] = {single()};
+    const float lo[3] = {0, 0, 0}, hi[3] = {4, 4, 4};
+    nesf_field f;
+    nesf_error err;
+    assert_int_equal(nesf_field_truth(be, s, 1, species_z, 3, lo, hi, &f, &err), 0);
+    truth_lattice = f.lattice;
+    f.lattice = flat_lattice;
+    nesf_decode_opts o;
+    nesf_decode_opts_default(&o);
+    nesf_structure *out;
+    assert_int_equal(nesf_decode_field(&f, &o, &out, NULL, NULL, &err), NESF_ERR_INVALID);
+    o.repair_lattice = 1;
+    nesf_decode_stats st;
+    assert_int_equal(nesf_decode_field(&f, &o, &out, NULL, &st, &err), 0);
+    assert_int_equal(st.lattice_repaired, 1);
+    nesf_cellpar p;
+    nesf_lattice_params(&out->lat, &p);
+    assert_true(fabs(p.a - 0.5) < 1e-6 && fabs(p.b - 3.3) < 1e-4); /* a floored */
+    assert_true(p.alpha > 10 && p.alpha < 170 && p.beta < 170 && p.gamma < 170);
+    assert_true(nesf_lattice_volume(&out->lat) >= 0.05 * p.a * p.b * p.c - 1e-9);
+    assert_int_equal(out->n, 1);
+    nesf_structure_free(out);
+    nesf_field_release(&f);
+    nesf_structure_free(s[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_truth_small),
         cmocka_unit_test(test_item_errors),
         cmocka_unit_test(test_truth_lcs6_val),
+        cmocka_unit_test(test_model_decode),
+        cmocka_unit_test(test_repair),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

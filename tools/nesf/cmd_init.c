@@ -57,7 +57,7 @@ int nesf_cmd_init(int argc, char **argv)
         return 1;
     }
     float lo[3], hi[3];
-    cli_bbox(d.s, d.n, lo, hi);
+    nesf_structures_bbox(d.s, d.n, lo, hi);
     nesf_dataset_free(&d);
     if (!(lo[0] <= hi[0] && lo[1] <= hi[1] && lo[2] <= hi[2])) {
         fprintf(stderr, "nesf init: %s has no atoms\n", bbox);

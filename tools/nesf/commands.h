@@ -8,5 +8,11 @@ int nesf_cmd_convert(int argc, char **argv);
 int nesf_cmd_bench(int argc, char **argv);
 int nesf_cmd_train(int argc, char **argv);
 int nesf_bench_load(int argc, char **argv);
+int nesf_cmd_eval(int argc, char **argv);
+int nesf_cmd_decode(int argc, char **argv);
+int nesf_cmd_interpolate(int argc, char **argv);
+int nesf_cmd_latents(int argc, char **argv);
+int nesf_cmd_init(int argc, char **argv);
+int nesf_bench_decode(int argc, char **argv);
 
 #endif

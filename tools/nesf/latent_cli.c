@@ -57,21 +57,6 @@ void cli_progress_end(cli_progress *p)
     fputc('\n', stderr);
 }
 
-void cli_bbox(nesf_structure *const *s, int n, float lo[3], float hi[3])
-{
-    for (int k = 0; k < 3; k++) {
-        lo[k] = INFINITY;
-        hi[k] = -INFINITY;
-    }
-    for (int i = 0; i < n; i++)
-        for (int a = 0; a < s[i]->n; a++)
-            for (int k = 0; k < 3; k++) {
-                float c = (float)s[i]->cart[3 * a + k];
-                lo[k] = fminf(lo[k], c);
-                hi[k] = fmaxf(hi[k], c);
-            }
-}
-
 int cli_open_model(const char *cmd, const char *path, const char *backend, int threads,
                    nesf_backend **be, nesf_model **m)
 {

@@ -46,10 +46,6 @@ int cli_decode_options(const char *arg, nesf_decode_opts *o, nesf_error *err);
  * unknown. */
 char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt);
 
-/* Per-axis min and max of the atoms' Cartesian coordinates of n
- * structures: the bounding box of spec §2 when they are the training set. */
-void cli_bbox(nesf_structure *const *s, int n, float lo[3], float hi[3]);
-
 /* The symprec used for the space groups reported by the tools. */
 #define CLI_SYMPREC 0.1
 
