@@ -125,6 +125,7 @@ struct nesf_backend {
     const char *name;      /* "cpu", "cuda" */
     char device[160];      /* human description, e.g. "CPU, OpenBLAS 2 threads" */
     int threads;           /* CPU threads used (informational on CUDA) */
+    double peak_flops;     /* peak FLOP/s of the GEMM arithmetic in use (0: unknown) */
     const nesf_backend_ops *ops;
     void *impl;            /* backend private state */
 };

@@ -77,6 +77,9 @@ static void cu_destroy(nesf_backend *be)
         cudaStreamSynchronize(c->stream);
         if (c->scratch) cudaFree(c->scratch);
         if (c->host_scalar) cudaFreeHost(c->host_scalar);
+        for (int i = 0; i < NESF_CUDA_STAGE_SLOTS; i++)
+            if (c->stage[i].done) cudaEventDestroy(c->stage[i].done);
+        if (c->stage_mem) cudaFreeHost(c->stage_mem);
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) cudaStreamDestroy(c->stream);
         (void)cudaGetLastError();
@@ -132,6 +135,20 @@ static int cu_upload(nesf_backend *be, void *dst, const void *src, size_t bytes)
     nesf_cuda *c = nesf_cuda_of(be);
     if (bytes == 0) return NESF_OK;
     nesf_cuda_bind(c);
+    if (bytes <= NESF_CUDA_STAGE_BYTES) {
+        nesf_cuda_stage *st = &c->stage[c->stage_next];
+        c->stage_next = (c->stage_next + 1) % NESF_CUDA_STAGE_SLOTS;
+        if (st->pending && nesf_cuda_check(c, "upload", cudaEventSynchronize(st->done)))
+            return NESF_ERR_BACKEND;
+        st->pending = 0;
+        memcpy(st->host, src, bytes);
+        if (nesf_cuda_check(c, "upload", cudaMemcpyAsync(dst, st->host, bytes,
+                                                         cudaMemcpyHostToDevice, c->stream)) ||
+            nesf_cuda_check(c, "upload", cudaEventRecord(st->done, c->stream)))
+            return NESF_ERR_BACKEND;
+        st->pending = 1;
+        return NESF_OK;
+    }
     if (nesf_cuda_check(c, "upload",
                         cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream)))
         return NESF_ERR_BACKEND;
@@ -507,28 +524,27 @@ static void cu_relu_bn_backward(nesf_backend *be, int rows, int cols, const floa
     if (!ws) return;
     double *part = (double *)ws;
     float *kd = (float *)(ws + pbytes); /* mean of dOut */
-    float *kx = kd + cols;              /* mean of dOut * xhat */
+    float *kx = kd + cols;              /* mean of dOut * xhat, times invstd */
 
     col_partial<2>(c, "relu_bn_backward", p, [=] __device__(int r, int k, double *acc) {
-        float xh = (R[(size_t)r * ldr + k] - mean[k]) * invstd[k];
         float g = dOut[(size_t)r * ldo + k];
         acc[0] += g;
-        acc[1] += (double)g * xh;
+        acc[1] += g * (R[(size_t)r * ldr + k] - mean[k]) * invstd[k];
     }, part);
     nesf_each1d(c, "relu_bn_backward", (size_t)cols, [=] __device__(size_t k) {
         double sd = col_total(p, part, 0, (int)k), sx = col_total(p, part, 1, (int)k);
         if (dbeta) dbeta[k] += (float)sd;
         if (dgamma) dgamma[k] += (float)sx;
         kd[k] = (float)(sd / p.rows);
-        kx[k] = (float)(sx / p.rows);
+        kx[k] = (float)(sx / p.rows) * invstd[k];
     });
-    /* dX = gamma invstd (dOut - mean(dOut) - xhat mean(dOut xhat)), then ReLU */
+    /* dX = gamma invstd (dOut - mean(dOut) - (R - mean) invstd mean(dOut xhat)),
+     * then ReLU; grouped as the CPU backend does */
     nesf_each2d(c, "relu_bn_backward", rows, cols, [=] __device__(int r, int k) {
         float rv = R[(size_t)r * ldr + k];
-        float xh = (rv - mean[k]) * invstd[k];
         float g = dOut[(size_t)r * ldo + k];
-        float gm = gamma ? gamma[k] : 1.0f;
-        dY[(size_t)r * ldd + k] = rv > 0.0f ? gm * invstd[k] * (g - kd[k] - xh * kx[k]) : 0.0f;
+        float k1 = (gamma ? gamma[k] : 1.0f) * invstd[k];
+        dY[(size_t)r * ldd + k] = rv > 0.0f ? k1 * (g - kd[k] - (rv - mean[k]) * kx[k]) : 0.0f;
     });
 }
 
@@ -758,6 +774,24 @@ static int parse_math(const char *s, int *math, cublasComputeType_t *ct)
     return 0;
 }
 
+/* Dense peak of the GEMM mode from the boost clock and the per-SM rates of
+ * the architecture (FLOP per clock per SM: FP32 lanes x 2, tensor-core
+ * TF32 / BF16 dense); 0 for an architecture not listed. */
+static double peak_flops(int device, int major, int minor, int sms, int math)
+{
+    int khz = 0;
+    if (cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    double fp32, tf32, bf16;
+    if (major == 8 && minor == 0) { fp32 = 128; tf32 = 1024; bf16 = 2048; } /* A100 */
+    else if (major == 9 && minor == 0) { fp32 = 256; tf32 = 2048; bf16 = 4096; } /* H100, H200 */
+    else return 0;
+    double per_clk = math == NESF_CUDA_TF32 ? tf32 : math == NESF_CUDA_BF16 ? bf16 : fp32;
+    return per_clk * sms * khz * 1e3;
+}
+
 int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
 {
     static const char *math_names[] = {"fp32", "tf32", "bf16"};
@@ -801,6 +835,12 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
     if (e == cudaSuccess) { step = "cudaGetDeviceProperties"; e = cudaGetDeviceProperties(&prop, device); }
     if (e == cudaSuccess) { step = "cudaStreamCreate"; e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking); }
     if (e == cudaSuccess) { step = "cudaMallocHost"; e = cudaMallocHost((void **)&c->host_scalar, 4 * sizeof(double)); }
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&c->stage_mem, NESF_CUDA_STAGE_SLOTS * NESF_CUDA_STAGE_BYTES);
+    for (int i = 0; i < NESF_CUDA_STAGE_SLOTS && e == cudaSuccess; i++) {
+        step = "cudaEventCreate";
+        c->stage[i].host = c->stage_mem + i * NESF_CUDA_STAGE_BYTES;
+        e = cudaEventCreateWithFlags(&c->stage[i].done, cudaEventDisableTiming);
+    }
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         int rc = nesf_fail(err, NESF_ERR_BACKEND, "CUDA device %d: %s: %s", device, step,
@@ -818,6 +858,7 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
         return rc;
     }
     c->sm_count = prop.multiProcessorCount;
+    be->peak_flops = peak_flops(device, prop.major, prop.minor, prop.multiProcessorCount, math);
     snprintf(be->device, sizeof be->device, "CUDA %d: %.64s, sm_%d%d, %d SMs, %.0f GiB; cuBLAS %d.%d, %s",
              device, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              prop.totalGlobalMem / 1073741824.0, cublas_ver / 10000, cublas_ver / 100 % 100,

@@ -20,6 +20,20 @@ extern "C" {
  * tf32 or bf16 (tensor cores, FP32 in and out, inputs rounded). */
 enum { NESF_CUDA_FP32 = 0, NESF_CUDA_TF32, NESF_CUDA_BF16 };
 
+/* Small uploads go through a ring of pinned staging slots: a copy from
+ * pageable memory may wait for the stream to drain, one from pinned memory
+ * is queued like a kernel, so per-chunk offsets and per-step batches do not
+ * stall the pipeline.  A slot is reused once the event recorded after its
+ * copy has fired. */
+#define NESF_CUDA_STAGE_SLOTS 16
+#define NESF_CUDA_STAGE_BYTES ((size_t)256 << 10)
+
+typedef struct nesf_cuda_stage {
+    char *host;               /* NESF_CUDA_STAGE_BYTES of pinned memory */
+    cudaEvent_t done;
+    int pending;              /* done was recorded and may not have fired */
+} nesf_cuda_stage;
+
 typedef struct nesf_cuda {
     int device;
     int sm_count;
@@ -30,6 +44,9 @@ typedef struct nesf_cuda {
     void *scratch;            /* grown on demand, device memory */
     size_t scratch_bytes;
     double *host_scalar;      /* pinned, for scalar results (losses) */
+    char *stage_mem;          /* pinned, NESF_CUDA_STAGE_SLOTS slots */
+    nesf_cuda_stage stage[NESF_CUDA_STAGE_SLOTS];
+    int stage_next;
     int failed;               /* NESF_ERR_BACKEND once something failed */
     char msg[256];            /* first failure since the last sync */
 } nesf_cuda;

@@ -677,6 +677,42 @@ static void test_large(void **state)
     free(hb);
 }
 
+/* Uploads may be queued behind kernels, yet the caller may reuse the
+ * source as soon as upload returns: many small uploads from one buffer
+ * rewritten in between (more than the staging ring holds), then a large
+ * one, then device-side copies that depend on the uploads' order. */
+static void test_upload_reuse(void **state)
+{
+    pair *P = *state;
+    NEED_GPU(P);
+    nesf_backend *be = P->gpu;
+    const int n = 100, w = 1000, big = 3 << 20;
+    float *d = be->ops->alloc(be, (size_t)n * w * sizeof(float));
+    float *dbig = be->ops->alloc(be, (size_t)big * sizeof(float));
+    float *h = malloc((size_t)big * sizeof *h), *back = malloc((size_t)big * sizeof *back);
+    assert_non_null(d);
+    assert_non_null(dbig);
+    assert_non_null(h);
+    assert_non_null(back);
+    be->ops->fill(be, dbig, (size_t)big, -1.0f); /* queued work ahead of the uploads */
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < w; k++) h[k] = (float)(i * w + k);
+        assert_int_equal(be->ops->upload(be, d + (size_t)i * w, h, (size_t)w * sizeof(float)), NESF_OK);
+    }
+    for (int k = 0; k < big; k++) h[k] = (float)k * 0.5f;
+    assert_int_equal(be->ops->upload(be, dbig, h, (size_t)big * sizeof(float)), NESF_OK);
+    memset(h, 0, (size_t)big * sizeof *h);
+    be->ops->copy(be, dbig, d, (size_t)n * w * sizeof(float));
+    assert_int_equal(be->ops->download(be, back, dbig, (size_t)big * sizeof(float)), NESF_OK);
+    for (int k = 0; k < big; k++)
+        if (back[k] != (k < n * w ? (float)k : (float)k * 0.5f))
+            fail_msg("element %d is %g after the uploads", k, back[k]);
+    be->ops->free(be, d);
+    be->ops->free(be, dbig);
+    free(h);
+    free(back);
+}
+
 /* A failing op (invalid leading dimension) is reported by the next sync,
  * and only once: the backend stays usable. */
 static void test_error_reported(void **state)
@@ -712,6 +748,7 @@ int main(void)
         cmocka_unit_test(test_losses),
         cmocka_unit_test(test_adam),
         cmocka_unit_test(test_large),
+        cmocka_unit_test(test_upload_reuse),
         cmocka_unit_test(test_error_reported),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

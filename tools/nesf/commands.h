@@ -14,5 +14,6 @@ int nesf_cmd_interpolate(int argc, char **argv);
 int nesf_cmd_latents(int argc, char **argv);
 int nesf_cmd_init(int argc, char **argv);
 int nesf_bench_decode(int argc, char **argv);
+int nesf_bench_gpu(int argc, char **argv);
 
 #endif
