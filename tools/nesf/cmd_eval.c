@@ -367,8 +367,8 @@ int nesf_cmd_eval(int argc, char **argv)
                a.truth ? "exact (ground-truth) field" : a.model);
         printf("backend: %s; bounding box %s: [%.3f %.3f %.3f] .. [%.3f %.3f %.3f]\n", be->device,
                bbox_src, lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]);
-        printf("\n%-14s %6s %8s %10s %10s %10s %10s %8s %8s\n", "", "n", "atoms%", "pos act Å",
-               "pos det Å", "spec act%", "spec det%", "len Å", "ang °");
+        printf("\n%-14s %6s %8s %10s %10s %10s %10s %8s %8s\n", "", "n", "atoms%", "pos act A",
+               "pos det A", "spec act%", "spec det%", "len A", "ang deg");
         print_row("all", &all);
         for (int k = 0; k <= maxn; k++) {
             if (!by_n[k].structures) continue;
