@@ -336,6 +336,13 @@ static void cpu_row_sqnorm(nesf_backend *be, int rows, int cols, const float *X,
     }
 }
 
+static void cpu_linear(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
+                       const float *W, int ldw, const float *b, int relu, float *out, int ldo)
+{
+    cpu_gemm(be, 0, 1, rows, N, K, 1.0f, X, ldx, W, ldw, 0.0f, out, ldo);
+    cpu_bias_act(be, rows, N, out, ldo, b, relu, out, ldo);
+}
+
 static const nesf_backend_ops cpu_ops = {
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
@@ -363,6 +370,7 @@ static const nesf_backend_ops cpu_ops = {
     .cross_entropy = cpu_cross_entropy,
     .adam = cpu_adam,
     .row_sqnorm = cpu_row_sqnorm,
+    .linear = cpu_linear,
 };
 
 int nesf_backend_cpu_create(int threads, nesf_backend **out, nesf_error *err)
@@ -378,6 +386,7 @@ int nesf_backend_cpu_create(int threads, nesf_backend **out, nesf_error *err)
 #endif
     be->name = "cpu";
     be->threads = threads;
+    be->chunk_rows = 4096; /* a chunk's activations stay in the last-level cache */
     be->ops = &cpu_ops;
     snprintf(be->device, sizeof be->device, "CPU, OpenBLAS, %d thread%s", threads,
              threads == 1 ? "" : "s");

@@ -59,9 +59,8 @@ static void linear(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *i
                               w + L->W + feat, L->in, w + L->b, relu, dst, ldd);
         return;
     }
-    be->ops->gemm(be, 0, 1, in->rows, L->out, L->in, 1.0f, x, ldx, w + L->W, L->in, 0.0f, dst,
-                  ldd);
-    be->ops->bias_act(be, in->rows, L->out, dst, ldd, w + L->b, relu, dst, ldd);
+    be->ops->linear(be, in->rows, L->out, L->in, x, ldx, w + L->W, L->in, w + L->b, relu, dst,
+                    ldd);
 }
 
 static void put_xyz(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *in, float *x)

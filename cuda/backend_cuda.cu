@@ -80,6 +80,7 @@ static void cu_destroy(nesf_backend *be)
         for (int i = 0; i < NESF_CUDA_STAGE_SLOTS; i++)
             if (c->stage[i].done) cudaEventDestroy(c->stage[i].done);
         if (c->stage_mem) cudaFreeHost(c->stage_mem);
+        nesf_cuda_lt_free(c);
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) cudaStreamDestroy(c->stream);
         (void)cudaGetLastError();
@@ -724,6 +725,17 @@ static void cu_row_sqnorm(nesf_backend *be, int rows, int cols, const float *X, 
     });
 }
 
+static void cu_linear(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
+                      const float *W, int ldw, const float *b, int relu, float *out, int ldo)
+{
+    nesf_cuda *c = nesf_cuda_of(be);
+    if (rows <= 0 || N <= 0) return;
+    nesf_cuda_bind(c);
+    if (K > 0 && !nesf_cuda_lt_linear(c, rows, N, K, X, ldx, W, ldw, b, relu, out, ldo)) return;
+    cu_gemm(be, 0, 1, rows, N, K, 1.0f, X, ldx, W, ldw, 0.0f, out, ldo);
+    cu_bias_act(be, rows, N, out, ldo, b, relu, out, ldo);
+}
+
 static const nesf_backend_ops cuda_ops = {
     .destroy = cu_destroy,
     .alloc = cu_alloc,
@@ -751,6 +763,7 @@ static const nesf_backend_ops cuda_ops = {
     .cross_entropy = cu_cross_entropy,
     .adam = cu_adam,
     .row_sqnorm = cu_row_sqnorm,
+    .linear = cu_linear,
 };
 
 /* ---- creation ---- */
@@ -857,7 +870,15 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
         cu_destroy(be);
         return rc;
     }
+    /* the fused Linear is optional: without it GEMM + bias_act do the work */
+    const char *lt = getenv("NESF_CUDA_LT");
+    if (!(lt && !strcmp(lt, "0"))) nesf_cuda_lt_init(c);
     c->sm_count = prop.multiProcessorCount;
+    /* field chunks: enough rows that each GEMM fills the device and launch
+     * costs are amortised; NESF_CUDA_CHUNK overrides (tuning) */
+    be->chunk_rows = 1 << 16;
+    const char *ch = getenv("NESF_CUDA_CHUNK");
+    if (ch && atoi(ch) >= 256) be->chunk_rows = atoi(ch);
     be->peak_flops = peak_flops(device, prop.major, prop.minor, prop.multiProcessorCount, math);
     snprintf(be->device, sizeof be->device, "CUDA %d: %.64s, sm_%d%d, %d SMs, %.0f GiB; cuBLAS %d.%d, %s",
              device, prop.name, prop.major, prop.minor, prop.multiProcessorCount,

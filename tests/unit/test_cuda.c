@@ -247,6 +247,60 @@ static void test_gemm(void **state)
     gemm_case(P, 1, 0, 128, 131, 4096, 0, 1.0f, 1.0f);
 }
 
+static void linear_case(pair *P, nesf_backend *gpu, int rows, int N, int K, int ldx, int xoff,
+                        int ldo, int bias, int relu)
+{
+    const int ldw = K + 3;
+    float *hx = host_rand((size_t)rows * ldx + xoff, -1, 1), *hw = host_rand((size_t)N * ldw, -1, 1);
+    float *hb = host_rand(N + 1, -1, 1);
+    twin X = tw_floats(P, hx, (size_t)rows * ldx + xoff), W = tw_floats(P, hw, (size_t)N * ldw);
+    twin B = tw_floats(P, hb, N + 1), O = tw_poison(P, (size_t)rows * ldo);
+    /* bias at an odd offset too: any alignment must work */
+    P->cpu->ops->linear(P->cpu, rows, N, K, (float *)X.c + xoff, ldx, W.c, ldw,
+                        bias ? (float *)B.c + (bias > 1) : NULL, relu, O.c, ldo);
+    gpu->ops->linear(gpu, rows, N, K, (float *)X.g + xoff, ldx, W.g, ldw,
+                     bias ? (float *)B.g + (bias > 1) : NULL, relu, O.g, ldo);
+    char what[128];
+    snprintf(what, sizeof what, "linear %dx%dx%d ldx %d+%d ldo %d bias %d relu %d (%s)", rows, N,
+             K, ldx, xoff, ldo, bias, relu, gpu == P->gpu ? "default" : "NESF_CUDA_LT=0");
+    tw_check(P, &O, what);
+    tw_free(P, &X);
+    tw_free(P, &W);
+    tw_free(P, &B);
+    tw_free(P, &O);
+    free(hx);
+    free(hw);
+    free(hb);
+}
+
+/* The fused Linear (cuBLASLt epilogue) and its fallback (GEMM + bias_act),
+ * on the shapes of the fields and of awkward alignments. */
+static void test_linear(void **state)
+{
+    pair *P = *state;
+    NEED_GPU(P);
+    nesf_backend *plain;
+    nesf_error err;
+    setenv("NESF_CUDA_LT", "0", 1);
+    int rc = nesf_backend_cuda_create(0, &plain, &err);
+    unsetenv("NESF_CUDA_LT");
+    assert_int_equal(rc, NESF_OK);
+    nesf_backend *gpus[2] = {P->gpu, plain};
+    for (int g = 0; g < 2; g++) {
+        nesf_backend *be = gpus[g];
+        linear_case(P, be, 4096, 128, 131, 131, 0, 131, 1, 1);  /* field layer, xyz columns */
+        linear_case(P, be, 4096, 128, 259, 259, 0, 131, 1, 1);  /* 256 + xyz -> 128 */
+        linear_case(P, be, 4096, 3, 128, 131, 0, 3, 1, 0);      /* last position layer */
+        linear_case(P, be, 777, 80, 128, 128, 0, 80, 2, 0);     /* species logits */
+        linear_case(P, be, 1000, 64, 3, 3, 1, 67, 2, 1);        /* K = 3, odd pointers */
+        linear_case(P, be, 1, 256, 518, 518, 0, 256, 0, 1);     /* one row, no bias */
+        linear_case(P, be, 33, 17, 29, 31, 3, 19, 0, 0);
+        /* the same shape again: a cached plan with another bias pointer */
+        linear_case(P, be, 4096, 128, 131, 131, 0, 131, 2, 1);
+    }
+    nesf_backend_free(plain);
+}
+
 /* GEMM arithmetic modes against a float64 product: FP32 is exact to
  * rounding, TF32 and BF16 tensor-core paths are measured and bounded. */
 static void test_gemm_math_modes(void **state)
@@ -739,6 +793,7 @@ int main(void)
         cmocka_unit_test(test_create),
         cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_gemm_math_modes),
+        cmocka_unit_test(test_linear),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_group_linear),
         cmocka_unit_test(test_group_reduce),

@@ -119,7 +119,12 @@ static int setup(void **state)
     char p[512];
     nesf_vocab v;
     int rc = nesf_backend_cpu_create(0, &f->cpu, &err);
+    /* field chunks unlike the CPU's (4096), several per test, so that
+     * structures split across chunks at other places */
+    setenv("NESF_CUDA_CHUNK", "5000", 1);
     if (!rc) rc = nesf_backend_cuda_create(0, &f->gpu, &err);
+    unsetenv("NESF_CUDA_CHUNK");
+    if (!rc) assert_int_equal(f->gpu->chunk_rows, 5000);
     snprintf(p, sizeof p, "%s/datasets/lcs6/meta.json", shared_dir());
     if (!rc) rc = nesf_vocab_load(p, &v, &err);
     snprintf(p, sizeof p, "%s/datasets/lcs6/val.jsonl", shared_dir());
