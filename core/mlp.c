@@ -130,10 +130,16 @@ float *nesf_mlp_forward_infer(nesf_net *net, const nesf_mlp *m, const nesf_mlp_i
     const float *x = in->x;
     int ldx = in->ldx;
     float *nx = NULL;
+    /* two buffers used in turn: the working set of a chunk is two layers'
+     * activations, not all of them, so it can stay in cache (GPU L2) */
+    int maxw = 0;
+    for (int l = 0; l < m->n; l++) maxw = next_ld(m, l) > maxw ? next_ld(m, l) : maxw;
+    float *buf[2] = {nesf_arena_floats(ar, (size_t)in->rows * maxw),
+                     nesf_arena_floats(ar, (size_t)in->rows * maxw)};
+    if (!buf[0] || !buf[1]) return NULL;
     for (int l = 0; l < m->n; l++) {
         const int ld = next_ld(m, l);
-        nx = nesf_arena_floats(ar, (size_t)in->rows * ld);
-        if (!nx) return NULL;
+        nx = buf[l & 1];
         linear(net, m, l, in, x, ldx, net->folded, nx, ld, ar);
         if (l + 1 < m->n) put_xyz(net, m, l + 1, in, nx);
         x = nx;
