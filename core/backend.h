@@ -126,6 +126,12 @@ typedef struct nesf_backend_ops {
      * bias and ReLU in the GEMM's epilogue. */
     void (*linear)(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
                    const float *W, int ldw, const float *b, int relu, float *out, int ldo);
+
+    /* Species vote (decoding step 6): the n*P rows of L (A logits each,
+     * contiguous) form n groups of P; cls[i] = the class that most rows of
+     * group i have as their argmax (first maximum, NaN never wins), ties to
+     * the lowest class.  cls: n ints in backend memory. */
+    void (*vote)(nesf_backend *be, int n, int P, int A, const float *L, int *cls);
 } nesf_backend_ops;
 
 struct nesf_backend {

@@ -343,6 +343,28 @@ static void cpu_linear(nesf_backend *be, int rows, int N, int K, const float *X,
     cpu_bias_act(be, rows, N, out, ldo, b, relu, out, ldo);
 }
 
+static void cpu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *cls)
+{
+    (void)be;
+    int *votes = malloc((size_t)(A > 0 ? A : 1) * sizeof *votes);
+    if (!votes) return;
+    for (int i = 0; i < n; i++) {
+        memset(votes, 0, (size_t)A * sizeof *votes);
+        for (int p = 0; p < P; p++) {
+            const float *x = L + ((size_t)i * P + p) * A;
+            int b = 0;
+            for (int c = 1; c < A; c++)
+                if (x[c] > x[b] || (isnan(x[b]) && !isnan(x[c]))) b = c;
+            votes[b]++;
+        }
+        int best = 0;
+        for (int c = 1; c < A; c++)
+            if (votes[c] > votes[best]) best = c;
+        cls[i] = best;
+    }
+    free(votes);
+}
+
 static const nesf_backend_ops cpu_ops = {
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
@@ -371,6 +393,7 @@ static const nesf_backend_ops cpu_ops = {
     .adam = cpu_adam,
     .row_sqnorm = cpu_row_sqnorm,
     .linear = cpu_linear,
+    .vote = cpu_vote,
 };
 
 int nesf_backend_cpu_create(int threads, nesf_backend **out, nesf_error *err)

@@ -290,21 +290,22 @@ static double now_ms(void)
 typedef struct decode_ws {
     nesf_backend *be;
     float *grid_d, *p_d, *f_d, *s_d, *sq_d, *sl_d;     /* backend */
+    int *cls_d;
     float *grid_h, *p_h, *s_h, *kp_h, *ks_h, *atoms_h; /* host; kp, ks: per NMS thread */
-    float *sq_h, *sl_h, *len_h, *ang_h, *sofs_h;
-    int *off, *natoms, *aoff, *sp_off, *cls, *votes;
+    float *sq_h, *len_h, *ang_h, *sofs_h;
+    int *off, *natoms, *aoff, *sp_off, *cls;
     int *kept, *more;   /* per structure of a batch, from the NMS threads */
 } decode_ws;
 
 static void ws_free(decode_ws *w)
 {
     nesf_backend *be = w->be;
-    float *dev[] = {w->grid_d, w->p_d, w->f_d, w->s_d, w->sq_d, w->sl_d};
+    void *dev[] = {w->grid_d, w->p_d, w->f_d, w->s_d, w->sq_d, w->sl_d, w->cls_d};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->ops->free(be, dev[i]);
-    void *host[] = {w->grid_h, w->p_h, w->s_h, w->kp_h, w->ks_h, w->atoms_h, w->sq_h, w->sl_h,
+    void *host[] = {w->grid_h, w->p_h, w->s_h, w->kp_h, w->ks_h, w->atoms_h, w->sq_h,
                     w->len_h, w->ang_h, w->sofs_h, w->off, w->natoms, w->aoff, w->sp_off,
-                    w->cls, w->votes, w->kept, w->more};
+                    w->cls, w->kept, w->more};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
 }
 
@@ -456,15 +457,6 @@ static int build_structure(const float len[3], const float ang[3], int na, const
     return NESF_OK;
 }
 
-/* Index of the first maximum of x[0..n) (NaN never wins). */
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b] || (isnan(x[b]) && !isnan(x[i]))) b = i;
-    return b;
-}
-
 int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
                       nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
 {
@@ -526,6 +518,7 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     w.s_d = be->ops->alloc(be, Q * fl);
     w.sq_d = be->ops->alloc(be, (size_t)chunk * P3 * 3 * fl);
     w.sl_d = be->ops->alloc(be, (size_t)chunk * P3 * A * fl);
+    w.cls_d = be->ops->alloc(be, (size_t)chunk * sizeof(int));
     w.grid_h = malloc((size_t)G * 3 * fl);
     w.p_h = malloc(Q * 3 * fl);
     w.s_h = malloc(Q * fl);
@@ -536,7 +529,6 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     w.more = malloc((size_t)Sb * sizeof(int));
     w.atoms_h = malloc((size_t)Sb * maxa * 3 * fl);
     w.sq_h = malloc((size_t)chunk * P3 * 3 * fl);
-    w.sl_h = malloc((size_t)chunk * P3 * A * fl);
     w.len_h = malloc((size_t)Sb * 3 * fl);
     w.ang_h = malloc((size_t)Sb * 3 * fl);
     w.sofs_h = malloc((size_t)P3 * 3 * fl);
@@ -545,11 +537,10 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     w.aoff = malloc((size_t)(Sb + 1) * sizeof(int));
     w.sp_off = malloc((size_t)(Sb + 1) * sizeof(int));
     w.cls = malloc((size_t)Sb * maxa * sizeof(int));
-    w.votes = malloc((size_t)A * sizeof(int));
-    if (!w.grid_d || !w.p_d || !w.f_d || !w.s_d || !w.sq_d || !w.sl_d || !w.grid_h || !w.p_h ||
-        !w.s_h || !w.kp_h || !w.ks_h || !w.atoms_h || !w.sq_h || !w.sl_h || !w.len_h ||
+    if (!w.grid_d || !w.p_d || !w.f_d || !w.s_d || !w.sq_d || !w.sl_d || !w.cls_d || !w.grid_h ||
+        !w.p_h || !w.s_h || !w.kp_h || !w.ks_h || !w.atoms_h || !w.sq_h || !w.len_h ||
         !w.ang_h || !w.sofs_h || !w.off || !w.natoms || !w.aoff || !w.sp_off || !w.cls ||
-        !w.votes || !w.kept || !w.more) {
+        !w.kept || !w.more) {
         ws_free(&w);
         return nesf_fail(err, NESF_ERR_NOMEM, "out of memory for decoding %d structures "
                          "(%ld particles each)", n, G);
@@ -647,20 +638,13 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
                 goto fail;
             }
             if ((rc = f->species(f, b0 + sf, Sc, w.sp_off, w.sq_d, w.sl_d, err))) goto fail;
-            if (be->ops->download(be, w.sl_h, w.sl_d, qp * A * fl)) {
-                rc = nesf_fail(err, NESF_ERR_BACKEND, "downloading species logits failed");
+            /* the vote runs where the logits are: one class per atom comes back */
+            be->ops->vote(be, a1 - a0, P3, A, w.sl_d, w.cls_d);
+            if (be->ops->download(be, w.cls + a0, w.cls_d, (size_t)(a1 - a0) * sizeof(int))) {
+                rc = nesf_fail(err, NESF_ERR_BACKEND, "species vote failed");
                 goto fail;
             }
             stats.field_evals += (long)qp;
-            for (int a = a0; a < a1; a++) {
-                memset(w.votes, 0, (size_t)A * sizeof(int));
-                for (int p = 0; p < P3; p++)
-                    w.votes[argmax(w.sl_h + ((size_t)(a - a0) * P3 + p) * A, A)]++;
-                int best = 0;
-                for (int c = 1; c < A; c++)
-                    if (w.votes[c] > w.votes[best]) best = c;
-                w.cls[a] = best;
-            }
         }
         stats.ms_species += now_ms() - t3;
 

@@ -736,6 +736,42 @@ static void cu_linear(nesf_backend *be, int rows, int N, int K, const float *X, 
     cu_bias_act(be, rows, N, out, ldo, b, relu, out, ldo);
 }
 
+/* A block per group: each thread takes rows, finds their argmax and adds
+ * its vote in shared memory (integer counts: the order does not matter). */
+__global__ void k_vote(int n, int P, int A, const float *L, int *cls)
+{
+    extern __shared__ int votes[];
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        for (int c = threadIdx.x; c < A; c += blockDim.x) votes[c] = 0;
+        __syncthreads();
+        for (int p = threadIdx.x; p < P; p += blockDim.x) {
+            const float *x = L + ((size_t)i * P + p) * A;
+            int b = 0;
+            for (int c = 1; c < A; c++)
+                if (x[c] > x[b] || (isnan(x[b]) && !isnan(x[c]))) b = c;
+            atomicAdd(&votes[b], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int best = 0;
+            for (int c = 1; c < A; c++)
+                if (votes[c] > votes[best]) best = c;
+            cls[i] = best;
+        }
+        __syncthreads();
+    }
+}
+
+static void cu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *cls)
+{
+    nesf_cuda *c = nesf_cuda_of(be);
+    if (n <= 0 || A <= 0) return;
+    nesf_cuda_bind(c);
+    unsigned grid = (unsigned)(n < 65535 ? n : 65535);
+    k_vote<<<grid, 256, (size_t)A * sizeof(int), c->stream>>>(n, P, A, L, cls);
+    nesf_cuda_launched(c, "vote");
+}
+
 static const nesf_backend_ops cuda_ops = {
     .destroy = cu_destroy,
     .alloc = cu_alloc,
@@ -764,6 +800,7 @@ static const nesf_backend_ops cuda_ops = {
     .adam = cu_adam,
     .row_sqnorm = cu_row_sqnorm,
     .linear = cu_linear,
+    .vote = cu_vote,
 };
 
 /* ---- creation ---- */

@@ -708,6 +708,35 @@ static void test_adam(void **state)
     free(hz);
 }
 
+static void vote_case(pair *P, int n, int rows, int A)
+{
+    size_t m = (size_t)n * rows * A;
+    float *hl = host_rand(m, -1, 1);
+    /* coarse values: ties inside a row and between the vote counts */
+    for (size_t i = 0; i < m; i++) hl[i] = floorf(hl[i] * 2.0f);
+    for (size_t i = 0; i < m; i += 997) hl[i] = NAN;
+    int *hc = malloc((size_t)n * sizeof *hc);
+    assert_non_null(hc);
+    for (int i = 0; i < n; i++) hc[i] = -5;
+    twin L = tw_floats(P, hl, m), C = tw_ints(P, hc, (size_t)n);
+    P->cpu->ops->vote(P->cpu, n, rows, A, L.c, C.c);
+    P->gpu->ops->vote(P->gpu, n, rows, A, L.g, C.g);
+    tw_check_exact(P, &C, "vote");
+    tw_free(P, &L);
+    tw_free(P, &C);
+    free(hl);
+    free(hc);
+}
+
+static void test_vote(void **state)
+{
+    pair *P = *state;
+    NEED_GPU(P);
+    vote_case(P, 300, 216, 80); /* the species vote of 300 atoms */
+    vote_case(P, 7, 1000, 3);
+    vote_case(P, 70000, 2, 3);  /* more groups than one launch's grid */
+}
+
 /* Grid-stride loops: more rows than one launch's grid covers. */
 static void test_large(void **state)
 {
@@ -802,6 +831,7 @@ int main(void)
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_losses),
         cmocka_unit_test(test_adam),
+        cmocka_unit_test(test_vote),
         cmocka_unit_test(test_large),
         cmocka_unit_test(test_upload_reuse),
         cmocka_unit_test(test_error_reported),
