@@ -843,7 +843,7 @@ static int read_sites(ctx *c, const nesf_lattice *lat, asym_site **out, int *nou
         else
             memcpy(s[i].x, x, sizeof x);
         for (int k = 0; k < 3; k++)
-            if (!(fabs(s[i].x[k]) < 1e6)) {
+            if (!(fabs(s[i].x[k]) <= NESF_MAX_FRAC)) {
                 rc = lex_fail(c->L, line, "atom site '%.*s': coordinate out of range",
                               name->len > 30 ? 30 : name->len, name->p);
                 break;
@@ -918,9 +918,9 @@ static int block_structure(ctx *c, nesf_structure **out)
         if (rc) return rc;
     }
     for (int i = 0; i < 3; i++)
-        if (!(v[i] > 0 && v[i] <= NESF_CIF_MAX_LENGTH))
+        if (!(v[i] > 0 && v[i] <= NESF_MAX_CELL_LENGTH))
             return lex_fail(c->L, c->b->name.line, "%s = %g: a length in (0, %g] Å expected",
-                            par[i], v[i], NESF_CIF_MAX_LENGTH);
+                            par[i], v[i], NESF_MAX_CELL_LENGTH);
     for (int i = 3; i < 6; i++)
         if (!(v[i] > 0 && v[i] < 180))
             return lex_fail(c->L, c->b->name.line, "%s = %g: an angle in (0, 180) degrees expected",

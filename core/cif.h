@@ -35,7 +35,6 @@
 #define NESF_CIF_OCC_TOL 1e-3
 #define NESF_CIF_MAX_OPS 192      /* the most a space group has (Fm-3m, conventional) */
 #define NESF_CIF_MAX_SITES 200000 /* sites of one structure after expansion */
-#define NESF_CIF_MAX_LENGTH 1e4   /* Å, largest cell edge accepted */
 
 int nesf_cif_read(const char *text, size_t len, const char *filename, nesf_structure ***out,
                   int *n, nesf_error *err);
