@@ -1,9 +1,12 @@
 /* nesf bench gpu - the CUDA backend next to the CPU backend in one run:
- *   fields   position-field throughput on 2^20 queries (GEMM efficiency);
+ *   fields   position-field throughput on 2^20 queries (GEMM efficiency) and
+ *            its deviation from the CPU backend on the first 2^16;
  *   decode   decodes/s at paper settings for several batch sizes, with the
- *            achieved field FLOP/s against the device's peak;
+ *            achieved field FLOP/s against the device's peak, and how many
+ *            of a check set of latents decode to the CPU's structures;
  *   train    seconds per training step (batch 64 of LCS6Å) and the epoch and
  *            3200-epoch times they imply.
+ * The CUDA part runs once per GEMM arithmetic (--math fp32,tf32,bf16).
  * Without a CUDA device the CPU figures are printed alone. */
 #include <math.h>
 #include <stdio.h>
@@ -52,8 +55,15 @@ static int parse_list(const char *s, int *v, int max)
     return n;
 }
 
+#define CHECK_Q (1 << 16) /* field queries compared with the CPU */
+
 typedef struct bench {
     const char *model_path;
+    char math[64];
+    int check_n;              /* latents decoded on every backend and compared */
+    float *check_z;           /* check_n latents (CPU encoder) */
+    nesf_structure **ref;     /* their CPU decodes (NULL items: failed alike?) */
+    float *field_ref;         /* CPU position field on the first CHECK_Q queries */
     int batches[8], nbatch, cpu_batches[8], ncpu_batch;
     int train_steps, cpu_train_steps;
     double min_seconds;
@@ -70,7 +80,8 @@ static int load_model(bench *b, nesf_backend *be, nesf_model **m, nesf_error *er
     return nesf_model_create(&cfg, b->vocab.z, b->vocab.n, b->bbmin, b->bbmax, be, 1, m, err);
 }
 
-static void bench_fields(nesf_model *m, nesf_backend *be, double pos_flops, nesf_error *err)
+static void bench_fields(bench *b, nesf_model *m, nesf_backend *be, double pos_flops,
+                         nesf_error *err)
 {
     enum { S = 64, Q = 1 << 20 };
     const int L = nesf_model_latent_size(m);
@@ -105,6 +116,22 @@ static void bench_fields(nesf_model *m, nesf_backend *be, double pos_flops, nesf
            qps * pos_flops * 1e-12);
     if (be->peak_flops > 0) printf("  (%.1f%% of %.1f peak)", 100 * qps * pos_flops / be->peak_flops,
                                    be->peak_flops * 1e-12);
+    /* the same queries' field against the CPU's (the first CHECK_Q rows) */
+    float *o = malloc((size_t)CHECK_Q * 3 * sizeof *o);
+    if (o && !be->ops->download(be, o, od, (size_t)CHECK_Q * 3 * sizeof(float))) {
+        if (!b->field_ref) {
+            b->field_ref = o;
+            o = NULL;
+        } else {
+            double md = 0, mr = 0;
+            for (int i = 0; i < CHECK_Q * 3; i++) {
+                md = fmax(md, fabs((double)o[i] - b->field_ref[i]));
+                mr = fmax(mr, fabs((double)b->field_ref[i]));
+            }
+            printf("  max |field - CPU| / max |CPU| = %.2e", md / mr);
+        }
+    }
+    free(o);
     printf("\n");
 out:
     free(z);
@@ -185,6 +212,50 @@ done:
     free(z);
 }
 
+/* Decodes the check latents at paper settings; the first backend's
+ * results become the reference, later ones are compared with it: same
+ * atom count and species, positions within 1e-3 Å. */
+static void decode_check(bench *b, nesf_model *m, nesf_backend *be, nesf_error *err)
+{
+    const int n = b->check_n;
+    if (n <= 0) return;
+    nesf_structure **out = calloc((size_t)n, sizeof *out);
+    nesf_error *ie = calloc((size_t)n, sizeof *ie);
+    if (!out || !ie || nesf_decode(m, n, b->check_z, NULL, out, ie, NULL, err)) {
+        printf("  check: %s\n", out && ie ? err->msg : "out of memory");
+        free(out);
+        free(ie);
+        return;
+    }
+    free(ie);
+    if (!b->ref) {
+        b->ref = out;
+        return;
+    }
+    int same = 0, atoms = 0;
+    double dmax = 0;
+    for (int i = 0; i < n; i++) {
+        const nesf_structure *x = out[i], *y = b->ref[i];
+        int ok = !x == !y;
+        double d = 0;
+        if (ok && x) {
+            ok = x->n == y->n;
+            for (int j = 0; ok && j < x->n; j++) {
+                ok = x->z[j] == y->z[j];
+                for (int k = 0; k < 3; k++)
+                    d = fmax(d, fabs(x->cart[3 * j + k] - y->cart[3 * j + k]));
+            }
+            if (ok) atoms += x->n;
+        }
+        dmax = fmax(dmax, d);
+        same += ok && d <= 1e-3;
+    }
+    printf("  %-5s decodes identical to the CPU's: %d of %d (%d atoms), max |dpos| %.2e A\n",
+           be->name, same, n, atoms, dmax);
+    for (int i = 0; i < n; i++) nesf_structure_free(out[i]);
+    free(out);
+}
+
 static void bench_train(bench *b, nesf_model *m, nesf_backend *be, int steps, nesf_error *err)
 {
     nesf_train_config tc;
@@ -239,8 +310,20 @@ static void run_backend(bench *b, nesf_backend *be, const int *batches, int nb, 
     double pos_flops = field_flops(c->pos_hidden, c->n_pos_hidden, 3, c->n_pos_hidden);
     double spec_flops =
         field_flops(c->spec_hidden, c->n_spec_hidden, nesf_model_num_species(m), c->n_spec_hidden);
-    bench_fields(m, be, pos_flops, &err);
+    if (!b->check_z) { /* the check latents, from the first backend's encoder */
+        const int L = nesf_model_latent_size(m);
+        nesf_structure **s = malloc((size_t)(b->check_n + 1) * sizeof *s);
+        b->check_z = malloc((size_t)(b->check_n + 1) * L * sizeof *b->check_z);
+        for (int i = 0; s && i < b->check_n; i++) s[i] = b->val.s[i % b->val.n];
+        if (!s || !b->check_z || nesf_model_encode(m, s, b->check_n, b->check_z, &err)) {
+            printf("  check latents: %s\n", err.msg);
+            b->check_n = 0;
+        }
+        free(s);
+    }
+    bench_fields(b, m, be, pos_flops, &err);
     bench_decode(b, m, be, batches, nb, pos_flops, spec_flops, &err);
+    decode_check(b, m, be, &err);
     nesf_model_free(m);
     /* training from the same starting point */
     if (steps > 0 && !load_model(b, be, &m, &err)) {
@@ -252,15 +335,18 @@ static void run_backend(bench *b, nesf_backend *be, const int *batches, int nb, 
 int nesf_bench_gpu(int argc, char **argv)
 {
     bench b = {.batches = {1, 64, 512}, .nbatch = 3, .cpu_batches = {1, 8}, .ncpu_batch = 2,
-               .train_steps = 20, .cpu_train_steps = 2, .min_seconds = 3.0};
+               .train_steps = 20, .cpu_train_steps = 2, .min_seconds = 3.0, .check_n = 8,
+               .math = "fp32,tf32,bf16"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) {
             printf("usage: nesf bench gpu [--model FILE] [--batches 1,64,512] [--cpu-batches 1,8]\n"
                    "                      [--train-steps 20] [--cpu-train-steps 2] [--seconds 3]\n"
-                   "CUDA next to CPU: field throughput, decodes/s at paper settings, training\n"
-                   "step and epoch time on LCS6 (untrained paper model without --model).\n"
-                   "NESF_CUDA_MATH=tf32|bf16 selects the GEMM arithmetic of the CUDA backend.\n");
+                   "                      [--math fp32,tf32,bf16] [--check 8]\n"
+                   "CUDA next to CPU: field throughput and deviation, decodes/s at paper\n"
+                   "settings, decodes identical to the CPU's (--check latents), training step\n"
+                   "and epoch time on LCS6 (untrained paper model without --model).  The CUDA\n"
+                   "part runs once per GEMM arithmetic in --math.\n");
             return 0;
         }
         if (!v) {
@@ -274,6 +360,8 @@ int nesf_bench_gpu(int argc, char **argv)
         else if (!strcmp(a, "--train-steps")) b.train_steps = atoi(v);
         else if (!strcmp(a, "--cpu-train-steps")) b.cpu_train_steps = atoi(v);
         else if (!strcmp(a, "--seconds")) b.min_seconds = atof(v);
+        else if (!strcmp(a, "--check")) b.check_n = atoi(v) > 0 ? atoi(v) : 0;
+        else if (!strcmp(a, "--math")) snprintf(b.math, sizeof b.math, "%s", v);
         else {
             fprintf(stderr, "nesf bench gpu: unknown option %s\n", a);
             return 2;
@@ -308,19 +396,34 @@ int nesf_bench_gpu(int argc, char **argv)
                 b.bbmax[k] = fmaxf(b.bbmax[k], x);
             }
 
-    nesf_backend *gpu = NULL, *cpu = NULL;
-    if (nesf_backend_cuda_available() && nesf_backend_cuda_create(0, &gpu, &err))
-        fprintf(stderr, "nesf bench gpu: %s\n", err.msg);
-    if (!gpu) printf("no CUDA device: CPU figures only\n");
-    if (gpu) run_backend(&b, gpu, b.batches, b.nbatch, b.train_steps);
+    /* CPU first: its field and decodes are the reference */
+    nesf_backend *cpu = NULL;
     if (nesf_backend_cpu_create(0, &cpu, &err)) {
         fprintf(stderr, "nesf bench gpu: %s\n", err.msg);
-        rc = 1;
-    } else {
-        run_backend(&b, cpu, b.cpu_batches, b.ncpu_batch, b.cpu_train_steps);
+        return 1;
     }
-    nesf_backend_free(gpu);
+    run_backend(&b, cpu, b.cpu_batches, b.ncpu_batch, b.cpu_train_steps);
     nesf_backend_free(cpu);
+    if (!nesf_backend_cuda_available()) printf("no CUDA device: CPU figures only\n");
+    for (char *save = NULL, *mode = strtok_r(b.math, ",", &save);
+         mode && nesf_backend_cuda_available(); mode = strtok_r(NULL, ",", &save)) {
+        nesf_backend *gpu;
+        setenv("NESF_CUDA_MATH", mode, 1);
+        int grc = nesf_backend_cuda_create(0, &gpu, &err);
+        unsetenv("NESF_CUDA_MATH");
+        if (grc) {
+            fprintf(stderr, "nesf bench gpu: %s\n", err.msg);
+            rc = 1;
+            continue;
+        }
+        run_backend(&b, gpu, b.batches, b.nbatch, b.train_steps);
+        nesf_backend_free(gpu);
+    }
+    if (b.ref)
+        for (int i = 0; i < b.check_n; i++) nesf_structure_free(b.ref[i]);
+    free(b.ref);
+    free(b.check_z);
+    free(b.field_ref);
     nesf_dataset_free(&b.train);
     nesf_dataset_free(&b.val);
     return rc;
