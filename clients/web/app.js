@@ -3,7 +3,8 @@
  * Talks to nesfd's JSON API (same origin unless an API URL is set):
  * GET /health, GET /models, POST /interpolate.  Rendering is 3Dmol.js
  * (vendor/3Dmol-min.js); everything else is plain DOM.
- * URL parameters preselect a run: ?from=ZnS&to=CdS&steps=6&quality=fast&run=1&api=URL&model=NAME.
+ * URL parameters preselect a run: ?from=ZnS&to=CdS&steps=6&quality=fast&run=1&api=URL&model=NAME
+ * (aa=1|0 forces antialiasing on or off).
  * document.body.dataset.state is idle | running | done | error, for tests. */
 'use strict';
 
@@ -192,20 +193,50 @@ function escapeHTML(s) {
   return String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
 }
 
-function pickExample(side, name) {
+function pickExample(side, name, preview = true) {
   const ex = state.examples.find((e) => e.name === name);
   if (!ex) return;
   state.input[side] = { label: ex.description, payload: ex.structure, formula: ex.name };
   $(`#${side}-example`).value = name;
   $(`#${side}-file`).value = '';
   showPicked(side);
+  if (preview) previewInput(side);
+}
+
+/* Before the first interpolation the view shows the chosen input itself
+ * (structure JSON only: a CIF or a latent is only known after decoding). */
+function previewInput(side) {
+  const p = state.input[side];
+  if (state.frames.length || !p || !p.payload.lattice || typeof $3Dmol === 'undefined') return;
+  render({ structure: p.payload }, true);
+  $('#frame-info').innerHTML = `<span class="big formula">${formulaHTML(p.formula || '')}</span>` +
+    `<span><span class="k">input</span>${side === 'from' ? 'A' : 'B'} · ${escapeHTML(p.label)}</span>`;
 }
 
 /* ---------- viewer ---------- */
 
+/* Multisampling on a software WebGL (SwiftShader, llvmpipe: no GPU, or a
+ * headless browser) makes the first frame take tens of seconds. */
+function softwareGL() {
+  try {
+    const gl = document.createElement('canvas').getContext('webgl');
+    if (!gl) return true;
+    const ext = gl.getExtension('WEBGL_debug_renderer_info');
+    const name = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+    const lose = gl.getExtension('WEBGL_lose_context');
+    if (lose) lose.loseContext();
+    return /swiftshader|llvmpipe|softpipe|software/i.test(name);
+  } catch (_) {
+    return true;
+  }
+}
+
 function ensureViewer() {
   if (state.viewer) return state.viewer;
-  state.viewer = $3Dmol.createViewer($('#viewer'), { backgroundColor: 'white', antialias: true, orthographic: true });
+  state.viewer = $3Dmol.createViewer($('#viewer'), {
+    backgroundColor: 'white', orthographic: true,
+    antialias: params.has('aa') ? params.get('aa') === '1' : !softwareGL(),
+  });
   return state.viewer;
 }
 
@@ -257,6 +288,9 @@ function centerOnCell(v, m) {
 
 /* an oblique view shows all three cell axes at once */
 function resetCamera(v) {
+  const view = v.getView();
+  view.splice(4, 4, 0, 0, 0, 1); // identity rotation: rotate() below accumulates
+  v.setView(view);
   v.zoomTo();
   v.rotate(-62, 'x');
   v.rotate(-28, 'y');
@@ -413,6 +447,14 @@ function setBusy(busy) {
   $('#run').disabled = busy;
   $('#run').textContent = busy ? 'Interpolating…' : 'Interpolate';
   document.body.dataset.state = busy ? 'running' : document.body.dataset.state;
+  // decoding on a CPU server takes a while: show that the page is waiting
+  clearInterval(state.busyTimer);
+  if (busy) {
+    const t0 = performance.now();
+    state.busyTimer = setInterval(() => {
+      setMessage(`decoding on the server… ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    }, 1000);
+  }
 }
 
 async function interpolate() {
@@ -516,6 +558,7 @@ function wire() {
         state.input[side] = await readEndpointFile(file);
         $(`#${side}-example`).value = '';
         showPicked(side);
+        previewInput(side);
         setMessage('');
       } catch (err) {
         setMessage(err.message, true);
@@ -570,8 +613,9 @@ async function main() {
   } catch (e) {
     setMessage('could not load the bundled examples: ' + e.message, true);
   }
-  pickExample('from', params.get('from') || 'ZnS');
-  pickExample('to', params.get('to') || 'CdS');
+  pickExample('from', params.get('from') || 'ZnS', false);
+  pickExample('to', params.get('to') || 'CdS', false);
+  previewInput('from');
   if (params.get('steps')) $('#steps').value = params.get('steps');
   if (params.get('quality')) $('#quality').value = params.get('quality');
   await Promise.all([checkHealth(), loadModels()]);

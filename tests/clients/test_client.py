@@ -56,6 +56,17 @@ def frames_formulas(answer):
     return [(round(f["t"], 9), f.get("formula"), f.get("error", {}).get("code")) for f in answer["frames"]]
 
 
+def same_structure(a, b, tol=1e-3):
+    """Equal up to float noise: the latents of lat.txt and lat.json come from
+    encode batches of different sizes, whose GEMMs round differently."""
+    if "error" in a or "error" in b:
+        return ("error" in a) == ("error" in b)
+    if (a.get("formula"), a.get("num_atoms"), a.get("species")) != (b.get("formula"), b.get("num_atoms"), b.get("species")):
+        return False
+    ma, mb = a["lattice"]["matrix"], b["lattice"]["matrix"]
+    return all(abs(x - y) < tol for ra, rb in zip(ma, mb) for x, y in zip(ra, rb))
+
+
 def fast(body):
     return dict(body, options=FAST_OPTIONS)
 
@@ -114,7 +125,7 @@ def encode_cif_json_jsonl():
     want = daemon.post("/encode", {"structures": [EXAMPLES["ZnS"], EXAMPLES["CdS"], EXAMPLES["MgO"], EXAMPLES["BaTiO3"]]})
     for a, b in zip(lat, want["latents"]):
         need(max(abs(x - y) for x, y in zip(a, b)) < 1e-4, "client latents differ from /encode's")
-    r = client("encode", W("ZnS.cif"), W("CdS.cif"), "-o", W("lat.txt"), url=URL)
+    r = client("encode", W("ZnS.cif"), W("CdS.json"), "-o", W("lat.txt"), url=URL)
     need(r.returncode == 0, r.stderr)
     rows = [l.split() for l in open(W("lat.txt")) if l.strip()]
     need(len(rows) == 2 and len(rows[0]) == size, "text latents: %d rows" % len(rows))
@@ -123,53 +134,65 @@ def encode_cif_json_jsonl():
 
 @check
 def decode_to_directory_and_stdout():
-    r = client("decode", W("lat.json"), "-o", W("dec"), url=URL)
-    need(r.returncode == 0, r.stderr)
-    files = sorted(os.listdir(W("dec")))
-    need(len(files) == 4 and all(f.endswith(".cif") for f in files), files)
     want = daemon.post("/decode", fast({"latents": json.load(open(W("lat.json")))["latents"], "format": ["json", "cif"]}))
-    need(not [s for s in want["structures"] if "error" in s], "the test model does not decode these: %s" % want)
-    for f, s in zip(files, want["structures"]):
+    ok = [(i, s) for i, s in enumerate(want["structures"]) if "error" not in s]
+    need(ok, "the test model decodes none of the 4 latents: %s" % want)
+    # items that did not decode are reported and skipped, and the exit code says so
+    code = 0 if len(ok) == 4 else 1
+    r = client("decode", W("lat.json"), "-o", W("dec"), url=URL)
+    need(r.returncode == code, "exit %d, want %d: %s" % (r.returncode, code, r.stderr))
+    need(r.stderr.count("did not decode:") == 4 - len(ok), "failed items not reported: %s" % r.stderr)
+    files = sorted(os.listdir(W("dec")))
+    need(len(files) == len(ok) and all(f.endswith(".cif") for f in files), files)
+    for f, (i, s) in zip(files, ok):
         text = open(W("dec", f)).read()
         need(text.strip() == s["cif"].strip(), "%s differs from the API's CIF" % f)
-        need(f.endswith("_%s.cif" % (s.get("formula") or "empty")), "%s not named by formula %r" % (f, s.get("formula")))
+        need(f == "%03d_%s.cif" % (i, s.get("formula") or "empty"), "%s not named by index and formula %r" % (f, s.get("formula")))
     # text latents from stdin, JSON to stdout: the same structures
     r = client("decode", "-", "--format", "json", url=URL, stdin=open(W("lat.txt")).read())
-    need(r.returncode == 0, r.stderr)
     got = json.loads(r.stdout)["structures"]
-    need([s.get("formula") for s in got] == [s.get("formula") for s in want["structures"][:2]], "stdin decode differs")
+    need(len(got) == 2 and all(same_structure(a, b) for a, b in zip(got, want["structures"][:2])),
+         "stdin decode differs: %s" % r.stderr)
     # one multi-block CIF
     r = client("decode", W("lat.json"), "-o", W("all.cif"), url=URL)
-    need(r.returncode == 0 and open(W("all.cif")).read().count("data_") >= 4, "multi-block CIF")
+    need(r.returncode == code and open(W("all.cif")).read().count("data_") >= len(ok), "multi-block CIF")
 
 
 @check
 def interpolate_structures_and_latents():
-    r = client("interpolate", W("ZnS.cif"), W("NaCl.json"), "--steps", "5", "-o", W("path.json"), "--format", "json", url=URL)
-    need(r.returncode == 0, r.stderr)
-    got = json.load(open(W("path.json")))
     want = daemon.post("/interpolate", fast({"from": {"cif": open(W("ZnS.cif")).read()}, "to": EXAMPLES["NaCl"], "steps": 5}))
+    failed = sum("error" in f for f in want["frames"])
+    r = client("interpolate", W("ZnS.cif"), W("NaCl.json"), "--steps", "5", "-o", W("path.json"), "--format", "json", url=URL)
+    need(r.returncode == (1 if failed else 0), r.stderr)
+    got = json.load(open(W("path.json")))
     need(frames_formulas(got) == frames_formulas(want), "%s != %s" % (frames_formulas(got), frames_formulas(want)))
     listed = [l.split(None, 1) for l in r.stderr.splitlines() if l.startswith("t=")]
-    need([(float(t[2:]), f) for t, f in listed] == [(f["t"], f.get("formula") or "(no atoms)") for f in want["frames"]],
+    label = lambda f: "(did not decode: %s)" % f["error"]["code"] if "error" in f else f["formula"] or "(no atoms)"  # noqa: E731
+    need([(float(t[2:]), f) for t, f in listed] == [(f["t"], label(f)) for f in want["frames"]],
          "formula list on stderr: %r" % r.stderr)
-    need(r.stderr.strip().endswith("path.json"), "written file not named: %r" % r.stderr)
+    need("path.json\n" in r.stderr, "written file not named: %r" % r.stderr)
     # ends given as latents (encode's text output) decode along the same path
     client("encode", W("ZnS.cif"), "-o", W("a.txt"), url=URL)
     client("encode", W("NaCl.json"), "-o", W("b.json"), url=URL)
     r = client("interpolate", W("a.txt"), W("b.json"), "--steps", "5", "-o", W("path2.json"), "--format", "json", "-q", url=URL)
-    need(r.returncode == 0, r.stderr)
+    need(r.returncode == (1 if failed else 0), r.stderr)
     need(frames_formulas(json.load(open(W("path2.json")))) == frames_formulas(want), "latent ends give another path")
+    three = daemon.post("/interpolate", fast({"from": {"cif": open(W("ZnS.cif")).read()}, "to": EXAMPLES["NaCl"], "steps": 3}))
+    names = ["%03d_t%.3f_%s.cif" % (i, f["t"], f.get("formula") or "empty")
+             for i, f in enumerate(three["frames"]) if "error" not in f]
     r = client("interpolate", W("ZnS.cif"), W("NaCl.json"), "--steps", "3", "-o", W("frames"), "-q", url=URL)
-    need(r.returncode == 0 and len(os.listdir(W("frames"))) == 3, r.stderr)
+    need(sorted(os.listdir(W("frames"))) == names, "%s != %s (%s)" % (sorted(os.listdir(W("frames"))), names, r.stderr))
 
 
 @check
 def reconstruct():
     r = client("reconstruct", W("NaCl.cif"), "--format", "json", url=URL)
-    need(r.returncode == 0, r.stderr)
     ans = json.loads(r.stdout)
     need(len(ans["structures"]) == 1, "structures: %d" % len(ans["structures"]))
+    need(r.returncode == (1 if "error" in ans["structures"][0] else 0), r.stderr)
+    want = daemon.post("/reconstruct", fast({"structures": [EXAMPLES["NaCl"]]}))
+    strip = lambda l: [{k: v for k, v in x.items() if k != "cif"} for x in l]  # noqa: E731
+    need(strip(ans["structures"]) == strip(want["structures"]), "client and API reconstruct differently")
 
 
 @check
