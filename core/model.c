@@ -447,6 +447,7 @@ static int load_from(nesf_st *st, const char *path, nesf_backend *be, nesf_model
     nesf_model *m = model_new(&cfg, z, A, bbmin, bbmax, err);
     if (!m) return err ? err->code : NESF_ERR_FORMAT;
     const char *tc = nesf_st_meta(st, "training_config");
+    if (!tc) tc = nesf_st_meta(st, "train_config");  /* the PyTorch reference's key */
     if (tc) m->train_config = strdup(tc);
     rc = alloc_net(m, be, err);
     float *P = calloc(m->net.nparams, sizeof *P), *B = calloc(m->net.nbuffers + 1, sizeof *B);
