@@ -7,7 +7,8 @@
  *    predicted cell plus a margin, laid out in fractional coordinates so
  *    that it follows the cell's shape, and clipped to the paper's box (a
  *    wrong cell can cost particles, never add particles the paper would
- *    not have); a cell that is no cell falls back to the box;
+ *    not have); a cell that a repair would change (repair_lattice: none,
+ *    flat, non-finite) falls back to the box;
  *  - each particle carries the volume it stands for (its weight, in
  *    particles of the paper's grid), so NMS's "at least nms_min_count
  *    particles" still reads "at least that much volume flowed here",
@@ -67,7 +68,7 @@ static long cell_grid(const nesf_field *f, const nesf_decode_opts *o, const floa
     nesf_lattice lat;
     if (!(isfinite(p.a) && isfinite(p.b) && isfinite(p.c) && isfinite(p.alpha) &&
           isfinite(p.beta) && isfinite(p.gamma)) ||
-        nesf_lattice_from_params(&p, &lat, NULL))
+        !nesf__sane_cell(&p, &lat))
         return -1;
     const double V = fabs(nesf_lattice_volume(&lat));
     if (!(V > 1e-3)) return -1;
@@ -412,9 +413,12 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         for (int s = 0; s < S; s++) {
             nesf_error e;
             nesf_error_clear(&e);
+            int repaired;
             rc = nesf__build_structure(w.len + 3 * (b0 + s), w.ang + 3 * (b0 + s), w.natoms[s],
                                        w.atoms + 3 * (size_t)w.atoff[s], w.cls + w.atoff[s],
-                                       f->species_z, &out[b0 + s], &e);
+                                       f->species_z, o->repair_lattice, &repaired, &out[b0 + s],
+                                       &e);
+            stats.lattice_repaired += repaired;
             if (rc == NESF_ERR_INVALID && item_err) {
                 item_err[b0 + s] = e;
                 continue;

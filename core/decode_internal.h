@@ -33,10 +33,13 @@ int nesf__vote_run(nesf__vote *v, nesf_field *f, int first, int S, const int *ao
                    const float *atoms, int *cls, long *evals, nesf_error *err);
 
 /* A structure from a predicted lattice (lengths Å, angles radians) and its
- * atoms; NESF_ERR_INVALID for a degenerate lattice. */
+ * atoms; NESF_ERR_INVALID for a degenerate lattice (unless repair, see
+ * repair_lattice; *repaired says whether it had to). */
 int nesf__build_structure(const float len[3], const float ang[3], int na, const float *atoms,
-                          const int *cls, const int *species_z, nesf_structure **out,
-                          nesf_error *err);
+                          const int *cls, const int *species_z, int repair, int *repaired,
+                          nesf_structure **out, nesf_error *err);
+/* Whether p is a cell that a repair would keep as it is (then *lat is it). */
+int nesf__sane_cell(const nesf_cellpar *p, nesf_lattice *lat);
 
 /* Fast mode (decode_fast.c): nesf_decode_field's contract, called with
  * checked options, out[] and item_err[] cleared and f->n > 0. */
