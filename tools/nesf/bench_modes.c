@@ -14,20 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "commands.h"
 #include "dataset.h"
-#include "decode.h"
+#include "latent_cli.h"
 #include "metrics.h"
-#include "model.h"
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 typedef struct mode_run {
     const char *name;
@@ -41,12 +32,13 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: nesf bench decode-modes [--model M] [--data FILE.jsonl] [--limit N]\n"
-            "         [--chunk N] [--field model|truth] [--paper JSON] [--fast JSON]\n"
+            "         [--chunk N] [--field model|truth] [--paper OPTS] [--fast OPTS]\n"
             "         [--backend cpu|cuda|auto] [--threads N]\n"
             "  Decodes the latents of FILE (default ../shared/datasets/lcs6/val.jsonl) with\n"
             "  the paper's algorithm and with the fast mode, N structures at a time in turn\n"
             "  (--chunk, 8), and prints field evaluations, wall time and the Table 1 row\n"
-            "  of each.  --paper/--fast: decode options (JSON) over each side's defaults.\n");
+            "  of each.  --paper/--fast: decode options (JSON or @FILE) over each side's\n"
+            "  defaults (mode \"paper\" / \"fast\").\n");
 }
 
 /* Decodes structures [i0, i0 + k) in mode r and adds them to its figures. */
@@ -62,7 +54,7 @@ static int run_chunk(mode_run *r, nesf_model *m, nesf_backend *be, const char *f
     }
     nesf_decode_stats st;
     int rc;
-    double t0 = now_s();
+    double t0 = cli_now_s();
     if (!strcmp(field, "truth")) {
         int zs[NESF_MAX_SPECIES], A = nesf_model_num_species(m);
         float lo[3], hi[3];
@@ -75,7 +67,7 @@ static int run_chunk(mode_run *r, nesf_model *m, nesf_backend *be, const char *f
     } else {
         rc = nesf_decode(m, k, z, &r->o, out, ie, &st, err);
     }
-    r->wall += now_s() - t0;
+    r->wall += cli_now_s() - t0;
     if (!rc) {
         r->evals += st.field_evals;
         r->steps += st.steps;
@@ -135,7 +127,7 @@ int nesf_bench_decode_modes(int argc, char **argv)
         nesf_decode_opts_default(&run[r].o);
         run[r].o.mode = r ? NESF_DECODE_FAST : NESF_DECODE_PAPER;
         const char *js = r ? fast_json : paper_json;
-        if (js && nesf_decode_opts_from_text(&run[r].o, js, &err)) {
+        if (js && cli_decode_options(js, &run[r].o, &err)) {
             fprintf(stderr, "nesf bench decode-modes: --%s: %s\n", run[r].name, err.msg);
             return 2;
         }
@@ -146,9 +138,11 @@ int nesf_bench_decode_modes(int argc, char **argv)
     nesf_model *m = NULL;
     float *z = NULL;
     int status = 1;
-    if (nesf_dataset_load(data, &d, &err) || nesf_backend_create(backend, threads, &be, &err) ||
-        nesf_model_load(model, be, &m, &err))
-        goto done;
+    if (nesf_dataset_load(data, &d, &err)) goto done;
+    if (cli_open_model("bench decode-modes", model, backend, threads, &be, &m)) {
+        nesf_dataset_free(&d);
+        return 1;
+    }
     const int n = limit && limit < d.n ? limit : d.n, L = nesf_model_latent_size(m);
     z = malloc((size_t)(n ? n : 1) * L * sizeof *z);
     if (!z) {
@@ -156,6 +150,8 @@ int nesf_bench_decode_modes(int argc, char **argv)
         goto done;
     }
     if (nesf_model_encode(m, d.s, n, z, &err)) goto done;
+    cli_progress prog;
+    cli_progress_start(&prog, "decoding", n);
     for (int i0 = 0; i0 < n; i0 += chunk) {
         const int k = n - i0 < chunk ? n - i0 : chunk;
         /* alternate which mode goes first, so neither always runs on a warm cache */
@@ -166,9 +162,9 @@ int nesf_bench_decode_modes(int argc, char **argv)
                 goto done;
             }
         }
-        fprintf(stderr, "\r%d/%d structures", i0 + k, n);
+        cli_progress_update(&prog, i0 + k);
     }
-    fprintf(stderr, "\n");
+    cli_progress_end(&prog);
 
     char *oj[2] = {nesf_decode_opts_to_json(&run[0].o), nesf_decode_opts_to_json(&run[1].o)};
     printf("nesf bench decode-modes: %d structures of %s, %s field, %s\n", n, data, field, model);
@@ -205,8 +201,7 @@ int nesf_bench_decode_modes(int argc, char **argv)
 done:
     if (status) fprintf(stderr, "nesf bench decode-modes: %s\n", err.msg[0] ? err.msg : "failed");
     free(z);
-    nesf_model_free(m);
-    nesf_backend_free(be);
+    cli_close_model(be, m);
     nesf_dataset_free(&d);
     return status;
 }
