@@ -44,6 +44,7 @@ typedef struct nesfd_config {
     char origins[NESFD_MAX_ORIGINS][256]; /* CORS origins; "*" allows any */
     int n_origins;
     int log_requests;          /* one JSON line per request on stderr */
+    char web_root[4096];       /* static files (the web viewer) served at /; "" = none */
 } nesfd_config;
 
 void nesfd_config_defaults(nesfd_config *c);
