@@ -95,7 +95,7 @@ static void run_decode(nesfd_model_entry *me, nesfd_item *const *items, int n)
 {
     const nesfd_job *j0 = items[0]->data;
     size_t L = (size_t)me->latent;
-    float *z = malloc((size_t)n * L * sizeof *z);
+    float *z = calloc((size_t)n * L, sizeof *z);
     nesf_structure **out = calloc((size_t)n, sizeof *out);
     nesf_error *ie = calloc((size_t)n, sizeof *ie), err = {0};
     if (!z || !out || !ie) {
