@@ -156,4 +156,29 @@ static inline NESF_HOSTDEV float nesf_hash_uniform(uint64_t seed, uint64_t i)
     return (float)(x >> 40) * (1.0f / 16777216.0f);
 }
 
+
+/* Bump allocator over backend memory for the scratch of one forward or
+ * training step: allocations live until the next reset.  When a step needs
+ * more than the current block another block is added; reset() then merges
+ * them into one block of the peak size, so steady state is one block and
+ * no allocation. */
+typedef struct nesf_arena_block {
+    char *base;
+    size_t cap, used;
+} nesf_arena_block;
+
+typedef struct nesf_arena {
+    nesf_backend *be;
+    nesf_arena_block blk[32];
+    int nblk;
+    size_t peak;
+} nesf_arena;
+
+void nesf_arena_init(nesf_arena *a, nesf_backend *be);
+/* 64-byte aligned, NOT zeroed; NULL on allocation failure. */
+void *nesf_arena_alloc(nesf_arena *a, size_t bytes);
+float *nesf_arena_floats(nesf_arena *a, size_t n);
+int nesf_arena_reset(nesf_arena *a);
+void nesf_arena_release(nesf_arena *a);
+
 #endif

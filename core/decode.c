@@ -77,13 +77,6 @@ static void opt_set(nesf_decode_opts *o, const opt_desc *d, double v)
     }
 }
 
-int nesf_arange_count(double lo, double hi, double step)
-{
-    if (!(step > 0) || !(hi > lo)) return 0;
-    double n = ceil((hi - lo) / step - 1e-6);
-    return n > INT_MAX ? INT_MAX : (int)n;
-}
-
 int nesf_decode_opts_check(const nesf_decode_opts *o, nesf_error *err)
 {
     for (int i = 0; i < N_OPTS; i++) {

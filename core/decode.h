@@ -21,6 +21,7 @@
 #include "backend.h"
 #include "error.h"
 #include "model.h"
+#include "sample.h" /* nesf_arange_count */
 #include "structure.h"
 
 struct json_t; /* jansson */
@@ -52,9 +53,6 @@ int nesf_decode_opts_from_text(nesf_decode_opts *o, const char *text, nesf_error
 int nesf_decode_opts_check(const nesf_decode_opts *o, nesf_error *err);
 /* The options as a JSON object text (caller frees). */
 char *nesf_decode_opts_to_json(const nesf_decode_opts *o);
-/* Points per axis of arange(lo, hi, step) (numpy semantics, with a 1e-6
- * relative tolerance so that an exact multiple excludes the end point). */
-int nesf_arange_count(double lo, double hi, double step);
 
 typedef struct nesf_decode_stats {
     int structures;

@@ -1,5 +1,6 @@
 /* sio.c - format detection and reading structures from files or memory. */
 #include "sio.h"
+#include "cif.h"
 #include "sjson.h"
 
 #include <errno.h>
@@ -61,8 +62,7 @@ int nesf_sio_read_buffer(const char *text, size_t len, const char *name, nesf_fo
     int rc;
     switch (fmt) {
     case NESF_FORMAT_CIF:
-        /* interim: the CIF reader lands next */
-        return nesf_fail(err, NESF_ERR_UNSUPPORTED, "%s: CIF input is not supported yet", label);
+        return nesf_cif_read(text, len, label, out, n, err);
     case NESF_FORMAT_JSONL:
         rc = nesf_sjson_read_lines(text, len, label, out, n, err);
         if (!rc && *n == 0)

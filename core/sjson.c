@@ -43,7 +43,7 @@ static int get_number(const json_t *obj, const char *key, double *out, nesf_erro
 static int read_lattice(const json_t *root, nesf_lattice *lat, nesf_error *err)
 {
     const json_t *l = json_object_get(root, "lattice");
-    if (!json_is_object(l)) return nesf_fail(err, NESF_ERR_FORMAT, "missing \"lattice\" object");
+    if (!json_is_object(l)) return nesf_fail(err, NESF_ERR_FORMAT, "\"lattice\": an object expected");
     const json_t *m = json_object_get(l, "matrix");
     if (m) {
         if (!json_is_array(m) || json_array_size(m) != 3)

@@ -7,10 +7,13 @@
 
 #define DEG (M_PI / 180.0)
 
+/* exact for right angles, so orthogonal cells get exact zeros */
+static double cos_deg(double a) { return a == 90.0 ? 0.0 : cos(a * DEG); }
+
 int nesf_lattice_from_params(const nesf_cellpar *p, nesf_lattice *out, nesf_error *err)
 {
-    double ca = cos(p->alpha * DEG), cb = cos(p->beta * DEG);
-    double cg = cos(p->gamma * DEG), sg = sin(p->gamma * DEG);
+    double ca = cos_deg(p->alpha), cb = cos_deg(p->beta);
+    double cg = cos_deg(p->gamma), sg = p->gamma == 90.0 ? 1.0 : sin(p->gamma * DEG);
     if (!(p->a > 0 && p->b > 0 && p->c > 0) || !(fabs(sg) > 1e-8))
         return nesf_fail(err, NESF_ERR_INVALID, "invalid cell parameters");
     double cx = cb, cy = (ca - cb * cg) / sg;
@@ -187,6 +190,16 @@ void nesf_structure_wrap(nesf_structure *s)
         s->frac[i] = f >= 1.0 ? 0.0 : f;
     }
     nesf_structure_update_cart(s);
+}
+
+int nesf_structure_canonicalize(nesf_structure *s, nesf_error *err)
+{
+    nesf_cellpar p;
+    nesf_lattice_params(&s->lat, &p);
+    int rc = nesf_lattice_from_params(&p, &s->lat, err);
+    if (rc) return rc;
+    nesf_structure_update_cart(s);
+    return NESF_OK;
 }
 
 int nesf_structure_validate(const nesf_structure *s, nesf_error *err)

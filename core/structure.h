@@ -58,6 +58,13 @@ void nesf_structure_update_cart(nesf_structure *s);
 /* Wraps frac into [0, 1) and updates cart. */
 void nesf_structure_wrap(nesf_structure *s);
 
+/* Re-expresses the structure in the datasets' orientation (a along +x, b
+ * in the xy-plane): the lattice is rebuilt from its parameters and cart
+ * recomputed from frac, a pure rotation that leaves frac untouched.  The
+ * network's fields are not rotation invariant, so anything fed to it goes
+ * through here. */
+int nesf_structure_canonicalize(nesf_structure *s, nesf_error *err);
+
 /* Checks that every number is finite, Z in 1..118 and the cell has
  * positive volume: the gate for anything that came from outside. */
 int nesf_structure_validate(const nesf_structure *s, nesf_error *err);

@@ -1,10 +1,168 @@
+/* nesf convert - read structures (CIF, JSON, JSON Lines; auto-detected)
+ * and print them as JSON, CIF or pymatgen's Structure.as_dict() JSON. */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
+#include "cif.h"
 #include "commands.h"
+#include "sio.h"
+#include "sjson.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nesf convert [--to json|cif|pymatgen] [--from cif|json|jsonl] [--symprec X]\n"
+            "                    [--symmetrize] [-o OUT] FILE|-\n"
+            "  --to json       (default) {\"lattice\", \"species\", \"frac_coords\", \"cart_coords\",\n"
+            "                  \"formula\", \"spacegroup\"}; a JSON list when FILE holds several\n"
+            "  --to cif        P1 CIF (one data block per structure)\n"
+            "  --to pymatgen   pymatgen Structure.as_dict() (a list when several)\n"
+            "  --symprec X     spglib tolerance in Å for \"spacegroup\" and --symmetrize\n"
+            "                  (default 0.01; 0 leaves the space group out)\n"
+            "  --symmetrize    with --to cif: the space-group operations and one site per orbit\n"
+            "  -o OUT          write OUT atomically instead of standard output\n");
+}
+
+/* Writes text to path via a temp file and rename, or to stdout. */
+static int emit(const char *path, const char *text)
+{
+    size_t n = strlen(text);
+    if (!path) {
+        if (fwrite(text, 1, n, stdout) != n || fflush(stdout)) {
+            fprintf(stderr, "nesf convert: writing standard output: %s\n", strerror(errno));
+            return 1;
+        }
+        return 0;
+    }
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    int ok = f && fwrite(text, 1, n, f) == n;
+    if (f && fclose(f)) ok = 0;
+    if (!ok || rename(tmp, path)) {
+        fprintf(stderr, "nesf convert: writing %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+        return 1;
+    }
+    return 0;
+}
+
+static int append(char **acc, size_t *len, const char *s)
+{
+    size_t k = strlen(s);
+    char *p = realloc(*acc, *len + k + 1);
+    if (!p) return -1;
+    memcpy(p + *len, s, k + 1);
+    *acc = p;
+    *len += k;
+    return 0;
+}
 
 int nesf_cmd_convert(int argc, char **argv)
 {
-    (void)argc; (void)argv;
-    fprintf(stderr, "nesf convert: not built yet\n");
-    return 1;
+    const char *to = "json", *out = NULL, *input = NULL;
+    nesf_format from = NESF_FORMAT_AUTO;
+    double symprec = 0.01;
+    int symmetrize = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--to") && i + 1 < argc) {
+            to = argv[++i];
+        } else if (!strcmp(a, "--from") && i + 1 < argc) {
+            const char *f = argv[++i];
+            from = !strcmp(f, "cif") ? NESF_FORMAT_CIF : !strcmp(f, "json") ? NESF_FORMAT_JSON
+                 : !strcmp(f, "jsonl") ? NESF_FORMAT_JSONL : (nesf_format)-1;
+            if ((int)from < 0) {
+                fprintf(stderr, "nesf convert: --from must be cif, json or jsonl\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--symprec") && i + 1 < argc) {
+            char *end;
+            symprec = strtod(argv[++i], &end);
+            if (*end || !(symprec >= 0) || !isfinite(symprec)) {
+                fprintf(stderr, "nesf convert: --symprec needs a number >= 0\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--symmetrize")) {
+            symmetrize = 1;
+        } else if (!strcmp(a, "-o") && i + 1 < argc) {
+            out = argv[++i];
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "nesf convert: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        } else if (!input) {
+            input = a;
+        } else {
+            fprintf(stderr, "nesf convert: one input expected\n");
+            return 2;
+        }
+    }
+    int style = !strcmp(to, "json") ? NESF_SJSON_FULL : !strcmp(to, "pymatgen") ? NESF_SJSON_PYMATGEN
+              : !strcmp(to, "cif") ? -2 : -1;
+    if (style == -1) {
+        fprintf(stderr, "nesf convert: --to must be json, cif or pymatgen\n");
+        return 2;
+    }
+    if (!input) {
+        usage(stderr);
+        return 2;
+    }
+    if (symmetrize && (style != -2 || !(symprec > 0))) {
+        fprintf(stderr, "nesf convert: --symmetrize needs --to cif and --symprec > 0\n");
+        return 2;
+    }
+
+    nesf_structure **list;
+    int n;
+    nesf_error err = {0};
+    if (nesf_sio_read_file(input, from, &list, &n, &err)) {
+        fprintf(stderr, "nesf convert: %s\n", err.msg);
+        return 1;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    int rc = 0;
+    if (style == -2) {
+        for (int i = 0; i < n && !rc; i++) {
+            char *c = NULL;
+            if (symmetrize) {
+                if (nesf_cif_write_symmetrized(list[i], symprec, &c, &err)) {
+                    fprintf(stderr, "nesf convert: structure %d: %s\n", i + 1, err.msg);
+                    rc = 1;
+                    break;
+                }
+            } else {
+                c = nesf_cif_write(list[i]);
+            }
+            if (!c || (i && append(&text, &len, "\n")) || append(&text, &len, c)) rc = -1;
+            free(c);
+        }
+    } else {
+        json_t *arr = n > 1 ? json_array() : NULL;
+        json_t *one = NULL;
+        for (int i = 0; i < n && !rc; i++) {
+            json_t *j = nesf_sjson_to_json(list[i], (nesf_sjson_style)style, symprec);
+            if (!j) rc = -1;
+            else if (arr) rc = json_array_append_new(arr, j) ? -1 : 0;
+            else one = j;
+        }
+        if (!rc) {
+            text = nesf_sjson_dumps(arr ? arr : one);
+            if (!text || append(&text, &(size_t){strlen(text)}, "\n")) rc = -1;
+        }
+        json_decref(arr ? arr : one);
+    }
+    nesf_structure_list_free(list, n);
+    if (rc < 0) fprintf(stderr, "nesf convert: out of memory\n");
+    if (!rc) rc = emit(out, text);
+    free(text);
+    return rc ? 1 : 0;
 }

@@ -6,6 +6,7 @@
 
 int nesf_cmd_convert(int argc, char **argv);
 int nesf_cmd_bench(int argc, char **argv);
+int nesf_cmd_train(int argc, char **argv);
 int nesf_bench_load(int argc, char **argv);
 
 #endif

@@ -1,0 +1,101 @@
+/* Backend selection and the arena, shared by every backend. */
+#include "backend.h"
+
+#include <string.h>
+
+int nesf_backend_create(const char *kind, int threads, nesf_backend **out, nesf_error *err)
+{
+    *out = NULL;
+    if (!kind || !strcmp(kind, "auto")) {
+        if (nesf_backend_cuda_available() && nesf_backend_cuda_create(0, out, NULL) == NESF_OK)
+            return NESF_OK;
+        return nesf_backend_cpu_create(threads, out, err);
+    }
+    if (!strcmp(kind, "cpu"))
+        return nesf_backend_cpu_create(threads, out, err);
+    if (!strcmp(kind, "cuda"))
+        return nesf_backend_cuda_create(0, out, err);
+    return nesf_fail(err, NESF_ERR_INVALID, "unknown backend '%s' (expected auto, cpu or cuda)", kind);
+}
+
+void nesf_backend_free(nesf_backend *be)
+{
+    if (be) be->ops->destroy(be);
+}
+
+#ifndef NESF_HAVE_CUDA
+int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
+{
+    (void)device;
+    *out = NULL;
+    return nesf_fail(err, NESF_ERR_UNSUPPORTED, "this build has no CUDA backend (rebuild with -Dcuda=enabled)");
+}
+
+int nesf_backend_cuda_available(void) { return 0; }
+#endif
+
+/* ---- arena ---- */
+
+#define ARENA_ALIGN 64
+
+void nesf_arena_init(nesf_arena *a, nesf_backend *be)
+{
+    memset(a, 0, sizeof *a);
+    a->be = be;
+}
+
+void *nesf_arena_alloc(nesf_arena *a, size_t bytes)
+{
+    bytes = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    if (bytes == 0) bytes = ARENA_ALIGN;
+    if (a->nblk) {
+        nesf_arena_block *b = &a->blk[a->nblk - 1];
+        if (b->cap - b->used >= bytes) {
+            void *p = b->base + b->used;
+            b->used += bytes;
+            return p;
+        }
+    }
+    if (a->nblk == (int)(sizeof a->blk / sizeof a->blk[0])) return NULL;
+    size_t cap = bytes;
+    if (a->nblk && 2 * a->blk[a->nblk - 1].cap > cap) cap = 2 * a->blk[a->nblk - 1].cap;
+    if (cap < ((size_t)1 << 20)) cap = (size_t)1 << 20;
+    char *base = a->be->ops->alloc(a->be, cap);
+    if (!base) return NULL;
+    nesf_arena_block *b = &a->blk[a->nblk++];
+    b->base = base;
+    b->cap = cap;
+    b->used = bytes;
+    return base;
+}
+
+float *nesf_arena_floats(nesf_arena *a, size_t n)
+{
+    return nesf_arena_alloc(a, n * sizeof(float));
+}
+
+int nesf_arena_reset(nesf_arena *a)
+{
+    size_t used = 0;
+    for (int i = 0; i < a->nblk; i++) used += a->blk[i].used;
+    if (used > a->peak) a->peak = used;
+    if (a->nblk <= 1) {
+        if (a->nblk) a->blk[0].used = 0;
+        return NESF_OK;
+    }
+    /* the last step overflowed into several blocks: merge into one with
+     * headroom, since steps vary in size (batches differ in atom count) */
+    nesf_arena_release(a);
+    size_t cap = a->peak + a->peak / 2;
+    char *base = a->be->ops->alloc(a->be, cap);
+    if (!base) return NESF_ERR_NOMEM;
+    a->blk[0] = (nesf_arena_block){base, cap, 0};
+    a->nblk = 1;
+    return NESF_OK;
+}
+
+void nesf_arena_release(nesf_arena *a)
+{
+    for (int i = 0; i < a->nblk; i++) a->be->ops->free(a->be, a->blk[i].base);
+    a->nblk = 0;
+}

@@ -1,0 +1,235 @@
+#include "mlp.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+void nesf_mlp_layout(nesf_mlp *m, const char *name, int n, const int *widths, int xyz_layers,
+                     int bn, int dropout, size_t *np, size_t *nb)
+{
+    memset(m, 0, sizeof *m);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    m->n = n;
+    for (int l = 0; l < n; l++) {
+        nesf_layer *L = &m->L[l];
+        int last = l == n - 1;
+        L->extra = l < xyz_layers ? 3 : 0;
+        L->in = widths[l] + L->extra;
+        L->out = widths[l + 1];
+        L->bn = !last && bn;
+        L->dropout = !last && dropout;
+        L->W = *np;
+        *np += (size_t)L->out * L->in;
+        L->b = *np;
+        *np += L->out;
+        if (L->bn) {
+            L->gamma = *np;
+            *np += L->out;
+            L->beta = *np;
+            *np += L->out;
+            L->rmean = *nb;
+            *nb += L->out;
+            L->rvar = *nb;
+            *nb += L->out;
+        }
+    }
+}
+
+/* Input row stride of layer l+1, which receives layer l's output. */
+static int next_ld(const nesf_mlp *m, int l)
+{
+    return l + 1 < m->n ? m->L[l + 1].in : m->L[l].out;
+}
+
+/* Computes layer l's pre-BN activation into dst (ld ldd): act(x W^T + b),
+ * with ReLU unless it is the last layer.  W and b are read from w (params
+ * or folded). */
+static void linear(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *in, const float *x,
+                   int ldx, const float *w, float *dst, int ldd, nesf_arena *ar)
+{
+    const nesf_layer *L = &m->L[l];
+    nesf_backend *be = net->be;
+    const int relu = l < m->n - 1;
+    if (l == 0 && in->S > 0) {
+        const int feat = L->in - L->extra;
+        float *G = nesf_arena_floats(ar, (size_t)in->S * L->out);
+        be->ops->gemm(be, 0, 1, in->S, L->out, feat, 1.0f, in->z, in->ldz, w + L->W, L->in, 0.0f,
+                      G, L->out);
+        be->ops->group_linear(be, in->S, in->off, L->out, G, L->out, in->xyz, 3, L->extra,
+                              w + L->W + feat, L->in, w + L->b, relu, dst, ldd);
+        return;
+    }
+    be->ops->gemm(be, 0, 1, in->rows, L->out, L->in, 1.0f, x, ldx, w + L->W, L->in, 0.0f, dst,
+                  ldd);
+    be->ops->bias_act(be, in->rows, L->out, dst, ldd, w + L->b, relu, dst, ldd);
+}
+
+static void put_xyz(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *in, float *x)
+{
+    const nesf_layer *L = &m->L[l];
+    if (L->extra)
+        net->be->ops->copy2d(net->be, in->rows, L->extra, in->xyz, 3, x + (L->in - L->extra), L->in);
+}
+
+#define CHECK(p) do { if (!(p)) return NESF_ERR_NOMEM; } while (0)
+
+int nesf_mlp_forward_train(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
+                           uint64_t seed, nesf_mlp_acts *acts)
+{
+    nesf_backend *be = net->be;
+    nesf_arena *ar = &net->arena;
+    const int rows = in->rows;
+    memset(acts, 0, sizeof *acts);
+    const float *x = in->x;
+    int ldx = in->ldx;
+    for (int l = 0; l < m->n; l++) {
+        const nesf_layer *L = &m->L[l];
+        acts->x[l] = (float *)x;
+        const int ld = next_ld(m, l);
+        float *nx = nesf_arena_floats(ar, (size_t)rows * ld);
+        CHECK(nx);
+        if (l == m->n - 1) {
+            linear(net, m, l, in, x, ldx, net->params, nx, ld, ar);
+            acts->out = nx;
+            break;
+        }
+        if (L->bn) {
+            float *r = nesf_arena_floats(ar, (size_t)rows * L->out);
+            float *st = nesf_arena_floats(ar, (size_t)2 * L->out);
+            CHECK(r && st);
+            linear(net, m, l, in, x, ldx, net->params, r, L->out, ar);
+            acts->r[l] = r;
+            acts->ldr[l] = L->out;
+            acts->mean[l] = st;
+            acts->invstd[l] = st + L->out;
+            be->ops->bn_train(be, rows, L->out, r, L->out, net->params + L->gamma,
+                              net->params + L->beta, net->bn_eps, net->bn_momentum,
+                              net->buffers + L->rmean, net->buffers + L->rvar, acts->mean[l],
+                              acts->invstd[l], nx, ld);
+        } else {
+            /* no BN: the ReLU output is the next input itself */
+            linear(net, m, l, in, x, ldx, net->params, nx, ld, ar);
+            acts->r[l] = nx;
+            acts->ldr[l] = ld;
+        }
+        if (L->dropout && net->dropout > 0) {
+            acts->mask[l] = nesf_arena_floats(ar, (size_t)rows * L->out);
+            CHECK(acts->mask[l]);
+            be->ops->dropout(be, rows, L->out, net->dropout, seed + (uint64_t)l, nx, ld,
+                             acts->mask[l]);
+        }
+        put_xyz(net, m, l + 1, in, nx);
+        x = nx;
+        ldx = ld;
+    }
+    return NESF_OK;
+}
+
+float *nesf_mlp_forward_infer(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in)
+{
+    nesf_arena *ar = &net->arena;
+    const float *x = in->x;
+    int ldx = in->ldx;
+    float *nx = NULL;
+    for (int l = 0; l < m->n; l++) {
+        const int ld = next_ld(m, l);
+        nx = nesf_arena_floats(ar, (size_t)in->rows * ld);
+        if (!nx) return NULL;
+        linear(net, m, l, in, x, ldx, net->folded, nx, ld, ar);
+        if (l + 1 < m->n) put_xyz(net, m, l + 1, in, nx);
+        x = nx;
+        ldx = ld;
+    }
+    return nx;
+}
+
+int nesf_mlp_backward(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
+                      const nesf_mlp_acts *acts, float *dout, int lddout, float *dx, int lddx,
+                      float *dz, int lddz)
+{
+    nesf_backend *be = net->be;
+    nesf_arena *ar = &net->arena;
+    const int rows = in->rows;
+    float *g = dout;  /* gradient of layer l's output */
+    int ldg = lddout;
+    for (int l = m->n - 1; l >= 0; l--) {
+        const nesf_layer *L = &m->L[l];
+        const int feat = L->in - L->extra;
+        float *dW = net->grads + L->W, *db = net->grads + L->b;
+        const float *W = net->params + L->W;
+        float *dy = g;
+        int ldy = ldg;
+        if (l < m->n - 1) {
+            if (acts->mask[l]) be->ops->mul(be, rows, L->out, acts->mask[l], g, ldg);
+            if (L->bn)
+                be->ops->relu_bn_backward(be, rows, L->out, acts->r[l], acts->ldr[l], acts->mean[l],
+                                          acts->invstd[l], net->params + L->gamma, g, ldg, g, ldg,
+                                          net->grads + L->gamma, net->grads + L->beta);
+            else
+                be->ops->relu_backward(be, rows, L->out, acts->r[l], acts->ldr[l], g, ldg, g, ldg);
+        }
+        be->ops->col_sum(be, rows, L->out, dy, ldy, db);
+        if (l == 0 && in->S > 0) {
+            float *dG = nesf_arena_floats(ar, (size_t)in->S * L->out);
+            CHECK(dG);
+            be->ops->group_sum(be, in->S, in->off, L->out, dy, ldy, dG, L->out, 0);
+            be->ops->gemm(be, 1, 0, L->out, feat, in->S, 1.0f, dG, L->out, in->z, in->ldz, 1.0f, dW,
+                          L->in);
+            if (L->extra)
+                be->ops->gemm(be, 1, 0, L->out, L->extra, rows, 1.0f, dy, ldy, in->xyz, 3, 1.0f,
+                              dW + feat, L->in);
+            if (dz)
+                be->ops->gemm(be, 0, 0, in->S, feat, L->out, 1.0f, dG, L->out, W, L->in, 1.0f, dz,
+                              lddz);
+            break;
+        }
+        be->ops->gemm(be, 1, 0, L->out, L->in, rows, 1.0f, dy, ldy, acts->x[l], L->in == feat && l == 0 ? in->ldx : L->in,
+                      1.0f, dW, L->in);
+        if (l == 0) {
+            if (dx)
+                be->ops->gemm(be, 0, 0, rows, feat, L->out, 1.0f, dy, ldy, W, L->in, 1.0f, dx, lddx);
+            break;
+        }
+        float *dprev = nesf_arena_floats(ar, (size_t)rows * feat);
+        CHECK(dprev);
+        be->ops->gemm(be, 0, 0, rows, feat, L->out, 1.0f, dy, ldy, W, L->in, 0.0f, dprev, feat);
+        g = dprev;
+        ldg = feat;
+    }
+    return NESF_OK;
+}
+
+int nesf_mlp_fold(nesf_net *net, const nesf_mlp *m, const float *P, const float *B, float *F)
+{
+    for (int l = 0; l < m->n; l++) {
+        const nesf_layer *L = &m->L[l];
+        memcpy(F + L->W, P + L->W, (size_t)L->out * L->in * sizeof *F);
+        memcpy(F + L->b, P + L->b, (size_t)L->out * sizeof *F);
+        if (l == 0 || !m->L[l - 1].bn) continue;
+        /* BN after ReLU of layer l-1: y = s x + t feeds this layer's feature
+         * columns, so W' = W diag(s) and b' = b + W t; xyz columns untouched */
+        const nesf_layer *Pv = &m->L[l - 1];
+        const int feat = L->in - L->extra;
+        for (int j = 0; j < feat; j++) {
+            double s = P[Pv->gamma + j] / sqrt((double)B[Pv->rvar + j] + net->bn_eps);
+            double t = P[Pv->beta + j] - B[Pv->rmean + j] * s;
+            for (int o = 0; o < L->out; o++) {
+                const float w = P[L->W + (size_t)o * L->in + j];
+                F[L->W + (size_t)o * L->in + j] = (float)(w * s);
+                F[L->b + o] += (float)(w * t);
+            }
+        }
+    }
+    return NESF_OK;
+}
+
+size_t nesf_mlp_flops_per_row(const nesf_mlp *m, int grouped)
+{
+    size_t f = 0;
+    for (int l = 0; l < m->n; l++) {
+        const nesf_layer *L = &m->L[l];
+        int k = (l == 0 && grouped) ? L->extra : L->in;
+        f += (size_t)2 * k * L->out;
+    }
+    return f;
+}

@@ -1,0 +1,488 @@
+#include "train.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "elements.h"
+#include "model_internal.h"
+
+struct nesf_trainer {
+    nesf_model *m;
+    nesf_train_config c;
+    float *adam_m, *adam_v;   /* backend memory, nparams each */
+    long t;                   /* Adam steps taken */
+};
+
+/* ---- configuration ---- */
+
+void nesf_train_config_paper(nesf_train_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->batch = 64;
+    c->epochs = 3200;
+    c->lr = 1e-3f;
+    c->lr_halve_every = 640;
+    c->w_pos = 10.0f;
+    c->w_spec = 0.1f;
+    c->w_len = 1.0f;
+    c->w_ang = 1.0f;
+    nesf_sampling_paper(&c->sampling);
+    c->seed = 1;
+}
+
+float nesf_train_lr(const nesf_train_config *c, int epoch)
+{
+    int halvings = c->lr_halve_every > 0 ? epoch / c->lr_halve_every : 0;
+    return c->lr * powf(0.5f, (float)halvings);
+}
+
+typedef struct { const char *key; float *dst; float lo, hi; } fkey;
+
+static int read_floats(json_t *o, const fkey *k, int n, const char *where, nesf_error *err)
+{
+    for (int i = 0; i < n; i++) {
+        json_t *v = json_object_get(o, k[i].key);
+        if (!v) continue;
+        double x = json_number_value(v);
+        if (!json_is_number(v) || !(x >= k[i].lo && x <= k[i].hi))
+            return nesf_fail(err, NESF_ERR_FORMAT, "%s.%s must be a number in [%g, %g]", where,
+                             k[i].key, k[i].lo, k[i].hi);
+        *k[i].dst = (float)x;
+    }
+    return NESF_OK;
+}
+
+static int read_int(json_t *o, const char *key, int *dst, int lo, int hi, nesf_error *err)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v) return NESF_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return nesf_fail(err, NESF_ERR_FORMAT, "training.%s must be an integer in [%d, %d]", key, lo, hi);
+    *dst = (int)json_integer_value(v);
+    return NESF_OK;
+}
+
+static int train_config_from_json(json_t *o, nesf_train_config *c, nesf_error *err)
+{
+    int rc = read_int(o, "batch", &c->batch, 1, 1 << 16, err)
+        || read_int(o, "epochs", &c->epochs, 0, 1 << 24, err)
+        || read_int(o, "lr_halve_every", &c->lr_halve_every, 0, 1 << 24, err);
+    if (rc) return NESF_ERR_FORMAT;
+    json_t *seed = json_object_get(o, "seed");
+    if (json_is_integer(seed)) c->seed = (uint64_t)json_integer_value(seed);
+    fkey top[] = {{"lr", &c->lr, 0, 10}};
+    if (read_floats(o, top, 1, "training", err)) return NESF_ERR_FORMAT;
+    json_t *w = json_object_get(o, "loss_weights");
+    fkey wk[] = {{"position", &c->w_pos, 0, 1e6}, {"species", &c->w_spec, 0, 1e6},
+                 {"length", &c->w_len, 0, 1e6}, {"angle", &c->w_ang, 0, 1e6}};
+    if (w && read_floats(w, wk, 4, "training.loss_weights", err)) return NESF_ERR_FORMAT;
+    json_t *s = json_object_get(o, "sampling");
+    nesf_sampling *sp = &c->sampling;
+    fkey sk[] = {{"global_step", &sp->global_step, 0.05f, 100}, {"global_pad", &sp->global_pad, 0, 100},
+                 {"global_sigma", &sp->global_sigma, 0, 100}, {"global_fraction", &sp->global_fraction, 0, 1},
+                 {"local_lo", &sp->local_lo, -10, 10}, {"local_hi", &sp->local_hi, -10, 10},
+                 {"local_step", &sp->local_step, 0.01f, 10}, {"local_sigma", &sp->local_sigma, 0, 10},
+                 {"species_lo", &sp->species_lo, -10, 10}, {"species_hi", &sp->species_hi, -10, 10},
+                 {"species_step", &sp->species_step, 0.01f, 10}, {"species_sigma", &sp->species_sigma, 0, 10},
+                 {"species_fraction", &sp->species_fraction, 0, 1}};
+    if (s && read_floats(s, sk, (int)(sizeof sk / sizeof sk[0]), "training.sampling", err))
+        return NESF_ERR_FORMAT;
+    return NESF_OK;
+}
+
+int nesf_train_config_load(const char *path, nesf_train_config *c, nesf_error *err)
+{
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root) return nesf_fail(err, NESF_ERR_PARSE, "%s:%d: %s", path, je.line, je.text);
+    json_t *t = json_object_get(root, "training");
+    int rc = t ? train_config_from_json(t, c, err) : NESF_OK;
+    if (rc) nesf_error_prefix(err, "%s: ", path);
+    json_decref(root);
+    return rc;
+}
+
+char *nesf_train_config_to_json(const nesf_train_config *c)
+{
+    const nesf_sampling *s = &c->sampling;
+    json_t *o = json_pack("{s:i, s:i, s:f, s:i, s:I, s:{s:f, s:f, s:f, s:f}}", "batch", c->batch,
+                          "epochs", c->epochs, "lr", (double)c->lr, "lr_halve_every", c->lr_halve_every,
+                          "seed", (json_int_t)c->seed, "loss_weights", "position", (double)c->w_pos,
+                          "species", (double)c->w_spec, "length", (double)c->w_len, "angle", (double)c->w_ang);
+    json_t *sp = json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+                           "global_step", (double)s->global_step, "global_pad", (double)s->global_pad,
+                           "global_sigma", (double)s->global_sigma, "global_fraction", (double)s->global_fraction,
+                           "local_lo", (double)s->local_lo, "local_hi", (double)s->local_hi,
+                           "local_step", (double)s->local_step, "local_sigma", (double)s->local_sigma,
+                           "species_lo", (double)s->species_lo, "species_hi", (double)s->species_hi,
+                           "species_step", (double)s->species_step, "species_sigma", (double)s->species_sigma,
+                           "species_fraction", (double)s->species_fraction);
+    json_object_set_new(o, "sampling", sp);
+    char *out = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return out;
+}
+
+/* ---- trainer ---- */
+
+int nesf_trainer_create(nesf_model *m, const nesf_train_config *c, nesf_trainer **out,
+                        nesf_error *err)
+{
+    *out = NULL;
+    nesf_net *net = &m->net;
+    nesf_backend *be = net->be;
+    nesf_trainer *t = calloc(1, sizeof *t);
+    if (!t) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    t->m = m;
+    t->c = *c;
+    if (!net->grads) net->grads = be->ops->alloc(be, net->nparams * sizeof(float));
+    t->adam_m = be->ops->alloc(be, net->nparams * sizeof(float));
+    t->adam_v = be->ops->alloc(be, net->nparams * sizeof(float));
+    if (!net->grads || !t->adam_m || !t->adam_v) {
+        nesf_trainer_free(t);
+        return nesf_fail(err, NESF_ERR_NOMEM, "cannot allocate training state on %s", be->name);
+    }
+    *out = t;
+    return NESF_OK;
+}
+
+void nesf_trainer_free(nesf_trainer *t)
+{
+    if (!t) return;
+    nesf_backend *be = t->m->net.be;
+    be->ops->free(be, t->adam_m);
+    be->ops->free(be, t->adam_v);
+    free(t);
+}
+
+long nesf_trainer_steps(const nesf_trainer *t) { return t->t; }
+
+int nesf_trainer_sample(nesf_trainer *t, nesf_structure *const *s, int n, uint64_t seed,
+                        nesf_queries *q, nesf_error *err)
+{
+    int **cls = calloc((size_t)n, sizeof *cls);
+    int rc = cls ? NESF_OK : nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < n; i++) {
+        cls[i] = malloc((size_t)(s[i]->n ? s[i]->n : 1) * sizeof **cls);
+        if (!cls[i]) {
+            rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+            break;
+        }
+        for (int j = 0; j < s[i]->n; j++) {
+            cls[i][j] = nesf_model_class_of(t->m, s[i]->z[j]);
+            if (cls[i][j] < 0) {
+                const nesf_element *e = nesf_element_get(s[i]->z[j]);
+                rc = nesf_fail(err, NESF_ERR_NOTFOUND, "structure %d: element %s is not among the model's species",
+                               i + 1, e ? e->symbol : "?");
+                break;
+            }
+        }
+    }
+    if (!rc)
+        rc = nesf_queries_sample(&t->c.sampling, t->m->bbmin, t->m->bbmax, s, (const int *const *)cls,
+                                 n, seed, q, err);
+    for (int i = 0; cls && i < n; i++) free(cls[i]);
+    free(cls);
+    return rc;
+}
+
+static void *up(nesf_arena *ar, const void *src, size_t bytes, int *fail)
+{
+    void *d = nesf_arena_alloc(ar, bytes ? bytes : 4);
+    if (!d) {
+        *fail = 1;
+        return NULL;
+    }
+    if (bytes) ar->be->ops->upload(ar->be, d, src, bytes);
+    return d;
+}
+
+int nesf_trainer_forward_backward(nesf_trainer *t, nesf_structure *const *s, int n,
+                                  const nesf_queries *q, uint64_t dropout_seed,
+                                  nesf_losses *out, nesf_error *err)
+{
+    nesf_model *m = t->m;
+    nesf_net *net = &m->net;
+    nesf_backend *be = net->be;
+    nesf_arena *ar = &net->arena;
+    const nesf_model_config *c = &m->cfg;
+    const int L = c->latent, A = m->A;
+    const int mixw = c->enc_pos_out + c->enc_species_out, headw = c->enc_mix_out + 6;
+    nesf_mlp *mlp = m->mlp;
+    nesf_enc_batch hb;
+    int rc = nesf_enc_batch_build(m, s, n, &hb, err);
+    if (rc) return rc;
+    const int N = hb.N, P = q->pos_off[n], Q = q->spec_off[n];
+    int fail = 0;
+    if (nesf_arena_reset(ar)) fail = 1;
+
+    /* inputs */
+    float *axyz = up(ar, hb.xyz, (size_t)N * 3 * sizeof(float), &fail);
+    float *oh = up(ar, hb.onehot, (size_t)N * A * sizeof(float), &fail);
+    float *latf = up(ar, hb.latf, (size_t)n * 6 * sizeof(float), &fail);
+    int *aoff = up(ar, hb.off, (size_t)(n + 1) * sizeof(int), &fail);
+    float *pxyz = up(ar, q->pos_xyz, (size_t)P * 3 * sizeof(float), &fail);
+    float *ptgt = up(ar, q->pos_tgt, (size_t)P * 3 * sizeof(float), &fail);
+    int *poff = up(ar, q->pos_off, (size_t)(n + 1) * sizeof(int), &fail);
+    float *sxyz = up(ar, q->spec_xyz, (size_t)Q * 3 * sizeof(float), &fail);
+    int *slbl = up(ar, q->spec_lbl, (size_t)Q * sizeof(int), &fail);
+    int *soff = up(ar, q->spec_off, (size_t)(n + 1) * sizeof(int), &fail);
+    nesf_enc_batch_free(&hb);
+    if (fail) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
+
+    /* encoder */
+    nesf_mlp_acts a_pos, a_spc, a_mix, a_head, a_len, a_ang, a_fp, a_fs;
+    nesf_mlp_in in_pos = {.rows = N, .x = axyz, .ldx = 3};
+    nesf_mlp_in in_spc = {.rows = N, .x = oh, .ldx = A};
+    rc = nesf_mlp_forward_train(net, &mlp[NESF_ENC_POS], &in_pos, 0, &a_pos);
+    if (!rc) rc = nesf_mlp_forward_train(net, &mlp[NESF_ENC_SPECIES], &in_spc, 0, &a_spc);
+    float *mixin = nesf_arena_floats(ar, (size_t)N * mixw);
+    if (rc || !mixin) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
+    be->ops->copy2d(be, N, c->enc_pos_out, a_pos.out, c->enc_pos_out, mixin, mixw);
+    be->ops->copy2d(be, N, c->enc_species_out, a_spc.out, c->enc_species_out, mixin + c->enc_pos_out, mixw);
+    nesf_mlp_in in_mix = {.rows = N, .x = mixin, .ldx = mixw};
+    rc = nesf_mlp_forward_train(net, &mlp[NESF_ENC_MIX], &in_mix, 0, &a_mix);
+    float *pooled = nesf_arena_floats(ar, (size_t)n * c->enc_mix_out);
+    int *arg = nesf_arena_alloc(ar, (size_t)n * c->enc_mix_out * sizeof(int));
+    float *head = nesf_arena_floats(ar, (size_t)n * headw);
+    if (rc || !pooled || !arg || !head) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
+    be->ops->group_max(be, n, aoff, c->enc_mix_out, a_mix.out, c->enc_mix_out, pooled, arg);
+    be->ops->copy2d(be, n, c->enc_mix_out, pooled, c->enc_mix_out, head, headw);
+    be->ops->copy2d(be, n, 6, latf, 6, head + c->enc_mix_out, headw);
+    nesf_mlp_in in_head = {.rows = n, .x = head, .ldx = headw};
+    rc = nesf_mlp_forward_train(net, &mlp[NESF_ENC_HEAD], &in_head, dropout_seed, &a_head);
+    if (rc) return nesf_fail(err, rc, "out of backend memory");
+    float *z = a_head.out;
+
+    /* decoders */
+    nesf_mlp_in in_lat = {.rows = n, .x = z, .ldx = L};
+    nesf_mlp_in in_fp = {.rows = P, .S = n, .off = poff, .z = z, .ldz = L, .xyz = pxyz};
+    nesf_mlp_in in_fs = {.rows = Q, .S = n, .off = soff, .z = z, .ldz = L, .xyz = sxyz};
+    rc = nesf_mlp_forward_train(net, &mlp[NESF_DEC_LENGTH], &in_lat, 0, &a_len);
+    if (!rc) rc = nesf_mlp_forward_train(net, &mlp[NESF_DEC_ANGLE], &in_lat, 0, &a_ang);
+    if (!rc) rc = nesf_mlp_forward_train(net, &mlp[NESF_DEC_POSITION], &in_fp, 0, &a_fp);
+    if (!rc) rc = nesf_mlp_forward_train(net, &mlp[NESF_DEC_SPECIES], &in_fs, 0, &a_fs);
+    float *tl = nesf_arena_floats(ar, (size_t)n * 3), *ta = nesf_arena_floats(ar, (size_t)n * 3);
+    float *dz = nesf_arena_floats(ar, (size_t)n * L), *dhead = nesf_arena_floats(ar, (size_t)n * headw);
+    float *dpool = nesf_arena_floats(ar, (size_t)n * c->enc_mix_out);
+    float *dmix = nesf_arena_floats(ar, (size_t)N * c->enc_mix_out);
+    float *dmixin = nesf_arena_floats(ar, (size_t)N * mixw);
+    if (rc || !tl || !ta || !dz || !dhead || !dpool || !dmix || !dmixin)
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
+
+    /* losses: each writes the gradient of its weighted term in place */
+    be->ops->copy2d(be, n, 3, latf, 6, tl, 3);
+    be->ops->copy2d(be, n, 3, latf + 3, 6, ta, 3);
+    nesf_losses lo = {0};
+    lo.pos = be->ops->mse(be, (size_t)P * 3, a_fp.out, ptgt, t->c.w_pos, a_fp.out);
+    lo.spec = be->ops->cross_entropy(be, Q, A, a_fs.out, slbl, t->c.w_spec, a_fs.out);
+    lo.len = be->ops->mse(be, (size_t)n * 3, a_len.out, tl, t->c.w_len, a_len.out);
+    lo.ang = be->ops->mse(be, (size_t)n * 3, a_ang.out, ta, t->c.w_ang, a_ang.out);
+    lo.total = t->c.w_pos * lo.pos + t->c.w_spec * lo.spec + t->c.w_len * lo.len + t->c.w_ang * lo.ang;
+    lo.pos_queries = P;
+    lo.spec_queries = Q;
+
+    /* backward */
+    be->ops->fill(be, net->grads, net->nparams, 0);
+    be->ops->fill(be, dz, (size_t)n * L, 0);
+    be->ops->fill(be, dhead, (size_t)n * headw, 0);
+    be->ops->fill(be, dmix, (size_t)N * c->enc_mix_out, 0);
+    be->ops->fill(be, dmixin, (size_t)N * mixw, 0);
+    rc = nesf_mlp_backward(net, &mlp[NESF_DEC_POSITION], &in_fp, &a_fp, a_fp.out, 3, NULL, 0, dz, L);
+    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_DEC_SPECIES], &in_fs, &a_fs, a_fs.out, A, NULL, 0, dz, L);
+    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_DEC_LENGTH], &in_lat, &a_len, a_len.out, 3, dz, L, NULL, 0);
+    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_DEC_ANGLE], &in_lat, &a_ang, a_ang.out, 3, dz, L, NULL, 0);
+    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_ENC_HEAD], &in_head, &a_head, dz, L, dhead, headw, NULL, 0);
+    if (!rc) {
+        be->ops->copy2d(be, n, c->enc_mix_out, dhead, headw, dpool, c->enc_mix_out);
+        be->ops->group_max_backward(be, n, c->enc_mix_out, dpool, arg, dmix, c->enc_mix_out);
+        rc = nesf_mlp_backward(net, &mlp[NESF_ENC_MIX], &in_mix, &a_mix, dmix, c->enc_mix_out, dmixin, mixw, NULL, 0);
+    }
+    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_ENC_POS], &in_pos, &a_pos, dmixin, mixw, NULL, 0, NULL, 0);
+    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_ENC_SPECIES], &in_spc, &a_spc, dmixin + c->enc_pos_out, mixw, NULL, 0, NULL, 0);
+    if (rc) return nesf_fail(err, rc, "out of backend memory in backward");
+    if ((rc = be->ops->sync(be))) return nesf_fail(err, rc, "backend failure in the training step");
+    if (!isfinite(lo.total)) return nesf_fail(err, NESF_ERR_INVALID, "training loss is not finite");
+    if (out) *out = lo;
+    return NESF_OK;
+}
+
+int nesf_trainer_step(nesf_trainer *t, float lr, nesf_error *err)
+{
+    nesf_net *net = &t->m->net;
+    nesf_backend *be = net->be;
+    t->t++;
+    be->ops->adam(be, net->nparams, net->params, net->grads, t->adam_m, t->adam_v, lr, 0.9f, 0.999f,
+                  1e-8f, (int)t->t);
+    int rc = be->ops->sync(be);
+    return rc ? nesf_fail(err, rc, "backend failure in the Adam step") : NESF_OK;
+}
+
+/* ---- validation loss (inference mode, host arithmetic) ---- */
+
+int nesf_trainer_eval_loss(nesf_trainer *t, nesf_structure *const *s, int n,
+                           const nesf_queries *q, nesf_losses *out, nesf_error *err)
+{
+    nesf_model *m = t->m;
+    const int L = m->cfg.latent, A = m->A, P = q->pos_off[n], Q = q->spec_off[n];
+    int rc = nesf_model_refold(m, err);
+    if (rc) return rc;
+    float *z = malloc((size_t)n * L * sizeof *z), *len = malloc((size_t)n * 6 * sizeof *len);
+    float *fp = malloc(((size_t)P * 3 + 1) * sizeof *fp), *fs = malloc(((size_t)Q * A + 1) * sizeof *fs);
+    nesf_enc_batch hb = {0};
+    if (!z || !len || !fp || !fs) rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    if (!rc) rc = nesf_model_encode(m, s, n, z, err);
+    if (!rc) rc = nesf_model_lattice(m, n, z, len, len + 3 * n, err);
+    if (!rc) rc = nesf_model_position_field_host(m, n, z, q->pos_off, q->pos_xyz, fp, err);
+    if (!rc) rc = nesf_model_species_field_host(m, n, z, q->spec_off, q->spec_xyz, fs, err);
+    if (!rc) rc = nesf_enc_batch_build(m, s, n, &hb, err);
+    if (!rc) {
+        nesf_losses lo = {0};
+        double acc = 0;
+        for (size_t i = 0; i < (size_t)P * 3; i++) acc += ((double)fp[i] - q->pos_tgt[i]) * (fp[i] - q->pos_tgt[i]);
+        lo.pos = P ? acc / (3.0 * P) : 0;
+        acc = 0;
+        for (int r = 0; r < Q; r++) {
+            const float *l = fs + (size_t)r * A;
+            double mx = l[0], se = 0;
+            for (int k = 1; k < A; k++) mx = l[k] > mx ? l[k] : mx;
+            for (int k = 0; k < A; k++) se += exp(l[k] - mx);
+            acc += mx + log(se) - l[q->spec_lbl[r]];
+        }
+        lo.spec = Q ? acc / Q : 0;
+        double al = 0, aa = 0;
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < 3; k++) {
+                double dl = len[3 * i + k] - hb.latf[6 * i + k], da = len[3 * n + 3 * i + k] - hb.latf[6 * i + 3 + k];
+                al += dl * dl;
+                aa += da * da;
+            }
+        lo.len = al / (3.0 * n);
+        lo.ang = aa / (3.0 * n);
+        lo.total = t->c.w_pos * lo.pos + t->c.w_spec * lo.spec + t->c.w_len * lo.len + t->c.w_ang * lo.ang;
+        lo.pos_queries = P;
+        lo.spec_queries = Q;
+        *out = lo;
+    }
+    nesf_enc_batch_free(&hb);
+    free(z);
+    free(len);
+    free(fp);
+    free(fs);
+    return rc;
+}
+
+/* ---- named access ---- */
+
+static const nesf_tensor_info *tensor(const nesf_model *m, const char *name)
+{
+    for (int i = 0; i < m->ntensors; i++)
+        if (!strcmp(m->tensors[i].name, name)) return &m->tensors[i];
+    return NULL;
+}
+
+static int fetch(nesf_trainer *t, const char *name, const float *base, float *dst, nesf_error *err)
+{
+    const nesf_tensor_info *ti = tensor(t->m, name);
+    if (!ti || ti->buffer) return nesf_fail(err, NESF_ERR_NOTFOUND, "no parameter named '%s'", name);
+    size_t n = (size_t)ti->shape[0] * (ti->ndim == 2 ? (size_t)ti->shape[1] : 1);
+    nesf_backend *be = t->m->net.be;
+    be->ops->download(be, dst, base + ti->off, n * sizeof(float));
+    return be->ops->sync(be);
+}
+
+int nesf_trainer_grad(nesf_trainer *t, const char *name, float *dst, nesf_error *err)
+{
+    return fetch(t, name, t->m->net.grads, dst, err);
+}
+
+int nesf_trainer_param(nesf_trainer *t, const char *name, float *dst, nesf_error *err)
+{
+    return fetch(t, name, t->m->net.params, dst, err);
+}
+
+/* ---- checkpoints ---- */
+
+int nesf_trainer_save(nesf_trainer *t, const nesf_train_state *st, const char *path,
+                      nesf_error *err)
+{
+    nesf_net *net = &t->m->net;
+    nesf_backend *be = net->be;
+    float *mh = malloc(net->nparams * sizeof *mh), *vh = malloc(net->nparams * sizeof *vh);
+    nesf_st_writer *w = nesf_st_writer_new();
+    char *tc = nesf_train_config_to_json(&t->c);
+    char state[512];
+    int rc = NESF_OK;
+    if (!mh || !vh || !w || !tc) {
+        rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory writing a checkpoint");
+        goto out;
+    }
+    be->ops->download(be, mh, t->adam_m, net->nparams * sizeof *mh);
+    be->ops->download(be, vh, t->adam_v, net->nparams * sizeof *vh);
+    be->ops->sync(be);
+    int64_t shape[1] = {(int64_t)net->nparams};
+    snprintf(state, sizeof state,
+             "{\"epoch\":%d,\"batch\":%d,\"step\":%ld,\"adam_t\":%ld,\"best_val\":%.17g,"
+             "\"best_epoch\":%d,\"seconds\":%.3f,\"acc_loss\":%.17g}",
+             st->epoch, st->batch, st->step, t->t, isfinite(st->best_val) ? st->best_val : 1e300,
+             st->best_epoch, st->seconds, st->acc_loss);
+    rc = nesf_st_writer_add(w, "trainer.adam_m", NESF_ST_F32, 1, shape, mh, err);
+    if (!rc) rc = nesf_st_writer_add(w, "trainer.adam_v", NESF_ST_F32, 1, shape, vh, err);
+    if (!rc) rc = nesf_st_writer_meta(w, "train_state", state, err);
+    if (!rc) rc = nesf_model_write(t->m, w, path, tc, err);
+out:
+    free(mh);
+    free(vh);
+    free(tc);
+    nesf_st_writer_free(w);
+    return rc;
+}
+
+int nesf_trainer_load(nesf_trainer *t, nesf_train_state *st, const char *path, nesf_error *err)
+{
+    nesf_net *net = &t->m->net;
+    nesf_backend *be = net->be;
+    nesf_st *f;
+    int rc = nesf_st_read(path, &f, err);
+    if (rc) return rc;
+    float *mh = malloc(net->nparams * sizeof *mh), *vh = malloc(net->nparams * sizeof *vh);
+    int64_t shape[1] = {(int64_t)net->nparams};
+    const char *state = nesf_st_meta(f, "train_state");
+    if (!mh || !vh) rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    if (!rc && !state) rc = nesf_fail(err, NESF_ERR_FORMAT, "not a checkpoint (no train_state)");
+    if (!rc) rc = nesf_st_get_f32(f, "trainer.adam_m", 1, shape, mh, err);
+    if (!rc) rc = nesf_st_get_f32(f, "trainer.adam_v", 1, shape, vh, err);
+    if (!rc) {
+        json_error_t je;
+        json_t *o = json_loads(state, 0, &je);
+        json_int_t ep, bt, step, at, be_ep;
+        double bv, secs, acc;
+        if (!o || json_unpack(o, "{s:I, s:I, s:I, s:I, s:F, s:I, s:F, s:F}", "epoch", &ep, "batch", &bt,
+                              "step", &step, "adam_t", &at, "best_val", &bv, "best_epoch", &be_ep,
+                              "seconds", &secs, "acc_loss", &acc)) {
+            rc = nesf_fail(err, NESF_ERR_FORMAT, "bad train_state in checkpoint");
+        } else {
+            st->epoch = (int)ep;
+            st->batch = (int)bt;
+            st->acc_loss = acc;
+            st->step = (long)step;
+            st->best_val = bv >= 1e300 ? INFINITY : bv;
+            st->best_epoch = (int)be_ep;
+            st->seconds = secs;
+            t->t = (long)at;
+        }
+        json_decref(o);
+    }
+    if (!rc) {
+        be->ops->upload(be, t->adam_m, mh, net->nparams * sizeof *mh);
+        be->ops->upload(be, t->adam_v, vh, net->nparams * sizeof *vh);
+        rc = be->ops->sync(be);
+    }
+    free(mh);
+    free(vh);
+    nesf_st_free(f);
+    if (rc) nesf_error_prefix(err, "%s: ", path);
+    return rc;
+}

@@ -1,0 +1,288 @@
+/* nesf train - the offline training job (spec §4) on the core trainer.
+ *
+ * RUN/checkpoint.safetensors  weights + Adam + state, every few minutes and
+ *                             on SIGINT/SIGTERM (atomic); --resume continues it
+ * RUN/best.safetensors        best validation loss so far (a normal model)
+ * RUN/log.jsonl               one JSON line per epoch
+ * Every random draw derives from (seed, epoch, batch), so a resumed run
+ * reproduces an uninterrupted one. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "dataset.h"
+#include "train.h"
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) { (void)sig; stop_requested = 1; }
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: nesf train --data DIR --out RUN [options]\n"
+            "  --config FILE         model + training config (default config/models/nesf-paper.json)\n"
+            "  --data DIR            dataset folder with meta.json, train.jsonl, val.jsonl\n"
+            "  --out RUN             run folder (checkpoint, best weights, log)\n"
+            "  --epochs N            stop after N epochs in total (default: config)\n"
+            "  --minutes M           stop (with a checkpoint) after M minutes of this invocation\n"
+            "  --resume              continue RUN/checkpoint.safetensors\n"
+            "  --backend B           cpu | cuda | auto (default auto)\n"
+            "  --threads T           CPU threads (default: all cores)\n"
+            "  --checkpoint-minutes M  checkpoint interval (default 5)\n"
+            "  --val-every N         validate every N epochs (default 1)\n"
+            "  --val-limit N         validate on the first N val structures (default all)\n"
+            "  --quiet               no progress line\n");
+}
+
+static int join(char *buf, size_t n, const char *dir, const char *file)
+{
+    return snprintf(buf, n, "%s/%s", dir, file) >= (int)n ? -1 : 0;
+}
+
+static void fmt_losses(char *buf, size_t n, const nesf_losses *l)
+{
+    snprintf(buf, n, "{\"total\":%.6g,\"position\":%.6g,\"species\":%.6g,\"length\":%.6g,\"angle\":%.6g}",
+             l->total, l->pos, l->spec, l->len, l->ang);
+}
+
+int nesf_cmd_train(int argc, char **argv)
+{
+    const char *config = "config/models/nesf-paper.json", *data = NULL, *out = NULL, *backend = "auto";
+    int epochs = -1, resume = 0, threads = 0, val_every = 1, val_limit = 0, quiet = 0;
+    double minutes = 0, ckpt_minutes = 5;
+    static const struct option opts[] = {
+        {"config", required_argument, 0, 'c'}, {"data", required_argument, 0, 'd'},
+        {"out", required_argument, 0, 'o'}, {"epochs", required_argument, 0, 'e'},
+        {"minutes", required_argument, 0, 'm'}, {"resume", no_argument, 0, 'r'},
+        {"backend", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
+        {"checkpoint-minutes", required_argument, 0, 'k'}, {"val-every", required_argument, 0, 'v'},
+        {"val-limit", required_argument, 0, 'l'}, {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config = optarg; break;
+        case 'd': data = optarg; break;
+        case 'o': out = optarg; break;
+        case 'e': epochs = atoi(optarg); break;
+        case 'm': minutes = atof(optarg); break;
+        case 'r': resume = 1; break;
+        case 'b': backend = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 'k': ckpt_minutes = atof(optarg); break;
+        case 'v': val_every = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
+        case 'l': val_limit = atoi(optarg); break;
+        case 'q': quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!data || !out) {
+        usage(stderr);
+        return 2;
+    }
+    nesf_error err = {0};
+    char path[4096], ckpt[4096], best[4096], logp[4096];
+    if (join(ckpt, sizeof ckpt, out, "checkpoint.safetensors") || join(best, sizeof best, out, "best.safetensors") ||
+        join(logp, sizeof logp, out, "log.jsonl")) {
+        fprintf(stderr, "nesf train: path too long\n");
+        return 2;
+    }
+    if (mkdir(out, 0755) && errno != EEXIST) {
+        fprintf(stderr, "nesf train: cannot create %s: %s\n", out, strerror(errno));
+        return 1;
+    }
+
+    /* data */
+    nesf_vocab vocab;
+    nesf_dataset train = {0}, val = {0};
+    join(path, sizeof path, data, "meta.json");
+    if (nesf_vocab_load(path, &vocab, &err)) goto fail;
+    join(path, sizeof path, data, "train.jsonl");
+    double t0 = now();
+    if (nesf_dataset_load(path, &train, &err)) goto fail;
+    join(path, sizeof path, data, "val.jsonl");
+    if (nesf_dataset_load(path, &val, &err)) goto fail;
+    for (int i = 0; i < train.n; i++)
+        if (nesf_structure_canonicalize(train.s[i], &err)) goto fail;
+    for (int i = 0; i < val.n; i++)
+        if (nesf_structure_canonicalize(val.s[i], &err)) goto fail;
+    if (val_limit > 0 && val_limit < val.n) {
+        for (int i = val_limit; i < val.n; i++) nesf_structure_free(val.s[i]);
+        val.n = val_limit;
+    }
+    fprintf(stderr, "nesf train: %d train, %d val structures (%.2f s)\n", train.n, val.n, now() - t0);
+
+    nesf_backend *be = NULL;
+    if (nesf_backend_create(backend, threads, &be, &err)) goto fail;
+    fprintf(stderr, "nesf train: backend %s\n", be->device);
+
+    nesf_model *m = NULL;
+    nesf_train_config tc;
+    nesf_train_config_paper(&tc);
+    nesf_train_state st = {.best_val = INFINITY};
+    if (resume && access(ckpt, R_OK) == 0) {
+        if (nesf_model_load(ckpt, be, &m, &err)) goto fail;
+        fprintf(stderr, "nesf train: resuming %s\n", ckpt);
+    } else {
+        nesf_model_config mc;
+        if (nesf_model_config_load(config, &mc, &err)) goto fail;
+        if (nesf_train_config_load(config, &tc, &err)) goto fail;
+        float lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
+        for (int i = 0; i < train.n; i++)
+            for (int j = 0; j < train.s[i]->n; j++)
+                for (int k = 0; k < 3; k++) {
+                    float v = (float)train.s[i]->cart[3 * j + k];
+                    lo[k] = v < lo[k] ? v : lo[k];
+                    hi[k] = v > hi[k] ? v : hi[k];
+                }
+        if (nesf_model_create(&mc, vocab.z, vocab.n, lo, hi, be, tc.seed, &m, &err)) goto fail;
+    }
+    if (resume && m) {
+        /* the checkpoint's training configuration wins over the file's */
+        const char *saved = nesf_model_train_config(m);
+        if (*saved) {
+            char tmp[] = "/tmp/nesf-tc-XXXXXX";
+            int fd = mkstemp(tmp);
+            if (fd >= 0) {
+                FILE *f = fdopen(fd, "w");
+                fprintf(f, "{\"training\": %s}", saved);
+                fclose(f);
+                if (nesf_train_config_load(tmp, &tc, &err)) {
+                    unlink(tmp);
+                    goto fail;
+                }
+                unlink(tmp);
+            }
+        }
+    }
+    if (epochs >= 0) tc.epochs = epochs;
+    nesf_trainer *tr = NULL;
+    if (nesf_trainer_create(m, &tc, &tr, &err)) goto fail;
+    if (resume && access(ckpt, R_OK) == 0 && nesf_trainer_load(tr, &st, ckpt, &err)) goto fail;
+    char *tcj = nesf_train_config_to_json(&tc);
+    fprintf(stderr, "nesf train: %zu parameters, config %s\n", nesf_model_param_count(m), tcj);
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    /* validation queries are drawn once, from a fixed seed */
+    nesf_queries vq;
+    if (nesf_trainer_sample(tr, val.s, val.n, nesf_seed_mix(tc.seed, 0xCAFE), &vq, &err)) goto fail;
+
+    const int B = tc.batch < train.n ? tc.batch : train.n;
+    const int nb = train.n / B + (train.n % B >= 2 ? 1 : 0);  /* a last batch of 1 would break BatchNorm */
+    int *perm = malloc((size_t)train.n * sizeof *perm);
+    nesf_structure **bs = malloc((size_t)B * sizeof *bs);
+    const double start = now(), deadline = minutes > 0 ? start + minutes * 60 : INFINITY;
+    double last_ckpt = start, last_print = 0, seconds0 = st.seconds;
+    long structs = 0, queries = 0;
+    int rc = 0;
+    while (st.epoch < tc.epochs && !stop_requested && now() < deadline) {
+        /* the epoch's order: Fisher-Yates from (seed, epoch) */
+        uint64_t es = nesf_seed_mix(tc.seed, (uint64_t)st.epoch + 1);
+        for (int i = 0; i < train.n; i++) perm[i] = i;
+        for (int i = train.n - 1; i > 0; i--) {
+            es = nesf_seed_mix(es, (uint64_t)i);
+            int j = (int)(es % (uint64_t)(i + 1)), t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        const float lr = nesf_train_lr(&tc, st.epoch);
+        while (st.batch < nb && !stop_requested && now() < deadline) {
+            int b0 = st.batch * B, n = b0 + B <= train.n ? B : train.n - b0;
+            for (int i = 0; i < n; i++) bs[i] = train.s[perm[b0 + i]];
+            uint64_t bseed = nesf_seed_mix(nesf_seed_mix(tc.seed, (uint64_t)st.epoch + 1), (uint64_t)st.batch + 1);
+            nesf_queries q;
+            nesf_losses l;
+            if (nesf_trainer_sample(tr, bs, n, bseed, &q, &err) ||
+                nesf_trainer_forward_backward(tr, bs, n, &q, nesf_seed_mix(bseed, 0xD0), &l, &err) ||
+                nesf_trainer_step(tr, lr, &err)) {
+                nesf_queries_free(&q);
+                goto fail;
+            }
+            queries += l.pos_queries + l.spec_queries;
+            nesf_queries_free(&q);
+            structs += n;
+            st.acc_loss += l.total;
+            st.batch++;
+            st.step++;
+            double t = now();
+            if (!quiet && isatty(2) && t - last_print > 1) {
+                fprintf(stderr, "\repoch %d  batch %d/%d  loss %.4f  %.1f structures/s  %.0f queries/s   ",
+                        st.epoch + 1, st.batch, nb, l.total, structs / (t - start), queries / (t - start));
+                last_print = t;
+            }
+            if (t - last_ckpt > ckpt_minutes * 60) {
+                st.seconds = seconds0 + (t - start);
+                if (nesf_trainer_save(tr, &st, ckpt, &err)) goto fail;
+                last_ckpt = t;
+            }
+        }
+        if (st.batch < nb) break;  /* stopped mid-epoch */
+        nesf_losses tl = {.total = st.acc_loss / nb};
+        st.epoch++;
+        st.batch = 0;
+        st.acc_loss = 0;
+        st.seconds = seconds0 + (now() - start);
+        char tls[256], vls[256] = "null";
+        snprintf(tls, sizeof tls, "{\"total\":%.6g}", tl.total);
+        int improved = 0;
+        if (st.epoch % val_every == 0 || st.epoch == tc.epochs) {
+            nesf_losses vl;
+            if (nesf_trainer_eval_loss(tr, val.s, val.n, &vq, &vl, &err)) goto fail;
+            fmt_losses(vls, sizeof vls, &vl);
+            if (vl.total < st.best_val) {
+                st.best_val = vl.total;
+                st.best_epoch = st.epoch;
+                improved = 1;
+            }
+        }
+        if (improved && nesf_model_save(m, best, tcj, &err)) goto fail;
+        if (nesf_trainer_save(tr, &st, ckpt, &err)) goto fail;
+        last_ckpt = now();
+        FILE *lf = fopen(logp, "a");
+        if (lf) {
+            fprintf(lf, "{\"epoch\":%d,\"step\":%ld,\"lr\":%g,\"train\":%s,\"val\":%s,\"best\":%s,\"seconds\":%.1f}\n",
+                    st.epoch, st.step, (double)lr, tls, vls, improved ? "true" : "false", st.seconds);
+            fclose(lf);
+        }
+        fprintf(stderr, "%sepoch %d  train %.4f  val %s%s  (%.0f s)\n", !quiet && isatty(2) ? "\r" : "", st.epoch,
+                tl.total, vls, improved ? "  *best*" : "", st.seconds);
+    }
+    st.seconds = seconds0 + (now() - start);
+    if (nesf_trainer_save(tr, &st, ckpt, &err)) goto fail;
+    fprintf(stderr, "nesf train: %s after %d epochs (%ld steps, %.0f s); best val %.4f at epoch %d\n",
+            stop_requested ? "stopped" : "done", st.epoch, st.step, st.seconds, st.best_val, st.best_epoch);
+    free(perm);
+    free(bs);
+    free(tcj);
+    nesf_queries_free(&vq);
+    nesf_trainer_free(tr);
+    nesf_model_free(m);
+    nesf_backend_free(be);
+    nesf_dataset_free(&train);
+    nesf_dataset_free(&val);
+    return rc;
+fail:
+    fprintf(stderr, "nesf train: %s\n", err.msg[0] ? err.msg : "failed");
+    return 1;
+}
