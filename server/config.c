@@ -19,6 +19,7 @@ void nesfd_config_defaults(nesfd_config *c)
     c->max_batch = 32;
     c->max_delay_us = 2000;
     c->queue_limit = 4096;
+    c->invariant = 1;
     c->body_limit = 8u << 20;
     c->max_items = 512;
     c->request_timeout_s = 300;
@@ -250,9 +251,9 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
         if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         return set_backend(c, key, s, err);
     }
-    if (!strcmp(key, "log_requests")) {
+    if (!strcmp(key, "log_requests") || !strcmp(key, "invariant")) {
         if (!json_is_boolean(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected true or false", key);
-        c->log_requests = json_is_true(v);
+        *(key[0] == 'l' ? &c->log_requests : &c->invariant) = json_is_true(v);
         return NESF_OK;
     }
     if (!strcmp(key, "auth_token")) {
@@ -310,7 +311,8 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
  * a typo or a misplaced key cannot be silently ignored. */
 static int key_in_section(const char *key, const char *section)
 {
-    static const char *const batching[] = {"max_batch", "max_delay_us", "queue_limit", NULL};
+    static const char *const batching[] = {"max_batch", "max_delay_us", "queue_limit", "invariant",
+                                           NULL};
     static const char *const timeouts[] = {"request_s", "idle_s", "shutdown_grace_s", NULL};
     const char *const *list = !strcmp(section, "batching") ? batching
                             : !strcmp(section, "timeouts") ? timeouts : NULL;
@@ -379,6 +381,9 @@ static const flag_info flags[] = {
     {"--max-batch", 1, "N", "items per backend call (default 32)"},
     {"--max-delay-us", 1, "US", "longest wait of a queued item for a fuller batch (default 2000)"},
     {"--no-batching", 0, NULL, "one item per backend call (same as --max-batch 1 --max-delay-us 0)"},
+    {"--fused-batches", 0, NULL, "let the structures of a batch share GEMMs: faster on a GPU, but\n"
+                                 "answers may then differ from unbatched ones in the last bits\n"
+                                 "(default: each item in GEMMs of its own, answers bit-identical)"},
     {"--queue-limit", 1, "N", "queued items per model before answering 503 (default 4096)"},
     {"--body-limit", 1, "BYTES", "largest request body, k/m/g suffixes allowed (default 8M)"},
     {"--max-items", 1, "N", "latents, structures or steps per request (default 512)"},
@@ -416,8 +421,8 @@ void nesfd_config_usage(FILE *f)
     }
     fprintf(f,
             "\nconfig file keys: listen, models {name: path}, backend, compute_threads,\n"
-            "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit},\n"
-            "body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
+            "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit,\n"
+            "invariant}, body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
             "auth_token | auth_token_file, cors_origins [..], log_requests, web_root.\n"
             "Model paths in the file are relative to the file; on the command line, to the\n"
             "current directory.  SIGTERM/SIGINT: stop accepting, finish in-flight requests,\n"
@@ -489,6 +494,7 @@ static int apply_flag(nesfd_config *c, const char *name, const char *val, int *o
         return NESF_OK;
     }
     if (!strcmp(name, "--quiet")) { c->log_requests = 0; return NESF_OK; }
+    if (!strcmp(name, "--fused-batches")) { c->invariant = 0; return NESF_OK; }
     if (!strcmp(name, "--check-config")) { *check = 1; return NESF_OK; }
     if (!strcmp(name, "--help")) { *help = 1; return NESF_OK; }
     if (!strcmp(name, "--version")) { *version = 1; return NESF_OK; }
@@ -557,6 +563,7 @@ char *nesfd_config_dump(const nesfd_config *c)
         "shutdown_grace_s", c->shutdown_grace_s,
         "auth_token", c->token[0] ? json_string("<redacted>") : json_null(),
         "cors_origins", origins, "log_requests", c->log_requests, "web_root", c->web_root);
+    if (o) json_object_set_new(json_object_get(o, "batching"), "invariant", json_boolean(c->invariant));
     char *s = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     return s;

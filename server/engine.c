@@ -107,7 +107,9 @@ static void run_decode(nesfd_model_entry *me, nesfd_item *const *items, int n)
         const nesfd_job *j = items[i]->data;
         memcpy(z + (size_t)i * L, j->z + (size_t)items[i]->index * L, L * sizeof *z);
     }
-    int rc = nesf_decode(me->model, n, z, &j0->opts, out, ie, NULL, &err);
+    nesf_decode_opts o = j0->opts;
+    if (me->invariant) o.batch_particles = 1; /* one structure per GEMM chain */
+    int rc = nesf_decode(me->model, n, z, &o, out, ie, NULL, &err);
     if (rc) {
         fail_items(items, n, &err);
         goto done;
@@ -146,13 +148,15 @@ static void run_encode(nesfd_model_entry *me, nesfd_item *const *items, int n)
         const nesfd_job *j = items[i]->data;
         s[i] = j->s[items[i]->index];
     }
-    int rc = nesf_model_encode(me->model, s, n, z, &err);
+    /* fused: one call, and on failure one per structure to isolate the
+     * culprit (others' items must not fail with it) */
+    int rc = me->invariant ? 1 : nesf_model_encode(me->model, s, n, z, &err);
     for (int i = 0; i < n; i++) {
         nesfd_job *j = items[i]->data;
         int idx = items[i]->index;
         nesf_error e1 = err;
-        /* isolate the culprit: others' items must not fail with it */
-        int rci = rc && n > 1 ? nesf_model_encode(me->model, &s[i], 1, z + (size_t)i * L, &e1) : rc;
+        int rci = rc && (n > 1 || me->invariant)
+                ? nesf_model_encode(me->model, &s[i], 1, z + (size_t)i * L, &e1) : rc;
         if (rci) {
             j->item_err[idx] = e1;
             items[i]->status = rci;
@@ -205,6 +209,7 @@ static int load_one(nesfd_model_entry *me, const nesfd_config *c, const nesfd_mo
     me->latent = nesf_model_latent_size(me->model);
     me->params = nesf_model_param_count(me->model);
     me->metrics = metrics;
+    me->invariant = c->invariant;
     me->metric = nesfd_metrics_model(metrics, me->name);
     nesfd_batcher_opts bo = {me->name, c->max_batch, c->max_delay_us, c->queue_limit};
     me->batcher = nesfd_batcher_new(&bo, batch_fn, me);

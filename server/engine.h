@@ -7,10 +7,21 @@
  *   decode: n latents in, n structures out (or a per-item error);
  *   encode: n structures in, n latents out.
  * Decode jobs share a backend call only with decode jobs of identical
- * options (the ticket key is the options' bytes), so a batched answer is
- * the answer the latent would get alone.  Encode failures in a shared call
- * are retried one structure at a time, so one bad structure cannot fail
- * another request's items. */
+ * options (the ticket key is the options' bytes).
+ *
+ * Invariant batches (the default): BLAS results for a row depend on the
+ * shape of the call it is in (OpenBLAS picks kernels and blockings by
+ * size, and cuBLAS likewise), so a structure decoded among others would
+ * differ from its unbatched decode in the last bits, and NMS can turn
+ * such bits into a different atom.  So within one batched call every
+ * structure goes through GEMMs of its own (decode option batch_particles
+ * = 1; encode one structure per call), and an answer is bit-identical to
+ * the unbatched one.  On a CPU this costs nothing measurable: one
+ * structure's ~2700 particles already fill a GEMM.  With fused batches the
+ * structures of a batch share GEMMs, faster on a GPU.
+ *
+ * Encode failures in a shared call are retried one structure at a time, so
+ * one bad structure cannot fail another request's items. */
 #ifndef NESFD_ENGINE_H
 #define NESFD_ENGINE_H
 
@@ -32,6 +43,7 @@ typedef struct nesfd_model_entry {
     nesfd_metrics *metrics;
     int latent;
     size_t params;
+    int invariant;        /* see above */
 } nesfd_model_entry;
 
 typedef struct nesfd_engine nesfd_engine;
