@@ -4,9 +4,10 @@
  *              [--concurrency N] [--seconds S] [--token T] [--items K]
  *
  * N threads, each on its own keep-alive connection, POST the body again
- * and again for S seconds (after a 1 s warm-up that is not counted) and
- * time every answer.  Prints one JSON line: requests/s, items/s (K items
- * per request, e.g. latents), latency p50/p90/p99/max in ms, errors.
+ * and again and time every answer.  Answers completed in the S seconds
+ * after a warm-up (1 s by default) are counted: requests/s, items/s (K
+ * items per request, e.g. latents), latency p50/p90/p99/max in ms, errors.
+ * One JSON line on stdout.
  * Closed loop: a client sends its next request when the previous answer
  * is in, so the concurrency is exactly N. */
 #include <arpa/inet.h>
@@ -115,7 +116,7 @@ static void *client_main(void *arg)
             fd = -1;
             continue;
         }
-        if (t0 < t_measure || t1 > t_end) continue;
+        if (t1 < t_measure || t1 > t_end) continue; /* completions inside the window */
         if (status / 100 != 2) {
             c->non2xx++;
             continue;
