@@ -36,6 +36,7 @@ UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[
 ATOMS = [[1.0, 2.25, 2.5], [3.5, 2.25, 2.5]]
 
 daemons = []
+codes_seen = set()
 
 
 class Daemon:
@@ -113,6 +114,7 @@ def expect_error(resp, status, code):
     assert isinstance(body, dict) and "error" in body, body
     err = body["error"]
     assert err["code"] == code, err
+    codes_seen.add(code)
     assert err["message"], err
     assert err["request_id"] == hdrs["x-request-id"], (err, hdrs)
     return err
@@ -475,10 +477,22 @@ def test_graceful_shutdown(d, _):
     assert stopped["clean"] is True, stopped
 
 
+def test_openapi(d, _):
+    """api/openapi.yaml documents every route and every error code seen."""
+    with open(os.path.join(SRC, "api", "openapi.yaml")) as f:
+        spec = f.read()
+    for route in ("/decode", "/encode", "/interpolate", "/reconstruct", "/health", "/ready", "/models",
+                  "/metrics"):
+        assert "\n  %s:\n" % route in spec, route
+    enum = re.search(r"enum: \[(invalid_json[^\]]*)\]", spec).group(1)
+    documented = {c.strip() for c in enum.replace("\n", " ").split(",")}
+    assert len(codes_seen) >= 15 and codes_seen <= documented, codes_seen - documented
+
+
 TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_paper_settings,
          test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
-         test_queue_full_and_deadline, test_graceful_shutdown]
+         test_queue_full_and_deadline, test_openapi, test_graceful_shutdown]
 
 
 def main():
