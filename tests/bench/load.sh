@@ -10,8 +10,11 @@
 # Decoding options: grid_step 1.0, 16 iterations by default (343 particles
 # per structure); --paper uses the paper's 0.5 Å grid and 64 iterations
 # (2744 particles, seconds per decode on a CPU).
-# batching on:  --max-batch 32 --max-delay-us 2000 (the defaults)
-# batching off: --no-batching (one latent per backend call)
+# batching on:    --max-batch 32 --max-delay-us 2000 (the defaults; every
+#                 latent in GEMMs of its own, answers bit-identical)
+# batching fused: the same with --fused-batches (a batch's particles share
+#                 GEMMs; answers may differ from unbatched in the last bits)
+# batching off:   --no-batching (one latent per backend call)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -48,9 +51,14 @@ start() { # extra nesfd flags...
 }
 stop() { kill -TERM "$pid"; wait "$pid"; pid=; }
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 results=()
-for mode in on off; do
-  if [ $mode = on ]; then start --max-batch 32 --max-delay-us 2000; else start --no-batching; fi
+for mode in on fused off; do
+  case $mode in
+    on) start --max-batch 32 --max-delay-us 2000 ;;
+    fused) start --max-batch 32 --max-delay-us 2000 --fused-batches ;;
+    off) start --no-batching ;;
+  esac
   for c in 1 8 64; do
     line=$("$build/tests/nesfd_load" --port "$port" --body "$tmp/body.json" --concurrency $c \
            --seconds "$secs" --warmup 2)
@@ -63,9 +71,9 @@ for mode in on off; do
   stop
 done
 
-/usr/bin/python3 - "$label" "$(nproc)" "${results[@]}" <<'PY'
+/usr/bin/python3 - "$label" "$(nproc)" "$load0" "${results[@]}" <<'PY'
 import json, sys
-label, cores, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
+label, cores, load0, rows = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 r, calls = {}, {}
 for row in rows:
     mode, c, rest = row.split(" ", 2)
@@ -75,12 +83,12 @@ for row in rows:
     else:
         r[(mode, int(c))] = json.loads(rest)
 print("nesfd /decode, one latent per request, %s; loopback, %s cores, CPU backend" % (label, cores))
-print("%-11s | %-30s | %-30s" % ("", "batching on (max 32, 2 ms)", "batching off"))
-print("%-11s | %9s %9s %9s | %9s %9s %9s" % ("concurrency", "decodes/s", "p50 ms", "p99 ms",
-                                              "decodes/s", "p50 ms", "p99 ms"))
+print("(load average when the run started: %s; other processes share these cores)" % load0)
+modes = [("on", "batching on"), ("fused", "on, --fused-batches"), ("off", "batching off")]
+print("%-11s" % "" + "".join(" | %-29s" % name for _, name in modes))
+print("%-11s" % "concurrency" + " | decodes/s    p50 ms    p99 ms" * len(modes))
 for c in (1, 8, 64):
-    a, b = r[("on", c)], r[("off", c)]
-    print("%-11d | %9.1f %9.1f %9.1f | %9.1f %9.1f %9.1f" % (c, a["items_per_s"], a["p50_ms"], a["p99_ms"],
-                                                         b["items_per_s"], b["p50_ms"], b["p99_ms"]))
-print("mean latents per backend call: on %.1f, off %.1f" % (calls.get("on", 0), calls.get("off", 0)))
+    print("%-11d" % c + "".join(" | %9.1f %9.0f %9.0f" % (r[(m, c)]["items_per_s"], r[(m, c)]["p50_ms"],
+                                                         r[(m, c)]["p99_ms"]) for m, _ in modes))
+print("mean latents per backend call: " + ", ".join("%s %.1f" % (m, calls.get(m, 0)) for m, _ in modes))
 PY
