@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
-secs=${2:-8}
+secs=${2:-20}
 paper=${3:-}
 for exe in "$build/server/nesfd" "$build/tests/mkmodel" "$build/tests/nesfd_load"; do
   [ -x "$exe" ] || { echo "load.sh: $exe missing (ninja -C $build)" >&2; exit 1; }
@@ -61,7 +61,7 @@ for mode in on fused off; do
   esac
   for c in 1 8 64; do
     line=$("$build/tests/nesfd_load" --port "$port" --body "$tmp/body.json" --concurrency $c \
-           --seconds "$secs" --warmup 2)
+           --seconds "$secs" --warmup 4)
     results+=("$mode $c $line")
     echo "batching $mode, concurrency $c: $line" >&2
   done
