@@ -2,31 +2,35 @@
 # nesfd load benchmark on loopback: decodes/s and p50/p99 latency at
 # concurrency 1, 8 and 64, with dynamic batching on and off, in one run.
 #
-#   tests/bench/load.sh [BUILD_DIR] [SECONDS] [--paper]
+#   tests/bench/load.sh [BUILD_DIR] [SECONDS] [ROUNDS] [--paper]
 #
-# Each client POSTs /decode with one latent, closed loop (tests/bench/
-# nesfd_load.c).  The model is the integration tests' fixture (paper-size
-# network, random weights, two attractor atoms: tests/integration/mkmodel.c).
-# Decoding options: grid_step 1.0, 16 iterations by default (343 particles
-# per structure); --paper uses the paper's 0.5 Å grid and 64 iterations
-# (2744 particles, seconds per decode on a CPU).
-# batching on:    --max-batch 32 --max-delay-us 2000 (the defaults; every
-#                 latent in GEMMs of its own, answers bit-identical)
-# batching fused: the same with --fused-batches (a batch's particles share
-#                 GEMMs; answers may differ from unbatched in the last bits)
-# batching off:   --no-batching (one latent per backend call)
+# Each client POSTs /decode with one latent, closed loop, one keep-alive
+# connection each (tests/bench/nesfd_load.c).  The model is the integration
+# tests' fixture (paper-size network, random weights, two attractor atoms:
+# tests/integration/mkmodel.c).  Decoding options: grid_step 1.0 and 16
+# iterations by default (343 particles per structure); --paper uses the
+# paper's 0.5 Å grid and 64 iterations (2744 particles, seconds per decode
+# on a CPU).  Three daemons run side by side:
+#   on     --max-batch 32 --max-delay-us 2000 (the defaults; every latent in
+#          GEMMs of its own inside a batch: answers bit-identical)
+#   fused  the same with --fused-batches (a batch's particles share GEMMs)
+#   off    --no-batching (one latent per backend call)
+# and the measurement windows (SECONDS, 10 by default, twice that at
+# concurrency 64) alternate between them ROUNDS times (2), so that a change
+# in the machine's load hits all three alike.  Figures pool the rounds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
-secs=${2:-20}
-paper=${3:-}
+secs=${2:-10}
+rounds=${3:-2}
+paper=${4:-}
 for exe in "$build/server/nesfd" "$build/tests/mkmodel" "$build/tests/nesfd_load"; do
   [ -x "$exe" ] || { echo "load.sh: $exe missing (ninja -C $build)" >&2; exit 1; }
 done
 shared=${NESF_SHARED:-$PWD/../shared}
 tmp=$(mktemp -d)
-pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 "$build/tests/mkmodel" "$tmp/fx.safetensors" "$shared/datasets/lcs6/meta.json" 7
 if [ "$paper" = --paper ]; then opts='{}'; label="paper settings (0.5 A grid, 64 iterations)"
@@ -38,57 +42,67 @@ json.dump({"latents": [[rnd.gauss(0, 1) for _ in range(192)]], "options": json.l
           open(sys.argv[1], "w"))
 PY
 
-start() { # extra nesfd flags...
+declare -A port
+start() { # mode, extra nesfd flags...
+  local mode=$1; shift
   "$build/server/nesfd" --listen 127.0.0.1:0 --model "fx=$tmp/fx.safetensors" --backend cpu \
-    --http-threads 4 --quiet "$@" 2> "$tmp/log" &
-  pid=$!
+    --http-threads 4 --quiet "$@" 2> "$tmp/log.$mode" &
+  pids+=($!)
   for _ in $(seq 100); do
-    port=$(grep -o '"port":[0-9]*' "$tmp/log" | cut -d: -f2 || true)
-    [ -n "$port" ] && return 0
+    port[$mode]=$(grep -o '"port":[0-9]*' "$tmp/log.$mode" | cut -d: -f2 || true)
+    [ -n "${port[$mode]}" ] && return 0
     sleep 0.1
   done
-  echo "load.sh: nesfd did not start" >&2; cat "$tmp/log" >&2; exit 1
+  echo "load.sh: nesfd ($mode) did not start" >&2; cat "$tmp/log.$mode" >&2; exit 1
 }
-stop() { kill -TERM "$pid"; wait "$pid"; pid=; }
+metric() { # mode, name -> value for model fx, op decode
+  curl -s "http://127.0.0.1:${port[$1]}/metrics" | awk -v n="$2{model=\"fx\",op=\"decode\"}" '$1 == n {print $2}'
+}
+start on --max-batch 32 --max-delay-us 2000
+start fused --max-batch 32 --max-delay-us 2000 --fused-batches
+start off --no-batching
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
-results=()
-for mode in on fused off; do
-  case $mode in
-    on) start --max-batch 32 --max-delay-us 2000 ;;
-    fused) start --max-batch 32 --max-delay-us 2000 --fused-batches ;;
-    off) start --no-batching ;;
-  esac
-  for c in 1 8 64; do
-    line=$("$build/tests/nesfd_load" --port "$port" --body "$tmp/body.json" --concurrency $c \
-           --seconds "$secs" --warmup 4)
-    results+=("$mode $c $line")
-    echo "batching $mode, concurrency $c: $line" >&2
+for c in 1 8 64; do
+  w=$secs; [ $c = 64 ] && w=$((2 * secs))
+  for r in $(seq "$rounds"); do
+    for mode in on fused off; do
+      b0=$(metric $mode nesfd_batch_size_count); i0=$(metric $mode nesfd_batch_size_sum)
+      line=$("$build/tests/nesfd_load" --port "${port[$mode]}" --body "$tmp/body.json" --concurrency $c \
+             --seconds "$w" --warmup 3 --latencies "$tmp/lat.$mode.$c")
+      b1=$(metric $mode nesfd_batch_size_count); i1=$(metric $mode nesfd_batch_size_sum)
+      echo "$mode $c $w $line $((b1 - b0)) $((i1 - i0))" >> "$tmp/runs"
+      echo "round $r, batching $mode, concurrency $c: $line" >&2
+    done
   done
-  batches=$(curl -s "http://127.0.0.1:$port/metrics" | grep '^nesfd_batch_size_count{model="fx",op="decode"}' | awk '{print $2}')
-  items=$(curl -s "http://127.0.0.1:$port/metrics" | grep '^nesfd_batch_size_sum{model="fx",op="decode"}' | awk '{print $2}')
-  results+=("$mode calls $batches $items")
-  stop
 done
 
-/usr/bin/python3 - "$label" "$(nproc)" "$load0" "${results[@]}" <<'PY'
-import json, sys
-label, cores, load0, rows = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-r, calls = {}, {}
-for row in rows:
-    mode, c, rest = row.split(" ", 2)
-    if c == "calls":
-        b, i = rest.split()
-        calls[mode] = (float(i) / float(b)) if float(b) else 0
-    else:
-        r[(mode, int(c))] = json.loads(rest)
+/usr/bin/python3 - "$label" "$(nproc)" "$load0" "$(cut -d' ' -f1-3 /proc/loadavg)" "$tmp" <<'PY'
+import json, os, sys
+label, cores, load0, load1, tmp = sys.argv[1:]
+req, secs, calls, items = {}, {}, {}, {}
+for line in open(os.path.join(tmp, "runs")):
+    mode, c, w, rest = line.split(" ", 3)
+    j, b, i = rest.rsplit(" ", 2)
+    k = (mode, int(c))
+    req[k] = req.get(k, 0) + json.loads(j)["requests"]
+    secs[k] = secs.get(k, 0) + float(w)
+    calls[k] = calls.get(k, 0) + int(b)
+    items[k] = items.get(k, 0) + int(i)
+def pct(v, p):
+    return v[int(p * (len(v) - 1) + 0.5)] if v else float("nan")
 print("nesfd /decode, one latent per request, %s; loopback, %s cores, CPU backend" % (label, cores))
-print("(load average when the run started: %s; other processes share these cores)" % load0)
+print("(load average %s at the start, %s at the end: other processes share these cores)" % (load0, load1))
 modes = [("on", "batching on"), ("fused", "on, --fused-batches"), ("off", "batching off")]
-print("%-11s" % "" + "".join(" | %-29s" % name for _, name in modes))
-print("%-11s" % "concurrency" + " | decodes/s    p50 ms    p99 ms" * len(modes))
+print("%-11s" % "" + "".join(" | %-36s" % name for _, name in modes))
+print("%-11s" % "concurrency" + " | decodes/s  p50 ms  p99 ms  per call" * len(modes))
 for c in (1, 8, 64):
-    print("%-11d" % c + "".join(" | %9.1f %9.0f %9.0f" % (r[(m, c)]["items_per_s"], r[(m, c)]["p50_ms"],
-                                                         r[(m, c)]["p99_ms"]) for m, _ in modes))
-print("mean latents per backend call: " + ", ".join("%s %.1f" % (m, calls.get(m, 0)) for m, _ in modes))
+    row = "%-11d" % c
+    for m, _ in modes:
+        lat = sorted(float(x) for x in open(os.path.join(tmp, "lat.%s.%d" % (m, c))))
+        k = (m, c)
+        row += " | %9.1f %7.0f %7.0f %9.1f" % (req[k] / secs[k], pct(lat, 0.5), pct(lat, 0.99),
+                                              items[k] / calls[k] if calls[k] else 0)
+    print(row)
+print("per call: mean latents per backend call (from /metrics)")
 PY

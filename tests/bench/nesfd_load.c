@@ -9,7 +9,8 @@
  * items per request, e.g. latents), latency p50/p90/p99/max in ms, errors.
  * One JSON line on stdout.
  * Closed loop: a client sends its next request when the previous answer
- * is in, so the concurrency is exactly N. */
+ * is in, so the concurrency is exactly N.  --latencies FILE appends every
+ * counted latency (ms), one per line, for pooling runs. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -147,7 +148,7 @@ static double pct(const double *v, int n, double p)
 
 int main(int argc, char **argv)
 {
-    const char *body_path = NULL;
+    const char *body_path = NULL, *lat_path = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--port")) port = atoi(v);
@@ -159,6 +160,7 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--warmup")) warmup = atof(v);
         else if (!strcmp(k, "--token")) snprintf(token, sizeof token, "%s", v);
         else if (!strcmp(k, "--items")) items = atoi(v);
+        else if (!strcmp(k, "--latencies")) lat_path = v;
         else {
             fprintf(stderr, "nesfd_load: unknown option %s\n", k);
             return 2;
@@ -206,6 +208,15 @@ int main(int argc, char **argv)
     for (int i = 0, k = 0; i < concurrency; i++)
         for (int j = 0; j < cl[i].n; j++) all[k++] = cl[i].lat[j];
     qsort(all, (size_t)total, sizeof *all, cmp);
+    if (lat_path) { /* appended, for pooling several runs */
+        FILE *lf = fopen(lat_path, "a");
+        if (!lf) {
+            perror(lat_path);
+            return 1;
+        }
+        for (int i = 0; i < total; i++) fprintf(lf, "%.3f\n", all[i]);
+        fclose(lf);
+    }
     printf("{\"concurrency\":%d,\"seconds\":%.1f,\"requests\":%d,\"requests_per_s\":%.2f,"
            "\"items_per_s\":%.2f,\"p50_ms\":%.1f,\"p90_ms\":%.1f,\"p99_ms\":%.1f,\"max_ms\":%.1f,"
            "\"non_2xx\":%ld,\"errors\":%ld}\n",
