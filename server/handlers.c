@@ -707,13 +707,14 @@ static void h_health(nesfd_req *r, void *ctx)
 static void h_ready(nesfd_req *r, void *ctx)
 {
     nesfd_app *app = ctx;
-    int ready = !app->draining && nesfd_engine_ready(app->engine);
+    int draining = atomic_load(&app->draining);
+    int ready = !draining && nesfd_engine_ready(app->engine);
     json_t *models = json_array();
     for (int i = 0; i < nesfd_engine_count(app->engine); i++)
         json_array_append_new(models, json_string(nesfd_engine_at(app->engine, i)->name));
     json_t *ans = json_pack("{s:b, s:o}", "ready", ready, "models", models);
     if (!ready) {
-        json_object_set_new(ans, "reason", json_string(app->draining ? "shutting down" : "models not loaded"));
+        json_object_set_new(ans, "reason", json_string(draining ? "shutting down" : "models not loaded"));
         nesfd_req_add_header(r, "Retry-After", "5");
     }
     nesfd_reply_json(r, ready ? 200 : 503, ans);

@@ -3,6 +3,8 @@
 #ifndef NESFD_HANDLERS_H
 #define NESFD_HANDLERS_H
 
+#include <stdatomic.h>
+
 #include "config.h"
 #include "engine.h"
 #include "http.h"
@@ -12,7 +14,7 @@ typedef struct nesfd_app {
     const nesfd_config *cfg;
     nesfd_engine *engine;
     nesfd_metrics *metrics;
-    volatile int draining;   /* set on SIGTERM: /ready answers 503 */
+    atomic_int draining;     /* set on SIGTERM: /ready answers 503 */
 } nesfd_app;
 
 /* The route table (static storage); *n receives its length.  The static

@@ -95,7 +95,7 @@ int main(int argc, char **argv)
     nesfd_log_json("info", "shutdown",
                    json_pack("{s:s, s:i}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM",
                              "in_flight", nesfd_http_inflight(http)));
-    app.draining = 1;
+    atomic_store(&app.draining, 1);
     nesfd_http_quiesce(http);
     int clean = drain(http, &sigs, cfg.shutdown_grace_s);
     /* what is still queued is answered 503; suspended requests must all be
