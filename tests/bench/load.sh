@@ -15,9 +15,12 @@
 #          GEMMs of its own inside a batch: answers bit-identical)
 #   fused  the same with --fused-batches (a batch's particles share GEMMs)
 #   off    --no-batching (one latent per backend call)
-# and the measurement windows (SECONDS, 10 by default, twice that at
-# concurrency 64) alternate between them ROUNDS times (2), so that a change
-# in the machine's load hits all three alike.  Figures pool the rounds.
+# each with one BLAS thread and two HTTP threads, and the measurement
+# windows (SECONDS, 10 by default, twice that at concurrency 64) alternate
+# between them ROUNDS times (2), so that a change in the machine's load hits
+# all three alike.  Figures pool the rounds; besides wall-clock rates and
+# latencies the table gives each daemon's CPU time per decode, which stays
+# meaningful on a machine shared with other work.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
@@ -42,18 +45,23 @@ json.dump({"latents": [[rnd.gauss(0, 1) for _ in range(192)]], "options": json.l
           open(sys.argv[1], "w"))
 PY
 
-declare -A port
+declare -A port pid
 start() { # mode, extra nesfd flags...
   local mode=$1; shift
   "$build/server/nesfd" --listen 127.0.0.1:0 --model "fx=$tmp/fx.safetensors" --backend cpu \
-    --http-threads 4 --quiet "$@" 2> "$tmp/log.$mode" &
+    --compute-threads 1 --http-threads 2 --quiet "$@" 2> "$tmp/log.$mode" &
   pids+=($!)
+  pid[$mode]=$!
   for _ in $(seq 100); do
     port[$mode]=$(grep -o '"port":[0-9]*' "$tmp/log.$mode" | cut -d: -f2 || true)
     [ -n "${port[$mode]}" ] && return 0
     sleep 0.1
   done
   echo "load.sh: nesfd ($mode) did not start" >&2; cat "$tmp/log.$mode" >&2; exit 1
+}
+tick=$(getconf CLK_TCK)
+cputicks() { # mode -> user + system clock ticks of that daemon so far
+  awk '{print $14 + $15}' "/proc/${pid[$1]}/stat"
 }
 metric() { # mode, name -> value for model fx, op decode
   curl -s "http://127.0.0.1:${port[$1]}/metrics" | awk -v n="$2{model=\"fx\",op=\"decode\"}" '$1 == n {print $2}'
@@ -68,41 +76,46 @@ for c in 1 8 64; do
   for r in $(seq "$rounds"); do
     for mode in on fused off; do
       b0=$(metric $mode nesfd_batch_size_count); i0=$(metric $mode nesfd_batch_size_sum)
+      t0=$(cputicks $mode)
       line=$("$build/tests/nesfd_load" --port "${port[$mode]}" --body "$tmp/body.json" --concurrency $c \
              --seconds "$w" --warmup 3 --latencies "$tmp/lat.$mode.$c")
+      t1=$(cputicks $mode)
       b1=$(metric $mode nesfd_batch_size_count); i1=$(metric $mode nesfd_batch_size_sum)
-      echo "$mode $c $w $line $((b1 - b0)) $((i1 - i0))" >> "$tmp/runs"
+      echo "$mode $c $w $line $((b1 - b0)) $((i1 - i0)) $((t1 - t0))" >> "$tmp/runs"
       echo "round $r, batching $mode, concurrency $c: $line" >&2
     done
   done
 done
 
-/usr/bin/python3 - "$label" "$(nproc)" "$load0" "$(cut -d' ' -f1-3 /proc/loadavg)" "$tmp" <<'PY'
+/usr/bin/python3 - "$label" "$(nproc)" "$load0" "$(cut -d' ' -f1-3 /proc/loadavg)" "$tmp" "$tick" <<'PY'
 import json, os, sys
-label, cores, load0, load1, tmp = sys.argv[1:]
-req, secs, calls, items = {}, {}, {}, {}
+label, cores, load0, load1, tmp, tick = sys.argv[1:]
+req, secs, calls, items, cpu = {}, {}, {}, {}, {}
 for line in open(os.path.join(tmp, "runs")):
     mode, c, w, rest = line.split(" ", 3)
-    j, b, i = rest.rsplit(" ", 2)
+    j, b, i, t = rest.rsplit(" ", 3)
     k = (mode, int(c))
     req[k] = req.get(k, 0) + json.loads(j)["requests"]
     secs[k] = secs.get(k, 0) + float(w)
     calls[k] = calls.get(k, 0) + int(b)
     items[k] = items.get(k, 0) + int(i)
+    cpu[k] = cpu.get(k, 0) + int(t) / float(tick)
 def pct(v, p):
     return v[int(p * (len(v) - 1) + 0.5)] if v else float("nan")
 print("nesfd /decode, one latent per request, %s; loopback, %s cores, CPU backend" % (label, cores))
 print("(load average %s at the start, %s at the end: other processes share these cores)" % (load0, load1))
 modes = [("on", "batching on"), ("fused", "on, --fused-batches"), ("off", "batching off")]
-print("%-11s" % "" + "".join(" | %-36s" % name for _, name in modes))
-print("%-11s" % "concurrency" + " | decodes/s  p50 ms  p99 ms  per call" * len(modes))
+print("%-11s" % "" + "".join(" | %-44s" % name for _, name in modes))
+print("%-11s" % "concurrency" + " | decodes/s  p50 ms  p99 ms  cpu ms  per call" * len(modes))
 for c in (1, 8, 64):
     row = "%-11d" % c
     for m, _ in modes:
         lat = sorted(float(x) for x in open(os.path.join(tmp, "lat.%s.%d" % (m, c))))
         k = (m, c)
-        row += " | %9.1f %7.0f %7.0f %9.1f" % (req[k] / secs[k], pct(lat, 0.5), pct(lat, 0.99),
-                                              items[k] / calls[k] if calls[k] else 0)
+        row += " | %9.1f %7.0f %7.0f %7.1f %9.1f" % (
+            req[k] / secs[k], pct(lat, 0.5), pct(lat, 0.99),
+            1e3 * cpu[k] / items[k] if items[k] else 0, items[k] / calls[k] if calls[k] else 0)
     print(row)
-print("per call: mean latents per backend call (from /metrics)")
+print("cpu ms: the daemon's CPU time (user + system, all threads) per decoded latent, which other load")
+print("on the machine does not inflate; per call: mean latents per backend call (from /metrics)")
 PY
