@@ -119,12 +119,28 @@ typedef struct nesf_backend_ops {
     /* out[r] = sum_c X[r, c]^2 (particle scores) */
     void (*row_sqnorm)(nesf_backend *be, int rows, int cols, const float *X, int ldx,
                        float *out);
+
+    /* A Linear layer: out = act(X W^T + b) with X rows x K (ldx), W N x K
+     * (ldw), out rows x N (ldo, not aliasing X); b may be NULL; act = ReLU
+     * when relu.  gemm + bias_act in one op, so that a GPU can apply the
+     * bias and ReLU in the GEMM's epilogue. */
+    void (*linear)(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
+                   const float *W, int ldw, const float *b, int relu, float *out, int ldo);
+
+    /* Species vote (decoding step 6): the n*P rows of L (A logits each,
+     * contiguous) form n groups of P; cls[i] = the class that most rows of
+     * group i have as their argmax (first maximum, NaN never wins), ties to
+     * the lowest class.  cls: n ints in backend memory. */
+    void (*vote)(nesf_backend *be, int n, int P, int A, const float *L, int *cls);
 } nesf_backend_ops;
 
 struct nesf_backend {
     const char *name;      /* "cpu", "cuda" */
     char device[160];      /* human description, e.g. "CPU, OpenBLAS 2 threads" */
     int threads;           /* CPU threads used (informational on CUDA) */
+    double peak_flops;     /* peak FLOP/s of the GEMM arithmetic in use (0: unknown) */
+    int chunk_rows;        /* rows per pass the backend runs best (field chunks):
+                              cache-sized on the CPU, launch-amortising on a GPU */
     const nesf_backend_ops *ops;
     void *impl;            /* backend private state */
 };

@@ -10,6 +10,35 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Column blocks: the per-column reductions run over CB adjacent columns at
+ * a time, one block per thread, so results do not depend on the thread
+ * count (a resumed run on another machine reproduces the same numbers). */
+#define CB 16
+
+/* acc[c] += sum over rows of f(X[r, c]) for c < w, in float over runs of
+ * 256 rows and in double across runs:
+ *   mode 0: X;  mode 1: (X - mu)^2;  mode 2: X (Y - mu) with Y[r, c] at ldy. */
+static void col_sums(int rows, int w, const float *X, int ldx, double *acc, const float *mu,
+                     const float *Y, int ldy, int mode)
+{
+    for (int r0 = 0; r0 < rows; r0 += 256) {
+        const int r1 = r0 + 256 < rows ? r0 + 256 : rows;
+        float part[CB] = {0};
+        for (int r = r0; r < r1; r++) {
+            const float *x = X + (size_t)r * ldx;
+            if (mode == 0)
+                for (int c = 0; c < w; c++) part[c] += x[c];
+            else if (mode == 1)
+                for (int c = 0; c < w; c++) part[c] += (x[c] - mu[c]) * (x[c] - mu[c]);
+            else {
+                const float *y = Y + (size_t)r * ldy;
+                for (int c = 0; c < w; c++) part[c] += x[c] * (y[c] - mu[c]);
+            }
+        }
+        for (int c = 0; c < w; c++) acc[c] += part[c];
+    }
+}
+
 static void cpu_destroy(nesf_backend *be) { free(be); }
 
 static void *cpu_alloc(nesf_backend *be, size_t bytes)
@@ -70,6 +99,7 @@ static void cpu_bias_act(nesf_backend *be, int rows, int cols, const float *Y, i
                          const float *b, int relu, float *out, int ldo)
 {
     (void)be;
+#pragma omp parallel for schedule(static) if (rows > 256)
     for (int r = 0; r < rows; r++) {
         const float *y = Y + (size_t)r * ldy;
         float *o = out + (size_t)r * ldo;
@@ -157,14 +187,14 @@ static void cpu_group_max_backward(nesf_backend *be, int S, int cols, const floa
 static void cpu_col_sum(nesf_backend *be, int rows, int cols, const float *X, int ldx, float *b)
 {
     (void)be;
-    double *acc = calloc((size_t)cols, sizeof *acc);
-    if (!acc) return;
-    for (int r = 0; r < rows; r++) {
-        const float *x = X + (size_t)r * ldx;
-        for (int c = 0; c < cols; c++) acc[c] += x[c];
+    const int nblk = (cols + CB - 1) / CB;
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < nblk; k++) {
+        const int c0 = k * CB, w = cols - c0 < CB ? cols - c0 : CB;
+        double acc[CB] = {0};
+        col_sums(rows, w, X + c0, ldx, acc, NULL, NULL, 0, 0);
+        for (int c = 0; c < w; c++) b[c0 + c] += (float)acc[c];
     }
-    for (int c = 0; c < cols; c++) b[c] += (float)acc[c];
-    free(acc);
 }
 
 static void cpu_bn_train(nesf_backend *be, int rows, int cols, const float *X, int ldx,
@@ -173,35 +203,32 @@ static void cpu_bn_train(nesf_backend *be, int rows, int cols, const float *X, i
                          float *out, int ldo)
 {
     (void)be;
-    double *sum = calloc((size_t)2 * cols, sizeof *sum), *sq = sum + cols;
-    if (!sum) return;
-    for (int r = 0; r < rows; r++) {
-        const float *x = X + (size_t)r * ldx;
-        for (int c = 0; c < cols; c++) sum[c] += x[c];
-    }
-    for (int c = 0; c < cols; c++) sum[c] /= rows;
-    for (int r = 0; r < rows; r++) {
-        const float *x = X + (size_t)r * ldx;
-        for (int c = 0; c < cols; c++) {
-            double d = x[c] - sum[c];
-            sq[c] += d * d;
+    const int nblk = (cols + CB - 1) / CB;
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < nblk; k++) {
+        const int c0 = k * CB, w = cols - c0 < CB ? cols - c0 : CB;
+        double sum[CB] = {0}, sq[CB] = {0};
+        col_sums(rows, w, X + c0, ldx, sum, NULL, NULL, 0, 0);
+        float mu[CB], is[CB], g[CB], bt[CB];
+        for (int c = 0; c < w; c++) mu[c] = (float)(sum[c] / rows);
+        col_sums(rows, w, X + c0, ldx, sq, mu, NULL, 0, 1);
+        for (int c = 0; c < w; c++) {
+            double var = sq[c] / rows;
+            mean[c0 + c] = mu[c];
+            invstd[c0 + c] = is[c] = (float)(1.0 / sqrt(var + eps));
+            g[c] = gamma[c0 + c] * is[c];
+            bt[c] = beta[c0 + c] - mu[c] * g[c];
+            if (running_mean) {
+                double unbiased = rows > 1 ? sq[c] / (rows - 1) : var;
+                running_mean[c0 + c] = (float)((1 - momentum) * running_mean[c0 + c] + momentum * (sum[c] / rows));
+                running_var[c0 + c] = (float)((1 - momentum) * running_var[c0 + c] + momentum * unbiased);
+            }
         }
-    }
-    for (int c = 0; c < cols; c++) {
-        double var = sq[c] / rows;
-        mean[c] = (float)sum[c];
-        invstd[c] = (float)(1.0 / sqrt(var + eps));
-        if (running_mean) {
-            double unbiased = rows > 1 ? sq[c] / (rows - 1) : var;
-            running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * sum[c]);
-            running_var[c] = (float)((1 - momentum) * running_var[c] + momentum * unbiased);
+        for (int r = 0; r < rows; r++) {
+            const float *x = X + (size_t)r * ldx + c0;
+            float *o = out + (size_t)r * ldo + c0;
+            for (int c = 0; c < w; c++) o[c] = x[c] * g[c] + bt[c];
         }
-    }
-    free(sum);
-    for (int r = 0; r < rows; r++) {
-        const float *x = X + (size_t)r * ldx;
-        float *o = out + (size_t)r * ldo;
-        for (int c = 0; c < cols; c++) o[c] = gamma[c] * (x[c] - mean[c]) * invstd[c] + beta[c];
     }
 }
 
@@ -211,40 +238,41 @@ static void cpu_relu_bn_backward(nesf_backend *be, int rows, int cols, const flo
                                  float *dbeta)
 {
     (void)be;
-    double *sdy = calloc((size_t)2 * cols, sizeof *sdy), *sdyx = sdy + cols;
-    float *k1 = malloc((size_t)3 * cols * sizeof *k1), *k2 = k1 + cols, *k3 = k2 + cols;
-    if (!sdy || !k1) { free(sdy); free(k1); return; }
-    for (int r = 0; r < rows; r++) {
-        const float *x = R + (size_t)r * ldr, *g = dOut + (size_t)r * ldo;
-        for (int c = 0; c < cols; c++) {
-            sdy[c] += g[c];
-            sdyx[c] += g[c] * (x[c] - mean[c]) * invstd[c];
+    const int nblk = (cols + CB - 1) / CB;
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < nblk; k++) {
+        const int c0 = k * CB, w = cols - c0 < CB ? cols - c0 : CB;
+        double sdy[CB] = {0}, sdyx[CB] = {0};
+        float mu[CB], k1[CB], k2[CB], k3[CB];
+        for (int c = 0; c < w; c++) mu[c] = mean[c0 + c];
+        /* sum g and sum g (x - mean) */
+        col_sums(rows, w, dOut + c0, ldo, sdy, NULL, NULL, 0, 0);
+        col_sums(rows, w, dOut + c0, ldo, sdyx, mu, R + c0, ldr, 2);
+        /* dx = gamma invstd (g - sum g / N - xhat sum(g xhat) / N) */
+        for (int c = 0; c < w; c++) {
+            const float is = invstd[c0 + c];
+            dbeta[c0 + c] += (float)sdy[c];
+            dgamma[c0 + c] += (float)(sdyx[c] * is);
+            k1[c] = gamma[c0 + c] * is;
+            k2[c] = (float)(sdy[c] / rows);
+            k3[c] = (float)(sdyx[c] / rows) * is * is;
+        }
+        for (int r = 0; r < rows; r++) {
+            const float *x = R + (size_t)r * ldr + c0, *g = dOut + (size_t)r * ldo + c0;
+            float *d = dY + (size_t)r * ldd + c0;
+            for (int c = 0; c < w; c++) {
+                float v = k1[c] * (g[c] - k2[c] - (x[c] - mu[c]) * k3[c]);
+                d[c] = x[c] > 0 ? v : 0;
+            }
         }
     }
-    /* dx = gamma invstd (g - sum g / N - xhat sum(g xhat) / N) */
-    for (int c = 0; c < cols; c++) {
-        dbeta[c] += (float)sdy[c];
-        dgamma[c] += (float)sdyx[c];
-        k1[c] = gamma[c] * invstd[c];
-        k2[c] = (float)(sdy[c] / rows);
-        k3[c] = (float)(sdyx[c] / rows) * invstd[c];
-    }
-    for (int r = 0; r < rows; r++) {
-        const float *x = R + (size_t)r * ldr, *g = dOut + (size_t)r * ldo;
-        float *d = dY + (size_t)r * ldd;
-        for (int c = 0; c < cols; c++) {
-            float v = k1[c] * (g[c] - k2[c] - (x[c] - mean[c]) * k3[c]);
-            d[c] = x[c] > 0 ? v : 0;
-        }
-    }
-    free(sdy);
-    free(k1);
 }
 
 static void cpu_relu_backward(nesf_backend *be, int rows, int cols, const float *R, int ldr,
                               const float *dOut, int ldo, float *dY, int ldd)
 {
     (void)be;
+#pragma omp parallel for schedule(static) if (rows > 256)
     for (int r = 0; r < rows; r++) {
         const float *x = R + (size_t)r * ldr, *g = dOut + (size_t)r * ldo;
         float *d = dY + (size_t)r * ldd;
@@ -336,6 +364,35 @@ static void cpu_row_sqnorm(nesf_backend *be, int rows, int cols, const float *X,
     }
 }
 
+static void cpu_linear(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
+                       const float *W, int ldw, const float *b, int relu, float *out, int ldo)
+{
+    cpu_gemm(be, 0, 1, rows, N, K, 1.0f, X, ldx, W, ldw, 0.0f, out, ldo);
+    cpu_bias_act(be, rows, N, out, ldo, b, relu, out, ldo);
+}
+
+static void cpu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *cls)
+{
+    (void)be;
+    int *votes = malloc((size_t)(A > 0 ? A : 1) * sizeof *votes);
+    if (!votes) return;
+    for (int i = 0; i < n; i++) {
+        memset(votes, 0, (size_t)A * sizeof *votes);
+        for (int p = 0; p < P; p++) {
+            const float *x = L + ((size_t)i * P + p) * A;
+            int b = 0;
+            for (int c = 1; c < A; c++)
+                if (x[c] > x[b] || (isnan(x[b]) && !isnan(x[c]))) b = c;
+            votes[b]++;
+        }
+        int best = 0;
+        for (int c = 1; c < A; c++)
+            if (votes[c] > votes[best]) best = c;
+        cls[i] = best;
+    }
+    free(votes);
+}
+
 static const nesf_backend_ops cpu_ops = {
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
@@ -363,6 +420,8 @@ static const nesf_backend_ops cpu_ops = {
     .cross_entropy = cpu_cross_entropy,
     .adam = cpu_adam,
     .row_sqnorm = cpu_row_sqnorm,
+    .linear = cpu_linear,
+    .vote = cpu_vote,
 };
 
 int nesf_backend_cpu_create(int threads, nesf_backend **out, nesf_error *err)
@@ -378,6 +437,7 @@ int nesf_backend_cpu_create(int threads, nesf_backend **out, nesf_error *err)
 #endif
     be->name = "cpu";
     be->threads = threads;
+    be->chunk_rows = 4096; /* a chunk's activations stay in the last-level cache */
     be->ops = &cpu_ops;
     snprintf(be->device, sizeof be->device, "CPU, OpenBLAS, %d thread%s", threads,
              threads == 1 ? "" : "s");

@@ -510,55 +510,96 @@ static int parse_symop(const tok *v, symop *op)
     return fabs(fabs(d) - 1) < 1e-9 ? 0 : -1;
 }
 
-static int read_symops(ctx *c, symop **ops_out, int *nops)
+/* A scalar text value (NUL-terminated copy, at most n-1 bytes) or "". */
+static int scalar_text(ctx *c, const char *const *names, char *buf, size_t n, int *line)
+{
+    column col;
+    buf[0] = 0;
+    int r = find_any(c, names, &col, NULL);
+    if (r <= 0) return r;
+    const tok *v = cell(c, &col, 0);
+    *line = col.line;
+    if (!is_missing(v)) snprintf(buf, n, "%.*s", v->len, v->p);
+    return 1;
+}
+
+static int is_p1(const char *s)
+{
+    char t[8];
+    size_t k = 0;
+    for (; *s && k < sizeof t - 1; s++)
+        if (*s != ' ' && *s != '_') t[k++] = (char)tolower((unsigned char)*s);
+    t[k] = 0;
+    return !*s && (!strcmp(t, "p1") || !strcmp(t, "p1(1)"));
+}
+
+/* No operation loop: the identity for P1, else the group spglib's
+ * database has under the block's symbol, Hall symbol or number. */
+static int symops_by_name(ctx *c, const nesf_cellpar *cell_par, symop **ops_out, int *nops)
+{
+    static const char *const hm_tags[] = {"_symmetry_space_group_name_h-m",
+                                          "_space_group_name_h-m_alt", NULL};
+    static const char *const hall_tags[] = {"_symmetry_space_group_name_hall",
+                                            "_space_group_name_hall", NULL};
+    static const char *const it_tags[] = {"_symmetry_int_tables_number", "_space_group_it_number",
+                                          NULL};
+    char hm[64], hall[64], num[32];
+    int line = c->b->name.line, lh = line, lhall = line, ln = line;
+    if (scalar_text(c, hm_tags, hm, sizeof hm, &lh) < 0 ||
+        scalar_text(c, hall_tags, hall, sizeof hall, &lhall) < 0 ||
+        scalar_text(c, it_tags, num, sizeof num, &ln) < 0)
+        return NESF_ERR_PARSE;
+    int number = 0;
+    if (num[0]) {
+        char *end;
+        long v = strtol(num, &end, 10);
+        if (*end || v < 1 || v > 230)
+            return lex_fail(c->L, ln, "space group number '%s': 1..230 expected", num);
+        number = (int)v;
+    }
+    symop *ops = calloc(NESF_CIF_MAX_OPS, sizeof *ops);
+    if (!ops) return oom(c->L);
+    if ((!hm[0] || is_p1(hm)) && (!hall[0] || is_p1(hall)) && number <= 1) {
+        ops[0].r[0][0] = ops[0].r[1][1] = ops[0].r[2][2] = 1;
+        *ops_out = ops;
+        *nops = 1;
+        return NESF_OK;
+    }
+    int (*rot)[3][3] = malloc(192 * sizeof *rot);
+    double (*tr)[3] = malloc(192 * sizeof *tr);
+    int n = 0, rc = NESF_OK;
+    nesf_error e2 = {0};
+    if (!rot || !tr) rc = oom(c->L);
+    else if (nesf_spacegroup_ops(hm, hall, number, cell_par, rot, tr, &n, &e2))
+        rc = lex_fail(c->L, hall[0] ? lhall : hm[0] ? lh : ln,
+                      "no symmetry operations listed (_symmetry_equiv_pos_as_xyz) and %s", e2.msg);
+    for (int o = 0; !rc && o < n && o < NESF_CIF_MAX_OPS; o++)
+        for (int i = 0; i < 3; i++) {
+            for (int j = 0; j < 3; j++) ops[o].r[i][j] = rot[o][i][j];
+            ops[o].t[i] = tr[o][i];
+        }
+    free(rot);
+    free(tr);
+    if (rc) {
+        free(ops);
+        return rc;
+    }
+    *ops_out = ops;
+    *nops = n;
+    return NESF_OK;
+}
+
+static int read_symops(ctx *c, const nesf_cellpar *cell_par, symop **ops_out, int *nops)
 {
     static const char *const op_tags[] = {"_symmetry_equiv_pos_as_xyz",
                                           "_space_group_symop_operation_xyz", NULL};
-    static const char *const hm_tags[] = {"_symmetry_space_group_name_h-m",
-                                          "_space_group_name_h-m_alt", NULL};
-    static const char *const it_tags[] = {"_symmetry_int_tables_number", "_space_group_it_number",
-                                          NULL};
     *ops_out = NULL;
     *nops = 0;
     column col;
     const char *which = NULL;
     int r = find_any(c, op_tags, &col, &which);
     if (r < 0) return NESF_ERR_PARSE;
-    if (!r) {
-        /* no operations: only a P1 block is complete */
-        column hm, it;
-        int rh = find_any(c, hm_tags, &hm, NULL), ri = find_any(c, it_tags, &it, NULL);
-        if (rh < 0 || ri < 0) return NESF_ERR_PARSE;
-        if (rh) {
-            const tok *v = cell(c, &hm, 0);
-            char s[32];
-            int n = 0;
-            for (int i = 0; i < v->len && n < 31; i++)
-                if (v->p[i] != ' ' && v->p[i] != '_') s[n++] = (char)tolower((unsigned char)v->p[i]);
-            s[n] = 0;
-            if (!is_missing(v) && strcmp(s, "p1"))
-                return lex_fail(c->L, hm.line,
-                                "space group '%.*s' but no symmetry operations "
-                                "(_symmetry_equiv_pos_as_xyz or _space_group_symop_operation_xyz "
-                                "expected; or give the full P1 cell)",
-                                v->len > 30 ? 30 : v->len, v->p);
-        }
-        if (ri) {
-            const tok *v = cell(c, &it, 0);
-            double num;
-            if (!is_missing(v) && (parse_number(v, &num) || num != 1))
-                return lex_fail(c->L, it.line,
-                                "space group number '%.*s' but no symmetry operations "
-                                "(_symmetry_equiv_pos_as_xyz expected)",
-                                v->len > 12 ? 12 : v->len, v->p);
-        }
-        symop *id = calloc(1, sizeof *id);
-        if (!id) return oom(c->L);
-        id->r[0][0] = id->r[1][1] = id->r[2][2] = 1;
-        *ops_out = id;
-        *nops = 1;
-        return NESF_OK;
-    }
+    if (!r) return symops_by_name(c, cell_par, ops_out, nops);
     int n = col.tab->nrows;
     if (n > NESF_CIF_MAX_OPS)
         return lex_fail(c->L, col.line, "%d symmetry operations (at most %d expected)", n,
@@ -802,7 +843,7 @@ static int read_sites(ctx *c, const nesf_lattice *lat, asym_site **out, int *nou
         else
             memcpy(s[i].x, x, sizeof x);
         for (int k = 0; k < 3; k++)
-            if (!(fabs(s[i].x[k]) < 1e6)) {
+            if (!(fabs(s[i].x[k]) <= NESF_MAX_FRAC)) {
                 rc = lex_fail(c->L, line, "atom site '%.*s': coordinate out of range",
                               name->len > 30 ? 30 : name->len, name->p);
                 break;
@@ -877,9 +918,9 @@ static int block_structure(ctx *c, nesf_structure **out)
         if (rc) return rc;
     }
     for (int i = 0; i < 3; i++)
-        if (!(v[i] > 0 && v[i] <= NESF_CIF_MAX_LENGTH))
+        if (!(v[i] > 0 && v[i] <= NESF_MAX_CELL_LENGTH))
             return lex_fail(c->L, c->b->name.line, "%s = %g: a length in (0, %g] Å expected",
-                            par[i], v[i], NESF_CIF_MAX_LENGTH);
+                            par[i], v[i], NESF_MAX_CELL_LENGTH);
     for (int i = 3; i < 6; i++)
         if (!(v[i] > 0 && v[i] < 180))
             return lex_fail(c->L, c->b->name.line, "%s = %g: an angle in (0, 180) degrees expected",
@@ -901,7 +942,7 @@ static int block_structure(ctx *c, nesf_structure **out)
     symop *ops = NULL;
     int nas = 0, nops = 0;
     rc = read_sites(c, &s->lat, &as, &nas);
-    if (!rc) rc = read_symops(c, &ops, &nops);
+    if (!rc) rc = read_symops(c, &p, &ops, &nops);
     if (!rc) rc = expand(c, as, nas, ops, nops, s);
     free(as);
     free(ops);

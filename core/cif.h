@@ -7,7 +7,10 @@
  * from _atom_site_type_symbol ("Fe2+" -> Fe), else from the label ("Fe1",
  * "CL2" -> Cl), tried as two letters then one, as pymatgen does.  Symmetry
  * operations (_symmetry_equiv_pos_as_xyz or _space_group_symop_operation_xyz)
- * are applied; a block without them must be P1.  Sites are wrapped into
+ * are applied; a block without them gets them from spglib's database by
+ * its H-M symbol, Hall symbol or IT number (nesf_spacegroup_ops in
+ * symmetry.h: standard setting for a short symbol, origin choice required
+ * where a group has two).  Sites are wrapped into
  * [0, 1); copies closer than NESF_CIF_MERGE_TOL are one site, and two
  * different elements that close are an error.  Occupancies other than 1
  * (within NESF_CIF_OCC_TOL) are an error naming the site: disorder is not
@@ -32,7 +35,6 @@
 #define NESF_CIF_OCC_TOL 1e-3
 #define NESF_CIF_MAX_OPS 192      /* the most a space group has (Fm-3m, conventional) */
 #define NESF_CIF_MAX_SITES 200000 /* sites of one structure after expansion */
-#define NESF_CIF_MAX_LENGTH 1e4   /* Å, largest cell edge accepted */
 
 int nesf_cif_read(const char *text, size_t len, const char *filename, nesf_structure ***out,
                   int *n, nesf_error *err);

@@ -5,11 +5,13 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---- options ---- */
 
@@ -286,21 +288,98 @@ static double now_ms(void)
 typedef struct decode_ws {
     nesf_backend *be;
     float *grid_d, *p_d, *f_d, *s_d, *sq_d, *sl_d;     /* backend */
-    float *grid_h, *p_h, *s_h, *kp_h, *ks_h, *atoms_h; /* host */
-    float *sq_h, *sl_h, *len_h, *ang_h, *sofs_h;
-    int *off, *natoms, *aoff, *sp_off, *cls, *votes;
+    int *cls_d;
+    float *grid_h, *p_h, *s_h, *kp_h, *ks_h, *atoms_h; /* host; kp, ks: per NMS thread */
+    float *sq_h, *len_h, *ang_h, *sofs_h;
+    int *off, *natoms, *aoff, *sp_off, *cls;
+    int *kept, *more;   /* per structure of a batch, from the NMS threads */
 } decode_ws;
 
 static void ws_free(decode_ws *w)
 {
     nesf_backend *be = w->be;
-    float *dev[] = {w->grid_d, w->p_d, w->f_d, w->s_d, w->sq_d, w->sl_d};
+    void *dev[] = {w->grid_d, w->p_d, w->f_d, w->s_d, w->sq_d, w->sl_d, w->cls_d};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->ops->free(be, dev[i]);
-    void *host[] = {w->grid_h, w->p_h, w->s_h, w->kp_h, w->ks_h, w->atoms_h, w->sq_h, w->sl_h,
+    void *host[] = {w->grid_h, w->p_h, w->s_h, w->kp_h, w->ks_h, w->atoms_h, w->sq_h,
                     w->len_h, w->ang_h, w->sofs_h, w->off, w->natoms, w->aoff, w->sp_off,
-                    w->cls, w->votes};
+                    w->cls, w->kept, w->more};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
+/* ---- steps 4-5 for a batch: one structure per task, on threads ----
+ * Structures are independent and NMS is the one long sequential piece of
+ * host work per structure, so a batch's structures are spread over the
+ * cores (results do not depend on the thread count).  Structure s writes
+ * its atoms to slot s (maxa atoms) of w->atoms_h. */
+
+typedef struct nms_batch {
+    decode_ws *w;
+    const nesf_decode_opts *o;
+    long G, maxa;
+    int S, next, failed;
+    float r2max;
+} nms_batch;
+
+static void nms_worker(nms_batch *b, int tid)
+{
+    decode_ws *w = b->w;
+    float *kp = w->kp_h + (size_t)tid * b->G * 3, *ks = w->ks_h + (size_t)tid * b->G;
+    for (;;) {
+        int s = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (s >= b->S) break;
+        int kept = 0;
+        for (long g = 0; g < b->G; g++) {
+            size_t r = (size_t)s * b->G + g;
+            if (!(w->s_h[r] <= b->r2max)) continue; /* also drops NaN */
+            memcpy(kp + 3 * kept, w->p_h + 3 * r, 3 * sizeof(float));
+            ks[kept++] = w->s_h[r];
+        }
+        int more = 0;
+        int na = nesf_nms(kept, kp, ks, b->o->nms_radius, b->o->nms_min_count, (int)b->maxa,
+                          w->atoms_h + (size_t)s * b->maxa * 3, &more);
+        if (na < 0) __atomic_store_n(&b->failed, 1, __ATOMIC_RELAXED);
+        w->natoms[s] = na < 0 ? 0 : na;
+        w->kept[s] = kept;
+        w->more[s] = more;
+    }
+}
+
+typedef struct nms_thread {
+    nms_batch *b;
+    int tid;
+} nms_thread;
+
+static void *nms_thread_main(void *arg)
+{
+    nms_thread *t = arg;
+    nms_worker(t->b, t->tid);
+    return NULL;
+}
+
+/* Threads for NMS: the cores, at most one per structure of a batch. */
+static int nms_threads(int Sb)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    if (n > 64) n = 64;
+    return (int)(n < Sb ? n : Sb);
+}
+
+/* Runs the batch on T threads (the caller's included); 0 or -1 (memory). */
+static int nms_run(nms_batch *b, int T)
+{
+    pthread_t th[64];
+    nms_thread arg[64];
+    int started = 0;
+    for (int t = 1; t < T; t++) {
+        arg[t] = (nms_thread){b, t};
+        if (pthread_create(&th[t], NULL, nms_thread_main, &arg[t])) break;
+        started = t;
+    }
+    nms_worker(b, 0); /* a thread that failed to start leaves its share here */
+    for (int t = 1; t <= started; t++) pthread_join(th[t], NULL);
+    return b->failed ? -1 : 0;
 }
 
 static void free_outputs(nesf_structure **out, int n)
@@ -339,15 +418,6 @@ static int build_structure(const float len[3], const float ang[3], int na, const
     }
     *out = s;
     return NESF_OK;
-}
-
-/* Index of the first maximum of x[0..n) (NaN never wins). */
-static int argmax(const float *x, int n)
-{
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b] || (isnan(x[b]) && !isnan(x[i]))) b = i;
-    return b;
 }
 
 int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
@@ -411,14 +481,17 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     w.s_d = be->ops->alloc(be, Q * fl);
     w.sq_d = be->ops->alloc(be, (size_t)chunk * P3 * 3 * fl);
     w.sl_d = be->ops->alloc(be, (size_t)chunk * P3 * A * fl);
+    w.cls_d = be->ops->alloc(be, (size_t)chunk * sizeof(int));
     w.grid_h = malloc((size_t)G * 3 * fl);
     w.p_h = malloc(Q * 3 * fl);
     w.s_h = malloc(Q * fl);
-    w.kp_h = malloc((size_t)G * 3 * fl);
-    w.ks_h = malloc((size_t)G * fl);
+    const int T = nms_threads(Sb);
+    w.kp_h = malloc((size_t)T * G * 3 * fl);
+    w.ks_h = malloc((size_t)T * G * fl);
+    w.kept = malloc((size_t)Sb * sizeof(int));
+    w.more = malloc((size_t)Sb * sizeof(int));
     w.atoms_h = malloc((size_t)Sb * maxa * 3 * fl);
     w.sq_h = malloc((size_t)chunk * P3 * 3 * fl);
-    w.sl_h = malloc((size_t)chunk * P3 * A * fl);
     w.len_h = malloc((size_t)Sb * 3 * fl);
     w.ang_h = malloc((size_t)Sb * 3 * fl);
     w.sofs_h = malloc((size_t)P3 * 3 * fl);
@@ -427,11 +500,10 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     w.aoff = malloc((size_t)(Sb + 1) * sizeof(int));
     w.sp_off = malloc((size_t)(Sb + 1) * sizeof(int));
     w.cls = malloc((size_t)Sb * maxa * sizeof(int));
-    w.votes = malloc((size_t)A * sizeof(int));
-    if (!w.grid_d || !w.p_d || !w.f_d || !w.s_d || !w.sq_d || !w.sl_d || !w.grid_h || !w.p_h ||
-        !w.s_h || !w.kp_h || !w.ks_h || !w.atoms_h || !w.sq_h || !w.sl_h || !w.len_h ||
+    if (!w.grid_d || !w.p_d || !w.f_d || !w.s_d || !w.sq_d || !w.sl_d || !w.cls_d || !w.grid_h ||
+        !w.p_h || !w.s_h || !w.kp_h || !w.ks_h || !w.atoms_h || !w.sq_h || !w.len_h ||
         !w.ang_h || !w.sofs_h || !w.off || !w.natoms || !w.aoff || !w.sp_off || !w.cls ||
-        !w.votes) {
+        !w.kept || !w.more) {
         ws_free(&w);
         return nesf_fail(err, NESF_ERR_NOMEM, "out of memory for decoding %d structures "
                          "(%ld particles each)", n, G);
@@ -486,26 +558,19 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
             rc = nesf_fail(err, NESF_ERR_BACKEND, "downloading particles failed");
             goto fail;
         }
+        nms_batch nb = {.w = &w, .o = o, .G = G, .maxa = maxa, .S = S, .r2max = r2max};
+        if (nms_run(&nb, T < S ? T : S)) {
+            rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory in non-max suppression");
+            goto fail;
+        }
+        /* pack the per-structure slots (a slot never moves up) */
         w.aoff[0] = 0;
         for (int s = 0; s < S; s++) {
-            int kept = 0;
-            for (long g = 0; g < G; g++) {
-                size_t r = (size_t)s * G + g;
-                if (!(w.s_h[r] <= r2max)) continue; /* also drops NaN */
-                memcpy(w.kp_h + 3 * kept, w.p_h + 3 * r, 3 * fl);
-                w.ks_h[kept++] = w.s_h[r];
-            }
-            stats.kept += kept;
-            int more = 0;
-            int na = nesf_nms(kept, w.kp_h, w.ks_h, o->nms_radius, o->nms_min_count, (int)maxa,
-                              w.atoms_h + (size_t)w.aoff[s] * 3, &more);
-            if (na < 0) {
-                rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory in non-max suppression");
-                goto fail;
-            }
-            stats.truncated += more;
-            w.natoms[s] = na;
-            w.aoff[s + 1] = w.aoff[s] + na;
+            stats.kept += w.kept[s];
+            stats.truncated += w.more[s];
+            w.aoff[s + 1] = w.aoff[s] + w.natoms[s];
+            memmove(w.atoms_h + (size_t)w.aoff[s] * 3, w.atoms_h + (size_t)s * maxa * 3,
+                    (size_t)w.natoms[s] * 3 * fl);
         }
         const int total = w.aoff[S];
         stats.atoms += total;
@@ -536,20 +601,13 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
                 goto fail;
             }
             if ((rc = f->species(f, b0 + sf, Sc, w.sp_off, w.sq_d, w.sl_d, err))) goto fail;
-            if (be->ops->download(be, w.sl_h, w.sl_d, qp * A * fl)) {
-                rc = nesf_fail(err, NESF_ERR_BACKEND, "downloading species logits failed");
+            /* the vote runs where the logits are: one class per atom comes back */
+            be->ops->vote(be, a1 - a0, P3, A, w.sl_d, w.cls_d);
+            if (be->ops->download(be, w.cls + a0, w.cls_d, (size_t)(a1 - a0) * sizeof(int))) {
+                rc = nesf_fail(err, NESF_ERR_BACKEND, "species vote failed");
                 goto fail;
             }
             stats.field_evals += (long)qp;
-            for (int a = a0; a < a1; a++) {
-                memset(w.votes, 0, (size_t)A * sizeof(int));
-                for (int p = 0; p < P3; p++)
-                    w.votes[argmax(w.sl_h + ((size_t)(a - a0) * P3 + p) * A, A)]++;
-                int best = 0;
-                for (int c = 1; c < A; c++)
-                    if (w.votes[c] > w.votes[best]) best = c;
-                w.cls[a] = best;
-            }
         }
         stats.ms_species += now_ms() - t3;
 

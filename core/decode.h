@@ -8,10 +8,11 @@
  * same code decodes the network's fields (nesf_decode) and the exact field
  * of a known structure (nesf_field_truth, which checks the algorithm
  * independently of training).  Particle updates run on the field's backend
- * (GEMMs through the model, axpy, row_sqnorm); NMS and the vote run on the
- * host after one download per batch, because both are short, sequential and
- * data-dependent (a greedy sort-and-sweep per structure), which a GPU would
- * serialise anyway, and the data moved is only the final particles.
+ * (GEMMs through the model, axpy, row_sqnorm), and so does the species vote
+ * (only one class per atom comes back).  NMS runs on the host after one
+ * download per batch, one structure per core: it is a greedy, data-dependent
+ * sort-and-sweep per structure, which a GPU would serialise anyway, and the
+ * data moved is only the final particles.
  *
  * Many latents are decoded together: all particles of all structures of a
  * batch go through one chain of field evaluations per step. */

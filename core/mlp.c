@@ -59,9 +59,8 @@ static void linear(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *i
                               w + L->W + feat, L->in, w + L->b, relu, dst, ldd);
         return;
     }
-    be->ops->gemm(be, 0, 1, in->rows, L->out, L->in, 1.0f, x, ldx, w + L->W, L->in, 0.0f, dst,
-                  ldd);
-    be->ops->bias_act(be, in->rows, L->out, dst, ldd, w + L->b, relu, dst, ldd);
+    be->ops->linear(be, in->rows, L->out, L->in, x, ldx, w + L->W, L->in, w + L->b, relu, dst,
+                    ldd);
 }
 
 static void put_xyz(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *in, float *x)
@@ -131,10 +130,16 @@ float *nesf_mlp_forward_infer(nesf_net *net, const nesf_mlp *m, const nesf_mlp_i
     const float *x = in->x;
     int ldx = in->ldx;
     float *nx = NULL;
+    /* two buffers used in turn: the working set of a chunk is two layers'
+     * activations, not all of them, so it can stay in cache (GPU L2) */
+    int maxw = 0;
+    for (int l = 0; l < m->n; l++) maxw = next_ld(m, l) > maxw ? next_ld(m, l) : maxw;
+    float *buf[2] = {nesf_arena_floats(ar, (size_t)in->rows * maxw),
+                     nesf_arena_floats(ar, (size_t)in->rows * maxw)};
+    if (!buf[0] || !buf[1]) return NULL;
     for (int l = 0; l < m->n; l++) {
         const int ld = next_ld(m, l);
-        nx = nesf_arena_floats(ar, (size_t)in->rows * ld);
-        if (!nx) return NULL;
+        nx = buf[l & 1];
         linear(net, m, l, in, x, ldx, net->folded, nx, ld, ar);
         if (l + 1 < m->n) put_xyz(net, m, l + 1, in, nx);
         x = nx;

@@ -9,8 +9,9 @@
 #include "elements.h"
 #include "safetensors.h"
 
-/* Rows per chunk of field evaluation: large enough for efficient GEMMs,
- * small enough that a chunk's activations stay in the last-level cache. */
+/* Rows per chunk of field evaluation when the backend states no
+ * preference (be->chunk_rows): large enough for efficient GEMMs, small
+ * enough that a chunk's activations stay in the last-level cache. */
 #define FIELD_CHUNK 4096
 
 /* ---- configuration ---- */
@@ -446,6 +447,7 @@ static int load_from(nesf_st *st, const char *path, nesf_backend *be, nesf_model
     nesf_model *m = model_new(&cfg, z, A, bbmin, bbmax, err);
     if (!m) return err ? err->code : NESF_ERR_FORMAT;
     const char *tc = nesf_st_meta(st, "training_config");
+    if (!tc) tc = nesf_st_meta(st, "train_config");  /* the PyTorch reference's key */
     if (tc) m->train_config = strdup(tc);
     rc = alloc_net(m, be, err);
     float *P = calloc(m->net.nparams, sizeof *P), *B = calloc(m->net.nbuffers + 1, sizeof *B);
@@ -744,8 +746,8 @@ out:
 
 /* ---- fields ---- */
 
-/* Evaluates one field MLP over all queries in chunks of about FIELD_CHUNK
- * rows.  A chunk is a run of consecutive rows cut into pieces, one per
+/* Evaluates one field MLP over all queries in chunks of the backend's
+ * chunk_rows.  A chunk is a run of consecutive rows cut into pieces, one per
  * structure it touches; each piece gets its structure's latent, so a large
  * structure can span chunks and small ones share a chunk. */
 static int eval_field(nesf_model *m, int which, int S, const float *z_dev, const int *off,
@@ -769,9 +771,10 @@ static int eval_field(nesf_model *m, int which, int S, const float *z_dev, const
             free(zrow);
             return nesf_fail(err, NESF_ERR_INVALID, "query offsets must not decrease");
         }
+    const int chunk = be->chunk_rows > 0 ? be->chunk_rows : FIELD_CHUNK;
     int s = 0;
     for (int r0 = 0; r0 < Q;) {
-        int r1 = r0 + FIELD_CHUNK < Q ? r0 + FIELD_CHUNK : Q;
+        int r1 = r0 + chunk < Q ? r0 + chunk : Q;
         int np = 0;
         while (off[s + 1] <= r0) s++;
         for (int t = s; t < S && off[t] < r1; t++) {

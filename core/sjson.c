@@ -262,7 +262,9 @@ int nesf_sjson_read_lines(const char *text, size_t len, const char *name,
     return NESF_OK;
 }
 
-/* ---- writing ------------------------------------------------------------ */
+/* ---- writing ------------------------------------------------------------
+ * Builders return NULL when anything inside failed (allocation, or a
+ * non-finite number, which JSON cannot hold): never a partial document. */
 
 static json_t *vec3(const double v[3])
 {
@@ -270,11 +272,22 @@ static json_t *vec3(const double v[3])
     return json_pack("[fff]", v[0] + 0.0, v[1] + 0.0, v[2] + 0.0);
 }
 
+/* o[key] = v, consuming v; 0 on success */
+static int put(json_t *o, const char *key, json_t *v)
+{
+    return v ? json_object_set_new(o, key, v) : -1;
+}
+
+static int push(json_t *a, json_t *v)
+{
+    return v ? json_array_append_new(a, v) : -1;
+}
+
 static json_t *coords(const double *x, int n)
 {
     json_t *a = json_array();
     for (int i = 0; a && i < n; i++)
-        if (json_array_append_new(a, vec3(x + 3 * i))) {
+        if (push(a, vec3(x + 3 * i))) {
             json_decref(a);
             return NULL;
         }
@@ -288,8 +301,11 @@ static json_t *lattice_json(const nesf_lattice *l, int with_volume, int with_pbc
     json_t *m = json_pack("[ooo]", vec3(l->m[0]), vec3(l->m[1]), vec3(l->m[2]));
     json_t *o = json_pack("{s:o,s:f,s:f,s:f,s:f,s:f,s:f}", "matrix", m, "a", p.a, "b", p.b, "c",
                           p.c, "alpha", p.alpha, "beta", p.beta, "gamma", p.gamma);
-    if (o && with_pbc) json_object_set_new(o, "pbc", json_pack("[bbb]", 1, 1, 1));
-    if (o && with_volume) json_object_set_new(o, "volume", json_real(nesf_lattice_volume(l)));
+    if (o && ((with_pbc && put(o, "pbc", json_pack("[bbb]", 1, 1, 1))) ||
+              (with_volume && put(o, "volume", json_real(nesf_lattice_volume(l)))))) {
+        json_decref(o);
+        return NULL;
+    }
     return o;
 }
 
@@ -301,7 +317,7 @@ static json_t *pymatgen_json(const nesf_structure *s)
         json_t *site = json_pack("{s:[{s:s,s:i}],s:o,s:o,s:s,s:{}}", "species", "element", sym,
                                  "occu", 1, "abc", vec3(s->frac + 3 * i), "xyz",
                                  vec3(s->cart + 3 * i), "label", sym, "properties");
-        if (json_array_append_new(sites, site)) {
+        if (push(sites, site)) {
             json_decref(sites);
             return NULL;
         }
@@ -318,29 +334,28 @@ json_t *nesf_sjson_to_json(const nesf_structure *s, nesf_sjson_style style, doub
     if (style == NESF_SJSON_PYMATGEN) return pymatgen_json(s);
     json_t *o = json_object();
     if (!o) return NULL;
-    if (s->id[0]) json_object_set_new(o, "id", json_string(s->id));
-    json_object_set_new(o, "lattice", lattice_json(&s->lat, style == NESF_SJSON_FULL, 0));
-    json_t *sp = json_array();
-    for (int i = 0; sp && i < s->n; i++)
-        json_array_append_new(sp, json_string(nesf_element_get(s->z[i])->symbol));
-    json_object_set_new(o, "species", sp);
-    json_object_set_new(o, "cart_coords", coords(s->cart, s->n));
-    json_object_set_new(o, "frac_coords", coords(s->frac, s->n));
-    if (style == NESF_SJSON_FULL) {
+    int bad = s->id[0] && put(o, "id", json_string(s->id));
+    bad = bad || put(o, "lattice", lattice_json(&s->lat, style == NESF_SJSON_FULL, 0));
+    json_t *sp = bad ? NULL : json_array();
+    for (int i = 0; sp && i < s->n && !bad; i++)
+        bad = push(sp, json_string(nesf_element_get(s->z[i])->symbol));
+    bad = bad || put(o, "species", sp);
+    bad = bad || put(o, "cart_coords", coords(s->cart, s->n));
+    bad = bad || put(o, "frac_coords", coords(s->frac, s->n));
+    if (!bad && style == NESF_SJSON_FULL) {
         char f[256];
         nesf_structure_formula(s, f, sizeof f);
-        json_object_set_new(o, "formula", json_string(f));
-        if (symprec > 0) {
+        bad = put(o, "formula", json_string(f));
+        if (!bad && symprec > 0) {
             char sym[32];
             int num = nesf_structure_spacegroup(s, symprec, sym, sizeof sym);
-            json_object_set_new(o, "spacegroup",
-                                num ? json_pack("{s:s,s:i,s:f}", "symbol", sym, "number", num,
-                                                "symprec", symprec)
-                                    : json_null());
+            bad = put(o, "spacegroup",
+                      num ? json_pack("{s:s,s:i,s:f}", "symbol", sym, "number", num, "symprec",
+                                      symprec)
+                          : json_null());
         }
     }
-    /* a failed inner allocation left a key out: report it as one */
-    if (json_object_size(o) < (size_t)(4 + (s->id[0] != 0))) {
+    if (bad) {
         json_decref(o);
         return NULL;
     }

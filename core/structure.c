@@ -208,6 +208,13 @@ int nesf_structure_validate(const nesf_structure *s, nesf_error *err)
         for (int j = 0; j < 3; j++)
             if (!isfinite(s->lat.m[i][j]))
                 return nesf_fail(err, NESF_ERR_INVALID, "lattice has a non-finite entry");
+    for (int i = 0; i < 3; i++) {
+        const double *r = s->lat.m[i];
+        double len = hypot(hypot(r[0], r[1]), r[2]);
+        if (len > NESF_MAX_CELL_LENGTH)
+            return nesf_fail(err, NESF_ERR_INVALID, "cell vector %d is %g Å long (at most %g)",
+                             i + 1, len, NESF_MAX_CELL_LENGTH);
+    }
     double v = nesf_lattice_volume(&s->lat);
     if (!(v > 1e-6))
         return nesf_fail(err, NESF_ERR_INVALID, "cell volume %g is not positive", v);
@@ -217,6 +224,10 @@ int nesf_structure_validate(const nesf_structure *s, nesf_error *err)
         for (int k = 0; k < 3; k++)
             if (!isfinite(s->frac[3 * i + k]) || !isfinite(s->cart[3 * i + k]))
                 return nesf_fail(err, NESF_ERR_INVALID, "site %d: non-finite coordinate", i + 1);
+            else if (fabs(s->frac[3 * i + k]) > NESF_MAX_FRAC)
+                return nesf_fail(err, NESF_ERR_INVALID,
+                                 "site %d: fractional coordinate %g out of range (at most %g)",
+                                 i + 1, s->frac[3 * i + k], NESF_MAX_FRAC);
     }
     return NESF_OK;
 }

@@ -65,8 +65,14 @@ void nesf_structure_wrap(nesf_structure *s);
  * through here. */
 int nesf_structure_canonicalize(nesf_structure *s, nesf_error *err);
 
-/* Checks that every number is finite, Z in 1..118 and the cell has
- * positive volume: the gate for anything that came from outside. */
+/* Bounds for anything that came from outside: far beyond any crystal,
+ * small enough that no geometry computed from them overflows. */
+#define NESF_MAX_CELL_LENGTH 1e4  /* Å, length of a cell vector */
+#define NESF_MAX_FRAC 1e6         /* |fractional coordinate| */
+
+/* Checks that every number is finite, Z in 1..118, the cell has positive
+ * volume and cell vectors and coordinates stay within the bounds above:
+ * the gate for anything that came from outside. */
 int nesf_structure_validate(const nesf_structure *s, nesf_error *err);
 
 /* Reduced formula in pymatgen's style (elements ordered by

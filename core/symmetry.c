@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <ctype.h>
 
 /* ---- reduced formula --------------------------------------------------- */
 
@@ -219,5 +221,132 @@ int nesf_structure_symmetry(const nesf_structure *s, double symprec, nesf_symmet
     memcpy(y->equivalent, ds->equivalent_atoms, (size_t)s->n * sizeof *y->equivalent);
     spg_free_dataset(ds);
     *out = y;
+    return NESF_OK;
+}
+
+/* ---- space groups by name (spglib's 530 Hall settings) ------------------ */
+
+#define N_HALL 530
+
+static SpglibSpacegroupType types[N_HALL + 1];
+static pthread_once_t types_once = PTHREAD_ONCE_INIT;
+
+static void load_types(void)
+{
+    for (int h = 1; h <= N_HALL; h++) types[h] = spg_get_spacegroup_type(h);
+}
+
+/* lower case without blanks and '_': "P 2_1/c" and "P21/C" agree */
+static void norm_symbol(const char *s, char *out, size_t n)
+{
+    size_t k = 0;
+    for (; s && *s && k + 1 < n; s++)
+        if (*s != ' ' && *s != '_' && *s != '\t') out[k++] = (char)tolower((unsigned char)*s);
+    out[k] = 0;
+}
+
+/* Does normalised symbol s name setting t?  2: its full symbol, 1: another
+ * spelling (short symbol, a part of "P 2_1/c = P 1 2_1/c 1"), 0: no. */
+static int symbol_match(const SpglibSpacegroupType *t, const char *s)
+{
+    char buf[64];
+    norm_symbol(t->international_full, buf, sizeof buf);
+    if (!strcmp(buf, s)) return 2;
+    norm_symbol(t->international_short, buf, sizeof buf);
+    if (!strcmp(buf, s)) return 1;
+    char intl[sizeof t->international + 1];
+    snprintf(intl, sizeof intl, "%s", t->international);
+    for (char *part = strtok(intl, "="); part; part = strtok(NULL, "=")) {
+        norm_symbol(part, buf, sizeof buf);
+        if (!strcmp(buf, s)) return 1;
+    }
+    return 0;
+}
+
+static int rhombohedral_axes(const nesf_cellpar *c)
+{
+    double a = c->a;
+    return fabs(c->b - a) < 1e-3 * a && fabs(c->c - a) < 1e-3 * a &&
+           fabs(c->alpha - c->beta) < 1e-3 && fabs(c->alpha - c->gamma) < 1e-3 &&
+           fabs(c->alpha - 90) > 1e-3;
+}
+
+int nesf_spacegroup_ops(const char *hm, const char *hall, int number, const nesf_cellpar *cell,
+                        int rot[192][3][3], double trans[192][3], int *n_ops, nesf_error *err)
+{
+    *n_ops = 0;
+    char s[64] = "", choice[8] = "";
+    norm_symbol(hm, s, sizeof s);
+    char *colon = strchr(s, ':');
+    if (colon) {
+        snprintf(choice, sizeof choice, "%s", colon + 1);
+        *colon = 0;
+    } else if (s[0] && s[1]) {
+        /* "R -3 m H" and ICSD's origin suffixes "S" (choice 1) and "Z" (2):
+         * no Hermann-Mauguin symbol ends in these letters */
+        char *last = s + strlen(s) - 1;
+        const char *c = *last == 'h' ? "h" : *last == 'r' ? "r" : *last == 's' ? "1"
+                      : *last == 'z' ? "2" : NULL;
+        if (c) {
+            snprintf(choice, sizeof choice, "%s", c);
+            *last = 0;
+        }
+    }
+    char hs[64] = "";
+    norm_symbol(hall, hs, sizeof hs);
+    if (!s[0] && !hs[0] && number <= 0)
+        return nesf_fail(err, NESF_ERR_INVALID, "no space group symbol or number");
+    if (number > 230)
+        return nesf_fail(err, NESF_ERR_INVALID, "space group number %d outside 1..230", number);
+    int cand[N_HALL], ncand = 0, best = 0;
+    pthread_once(&types_once, load_types);
+    for (int h = 1; h <= N_HALL; h++) {
+        const SpglibSpacegroupType *t = &types[h];
+        int m;
+        if (hs[0]) {
+            char buf[64];
+            norm_symbol(t->hall_symbol, buf, sizeof buf);
+            m = strcmp(buf, hs) ? 0 : 2;
+        } else if (s[0]) {
+            m = symbol_match(t, s);
+        } else {
+            m = t->number == number;
+        }
+        if (!m || (number > 0 && t->number != number)) continue;
+        if (choice[0] && strcasecmp(t->choice, choice)) continue;
+        if (m > best) ncand = 0, best = m; /* an exact full-symbol match beats the rest */
+        if (m == best) cand[ncand++] = h;
+    }
+    const char *what = hs[0] ? hall : s[0] ? hm : "";
+    if (!ncand) {
+        if (number > 0 && !s[0] && !hs[0])
+            return nesf_fail(err, NESF_ERR_INVALID, "space group number %d unknown", number);
+        return nesf_fail(err, NESF_ERR_INVALID, "space group '%s'%s%s%s unknown to spglib%s", what,
+                         choice[0] ? " (setting " : "", choice, choice[0] ? ")" : "",
+                         number > 0 ? " or not of the given number" : "");
+    }
+    int pick = cand[0];
+    if (ncand > 1) {
+        const char *c0 = types[cand[0]].choice;
+        if (!strcasecmp(c0, "H") || !strcasecmp(c0, "R")) {
+            const char *want = rhombohedral_axes(cell) ? "R" : "H";
+            for (int i = 0; i < ncand; i++)
+                if (!strcasecmp(types[cand[i]].choice, want)) pick = cand[i];
+        } else if (!strcmp(c0, "1") || !strcmp(c0, "2")) {
+            return nesf_fail(err, NESF_ERR_INVALID,
+                             "space group '%s' (No. %d) has two origin choices: list the symmetry "
+                             "operations or write '%s :1' or '%s :2'",
+                             what[0] ? what : types[pick].international_short, types[pick].number,
+                             types[pick].international, types[pick].international);
+        }
+        /* otherwise settings that share a short symbol: the short symbol means
+         * the standard one, spglib's first */
+    }
+    pthread_mutex_lock(&spg_lock);
+    int n = spg_get_symmetry_from_database(rot, trans, pick);
+    pthread_mutex_unlock(&spg_lock);
+    if (n <= 0)
+        return nesf_fail(err, NESF_ERR_INVALID, "spglib has no operations for Hall setting %d", pick);
+    *n_ops = n;
     return NESF_OK;
 }

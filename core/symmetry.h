@@ -25,4 +25,16 @@ int nesf_structure_symmetry(const nesf_structure *s, double symprec, nesf_symmet
                             nesf_error *err);
 void nesf_symmetry_free(nesf_symmetry *sym);
 
+/* Operations of a space group from spglib's database, for CIFs that name
+ * the group instead of listing its operations.  hm is the Hermann-Mauguin
+ * symbol as CIFs write it ("P 21/c", "P 1 21/n 1", "F d -3 m :2",
+ * "R -3 m H", ICSD's "F D -3 M Z"; NULL or "" when absent), hall a Hall
+ * symbol (or NULL), number the IT number (0 when absent); cell decides
+ * between rhombohedral and hexagonal axes when the symbol does not.  A
+ * short symbol means the standard setting; a group with two origin
+ * choices needs the choice spelled out (NESF_ERR_INVALID otherwise).
+ * Writes *n_ops <= 192 operations on fractional coordinates. */
+int nesf_spacegroup_ops(const char *hm, const char *hall, int number, const nesf_cellpar *cell,
+                        int rot[192][3][3], double trans[192][3], int *n_ops, nesf_error *err);
+
 #endif

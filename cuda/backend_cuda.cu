@@ -77,6 +77,10 @@ static void cu_destroy(nesf_backend *be)
         cudaStreamSynchronize(c->stream);
         if (c->scratch) cudaFree(c->scratch);
         if (c->host_scalar) cudaFreeHost(c->host_scalar);
+        for (int i = 0; i < NESF_CUDA_STAGE_SLOTS; i++)
+            if (c->stage[i].done) cudaEventDestroy(c->stage[i].done);
+        if (c->stage_mem) cudaFreeHost(c->stage_mem);
+        nesf_cuda_lt_free(c);
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) cudaStreamDestroy(c->stream);
         (void)cudaGetLastError();
@@ -132,6 +136,20 @@ static int cu_upload(nesf_backend *be, void *dst, const void *src, size_t bytes)
     nesf_cuda *c = nesf_cuda_of(be);
     if (bytes == 0) return NESF_OK;
     nesf_cuda_bind(c);
+    if (bytes <= NESF_CUDA_STAGE_BYTES) {
+        nesf_cuda_stage *st = &c->stage[c->stage_next];
+        c->stage_next = (c->stage_next + 1) % NESF_CUDA_STAGE_SLOTS;
+        if (st->pending && nesf_cuda_check(c, "upload", cudaEventSynchronize(st->done)))
+            return NESF_ERR_BACKEND;
+        st->pending = 0;
+        memcpy(st->host, src, bytes);
+        if (nesf_cuda_check(c, "upload", cudaMemcpyAsync(dst, st->host, bytes,
+                                                         cudaMemcpyHostToDevice, c->stream)) ||
+            nesf_cuda_check(c, "upload", cudaEventRecord(st->done, c->stream)))
+            return NESF_ERR_BACKEND;
+        st->pending = 1;
+        return NESF_OK;
+    }
     if (nesf_cuda_check(c, "upload",
                         cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream)))
         return NESF_ERR_BACKEND;
@@ -507,28 +525,27 @@ static void cu_relu_bn_backward(nesf_backend *be, int rows, int cols, const floa
     if (!ws) return;
     double *part = (double *)ws;
     float *kd = (float *)(ws + pbytes); /* mean of dOut */
-    float *kx = kd + cols;              /* mean of dOut * xhat */
+    float *kx = kd + cols;              /* mean of dOut * xhat, times invstd */
 
     col_partial<2>(c, "relu_bn_backward", p, [=] __device__(int r, int k, double *acc) {
-        float xh = (R[(size_t)r * ldr + k] - mean[k]) * invstd[k];
         float g = dOut[(size_t)r * ldo + k];
         acc[0] += g;
-        acc[1] += (double)g * xh;
+        acc[1] += g * (R[(size_t)r * ldr + k] - mean[k]) * invstd[k];
     }, part);
     nesf_each1d(c, "relu_bn_backward", (size_t)cols, [=] __device__(size_t k) {
         double sd = col_total(p, part, 0, (int)k), sx = col_total(p, part, 1, (int)k);
         if (dbeta) dbeta[k] += (float)sd;
         if (dgamma) dgamma[k] += (float)sx;
         kd[k] = (float)(sd / p.rows);
-        kx[k] = (float)(sx / p.rows);
+        kx[k] = (float)(sx / p.rows) * invstd[k];
     });
-    /* dX = gamma invstd (dOut - mean(dOut) - xhat mean(dOut xhat)), then ReLU */
+    /* dX = gamma invstd (dOut - mean(dOut) - (R - mean) invstd mean(dOut xhat)),
+     * then ReLU; grouped as the CPU backend does */
     nesf_each2d(c, "relu_bn_backward", rows, cols, [=] __device__(int r, int k) {
         float rv = R[(size_t)r * ldr + k];
-        float xh = (rv - mean[k]) * invstd[k];
         float g = dOut[(size_t)r * ldo + k];
-        float gm = gamma ? gamma[k] : 1.0f;
-        dY[(size_t)r * ldd + k] = rv > 0.0f ? gm * invstd[k] * (g - kd[k] - xh * kx[k]) : 0.0f;
+        float k1 = (gamma ? gamma[k] : 1.0f) * invstd[k];
+        dY[(size_t)r * ldd + k] = rv > 0.0f ? k1 * (g - kd[k] - (rv - mean[k]) * kx[k]) : 0.0f;
     });
 }
 
@@ -708,6 +725,53 @@ static void cu_row_sqnorm(nesf_backend *be, int rows, int cols, const float *X, 
     });
 }
 
+static void cu_linear(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
+                      const float *W, int ldw, const float *b, int relu, float *out, int ldo)
+{
+    nesf_cuda *c = nesf_cuda_of(be);
+    if (rows <= 0 || N <= 0) return;
+    nesf_cuda_bind(c);
+    if (K > 0 && !nesf_cuda_lt_linear(c, rows, N, K, X, ldx, W, ldw, b, relu, out, ldo)) return;
+    cu_gemm(be, 0, 1, rows, N, K, 1.0f, X, ldx, W, ldw, 0.0f, out, ldo);
+    cu_bias_act(be, rows, N, out, ldo, b, relu, out, ldo);
+}
+
+/* A block per group: each thread takes rows, finds their argmax and adds
+ * its vote in shared memory (integer counts: the order does not matter). */
+__global__ void k_vote(int n, int P, int A, const float *L, int *cls)
+{
+    extern __shared__ int votes[];
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        for (int c = threadIdx.x; c < A; c += blockDim.x) votes[c] = 0;
+        __syncthreads();
+        for (int p = threadIdx.x; p < P; p += blockDim.x) {
+            const float *x = L + ((size_t)i * P + p) * A;
+            int b = 0;
+            for (int c = 1; c < A; c++)
+                if (x[c] > x[b] || (isnan(x[b]) && !isnan(x[c]))) b = c;
+            atomicAdd(&votes[b], 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int best = 0;
+            for (int c = 1; c < A; c++)
+                if (votes[c] > votes[best]) best = c;
+            cls[i] = best;
+        }
+        __syncthreads();
+    }
+}
+
+static void cu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *cls)
+{
+    nesf_cuda *c = nesf_cuda_of(be);
+    if (n <= 0 || A <= 0) return;
+    nesf_cuda_bind(c);
+    unsigned grid = (unsigned)(n < 65535 ? n : 65535);
+    k_vote<<<grid, 256, (size_t)A * sizeof(int), c->stream>>>(n, P, A, L, cls);
+    nesf_cuda_launched(c, "vote");
+}
+
 static const nesf_backend_ops cuda_ops = {
     .destroy = cu_destroy,
     .alloc = cu_alloc,
@@ -735,6 +799,8 @@ static const nesf_backend_ops cuda_ops = {
     .cross_entropy = cu_cross_entropy,
     .adam = cu_adam,
     .row_sqnorm = cu_row_sqnorm,
+    .linear = cu_linear,
+    .vote = cu_vote,
 };
 
 /* ---- creation ---- */
@@ -756,6 +822,24 @@ static int parse_math(const char *s, int *math, cublasComputeType_t *ct)
     else if (!strcmp(s, "bf16")) { *math = NESF_CUDA_BF16; *ct = CUBLAS_COMPUTE_32F_FAST_16BF; }
     else return -1;
     return 0;
+}
+
+/* Dense peak of the GEMM mode from the boost clock and the per-SM rates of
+ * the architecture (FLOP per clock per SM: FP32 lanes x 2, tensor-core
+ * TF32 / BF16 dense); 0 for an architecture not listed. */
+static double peak_flops(int device, int major, int minor, int sms, int math)
+{
+    int khz = 0;
+    if (cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    double fp32, tf32, bf16;
+    if (major == 8 && minor == 0) { fp32 = 128; tf32 = 1024; bf16 = 2048; } /* A100 */
+    else if (major == 9 && minor == 0) { fp32 = 256; tf32 = 2048; bf16 = 4096; } /* H100, H200 */
+    else return 0;
+    double per_clk = math == NESF_CUDA_TF32 ? tf32 : math == NESF_CUDA_BF16 ? bf16 : fp32;
+    return per_clk * sms * khz * 1e3;
 }
 
 int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
@@ -801,6 +885,12 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
     if (e == cudaSuccess) { step = "cudaGetDeviceProperties"; e = cudaGetDeviceProperties(&prop, device); }
     if (e == cudaSuccess) { step = "cudaStreamCreate"; e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking); }
     if (e == cudaSuccess) { step = "cudaMallocHost"; e = cudaMallocHost((void **)&c->host_scalar, 4 * sizeof(double)); }
+    if (e == cudaSuccess) e = cudaMallocHost((void **)&c->stage_mem, NESF_CUDA_STAGE_SLOTS * NESF_CUDA_STAGE_BYTES);
+    for (int i = 0; i < NESF_CUDA_STAGE_SLOTS && e == cudaSuccess; i++) {
+        step = "cudaEventCreate";
+        c->stage[i].host = c->stage_mem + i * NESF_CUDA_STAGE_BYTES;
+        e = cudaEventCreateWithFlags(&c->stage[i].done, cudaEventDisableTiming);
+    }
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         int rc = nesf_fail(err, NESF_ERR_BACKEND, "CUDA device %d: %s: %s", device, step,
@@ -817,7 +907,16 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
         cu_destroy(be);
         return rc;
     }
+    /* the fused Linear is optional: without it GEMM + bias_act do the work */
+    const char *lt = getenv("NESF_CUDA_LT");
+    if (!(lt && !strcmp(lt, "0"))) nesf_cuda_lt_init(c);
     c->sm_count = prop.multiProcessorCount;
+    /* field chunks: enough rows that each GEMM fills the device and launch
+     * costs are amortised; NESF_CUDA_CHUNK overrides (tuning) */
+    be->chunk_rows = 1 << 16;
+    const char *ch = getenv("NESF_CUDA_CHUNK");
+    if (ch && atoi(ch) >= 256) be->chunk_rows = atoi(ch);
+    be->peak_flops = peak_flops(device, prop.major, prop.minor, prop.multiProcessorCount, math);
     snprintf(be->device, sizeof be->device, "CUDA %d: %.64s, sm_%d%d, %d SMs, %.0f GiB; cuBLAS %d.%d, %s",
              device, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
              prop.totalGlobalMem / 1073741824.0, cublas_ver / 10000, cublas_ver / 100 % 100,

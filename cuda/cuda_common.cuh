@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -20,6 +21,31 @@ extern "C" {
  * tf32 or bf16 (tensor cores, FP32 in and out, inputs rounded). */
 enum { NESF_CUDA_FP32 = 0, NESF_CUDA_TF32, NESF_CUDA_BF16 };
 
+/* Small uploads go through a ring of pinned staging slots: a copy from
+ * pageable memory may wait for the stream to drain, one from pinned memory
+ * is queued like a kernel, so per-chunk offsets and per-step batches do not
+ * stall the pipeline.  A slot is reused once the event recorded after its
+ * copy has fired. */
+#define NESF_CUDA_STAGE_SLOTS 16
+#define NESF_CUDA_STAGE_BYTES ((size_t)256 << 10)
+
+typedef struct nesf_cuda_stage {
+    char *host;               /* NESF_CUDA_STAGE_BYTES of pinned memory */
+    cudaEvent_t done;
+    int pending;              /* done was recorded and may not have fired */
+} nesf_cuda_stage;
+
+/* A cuBLASLt plan for one Linear shape (cuda/linear_lt.cu). */
+typedef struct nesf_lt_plan {
+    int valid;                /* 0 free, else a plan or "none for this key" */
+    int rows, n, k, ldx, ldw, ldo, epi, align;   /* the key */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+} nesf_lt_plan;
+
+#define NESF_LT_PLANS 64
+
 typedef struct nesf_cuda {
     int device;
     int sm_count;
@@ -30,6 +56,14 @@ typedef struct nesf_cuda {
     void *scratch;            /* grown on demand, device memory */
     size_t scratch_bytes;
     double *host_scalar;      /* pinned, for scalar results (losses) */
+    char *stage_mem;          /* pinned, NESF_CUDA_STAGE_SLOTS slots */
+    nesf_cuda_stage stage[NESF_CUDA_STAGE_SLOTS];
+    int stage_next;
+    cublasLtHandle_t lt;      /* NULL: fused Linear disabled (NESF_CUDA_LT=0) */
+    void *lt_ws;              /* cuBLASLt workspace */
+    size_t lt_ws_bytes;
+    nesf_lt_plan plans[NESF_LT_PLANS];
+    int plan_next;
     int failed;               /* NESF_ERR_BACKEND once something failed */
     char msg[256];            /* first failure since the last sync */
 } nesf_cuda;
@@ -50,6 +84,15 @@ void nesf_cuda_bind(nesf_cuda *c);
  * used by work queued on c->stream, so growing it waits for that work.
  * NULL (failure recorded) when out of memory. */
 void *nesf_cuda_scratch(nesf_cuda *c, size_t bytes);
+
+/* Fused Linear through cuBLASLt (GEMM with the bias and ReLU in its
+ * epilogue).  init: 0 or a CUDA/cuBLAS failure (then lt stays NULL and the
+ * backend falls back to GEMM + bias_act).  linear: 0 when queued, nonzero
+ * when cuBLASLt has no plan for the shape (nothing queued, fall back). */
+int nesf_cuda_lt_init(nesf_cuda *c);
+void nesf_cuda_lt_free(nesf_cuda *c);
+int nesf_cuda_lt_linear(nesf_cuda *c, int rows, int n, int k, const float *X, int ldx,
+                        const float *W, int ldw, const float *b, int relu, float *out, int ldo);
 
 /* Grid-stride shapes.  Element-wise 2-D work uses a 256-thread block whose
  * x extent is the smallest power of two >= cols (at most 32), so narrow

@@ -3,12 +3,16 @@
  * Talks to nesfd's JSON API (same origin unless an API URL is set):
  * GET /health, GET /models, POST /interpolate.  Rendering is 3Dmol.js
  * (vendor/3Dmol-min.js); everything else is plain DOM.
- * URL parameters preselect a run: ?from=ZnS&to=CdS&steps=6&run=1&api=URL&model=NAME.
+ * URL parameters preselect a run: ?from=ZnS&to=CdS&steps=6&quality=fast&run=1&api=URL&model=NAME
+ * (aa=1|0 forces antialiasing on or off).
  * document.body.dataset.state is idle | running | done | error, for tests. */
 'use strict';
 
 const $ = (sel) => document.querySelector(sel);
 const params = new URLSearchParams(location.search);
+
+// same as nesf-client --fast
+const FAST_OPTIONS = { grid_step: 1.0, iterations: 32 };
 
 const state = {
   examples: [],         // [{name, description, structure}]
@@ -189,20 +193,50 @@ function escapeHTML(s) {
   return String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
 }
 
-function pickExample(side, name) {
+function pickExample(side, name, preview = true) {
   const ex = state.examples.find((e) => e.name === name);
   if (!ex) return;
   state.input[side] = { label: ex.description, payload: ex.structure, formula: ex.name };
   $(`#${side}-example`).value = name;
   $(`#${side}-file`).value = '';
   showPicked(side);
+  if (preview) previewInput(side);
+}
+
+/* Before the first interpolation the view shows the chosen input itself
+ * (structure JSON only: a CIF or a latent is only known after decoding). */
+function previewInput(side) {
+  const p = state.input[side];
+  if (state.frames.length || !p || !p.payload.lattice || typeof $3Dmol === 'undefined') return;
+  render({ structure: p.payload }, true);
+  $('#frame-info').innerHTML = `<span class="big formula">${formulaHTML(p.formula || '')}</span>` +
+    `<span><span class="k">input</span>${side === 'from' ? 'A' : 'B'} · ${escapeHTML(p.label)}</span>`;
 }
 
 /* ---------- viewer ---------- */
 
+/* Multisampling on a software WebGL (SwiftShader, llvmpipe: no GPU, or a
+ * headless browser) makes the first frame take tens of seconds. */
+function softwareGL() {
+  try {
+    const gl = document.createElement('canvas').getContext('webgl');
+    if (!gl) return true;
+    const ext = gl.getExtension('WEBGL_debug_renderer_info');
+    const name = String(gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+    const lose = gl.getExtension('WEBGL_lose_context');
+    if (lose) lose.loseContext();
+    return /swiftshader|llvmpipe|softpipe|software/i.test(name);
+  } catch (_) {
+    return true;
+  }
+}
+
 function ensureViewer() {
   if (state.viewer) return state.viewer;
-  state.viewer = $3Dmol.createViewer($('#viewer'), { backgroundColor: 'white', antialias: true, orthographic: true });
+  state.viewer = $3Dmol.createViewer($('#viewer'), {
+    backgroundColor: 'white', orthographic: true,
+    antialias: params.has('aa') ? params.get('aa') === '1' : !softwareGL(),
+  });
   return state.viewer;
 }
 
@@ -254,6 +288,9 @@ function centerOnCell(v, m) {
 
 /* an oblique view shows all three cell axes at once */
 function resetCamera(v) {
+  const view = v.getView();
+  view.splice(4, 4, 0, 0, 0, 1); // identity rotation: rotate() below accumulates
+  v.setView(view);
   v.zoomTo();
   v.rotate(-62, 'x');
   v.rotate(-28, 'y');
@@ -313,18 +350,33 @@ function selectFrame(i, resetView) {
   const f = state.frames[i];
   const s = f.structure || {};
   const p = latticeParams(s);
-  render(f, resetView);
-  $('#frame-info').innerHTML =
-    `<span class="big formula">${formulaHTML(formulaOf(f))}</span>` +
-    `<span><span class="k">t</span>${fmt(f.t, 3)}</span>` +
-    `<span><span class="k">atoms</span>${natoms(f)}</span>` +
-    `<span><span class="k">space group</span>${escapeHTML(spaceGroup(s))}</span>` +
-    `<span><span class="k">a b c</span>${fmt(p.a, 3)} ${fmt(p.b, 3)} ${fmt(p.c, 3)} Å</span>` +
-    `<span><span class="k">α β γ</span>${fmt(p.alpha, 1)} ${fmt(p.beta, 1)} ${fmt(p.gamma, 1)}°</span>` +
-    `<span><span class="k">V</span>${fmt(volume(s), 1)} Å³</span>`;
+  if (f.error) {
+    $('#frame-info').innerHTML = `<span class="big">–</span><span><span class="k">t</span>${fmt(f.t, 3)}</span>` +
+      `<span class="failed">this step did not decode: ${escapeHTML(f.error.message || f.error.code || '')}</span>`;
+    $('#legend').innerHTML = '';
+    if (state.viewer) {
+      state.viewer.removeAllModels();
+      state.viewer.removeAllShapes();
+      state.viewer.removeAllLabels();
+      state.viewer.render();
+    }
+  } else {
+    render(f, resetView);
+    $('#frame-info').innerHTML =
+      `<span class="big formula">${formulaHTML(formulaOf(f))}</span>` +
+      `<span><span class="k">t</span>${fmt(f.t, 3)}</span>` +
+      `<span><span class="k">atoms</span>${natoms(f)}</span>` +
+      `<span><span class="k">space group</span>${escapeHTML(spaceGroup(s))}</span>` +
+      `<span><span class="k">a b c</span>${fmt(p.a, 3)} ${fmt(p.b, 3)} ${fmt(p.c, 3)} Å</span>` +
+      `<span><span class="k">α β γ</span>${fmt(p.alpha, 1)} ${fmt(p.beta, 1)} ${fmt(p.gamma, 1)}°</span>` +
+      `<span><span class="k">V</span>${fmt(volume(s), 1)} Å³</span>`;
+  }
   document.querySelectorAll('#strip li').forEach((li, k) => li.classList.toggle('current', k === i));
+  // scroll the strip only (scrollIntoView would scroll the page too)
   const cur = document.querySelector('#strip li.current');
-  if (cur && cur.scrollIntoView) cur.scrollIntoView({ block: 'nearest', inline: 'nearest' });
+  const strip = $('#strip');
+  if (cur && (cur.offsetLeft < strip.scrollLeft || cur.offsetLeft + cur.offsetWidth > strip.scrollLeft + strip.clientWidth))
+    strip.scrollLeft = cur.offsetLeft - (strip.clientWidth - cur.offsetWidth) / 2;
   $('#slider').value = String(i);
   $('#download-cif').disabled = !cifOf(f);
   $('#download-cif').title = cifOf(f) ? '' : 'the server sent no CIF for this frame';
@@ -357,10 +409,12 @@ function renderStrip() {
     if (i > 0 && formula !== formulaOf(state.frames[i - 1])) li.classList.add('changed');
     const t = typeof f.t === 'number' ? f.t : (n > 1 ? i / (n - 1) : 0);
     const bar = `linear-gradient(90deg, var(--a) ${(1 - t) * 100}%, var(--b) ${(1 - t) * 100}%)`;
+    const meta = f.error ? `<span class="meta failed" title="${escapeHTML(f.error.message || '')}">` +
+                           `${escapeHTML(f.error.code || 'decode failed')}</span>`
+                         : `<span class="meta">${natoms(f)} atoms · ${escapeHTML(spaceGroup(f.structure || {}))}</span>`;
     li.innerHTML = `<span class="bar" style="background:${bar}"></span>` +
       `<span class="t">t = ${fmt(t, 2)}</span>` +
-      `<span class="formula">${formulaHTML(formula)}</span>` +
-      `<span class="meta">${natoms(f)} atoms · ${escapeHTML(spaceGroup(f.structure || {}))}</span>`;
+      `<span class="formula">${f.error ? '–' : formulaHTML(formula)}</span>` + meta;
     if (cifOf(f)) {
       const a = document.createElement('a');
       a.className = 'cif';
@@ -393,6 +447,14 @@ function setBusy(busy) {
   $('#run').disabled = busy;
   $('#run').textContent = busy ? 'Interpolating…' : 'Interpolate';
   document.body.dataset.state = busy ? 'running' : document.body.dataset.state;
+  // decoding on a CPU server takes a while: show that the page is waiting
+  clearInterval(state.busyTimer);
+  if (busy) {
+    const t0 = performance.now();
+    state.busyTimer = setInterval(() => {
+      setMessage(`decoding on the server… ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+    }, 1000);
+  }
 }
 
 async function interpolate() {
@@ -402,6 +464,7 @@ async function interpolate() {
   const steps = parseInt($('#steps').value, 10);
   if (!(steps >= 2 && steps <= 64)) { setMessage('steps must be between 2 and 64', true); return; }
   const body = { from: from.payload, to: to.payload, steps, format: ['json', 'cif'] };
+  if ($('#quality').value === 'fast') body.options = FAST_OPTIONS;
   const model = $('#model').value;
   if (model) body.model = model;
   setBusy(true);
@@ -495,6 +558,7 @@ function wire() {
         state.input[side] = await readEndpointFile(file);
         $(`#${side}-example`).value = '';
         showPicked(side);
+        previewInput(side);
         setMessage('');
       } catch (err) {
         setMessage(err.message, true);
@@ -549,9 +613,11 @@ async function main() {
   } catch (e) {
     setMessage('could not load the bundled examples: ' + e.message, true);
   }
-  pickExample('from', params.get('from') || 'ZnS');
-  pickExample('to', params.get('to') || 'CdS');
+  pickExample('from', params.get('from') || 'ZnS', false);
+  pickExample('to', params.get('to') || 'CdS', false);
+  previewInput('from');
   if (params.get('steps')) $('#steps').value = params.get('steps');
+  if (params.get('quality')) $('#quality').value = params.get('quality');
   await Promise.all([checkHealth(), loadModels()]);
   if (params.get('run') === '1') interpolate();
 }

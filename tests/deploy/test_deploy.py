@@ -18,11 +18,13 @@ running containers, the NVIDIA runtime, and starting the unit under systemd.
 Usage: test_deploy.py (env NESFD = the built nesfd; NESF_SOURCE_ROOT)."""
 import os
 import re
+import json
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import yaml
 
@@ -225,7 +227,6 @@ def nesfd_check(args, what):
 def nesfd_accepts_flags():
     ins = dockerfile()
     cmd = [a for k, a in ins if k == "CMD"][-1]
-    import json
     nesfd_check(json.loads(cmd), "Dockerfile CMD")
     for name in NESFD_SERVICES:
         nesfd_check(nesfd_args_of(compose()["services"][name]["command"]), "compose %s" % name)
@@ -252,6 +253,63 @@ def systemd_unit():
         r = subprocess.run([sa, "verify", p], capture_output=True, text=True, timeout=60)
         noise = [l for l in (r.stderr + r.stdout).splitlines() if l.strip()]
         need(r.returncode == 0 and not noise, "systemd-analyze verify: %s" % "\n".join(noise))
+
+
+@check
+def nginx_balances_two_replicas():
+    """deploy/nginx.conf for real, in front of two nesfd on loopback: both get
+    traffic, and requests still succeed with one replica stopped."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "clients"))
+    from nesfd_proc import FAST_OPTIONS, Nesfd, free_port
+    import urllib.request
+    nginx = tool("nginx")
+    with open(os.path.join(DEPLOY, "nginx.conf")) as f:
+        conf = f.read()
+    with tempfile.TemporaryDirectory() as d, Nesfd() as r1, Nesfd() as r2:
+        os.chmod(d, 0o755)  # nginx workers run as nobody when we are root
+        ports = iter([r1.port, r2.port])
+        local = re.sub(r"(server\s+)[\w.-]+:\d+", lambda m: m.group(1) + "127.0.0.1:%d" % next(ports), conf)
+        port = free_port()
+        local = re.sub(r"listen\s+8080;", "listen 127.0.0.1:%d;" % port, local)
+        local = local.replace("/tmp/", d + "/")
+        # only the log changes: which replica answered each request
+        local = local.replace("access_log /dev/stdout;",
+                              "log_format up '$upstream_addr $status';\n    access_log %s/access.log up;" % d)
+        p = os.path.join(d, "nginx.conf")
+        with open(p, "w") as f:
+            f.write(local)
+        # master as the current user; daemon off keeps it our child
+        proc = subprocess.Popen([nginx, "-p", d, "-c", p, "-e", os.path.join(d, "error.log"), "-g", "daemon off;"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            url = "http://127.0.0.1:%d" % port
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(url + "/nginx-health", timeout=1).read()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            size = int(r1.get("/models")["models"][0]["latent_size"])
+            body = json.dumps({"latents": [[0.1] * size], "format": ["json"], "options": FAST_OPTIONS}).encode()
+
+            def post():
+                req = urllib.request.Request(url + "/decode", data=body, method="POST",
+                                             headers={"Content-Type": "application/json", "X-Request-Id": "lb-test"})
+                with urllib.request.urlopen(req, timeout=120) as res:
+                    need(res.status == 200, "status %d" % res.status)
+                    return json.loads(res.read())["structures"]
+            first = post()
+            for _ in range(5):
+                need(post() == first, "replicas answer differently")
+            with open(os.path.join(d, "access.log")) as f:
+                ups = [l.split()[0] for l in f if l.strip()]
+            need({"127.0.0.1:%d" % r1.port, "127.0.0.1:%d" % r2.port} <= set(ups), "one replica got everything: %s" % ups)
+            r1.stop()
+            for _ in range(2):
+                need(post() == first, "failover answer differs")
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 passed = sum(ok for _, ok in results)

@@ -9,6 +9,9 @@ structure of lcs6/val.jsonl:
  3. `nesf convert --to pymatgen` -> Structure.from_dict works and matches.
  4. pymatgen-written symmetrized CIFs (CifWriter(symprec=0.01)) -> nesf:
     the same P1 structures pymatgen itself expands them to.
+ 4b. the same CIFs without their operation loop: nesf takes the operations
+    from spglib's database by the H-M symbol (groups with two origin
+    choices are refused, as the symbol alone does not say which).
  5. nesf's symmetrized CIFs -> pymatgen: the original structures.
  6. "formula" and "spacegroup" of `nesf convert` equal pymatgen's
     reduced_formula and SpacegroupAnalyzer(symprec=0.01).
@@ -153,13 +156,50 @@ def main():
 
     # 4. pymatgen's symmetrized CIFs -> nesf, against pymatgen's own expansion
     # pymatgen names blocks by formula and keeps one block per name: use ids
-    sym_cif = "\n".join("data_" + rows[i]["id"] +
-                        str(CifWriter(orig[i], symprec=0.01)).split("\n", 1)[1] for i in sub)
+    sym_blocks = ["data_" + rows[i]["id"] + str(CifWriter(orig[i], symprec=0.01)).split("\n", 1)[1]
+                  for i in sub]
+    sym_cif = "\n".join(sym_blocks)
     ref = CifParser.from_string(sym_cif).get_structures(primitive=False)
     ours = json.loads(nesf(exe, ["--symprec", "0", "--from", "cif", "-"], stdin=sym_cif))
     check(len(ours) == len(ref) == len(sub), f"symmetrized CIFs: nesf {len(ours)}, pymatgen {len(ref)}")
     for i, r, o in zip(sub, ref, ours):
         same_structure(r, from_ours(o), f"[4] {rows[i]['id']} pymatgen symmetrized CIF -> nesf")
+
+    stage("check 4b")
+    # 4b. no operation loop: the space-group symbol alone
+    def strip_ops(text):
+        out, skip = [], False
+        for line in text.split("\n"):
+            if line.startswith("loop_"):
+                skip = False
+            if line.strip() == "_symmetry_equiv_pos_site_id":
+                skip = True
+                out.pop()  # its loop_
+            if not skip:
+                out.append(line)
+        return "\n".join(out)
+
+    # International Tables groups with two origin choices
+    two_origins = {48, 50, 59, 68, 70, 85, 86, 88, 125, 126, 129, 130, 133, 134, 137, 138, 141,
+                   142, 201, 203, 222, 224, 227, 228}
+    plain, refused = [], 0
+    for i, r, block in zip(sub, ref, sym_blocks):
+        text = strip_ops(block)
+        check("_symmetry_equiv_pos_as_xyz" not in text, "[4b] operations stripped")
+        number = int(text.split("_symmetry_Int_Tables_number")[1].split()[0])
+        if number not in two_origins:
+            plain.append((i, r, text))
+            continue
+        p = subprocess.run([exe, "convert", "--from", "cif", "-"], input=text, capture_output=True,
+                           text=True)
+        check(p.returncode == 1 and "two origin choices" in p.stderr,
+              f"[4b] {rows[i]['id']} (No. {number}) not refused: {p.stderr.strip()}")
+        refused += 1
+    ours = json.loads(nesf(exe, ["--symprec", "0", "--from", "cif", "-"],
+                           stdin="\n".join(t for _, _, t in plain)))
+    for (i, r, _), o in zip(plain, ours):
+        same_structure(r, from_ours(o), f"[4b] {rows[i]['id']} H-M symbol only")
+    print(f"[4b] {len(sub) - refused} by symbol, {refused} refused (origin choice)")
 
     stage("check 5")
     # 5. our symmetrized CIFs -> pymatgen

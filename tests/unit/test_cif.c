@@ -14,6 +14,8 @@
 #include "sio.h"
 #include "structure.h"
 
+#define SITES_ "loop_ _atom_site_label _atom_site_fract_x _atom_site_fract_y _atom_site_fract_z\n"
+
 /* rutile as pymatgen's CifWriter(symprec=0.01) writes it */
 static const char *rutile =
     "# generated using pymatgen\n"
@@ -148,6 +150,57 @@ static void test_syntax(void **state)
     nesf_structure_list_free(l, 2);
 }
 
+static int count_sites(const char *cell, const char *group, const char *sites)
+{
+    char text[1024];
+    snprintf(text, sizeof text, "data_g\n%s%s\n" SITES_ "%s", cell, group, sites);
+    nesf_structure **l = read_ok(text, 1);
+    int n = l[0]->n;
+    nesf_structure_list_free(l, 1);
+    return n;
+}
+
+/* Blocks that name their space group instead of listing operations:
+ * spglib's database provides them (counts are multiplicities in the ITA). */
+static void test_named_groups(void **state)
+{
+    (void)state;
+    const char *cubic = "_cell_length_a 5 _cell_length_b 5 _cell_length_c 5\n"
+                        "_cell_angle_alpha 90 _cell_angle_beta 90 _cell_angle_gamma 90\n";
+    const char *mono = "_cell_length_a 5 _cell_length_b 6 _cell_length_c 7\n"
+                       "_cell_angle_alpha 90 _cell_angle_beta 100 _cell_angle_gamma 90\n";
+    const char *hex = "_cell_length_a 3 _cell_length_b 3 _cell_length_c 12\n"
+                      "_cell_angle_alpha 90 _cell_angle_beta 90 _cell_angle_gamma 120\n";
+    const char *rh = "_cell_length_a 4 _cell_length_b 4 _cell_length_c 4\n"
+                     "_cell_angle_alpha 60 _cell_angle_beta 60 _cell_angle_gamma 60\n";
+    assert_int_equal(count_sites(cubic, "_symmetry_space_group_name_H-M 'F m -3 m'",
+                                 "Na1 0 0 0\nCl1 .5 .5 .5\n"), 8);
+    assert_int_equal(count_sites(cubic, "_space_group_IT_number 225", "Fe1 0 0 0\n"), 4);
+    assert_int_equal(count_sites(cubic, "_symmetry_space_group_name_Hall '-F 4 2 3'",
+                                 "Fe1 .1 .2 .35\n"), 192);
+    assert_int_equal(count_sites(cubic, "_symmetry_space_group_name_H-M 'F d -3 m :2'",
+                                 "Si1 .125 .125 .125\n"), 8);
+    assert_int_equal(count_sites(cubic, "_symmetry_space_group_name_H-M 'F D -3 M Z'",
+                                 "Si1 .125 .125 .125\n"), 8);
+    assert_int_equal(count_sites(cubic, "_symmetry_space_group_name_H-M 'Fd-3m:1'", "Si1 0 0 0\n"), 8);
+    assert_int_equal(count_sites(mono, "_symmetry_space_group_name_H-M 'P 21/c'", "O1 .1 .2 .3\n"), 4);
+    assert_int_equal(count_sites(mono, "_symmetry_space_group_name_H-M 'P 1 21/n 1'",
+                                 "O1 .1 .2 .3\nO2 0 0 0\n"), 6);
+    assert_int_equal(count_sites(hex, "_symmetry_space_group_name_H-M 'R -3 m'", "Bi1 0 0 0\n"), 3);
+    assert_int_equal(count_sites(hex, "_symmetry_space_group_name_H-M 'R -3 m H'", "Bi1 0 0 0\n"), 3);
+    assert_int_equal(count_sites(rh, "_symmetry_space_group_name_H-M 'R -3 m'", "Bi1 0 0 0\n"), 1);
+    assert_int_equal(count_sites(rh, "_symmetry_space_group_name_H-M 'P 1'\n_space_group_IT_number 1",
+                                 "Bi1 0 0 0\n"), 1);
+    /* the 21/c operations are the standard ones: (x,y,z) -> (-x, y+1/2, -z+1/2) */
+    char text[1024];
+    snprintf(text, sizeof text, "data_g\n%s_symmetry_space_group_name_H-M 'P 21/c'\n" SITES_
+             "O1 .1 .2 .3\n", mono);
+    nesf_structure **l = read_ok(text, 1);
+    assert_sites(l[0], 4, (int[]){8, 8, 8, 8},
+                 (const double[][3]){{.1, .2, .3}, {.9, .7, .2}, {.9, .8, .7}, {.1, .3, .8}}, 1e-12);
+    nesf_structure_list_free(l, 1);
+}
+
 /* special positions: copies that coincide are one site */
 static void test_merge(void **state)
 {
@@ -232,10 +285,14 @@ static void test_broken(void **state)
     BAD("data_x\n" CELL "_atom_site_type_symbol Fe\n" SITES "Fe1 0 0 0\nFe2 .5 .5 .5\n",
         NESF_ERR_PARSE, 4, "not in the loop");
     BAD("data_x\n" CELL "_cell_length_a 5\n" SITES "Fe1 0 0 0\n", NESF_ERR_PARSE, 4, "given twice");
-    BAD("data_x\n" CELL "_symmetry_space_group_name_H-M 'F m -3 m'\n" SITES "Fe1 0 0 0\n",
-        NESF_ERR_PARSE, 4, "no symmetry operations");
-    BAD("data_x\n" CELL "_symmetry_Int_Tables_number 225\n" SITES "Fe1 0 0 0\n",
-        NESF_ERR_PARSE, 4, "no symmetry operations");
+    BAD("data_x\n" CELL "_symmetry_space_group_name_H-M 'F d -3 m'\n" SITES "Si1 0 0 0\n",
+        NESF_ERR_PARSE, 4, "two origin choices");
+    BAD("data_x\n" CELL "_symmetry_space_group_name_H-M 'Q 9'\n" SITES "Fe1 0 0 0\n",
+        NESF_ERR_PARSE, 4, "space group 'Q 9' unknown");
+    BAD("data_x\n" CELL "_symmetry_Int_Tables_number 300\n" SITES "Fe1 0 0 0\n",
+        NESF_ERR_PARSE, 4, "1..230 expected");
+    BAD("data_x\n" CELL "_symmetry_space_group_name_H-M 'P m -3 m'\n_symmetry_Int_Tables_number 225\n"
+        SITES "Fe1 0 0 0\n", NESF_ERR_PARSE, 4, "not of the given number");
     BAD("data_x\n" CELL "loop_ _symmetry_equiv_pos_as_xyz x,y,z 'x,y'\n" SITES "Fe1 0 0 0\n",
         NESF_ERR_PARSE, 4, "'x,y' is not a symmetry operation");
     BAD("data_x\n" CELL "loop_ _symmetry_equiv_pos_as_xyz 'x,y,x'\n" SITES "Fe1 0 0 0\n",
@@ -382,6 +439,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rutile),
         cmocka_unit_test(test_syntax),
+        cmocka_unit_test(test_named_groups),
         cmocka_unit_test(test_merge),
         cmocka_unit_test(test_broken),
         cmocka_unit_test(test_writers),

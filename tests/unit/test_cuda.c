@@ -247,6 +247,60 @@ static void test_gemm(void **state)
     gemm_case(P, 1, 0, 128, 131, 4096, 0, 1.0f, 1.0f);
 }
 
+static void linear_case(pair *P, nesf_backend *gpu, int rows, int N, int K, int ldx, int xoff,
+                        int ldo, int bias, int relu)
+{
+    const int ldw = K + 3;
+    float *hx = host_rand((size_t)rows * ldx + xoff, -1, 1), *hw = host_rand((size_t)N * ldw, -1, 1);
+    float *hb = host_rand(N + 1, -1, 1);
+    twin X = tw_floats(P, hx, (size_t)rows * ldx + xoff), W = tw_floats(P, hw, (size_t)N * ldw);
+    twin B = tw_floats(P, hb, N + 1), O = tw_poison(P, (size_t)rows * ldo);
+    /* bias at an odd offset too: any alignment must work */
+    P->cpu->ops->linear(P->cpu, rows, N, K, (float *)X.c + xoff, ldx, W.c, ldw,
+                        bias ? (float *)B.c + (bias > 1) : NULL, relu, O.c, ldo);
+    gpu->ops->linear(gpu, rows, N, K, (float *)X.g + xoff, ldx, W.g, ldw,
+                     bias ? (float *)B.g + (bias > 1) : NULL, relu, O.g, ldo);
+    char what[128];
+    snprintf(what, sizeof what, "linear %dx%dx%d ldx %d+%d ldo %d bias %d relu %d (%s)", rows, N,
+             K, ldx, xoff, ldo, bias, relu, gpu == P->gpu ? "default" : "NESF_CUDA_LT=0");
+    tw_check(P, &O, what);
+    tw_free(P, &X);
+    tw_free(P, &W);
+    tw_free(P, &B);
+    tw_free(P, &O);
+    free(hx);
+    free(hw);
+    free(hb);
+}
+
+/* The fused Linear (cuBLASLt epilogue) and its fallback (GEMM + bias_act),
+ * on the shapes of the fields and of awkward alignments. */
+static void test_linear(void **state)
+{
+    pair *P = *state;
+    NEED_GPU(P);
+    nesf_backend *plain;
+    nesf_error err;
+    setenv("NESF_CUDA_LT", "0", 1);
+    int rc = nesf_backend_cuda_create(0, &plain, &err);
+    unsetenv("NESF_CUDA_LT");
+    assert_int_equal(rc, NESF_OK);
+    nesf_backend *gpus[2] = {P->gpu, plain};
+    for (int g = 0; g < 2; g++) {
+        nesf_backend *be = gpus[g];
+        linear_case(P, be, 4096, 128, 131, 131, 0, 131, 1, 1);  /* field layer, xyz columns */
+        linear_case(P, be, 4096, 128, 259, 259, 0, 131, 1, 1);  /* 256 + xyz -> 128 */
+        linear_case(P, be, 4096, 3, 128, 131, 0, 3, 1, 0);      /* last position layer */
+        linear_case(P, be, 777, 80, 128, 128, 0, 80, 2, 0);     /* species logits */
+        linear_case(P, be, 1000, 64, 3, 3, 1, 67, 2, 1);        /* K = 3, odd pointers */
+        linear_case(P, be, 1, 256, 518, 518, 0, 256, 0, 1);     /* one row, no bias */
+        linear_case(P, be, 33, 17, 29, 31, 3, 19, 0, 0);
+        /* the same shape again: a cached plan with another bias pointer */
+        linear_case(P, be, 4096, 128, 131, 131, 0, 131, 2, 1);
+    }
+    nesf_backend_free(plain);
+}
+
 /* GEMM arithmetic modes against a float64 product: FP32 is exact to
  * rounding, TF32 and BF16 tensor-core paths are measured and bounded. */
 static void test_gemm_math_modes(void **state)
@@ -654,6 +708,35 @@ static void test_adam(void **state)
     free(hz);
 }
 
+static void vote_case(pair *P, int n, int rows, int A)
+{
+    size_t m = (size_t)n * rows * A;
+    float *hl = host_rand(m, -1, 1);
+    /* coarse values: ties inside a row and between the vote counts */
+    for (size_t i = 0; i < m; i++) hl[i] = floorf(hl[i] * 2.0f);
+    for (size_t i = 0; i < m; i += 997) hl[i] = NAN;
+    int *hc = malloc((size_t)n * sizeof *hc);
+    assert_non_null(hc);
+    for (int i = 0; i < n; i++) hc[i] = -5;
+    twin L = tw_floats(P, hl, m), C = tw_ints(P, hc, (size_t)n);
+    P->cpu->ops->vote(P->cpu, n, rows, A, L.c, C.c);
+    P->gpu->ops->vote(P->gpu, n, rows, A, L.g, C.g);
+    tw_check_exact(P, &C, "vote");
+    tw_free(P, &L);
+    tw_free(P, &C);
+    free(hl);
+    free(hc);
+}
+
+static void test_vote(void **state)
+{
+    pair *P = *state;
+    NEED_GPU(P);
+    vote_case(P, 300, 216, 80); /* the species vote of 300 atoms */
+    vote_case(P, 7, 1000, 3);
+    vote_case(P, 70000, 2, 3);  /* more groups than one launch's grid */
+}
+
 /* Grid-stride loops: more rows than one launch's grid covers. */
 static void test_large(void **state)
 {
@@ -675,6 +758,42 @@ static void test_large(void **state)
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) tw_free(P, all[i]);
     free(hx);
     free(hb);
+}
+
+/* Uploads may be queued behind kernels, yet the caller may reuse the
+ * source as soon as upload returns: many small uploads from one buffer
+ * rewritten in between (more than the staging ring holds), then a large
+ * one, then device-side copies that depend on the uploads' order. */
+static void test_upload_reuse(void **state)
+{
+    pair *P = *state;
+    NEED_GPU(P);
+    nesf_backend *be = P->gpu;
+    const int n = 100, w = 1000, big = 3 << 20;
+    float *d = be->ops->alloc(be, (size_t)n * w * sizeof(float));
+    float *dbig = be->ops->alloc(be, (size_t)big * sizeof(float));
+    float *h = malloc((size_t)big * sizeof *h), *back = malloc((size_t)big * sizeof *back);
+    assert_non_null(d);
+    assert_non_null(dbig);
+    assert_non_null(h);
+    assert_non_null(back);
+    be->ops->fill(be, dbig, (size_t)big, -1.0f); /* queued work ahead of the uploads */
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < w; k++) h[k] = (float)(i * w + k);
+        assert_int_equal(be->ops->upload(be, d + (size_t)i * w, h, (size_t)w * sizeof(float)), NESF_OK);
+    }
+    for (int k = 0; k < big; k++) h[k] = (float)k * 0.5f;
+    assert_int_equal(be->ops->upload(be, dbig, h, (size_t)big * sizeof(float)), NESF_OK);
+    memset(h, 0, (size_t)big * sizeof *h);
+    be->ops->copy(be, dbig, d, (size_t)n * w * sizeof(float));
+    assert_int_equal(be->ops->download(be, back, dbig, (size_t)big * sizeof(float)), NESF_OK);
+    for (int k = 0; k < big; k++)
+        if (back[k] != (k < n * w ? (float)k : (float)k * 0.5f))
+            fail_msg("element %d is %g after the uploads", k, back[k]);
+    be->ops->free(be, d);
+    be->ops->free(be, dbig);
+    free(h);
+    free(back);
 }
 
 /* A failing op (invalid leading dimension) is reported by the next sync,
@@ -703,6 +822,7 @@ int main(void)
         cmocka_unit_test(test_create),
         cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_gemm_math_modes),
+        cmocka_unit_test(test_linear),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_group_linear),
         cmocka_unit_test(test_group_reduce),
@@ -711,7 +831,9 @@ int main(void)
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_losses),
         cmocka_unit_test(test_adam),
+        cmocka_unit_test(test_vote),
         cmocka_unit_test(test_large),
+        cmocka_unit_test(test_upload_reuse),
         cmocka_unit_test(test_error_reported),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -270,6 +270,11 @@ static void test_bad_lines(void **state)
     expect_bad_line("{\"species\":[\"Fe\"],\"frac_coords\":[[0,0,0]]}", NESF_ERR_FORMAT, "lattice");
     expect_bad_line("{" CUBE ",\"species\":[\"Fe\"]}", NESF_ERR_FORMAT, "cart_coords");
     expect_bad_line("[1,2,3]", NESF_ERR_FORMAT, "object");
+    /* found by fuzzing: finite but absurd cells overflowed the writers */
+    expect_bad_line("{\"lattice\":{\"matrix\":[[5,1e306,0],[0,5,0],[0,0,5]]},\"species\":[\"Fe\"],"
+                    "\"frac_coords\":[[0,0,0]]}", NESF_ERR_INVALID, "cell vector 1 is 1e+306 Å long");
+    expect_bad_line("{" CUBE ",\"species\":[\"Fe\"],\"frac_coords\":[[0,-2e6,0]]}",
+                    NESF_ERR_INVALID, "fractional coordinate -2e+06 out of range");
     expect_bad_line("{" CUBE ",\"sites\":[{\"species\":[{\"element\":\"Fe\",\"occu\":0.5}],"
                     "\"abc\":[0,0,0]}]}", NESF_ERR_UNSUPPORTED, "partially occupied");
     expect_bad_line("{" CUBE ",\"sites\":[{\"species\":[{\"element\":\"Fe\",\"occu\":0.5},"
@@ -320,6 +325,20 @@ static void test_sjson_roundtrip(void **state)
     nesf_structure_free(s);
 }
 
+/* writers never emit a partial document */
+static void test_sjson_writer_refuses(void **state)
+{
+    (void)state;
+    nesf_structure *s = load_one("lcs6/val.jsonl", 3);
+    s->cart[4] = NAN;
+    for (nesf_sjson_style st = NESF_SJSON_DATASET; st <= NESF_SJSON_PYMATGEN; st++)
+        assert_null(nesf_sjson_to_json(s, st, 0));
+    s->cart[4] = 0;
+    s->z[1] = 0;
+    assert_null(nesf_sjson_to_json(s, NESF_SJSON_DATASET, 0));
+    nesf_structure_free(s);
+}
+
 static void test_detect(void **state)
 {
     (void)state;
@@ -354,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_vocab),
         cmocka_unit_test(test_bad_lines),
         cmocka_unit_test(test_sjson_roundtrip),
+        cmocka_unit_test(test_sjson_writer_refuses),
         cmocka_unit_test(test_detect),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,10 +7,13 @@
 int nesf_cmd_bench(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help")) {
-        printf("usage: nesf bench <load|field|train|decode> [options]\n");
+        printf("usage: nesf bench <load|gpu|field|train|decode> [options]\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "load")) return nesf_bench_load(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "field")) return nesf_bench_field(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "train")) return nesf_bench_train(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "gpu")) return nesf_bench_gpu(argc - 1, argv + 1);
     fprintf(stderr, "nesf bench: unknown benchmark '%s'\n", argv[1]);
     return 2;
 }

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,44 @@
 #include "commands.h"
 #include "dataset.h"
 #include "train.h"
+
+/* The next batch's queries are drawn on a thread while the current step
+ * runs: sampling is host work (nearest atoms for ~200 k points per batch)
+ * that would otherwise leave a GPU idle.  Same seeds, same queries. */
+typedef struct prefetch {
+    pthread_t th;
+    int running, epoch, batch, n, rc;
+    nesf_trainer *tr;
+    nesf_structure **bs;
+    uint64_t seed;
+    nesf_queries q;
+    nesf_error err;
+} prefetch;
+
+static void *prefetch_main(void *arg)
+{
+    prefetch *p = arg;
+    p->rc = nesf_trainer_sample(p->tr, p->bs, p->n, p->seed, &p->q, &p->err);
+    return NULL;
+}
+
+/* Waits for a running prefetch; returns 1 when it drew (epoch, batch) and
+ * hands its queries (or its error) over, else discards them. */
+static int prefetch_take(prefetch *p, int epoch, int batch, nesf_queries *q, int *rc,
+                         nesf_error *err)
+{
+    if (!p->running) return 0;
+    pthread_join(p->th, NULL);
+    p->running = 0;
+    if (p->epoch != epoch || p->batch != batch) {
+        if (!p->rc) nesf_queries_free(&p->q);
+        return 0;
+    }
+    *rc = p->rc;
+    if (p->rc) *err = p->err;
+    else *q = p->q;
+    return 1;
+}
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
@@ -192,6 +231,11 @@ int nesf_cmd_train(int argc, char **argv)
     const int nb = train.n / B + (train.n % B >= 2 ? 1 : 0);  /* a last batch of 1 would break BatchNorm */
     int *perm = malloc((size_t)train.n * sizeof *perm);
     nesf_structure **bs = malloc((size_t)B * sizeof *bs);
+    prefetch pf = {.tr = tr, .bs = malloc((size_t)B * sizeof *bs)};
+    if (!perm || !bs || !pf.bs) {
+        nesf_fail(&err, NESF_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
     const double start = now(), deadline = minutes > 0 ? start + minutes * 60 : INFINITY;
     double last_ckpt = start, last_print = 0, seconds0 = st.seconds;
     long structs = 0, queries = 0;
@@ -213,8 +257,20 @@ int nesf_cmd_train(int argc, char **argv)
             uint64_t bseed = nesf_seed_mix(nesf_seed_mix(tc.seed, (uint64_t)st.epoch + 1), (uint64_t)st.batch + 1);
             nesf_queries q;
             nesf_losses l;
-            if (nesf_trainer_sample(tr, bs, n, bseed, &q, &err) ||
-                nesf_trainer_forward_backward(tr, bs, n, &q, nesf_seed_mix(bseed, 0xD0), &l, &err) ||
+            int src = 0;
+            if (!prefetch_take(&pf, st.epoch, st.batch, &q, &src, &err))
+                src = nesf_trainer_sample(tr, bs, n, bseed, &q, &err);
+            if (src) goto fail;
+            if (st.batch + 1 < nb) { /* draw the next batch meanwhile */
+                int c0 = (st.batch + 1) * B;
+                pf.n = c0 + B <= train.n ? B : train.n - c0;
+                for (int i = 0; i < pf.n; i++) pf.bs[i] = train.s[perm[c0 + i]];
+                pf.epoch = st.epoch;
+                pf.batch = st.batch + 1;
+                pf.seed = nesf_seed_mix(nesf_seed_mix(tc.seed, (uint64_t)st.epoch + 1), (uint64_t)pf.batch + 1);
+                pf.running = pthread_create(&pf.th, NULL, prefetch_main, &pf) == 0;
+            }
+            if (nesf_trainer_forward_backward(tr, bs, n, &q, nesf_seed_mix(bseed, 0xD0), &l, &err) ||
                 nesf_trainer_step(tr, lr, &err)) {
                 nesf_queries_free(&q);
                 goto fail;
@@ -268,12 +324,18 @@ int nesf_cmd_train(int argc, char **argv)
         fprintf(stderr, "%sepoch %d  train %.4f  val %s%s  (%.0f s)\n", !quiet && isatty(2) ? "\r" : "", st.epoch,
                 tl.total, vls, improved ? "  *best*" : "", st.seconds);
     }
+    {
+        nesf_queries unused;
+        int urc;
+        prefetch_take(&pf, -1, -1, &unused, &urc, &err); /* a batch drawn for nothing */
+    }
     st.seconds = seconds0 + (now() - start);
     if (nesf_trainer_save(tr, &st, ckpt, &err)) goto fail;
     fprintf(stderr, "nesf train: %s after %d epochs (%ld steps, %.0f s); best val %.4f at epoch %d\n",
             stop_requested ? "stopped" : "done", st.epoch, st.step, st.seconds, st.best_val, st.best_epoch);
     free(perm);
     free(bs);
+    free(pf.bs);
     free(tcj);
     nesf_queries_free(&vq);
     nesf_trainer_free(tr);

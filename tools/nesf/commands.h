@@ -7,6 +7,10 @@
 int nesf_cmd_convert(int argc, char **argv);
 int nesf_cmd_bench(int argc, char **argv);
 int nesf_cmd_train(int argc, char **argv);
+int nesf_cmd_encode(int argc, char **argv);
 int nesf_bench_load(int argc, char **argv);
+int nesf_bench_field(int argc, char **argv);
+int nesf_bench_train(int argc, char **argv);
+int nesf_bench_gpu(int argc, char **argv);
 
 #endif

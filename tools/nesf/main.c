@@ -12,6 +12,7 @@ typedef struct {
 
 static const command commands[] = {
     {"convert", nesf_cmd_convert, "convert a CIF/JSON structure to JSON, CIF or pymatgen JSON"},
+    {"encode", nesf_cmd_encode, "latent vectors of structures (CIF/JSON) as JSON"},
     {"train", nesf_cmd_train, "train a model (checkpoints, resume, best weights)"},
     {"bench", nesf_cmd_bench, "benchmarks (load, field, train, decode)"},
 };

@@ -1,0 +1,250 @@
+/* nesf bench field | train - the network's throughput beside PyTorch
+ * (tests/bench/torch_*.py, Debian's python3-torch) run in the same
+ * invocation, on the same cores, with the ratio.  --no-torch skips the
+ * baseline. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "commands.h"
+#include "dataset.h"
+#include "model_internal.h"
+#include "train.h"
+
+typedef struct {
+    const char *shared, *source, *model;
+    int threads, no_torch, steps, batch;
+    double min_time;
+} bench_opts;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int parse(int argc, char **argv, bench_opts *o, const char *what)
+{
+    *o = (bench_opts){.shared = "../shared", .source = ".", .threads = 2, .steps = 3, .batch = 64, .min_time = 3};
+    static const struct option opts[] = {
+        {"shared", required_argument, 0, 's'}, {"source", required_argument, 0, 'S'},
+        {"model", required_argument, 0, 'm'}, {"threads", required_argument, 0, 't'},
+        {"no-torch", no_argument, 0, 'n'}, {"steps", required_argument, 0, 'k'},
+        {"batch", required_argument, 0, 'b'}, {"min-time", required_argument, 0, 'T'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 's': o->shared = optarg; break;
+        case 'S': o->source = optarg; break;
+        case 'm': o->model = optarg; break;
+        case 't': o->threads = atoi(optarg); break;
+        case 'n': o->no_torch = 1; break;
+        case 'k': o->steps = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
+        case 'b': o->batch = atoi(optarg) > 1 ? atoi(optarg) : 2; break;
+        case 'T': o->min_time = atof(optarg); break;
+        case 'h':
+            printf("usage: nesf bench %s [--model M] [--shared DIR] [--source DIR] [--threads N]\n"
+                   "       [--no-torch] [--steps N] [--batch N] [--min-time S]\n"
+                   "Runs the C %s benchmark, then tests/bench/torch_%s.py (under --source) with the same\n"
+                   "threads, and prints both and their ratio.\n", what, what, what);
+            return 1;
+        default: return 2;
+        }
+    }
+    return 0;
+}
+
+/* A paper-configuration model (fresh, seeded) or --model, plus the lcs6 data. */
+static int setup(const bench_opts *o, nesf_backend **be, nesf_model **m, nesf_dataset *train,
+                 nesf_dataset *val, nesf_error *err)
+{
+    char path[4096];
+    nesf_vocab v;
+    int rc = nesf_backend_cpu_create(o->threads, be, err);
+    snprintf(path, sizeof path, "%s/datasets/lcs6/meta.json", o->shared);
+    if (!rc) rc = nesf_vocab_load(path, &v, err);
+    snprintf(path, sizeof path, "%s/datasets/lcs6/train.jsonl", o->shared);
+    if (!rc) rc = nesf_dataset_load(path, train, err);
+    snprintf(path, sizeof path, "%s/datasets/lcs6/val.jsonl", o->shared);
+    if (!rc) rc = nesf_dataset_load(path, val, err);
+    if (rc) return rc;
+    if (o->model) return nesf_model_load(o->model, *be, m, err);
+    float lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
+    for (int i = 0; i < train->n; i++)
+        for (int j = 0; j < train->s[i]->n; j++)
+            for (int k = 0; k < 3; k++) {
+                lo[k] = fminf(lo[k], (float)train->s[i]->cart[3 * j + k]);
+                hi[k] = fmaxf(hi[k], (float)train->s[i]->cart[3 * j + k]);
+            }
+    nesf_model_config cfg;
+    nesf_model_config_paper(&cfg);
+    return nesf_model_create(&cfg, v.z, v.n, lo, hi, *be, 1, m, err);
+}
+
+/* Runs the PyTorch script and returns the value of key in its output line. */
+static double torch_value(const bench_opts *o, const char *script, const char *args, const char *key,
+                          char *line, size_t n)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/bench/%s --threads %d --shared %s %s%s%s 2>&1",
+             o->source, script, o->threads, o->shared, args, o->model ? " --weights " : "",
+             o->model ? o->model : "");
+    FILE *p = popen(cmd, "r");
+    line[0] = 0;
+    double v = NAN;
+    if (!p) return v;
+    char buf[4096];
+    while (fgets(buf, sizeof buf, p)) {
+        char *k = strstr(buf, key);
+        if (k && k[strlen(key)] == '=') {
+            v = atof(k + strlen(key) + 1);
+            snprintf(line, n, "%s", buf);
+        }
+    }
+    pclose(p);
+    if (isnan(v)) snprintf(line, n, "(no result from %s: is python3-torch installed?)\n", script);
+    return v;
+}
+
+int nesf_bench_field(int argc, char **argv)
+{
+    bench_opts o;
+    int r = parse(argc, argv, &o, "field");
+    if (r) return r == 1 ? 0 : 2;
+    nesf_error err = {0};
+    nesf_backend *be = NULL;
+    nesf_model *m = NULL;
+    nesf_dataset train = {0}, val = {0};
+    if (setup(&o, &be, &m, &train, &val, &err)) {
+        fprintf(stderr, "nesf bench field: %s\n", err.msg);
+        return 1;
+    }
+    /* one decode step of one structure: the paper's inference grid */
+    float lo[3], hi[3];
+    nesf_model_bbox(m, lo, hi);
+    int g[3], Q = 1;
+    for (int k = 0; k < 3; k++) Q *= g[k] = nesf_arange_count(lo[k] - 0.5, hi[k] + 0.5, 0.5);
+    float *xyz = malloc((size_t)Q * 3 * sizeof *xyz), *out = malloc((size_t)Q * 3 * sizeof *out);
+    float *z = malloc((size_t)m->cfg.latent * sizeof *z);
+    for (int i = 0, q = 0; i < g[0]; i++)
+        for (int j = 0; j < g[1]; j++)
+            for (int k = 0; k < g[2]; k++, q++) {
+                xyz[3 * q] = lo[0] - 0.5f + 0.5f * i;
+                xyz[3 * q + 1] = lo[1] - 0.5f + 0.5f * j;
+                xyz[3 * q + 2] = lo[2] - 0.5f + 0.5f * k;
+            }
+    if (nesf_model_encode(m, val.s, 1, z, &err)) {
+        fprintf(stderr, "nesf bench field: %s\n", err.msg);
+        return 1;
+    }
+    int off[2] = {0, Q};
+    for (int w = 0; w < 2; w++) nesf_model_position_field_host(m, 1, z, off, xyz, out, &err);
+    int reps = 0;
+    double t0 = now(), dt;
+    do {
+        nesf_model_position_field_host(m, 1, z, off, xyz, out, &err);
+        reps++;
+        dt = now() - t0;
+    } while (dt < o.min_time || reps < 3);
+    const nesf_mlp *fp = &m->mlp[NESF_DEC_POSITION];
+    double qps = (double)Q * reps / dt;
+    double dense = (double)nesf_mlp_flops_per_row(fp, 0), done = (double)nesf_mlp_flops_per_row(fp, 1);
+    printf("nesf bench field: position field, %d queries (one decode step of one structure), %d threads\n", Q, o.threads);
+    printf("  C     : %10.0f queries/s  %7.2f GFLOP/s dense-equivalent (%.0f flop/query; %.0f executed, latent part once per structure)\n",
+           qps, dense * qps / 1e9, dense, done);
+    if (!o.no_torch) {
+        char line[4096];
+        double tq = torch_value(&o, "torch_field.py", "--min-time 3", "queries_per_s", line, sizeof line);
+        printf("  torch : %10.0f queries/s  %7.2f GFLOP/s   [%s]\n", tq, dense * tq / 1e9, strtok(line, "\n"));
+        printf("  ratio : %.2fx PyTorch\n", qps / tq);
+    }
+    free(xyz);
+    free(out);
+    free(z);
+    nesf_model_free(m);
+    nesf_dataset_free(&train);
+    nesf_dataset_free(&val);
+    nesf_backend_free(be);
+    return 0;
+}
+
+int nesf_bench_train(int argc, char **argv)
+{
+    bench_opts o;
+    int r = parse(argc, argv, &o, "train");
+    if (r) return r == 1 ? 0 : 2;
+    nesf_error err = {0};
+    nesf_backend *be = NULL;
+    nesf_model *m = NULL;
+    nesf_dataset train = {0}, val = {0};
+    if (setup(&o, &be, &m, &train, &val, &err)) {
+        fprintf(stderr, "nesf bench train: %s\n", err.msg);
+        return 1;
+    }
+    nesf_train_config tc;
+    nesf_train_config_paper(&tc);
+    nesf_trainer *t;
+    if (nesf_trainer_create(m, &tc, &t, &err)) {
+        fprintf(stderr, "nesf bench train: %s\n", err.msg);
+        return 1;
+    }
+    nesf_structure **bs = malloc((size_t)o.batch * sizeof *bs);
+    double step_t = 0, sample_t = 0;
+    long nq = 0;
+    uint64_t st = 1;
+    nesf_losses l = {0};
+    for (int step = 0; step <= o.steps; step++) {
+        for (int i = 0; i < o.batch; i++) {
+            st = nesf_seed_mix(st, (uint64_t)i);
+            bs[i] = train.s[st % (uint64_t)train.n];
+            nesf_structure_canonicalize(bs[i], NULL);
+        }
+        nesf_queries q;
+        double t0 = now();
+        if (nesf_trainer_sample(t, bs, o.batch, st, &q, &err)) break;
+        double t1 = now();
+        if (nesf_trainer_forward_backward(t, bs, o.batch, &q, st, &l, &err) || nesf_trainer_step(t, 1e-3f, &err)) {
+            nesf_queries_free(&q);
+            break;
+        }
+        double t2 = now();
+        if (step > 0) {  /* the first step is a warm-up */
+            sample_t += t1 - t0;
+            step_t += t2 - t1;
+            nq += l.pos_queries + l.spec_queries;
+        }
+        nesf_queries_free(&q);
+    }
+    if (err.msg[0]) {
+        fprintf(stderr, "nesf bench train: %s\n", err.msg);
+        return 1;
+    }
+    double sps = o.batch * o.steps / step_t, qps = nq / step_t;
+    printf("nesf bench train: batch %d, paper sampling (%ld queries/step), %d threads, %d timed steps\n",
+           o.batch, nq / o.steps, o.threads, o.steps);
+    printf("  C     : %6.2f structures/s  %9.0f queries/s  step %.3f s (+ sampling %.3f s)\n", sps, qps,
+           step_t / o.steps, sample_t / o.steps);
+    if (!o.no_torch) {
+        char line[4096], args[64];
+        snprintf(args, sizeof args, "--batch %d --steps %d", o.batch, o.steps);
+        double ts = torch_value(&o, "torch_train.py", args, "structures_per_s", line, sizeof line);
+        double tq = NAN;
+        char *k = strstr(line, "queries_per_s=");
+        if (k) tq = atof(k + 14);
+        printf("  torch : %6.2f structures/s  %9.0f queries/s   [%s]\n", ts, tq, strtok(line, "\n"));
+        printf("  ratio : %.2fx PyTorch (structures/s)\n", sps / ts);
+    }
+    free(bs);
+    nesf_trainer_free(t);
+    nesf_model_free(m);
+    nesf_dataset_free(&train);
+    nesf_dataset_free(&val);
+    nesf_backend_free(be);
+    return 0;
+}
