@@ -85,6 +85,7 @@ static void usage(FILE *f)
             "  --checkpoint-minutes M  checkpoint interval (default 5)\n"
             "  --val-every N         validate every N epochs (default 1)\n"
             "  --val-limit N         validate on the first N val structures (default all)\n"
+            "  --max-steps N         stop (with a checkpoint) after N steps of this invocation\n"
             "  --quiet               no progress line\n");
 }
 
@@ -103,6 +104,7 @@ int nesf_cmd_train(int argc, char **argv)
 {
     const char *config = "config/models/nesf-paper.json", *data = NULL, *out = NULL, *backend = "auto";
     int epochs = -1, resume = 0, threads = 0, val_every = 1, val_limit = 0, quiet = 0;
+    long max_steps = -1;
     double minutes = 0, ckpt_minutes = 5;
     static const struct option opts[] = {
         {"config", required_argument, 0, 'c'}, {"data", required_argument, 0, 'd'},
@@ -111,6 +113,7 @@ int nesf_cmd_train(int argc, char **argv)
         {"backend", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
         {"checkpoint-minutes", required_argument, 0, 'k'}, {"val-every", required_argument, 0, 'v'},
         {"val-limit", required_argument, 0, 'l'}, {"quiet", no_argument, 0, 'q'},
+        {"max-steps", required_argument, 0, 'x'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int ch;
     optind = 1;
@@ -128,6 +131,7 @@ int nesf_cmd_train(int argc, char **argv)
         case 'v': val_every = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
         case 'l': val_limit = atoi(optarg); break;
         case 'q': quiet = 1; break;
+        case 'x': max_steps = atol(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -238,9 +242,9 @@ int nesf_cmd_train(int argc, char **argv)
     }
     const double start = now(), deadline = minutes > 0 ? start + minutes * 60 : INFINITY;
     double last_ckpt = start, last_print = 0, seconds0 = st.seconds;
-    long structs = 0, queries = 0;
+    long structs = 0, queries = 0, steps_here = 0;
     int rc = 0;
-    while (st.epoch < tc.epochs && !stop_requested && now() < deadline) {
+    while (st.epoch < tc.epochs && !stop_requested && now() < deadline && steps_here != max_steps) {
         /* the epoch's order: Fisher-Yates from (seed, epoch) */
         uint64_t es = nesf_seed_mix(tc.seed, (uint64_t)st.epoch + 1);
         for (int i = 0; i < train.n; i++) perm[i] = i;
@@ -251,7 +255,7 @@ int nesf_cmd_train(int argc, char **argv)
             perm[j] = t;
         }
         const float lr = nesf_train_lr(&tc, st.epoch);
-        while (st.batch < nb && !stop_requested && now() < deadline) {
+        while (st.batch < nb && !stop_requested && now() < deadline && steps_here != max_steps) {
             int b0 = st.batch * B, n = b0 + B <= train.n ? B : train.n - b0;
             for (int i = 0; i < n; i++) bs[i] = train.s[perm[b0 + i]];
             uint64_t bseed = nesf_seed_mix(nesf_seed_mix(tc.seed, (uint64_t)st.epoch + 1), (uint64_t)st.batch + 1);
@@ -281,6 +285,7 @@ int nesf_cmd_train(int argc, char **argv)
             st.acc_loss += l.total;
             st.batch++;
             st.step++;
+            steps_here++;
             double t = now();
             if (!quiet && isatty(2) && t - last_print > 1) {
                 fprintf(stderr, "\repoch %d  batch %d/%d  loss %.4f  %.1f structures/s  %.0f queries/s   ",
