@@ -180,7 +180,8 @@ await check('3-D view, legend and screenshot', async () => {
   assert.ok(st.width > 300 && st.height > 200, 'canvas too small');
   if (legend.length) {
     assert.ok(st.std > 8, 'canvas looks blank (flat luminance)');
-    assert.ok(st.nonWhite > 0.02, 'canvas looks blank (almost all background)');
+    // 1%: a small cell of the current weights fills ~1.8% of the canvas
+    assert.ok(st.nonWhite > 0.01, 'canvas looks blank (almost all background)');
     assert.ok(st.colours > 20, 'canvas has too few colours for shaded spheres');
   } else {
     assert.ok(st.nonWhite > 0.001, 'not even the cell is drawn');
