@@ -5,6 +5,7 @@
 #include "sjson.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,4 +79,19 @@ void nesf_dataset_free(nesf_dataset *d)
     nesf_structure_list_free(d->s, d->n);
     d->s = NULL;
     d->n = 0;
+}
+
+void nesf_structures_bbox(nesf_structure *const *s, int n, float lo[3], float hi[3])
+{
+    for (int k = 0; k < 3; k++) {
+        lo[k] = INFINITY;
+        hi[k] = -INFINITY;
+    }
+    for (int i = 0; i < n; i++)
+        for (int a = 0; a < s[i]->n; a++)
+            for (int k = 0; k < 3; k++) {
+                float c = (float)s[i]->cart[3 * a + k];
+                lo[k] = c < lo[k] ? c : lo[k];
+                hi[k] = c > hi[k] ? c : hi[k];
+            }
 }

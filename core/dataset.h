@@ -31,4 +31,9 @@ typedef struct nesf_dataset {
 int nesf_dataset_load(const char *path, nesf_dataset *d, nesf_error *err);
 void nesf_dataset_free(nesf_dataset *d);
 
+/* Per-axis min and max of the Cartesian coordinates of every atom of the
+ * first n structures of s: on the training set, the model's bounding box
+ * (spec §2).  lo > hi when there are no atoms. */
+void nesf_structures_bbox(nesf_structure *const *s, int n, float lo[3], float hi[3]);
+
 #endif

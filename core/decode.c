@@ -29,6 +29,7 @@ void nesf_decode_opts_default(nesf_decode_opts *o)
     o->max_atoms = 1024;
     o->max_particles = 1 << 21;
     o->batch_particles = 1L << 20;
+    o->repair_lattice = 0;
 }
 
 typedef struct opt_desc {
@@ -52,6 +53,7 @@ static const opt_desc opt_table[] = {
     OPT(max_atoms, 'i', 1, 100000),
     OPT(max_particles, 'i', 1, 1 << 24),
     OPT(batch_particles, 'l', 1, 1L << 28),
+    OPT(repair_lattice, 'i', 0, 1),
 };
 #undef OPT
 #define N_OPTS ((int)(sizeof opt_table / sizeof opt_table[0]))
@@ -390,19 +392,54 @@ static void free_outputs(nesf_structure **out, int n)
     }
 }
 
-/* Builds structure i from its lattice and atoms; NESF_ERR_INVALID for a
- * degenerate lattice. */
+/* Smallest cell edge and flattest cell (volume / abc) a repair accepts. */
+#define REPAIR_MIN_LENGTH 0.5
+#define REPAIR_MIN_FLATNESS 0.05
+
+static int sane_cell(const nesf_cellpar *p, nesf_lattice *lat)
+{
+    return nesf_lattice_from_params(p, lat, NULL) == NESF_OK &&
+           nesf_lattice_volume(lat) >= REPAIR_MIN_FLATNESS * p->a * p->b * p->c;
+}
+
+/* The nearest sane cell to p: lengths floored, angles brought into
+ * [10, 170] degrees and then pulled towards 90 until the cell has volume
+ * (all-90 always does).  Returns 0 when p had to change. */
+static int repair_cell(nesf_cellpar *p, nesf_lattice *lat)
+{
+    if (sane_cell(p, lat)) return 1;
+    double *len[3] = {&p->a, &p->b, &p->c}, *ang[3] = {&p->alpha, &p->beta, &p->gamma};
+    double a0[3];
+    for (int k = 0; k < 3; k++) {
+        if (*len[k] < REPAIR_MIN_LENGTH) *len[k] = REPAIR_MIN_LENGTH;
+        a0[k] = fmin(fmax(*ang[k], 10.0), 170.0);
+    }
+    for (int step = 20; step >= 0; step--) {
+        for (int k = 0; k < 3; k++) *ang[k] = 90.0 + (a0[k] - 90.0) * step / 20.0;
+        if (sane_cell(p, lat)) break;
+    }
+    return 0;
+}
+
+/* Builds a structure from its predicted cell and atoms; NESF_ERR_INVALID
+ * for a cell that is not one (or non-finite, even with repair). */
 static int build_structure(const float len[3], const float ang[3], int na, const float *atoms,
-                           const int *cls, const int *species_z, nesf_structure **out,
-                           nesf_error *err)
+                           const int *cls, const int *species_z, int repair, int *repaired,
+                           nesf_structure **out, nesf_error *err)
 {
     const double deg = 180.0 / M_PI;
     nesf_cellpar p = {len[0], len[1], len[2], ang[0] * deg, ang[1] * deg, ang[2] * deg};
     nesf_lattice lat;
     double inv[3][3];
-    if (nesf_lattice_from_params(&p, &lat, err) || nesf_lattice_inverse(&lat, inv, err)) {
+    int finite = isfinite(p.a) && isfinite(p.b) && isfinite(p.c) && isfinite(p.alpha) &&
+                 isfinite(p.beta) && isfinite(p.gamma);
+    *repaired = 0;
+    if (finite && repair) *repaired = !repair_cell(&p, &lat);
+    if (!finite || (!repair && nesf_lattice_from_params(&p, &lat, err)) ||
+        nesf_lattice_inverse(&lat, inv, err)) {
+        if (!finite) nesf_fail(err, NESF_ERR_INVALID, "non-finite cell parameters");
         nesf_error_prefix(err, "predicted lattice (%.4g %.4g %.4g Å, %.4g %.4g %.4g°) is degenerate: ",
-                          p.a, p.b, p.c, p.alpha, p.beta, p.gamma);
+                          len[0], len[1], len[2], ang[0] * deg, ang[1] * deg, ang[2] * deg);
         return NESF_ERR_INVALID;
     }
     nesf_structure *s = nesf_structure_new(na);
@@ -616,9 +653,11 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         for (int s = 0; s < S; s++) {
             nesf_error e;
             nesf_error_clear(&e);
+            int repaired;
             rc = build_structure(w.len_h + 3 * s, w.ang_h + 3 * s, w.natoms[s],
                                  w.atoms_h + (size_t)w.aoff[s] * 3, w.cls + w.aoff[s],
-                                 f->species_z, &out[b0 + s], &e);
+                                 f->species_z, o->repair_lattice, &repaired, &out[b0 + s], &e);
+            stats.lattice_repaired += repaired;
             if (rc == NESF_ERR_INVALID && item_err) {
                 item_err[b0 + s] = e;
                 continue;
@@ -654,12 +693,12 @@ void nesf_field_release(nesf_field *f)
 /* ---- the ground-truth field ---- */
 
 typedef struct truth_impl {
-    int *aoff;      /* atoms of structure i: [aoff[i], aoff[i+1]) */
-    float *pos;     /* atom xyz */
-    int *cls;       /* atom species class */
+    nesf_structure **s; /* the caller's structures */
+    int *aoff;          /* atoms of structure i: [aoff[i], aoff[i+1]) */
+    int *cls;           /* atom species class */
     float *len, *ang;
     int *species_z;
-    float *in, *res; /* host staging */
+    float *in, *res;    /* host staging */
     size_t cap_in, cap_res;
 } truth_impl;
 
@@ -684,23 +723,6 @@ static int truth_stage(nesf_field *f, const float *xyz, size_t q, size_t res_col
     return NESF_OK;
 }
 
-/* Nearest atom of structure s to p (ties: lower index). */
-static int truth_nearest(const truth_impl *t, int s, const float *p)
-{
-    int best = t->aoff[s];
-    float bd = INFINITY;
-    for (int a = t->aoff[s]; a < t->aoff[s + 1]; a++) {
-        const float *q = t->pos + 3 * a;
-        float d0 = q[0] - p[0], d1 = q[1] - p[1], d2 = q[2] - p[2];
-        float d = d0 * d0 + d1 * d1 + d2 * d2;
-        if (d < bd) {
-            bd = d;
-            best = a;
-        }
-    }
-    return best;
-}
-
 static int truth_eval(nesf_field *f, int first, int S, const int *off, const float *xyz,
                       float *out, int species, nesf_error *err)
 {
@@ -711,13 +733,13 @@ static int truth_eval(nesf_field *f, int first, int S, const int *off, const flo
     if (species) memset(t->res, 0, q * cols * sizeof(float));
     for (int s = 0; s < S; s++)
         for (int r = off[s]; r < off[s + 1]; r++) {
-            const float *p = t->in + 3 * (size_t)r;
-            int a = truth_nearest(t, first + s, p);
-            if (species) {
-                t->res[(size_t)r * cols + t->cls[a]] = 1.0f;
-            } else {
-                for (int k = 0; k < 3; k++) t->res[3 * (size_t)r + k] = t->pos[3 * a + k] - p[k];
-            }
+            /* the training targets' definition of the nearest atom */
+            float v[3];
+            int a = nesf_nearest_atom(t->s[first + s], t->in + 3 * (size_t)r, v);
+            if (species)
+                t->res[(size_t)r * cols + t->cls[t->aoff[first + s] + a]] = 1.0f;
+            else
+                memcpy(t->res + 3 * (size_t)r, v, sizeof v);
         }
     if (q && f->be->ops->upload(f->be, out, t->res, q * cols * sizeof(float)))
         return nesf_fail(err, NESF_ERR_BACKEND, "upload failed in the truth field");
@@ -749,7 +771,7 @@ static void truth_release(nesf_field *f)
 {
     truth_impl *t = f->impl;
     if (!t) return;
-    free(t->aoff); free(t->pos); free(t->cls); free(t->len); free(t->ang);
+    free(t->s); free(t->aoff); free(t->cls); free(t->len); free(t->ang);
     free(t->species_z); free(t->in); free(t->res);
     free(t);
 }
@@ -767,13 +789,13 @@ int nesf_field_truth(nesf_backend *be, nesf_structure *const *s, int n, const in
     f->release = truth_release;
     long atoms = 0;
     for (int i = 0; i < n; i++) atoms += s[i]->n;
+    t->s = malloc((size_t)(n ? n : 1) * sizeof *t->s);
     t->aoff = malloc((size_t)(n + 1) * sizeof *t->aoff);
-    t->pos = malloc((size_t)(atoms ? atoms : 1) * 3 * sizeof *t->pos);
     t->cls = malloc((size_t)(atoms ? atoms : 1) * sizeof *t->cls);
     t->len = malloc((size_t)(n ? n : 1) * 3 * sizeof *t->len);
     t->ang = malloc((size_t)(n ? n : 1) * 3 * sizeof *t->ang);
     t->species_z = malloc((size_t)num_species * sizeof *t->species_z);
-    if (!t->aoff || !t->pos || !t->cls || !t->len || !t->ang || !t->species_z) {
+    if (!t->s || !t->aoff || !t->cls || !t->len || !t->ang || !t->species_z) {
         nesf_field_release(f);
         return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
     }
@@ -795,8 +817,8 @@ int nesf_field_truth(nesf_backend *be, nesf_structure *const *s, int n, const in
                                  i, s[i]->id, s[i]->z[a]);
             }
             t->cls[j] = c;
-            for (int k = 0; k < 3; k++) t->pos[3 * j + k] = (float)s[i]->cart[3 * a + k];
         }
+        t->s[i] = s[i];
         t->aoff[i + 1] = t->aoff[i] + s[i]->n;
         nesf_cellpar p;
         nesf_lattice_params(&s[i]->lat, &p);

@@ -15,7 +15,17 @@
  * data moved is only the final particles.
  *
  * Many latents are decoded together: all particles of all structures of a
- * batch go through one chain of field evaluations per step. */
+ * batch go through one chain of field evaluations per step.
+ *
+ * Output cell: the lattice is nesf_lattice_from_params of the predicted
+ * (a, b, c, alpha, beta, gamma), i.e. a along +x, b in the xy-plane, c
+ * completing a right-handed cell: the orientation in which the datasets
+ * store their cells and hence the frame the position field was trained
+ * in.  Atoms keep the decoded Cartesian positions; fractional coordinates
+ * are cart · lattice⁻¹ and are not wrapped.  (A few dataset cells, 20 of
+ * LCS6 train and 1 of val, are stored rotated away from that orientation;
+ * for them the Cartesian positions still match, the fractional ones are
+ * off by the small rotation.) */
 #ifndef NESF_DECODE_H
 #define NESF_DECODE_H
 
@@ -39,7 +49,12 @@ typedef struct nesf_decode_opts {
     int max_atoms;       /* atoms kept per structure, lowest scores first (1024) */
     int max_particles;   /* refuse grids larger than this per structure (2^21) */
     long batch_particles;/* particles evaluated together; structures are
-                            decoded in batches of about this size (2^21) */
+                            decoded in batches of about this size (2^20) */
+    int repair_lattice;  /* 0: a predicted (a, b, c, alpha, beta, gamma) that
+                            is no cell fails that structure; 1: it is replaced
+                            by the nearest sane cell (lengths >= 0.5 Å, angles
+                            pulled towards 90° until the cell has volume) and
+                            counted in stats.lattice_repaired (0) */
 } nesf_decode_opts;
 
 /* The paper's settings (spec §5). */
@@ -62,6 +77,7 @@ typedef struct nesf_decode_stats {
     long kept;           /* particles under the score threshold */
     long atoms;          /* atoms emitted */
     int truncated;       /* structures that hit max_atoms */
+    int lattice_repaired;/* structures whose cell was repaired */
     double ms;           /* wall time of the whole call */
     double ms_flow;      /* particle flow (position field) */
     double ms_nms;       /* download, scoring, NMS */
@@ -113,7 +129,7 @@ void nesf_field_release(nesf_field *f);
  * out[i] (i < f->n) receives a new structure (caller frees) with the
  * field's lattice, the detected atoms' Cartesian positions and species.
  * A structure that cannot be built (non-finite latent, degenerate
- * predicted lattice) fails the call, unless item_err is given: then
+ * predicted lattice without repair_lattice) fails the call, unless item_err is given: then
  * out[i] is NULL, item_err[i] says why, and the call goes on.  Nothing is
  * left allocated on failure.  st may be NULL. */
 int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,

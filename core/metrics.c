@@ -37,7 +37,8 @@ static void one_way(const nesf_structure *from, const nesf_structure *to, double
     }
 }
 
-void nesf_metrics_add(nesf_metrics *m, const nesf_structure *truth, const nesf_structure *rec)
+void nesf_metrics_add_atoms(nesf_metrics *m, const nesf_structure *truth,
+                            const nesf_structure *rec)
 {
     const int nd = rec ? rec->n : 0;
     m->structures++;
@@ -51,13 +52,25 @@ void nesf_metrics_add(nesf_metrics *m, const nesf_structure *truth, const nesf_s
         one_way(truth, rec, &m->pos_act_sum, &m->spec_act_wrong);
         if (truth->n > 0) one_way(rec, truth, &m->pos_det_sum, &m->spec_det_wrong);
     }
+}
+
+void nesf_metrics_add_lattice(nesf_metrics *m, const nesf_structure *truth,
+                              const nesf_cellpar *b)
+{
+    nesf_cellpar a;
+    nesf_lattice_params(&truth->lat, &a);
+    m->lattices++;
+    m->len_abs_sum += fabs(a.a - b->a) + fabs(a.b - b->b) + fabs(a.c - b->c);
+    m->ang_abs_sum += fabs(a.alpha - b->alpha) + fabs(a.beta - b->beta) + fabs(a.gamma - b->gamma);
+}
+
+void nesf_metrics_add(nesf_metrics *m, const nesf_structure *truth, const nesf_structure *rec)
+{
+    nesf_metrics_add_atoms(m, truth, rec);
     if (rec) {
-        nesf_cellpar a, b;
-        nesf_lattice_params(&truth->lat, &a);
+        nesf_cellpar b;
         nesf_lattice_params(&rec->lat, &b);
-        m->lattices++;
-        m->len_abs_sum += fabs(a.a - b.a) + fabs(a.b - b.b) + fabs(a.c - b.c);
-        m->ang_abs_sum += fabs(a.alpha - b.alpha) + fabs(a.beta - b.beta) + fabs(a.gamma - b.gamma);
+        nesf_metrics_add_lattice(m, truth, &b);
     }
 }
 

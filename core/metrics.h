@@ -39,8 +39,15 @@ typedef struct nesf_metrics_summary {
 
 void nesf_metrics_init(nesf_metrics *m);
 /* Adds one pair; rec may be NULL (failed reconstruction: no atoms, no
- * lattice). */
+ * lattice).  Same as add_atoms then add_lattice with rec's cell. */
 void nesf_metrics_add(nesf_metrics *m, const nesf_structure *truth, const nesf_structure *rec);
+/* The atoms part only (counts the structure). */
+void nesf_metrics_add_atoms(nesf_metrics *m, const nesf_structure *truth,
+                            const nesf_structure *rec);
+/* The lattice part only: the predicted cell parameters (degrees), e.g.
+ * the lattice heads' raw output when the decoded cell had to be repaired. */
+void nesf_metrics_add_lattice(nesf_metrics *m, const nesf_structure *truth,
+                              const nesf_cellpar *pred);
 void nesf_metrics_merge(nesf_metrics *dst, const nesf_metrics *src);
 void nesf_metrics_summarize(const nesf_metrics *m, nesf_metrics_summary *out);
 

@@ -114,6 +114,17 @@ static void test_species_and_lattice(void **state)
     assert_true(fabs(s.len_mae - 0.2 / 3) < 1e-9);
     assert_true(fabs(s.ang_mae - 1.0) < 1e-9);
 
+    /* raw predicted parameters (as the lattice heads give them, even when
+     * they form no cell), without touching the atom figures */
+    nesf_metrics l;
+    nesf_metrics_init(&l);
+    nesf_cellpar raw = {-1, 5.6, 5.6, 90, 90, 30};
+    nesf_metrics_add_lattice(&l, t, &raw);
+    nesf_metrics_summarize(&l, &s);
+    assert_int_equal(l.structures, 0);
+    near(s.len_mae, 6.6 / 3);
+    near(s.ang_mae, 20);
+
     /* merge pools, it does not average means */
     nesf_metrics a, b;
     nesf_metrics_init(&a);

@@ -11,6 +11,7 @@ int nesf_cmd_bench(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "load")) return nesf_bench_load(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "decode")) return nesf_bench_decode(argc - 1, argv + 1);
     if (!strcmp(argv[1], "field")) return nesf_bench_field(argc - 1, argv + 1);
     if (!strcmp(argv[1], "train")) return nesf_bench_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "gpu")) return nesf_bench_gpu(argc - 1, argv + 1);

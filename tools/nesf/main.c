@@ -14,7 +14,13 @@ static const command commands[] = {
     {"convert", nesf_cmd_convert, "convert a CIF/JSON structure to JSON, CIF or pymatgen JSON"},
     {"encode", nesf_cmd_encode, "latent vectors of structures (CIF/JSON) as JSON"},
     {"train", nesf_cmd_train, "train a model (checkpoints, resume, best weights)"},
+    {"cv", nesf_cmd_cv, "k-fold cross-validation (train, reconstruct, pooled Table 1 row)"},
     {"bench", nesf_cmd_bench, "benchmarks (load, field, train, decode)"},
+    {"init", nesf_cmd_init, "write a freshly initialised model (untrained baseline)"},
+    {"eval", nesf_cmd_eval, "reconstruct a dataset and print the paper's error table"},
+    {"decode", nesf_cmd_decode, "decode latent vectors to structures (CIF/JSON)"},
+    {"interpolate", nesf_cmd_interpolate, "decode the latent line between two structures"},
+    {"latents", nesf_cmd_latents, "encode a dataset; t-SNE map as SVG"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,417 @@
+/* nesf eval - reconstruct every structure of a dataset (encode, decode)
+ * and print the paper's Table 1 figures (spec §6), per atom count too.
+ * With --truth the network is replaced by the exact field of each
+ * structure, which checks the reconstruction algorithm on its own. */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "dataset.h"
+#include "decode.h"
+#include "fileio.h"
+#include "latent_cli.h"
+#include "metrics.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: nesf eval --model M.safetensors --data FILE.jsonl [options]\n"
+        "       nesf eval --truth --meta META.json --data FILE.jsonl [options]\n"
+        "Reconstructs every structure (encode, then decode at the paper's settings)\n"
+        "and prints atom-count, position, species and lattice errors (paper Table 1),\n"
+        "overall and per true atom count, with timings.\n\n"
+        "  --model FILE       trained (or initialised) weights\n"
+        "  --truth            decode the exact field of each structure instead of the\n"
+        "                     network's: a check of the algorithm alone\n"
+        "  --meta FILE        species list (meta.json) for --truth without --model\n"
+        "  --bbox-from FILE   particle-grid bounding box from these structures'\n"
+        "                     atoms (the training set) for --truth; default: the\n"
+        "                     model's, else the data's own\n"
+        "  --data FILE        structures to reconstruct (JSON Lines)\n"
+        "  --out FILE         write the reconstructions (JSON Lines, the data's ids)\n"
+        "  --json             print the results as JSON\n"
+        "  --strict-lattice   fail structures whose predicted cell is none instead of\n"
+        "                     decoding them in a repaired cell (lattice errors are\n"
+        "                     always measured on the lattice heads' raw output)\n"
+        "  --list             list every structure reconstructed wrongly (default\n"
+        "                     with --truth)\n"
+        "  --options JSON     decode options, e.g. '{\"iterations\": 32}' (or @FILE)\n"
+        "  --batch N          structures per batched decode (default 64)\n"
+        "  --limit N          only the first N structures\n"
+        "  --backend KIND     cpu, cuda or auto (default auto)\n"
+        "  --threads N        CPU threads (default: all cores)\n");
+}
+
+typedef struct eval_args {
+    const char *model, *data, *out, *meta, *bbox_from, *options, *backend;
+    int truth, json, list, batch, limit, threads, strict;
+} eval_args;
+
+/* One structure's outcome, for --list. */
+typedef struct item {
+    nesf_metrics m;
+    char why[160]; /* decode/encode failure */
+} item;
+
+static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+static json_t *summary_json(const nesf_metrics *m)
+{
+    nesf_metrics_summary s;
+    nesf_metrics_summarize(m, &s);
+    json_t *o = json_object();
+    json_object_set_new(o, "structures", json_integer(m->structures));
+    json_object_set_new(o, "atom_count_error_pct", num(s.count_err_pct));
+    json_object_set_new(o, "position_error_actual", num(s.pos_act));
+    json_object_set_new(o, "position_error_detected", num(s.pos_det));
+    json_object_set_new(o, "species_error_actual_pct", num(s.spec_act_pct));
+    json_object_set_new(o, "species_error_detected_pct", num(s.spec_det_pct));
+    json_object_set_new(o, "lattice_length_error", num(s.len_mae));
+    json_object_set_new(o, "lattice_angle_error_deg", num(s.ang_mae));
+    json_object_set_new(o, "true_atoms", json_integer(m->true_atoms));
+    json_object_set_new(o, "detected_atoms", json_integer(m->det_atoms));
+    json_object_set_new(o, "undetected_atoms", json_integer(m->undetected_atoms));
+    return o;
+}
+
+static void print_row(const char *label, const nesf_metrics *m)
+{
+    nesf_metrics_summary s;
+    nesf_metrics_summarize(m, &s);
+    printf("%-14s %6ld %8.2f %10.4f %10.4f %10.2f %10.2f %8.4f %8.3f\n", label, m->structures,
+           s.count_err_pct, s.pos_act, s.pos_det, s.spec_act_pct, s.spec_det_pct, s.len_mae,
+           s.ang_mae);
+}
+
+/* Wrong in any way: count, species, or a mean position error over 0.01 Å. */
+static int is_wrong(const item *it)
+{
+    const nesf_metrics *m = &it->m;
+    return it->why[0] || m->count_wrong || m->spec_act_wrong || m->spec_det_wrong ||
+           !(m->pos_act_sum <= 0.01 * m->act_atoms) || !(m->pos_det_sum <= 0.01 * m->det_atoms);
+}
+
+static int parse_args(int argc, char **argv, eval_args *a)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
+        {"out", required_argument, 0, 'o'},   {"meta", required_argument, 0, 'M'},
+        {"bbox-from", required_argument, 0, 'B'}, {"options", required_argument, 0, 'O'},
+        {"backend", required_argument, 0, 'k'}, {"threads", required_argument, 0, 't'},
+        {"batch", required_argument, 0, 'b'}, {"limit", required_argument, 0, 'l'},
+        {"truth", no_argument, 0, 'T'},       {"json", no_argument, 0, 'j'},
+        {"list", no_argument, 0, 'L'},        {"help", no_argument, 0, 'h'},
+        {"strict-lattice", no_argument, 0, 'S'},
+        {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->batch = 64;
+    a->limit = -1;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case 'd': a->data = optarg; break;
+        case 'o': a->out = optarg; break;
+        case 'M': a->meta = optarg; break;
+        case 'B': a->bbox_from = optarg; break;
+        case 'O': a->options = optarg; break;
+        case 'k': a->backend = optarg; break;
+        case 't': a->threads = atoi(optarg); break;
+        case 'b': a->batch = atoi(optarg); break;
+        case 'l': a->limit = atoi(optarg); break;
+        case 'T': a->truth = 1; break;
+        case 'S': a->strict = 1; break;
+        case 'j': a->json = 1; break;
+        case 'L': a->list = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || !a->data || (!a->model && !(a->truth && a->meta)) || a->batch < 1) {
+        usage(stderr);
+        return 2;
+    }
+    if (a->truth) a->list = 1;
+    return -1;
+}
+
+int nesf_cmd_eval(int argc, char **argv)
+{
+    eval_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0) return rc;
+    const double t_start = cli_now_s();
+    nesf_error err;
+    nesf_decode_opts opts;
+    nesf_decode_opts_default(&opts);
+    opts.repair_lattice = !a.strict;
+    if (a.options && cli_decode_options(a.options, &opts, &err)) {
+        fprintf(stderr, "nesf eval: --options: %s\n", err.msg);
+        return 2;
+    }
+    nesf_dataset d = {0};
+    if (nesf_dataset_load(a.data, &d, &err)) {
+        fprintf(stderr, "nesf eval: %s\n", err.msg);
+        return 1;
+    }
+    const int n = a.limit >= 0 && a.limit < d.n ? a.limit : d.n;
+
+    nesf_backend *be = NULL;
+    nesf_model *m = NULL;
+    int species_z[NESF_MAX_SPECIES], ns = 0;
+    float lo[3], hi[3];
+    const char *bbox_src;
+    int status = 1;
+    nesf_structure **rec = calloc((size_t)(n ? n : 1), sizeof *rec);
+    item *items = calloc((size_t)(n ? n : 1), sizeof *items);
+    nesf_error *ierr = calloc((size_t)(n ? n : 1), sizeof *ierr);
+    int maxn = 0;
+    for (int i = 0; i < n; i++) maxn = d.s[i]->n > maxn ? d.s[i]->n : maxn;
+    nesf_metrics *by_n = calloc((size_t)maxn + 1, sizeof *by_n);
+    float *z = NULL, *cell = NULL; /* latents, raw lattice heads (len | ang) */
+    nesf_error *keep = malloc((size_t)a.batch * sizeof *keep);
+    if (!rec || !items || !ierr || !by_n || !keep) {
+        fprintf(stderr, "nesf eval: out of memory\n");
+        goto done;
+    }
+    if (a.model) {
+        if (cli_open_model("eval", a.model, a.backend, a.threads, &be, &m)) goto done;
+        ns = nesf_model_num_species(m);
+        for (int c = 0; c < ns; c++) species_z[c] = nesf_model_species_z(m, c);
+        nesf_model_bbox(m, lo, hi);
+        bbox_src = "the model's";
+        z = malloc((size_t)a.batch * nesf_model_latent_size(m) * sizeof *z);
+        cell = malloc((size_t)a.batch * 6 * sizeof *cell);
+        if (!z || !cell) {
+            fprintf(stderr, "nesf eval: out of memory\n");
+            goto done;
+        }
+    } else {
+        nesf_vocab v;
+        if (nesf_vocab_load(a.meta, &v, &err) ||
+            nesf_backend_create(a.backend ? a.backend : "auto", a.threads, &be, &err)) {
+            fprintf(stderr, "nesf eval: %s\n", err.msg);
+            goto done;
+        }
+        ns = v.n;
+        memcpy(species_z, v.z, (size_t)v.n * sizeof *v.z);
+        nesf_structures_bbox(d.s, n, lo, hi);
+        bbox_src = "the data's own";
+    }
+    if (a.bbox_from) {
+        nesf_dataset bd;
+        if (nesf_dataset_load(a.bbox_from, &bd, &err)) {
+            fprintf(stderr, "nesf eval: %s\n", err.msg);
+            goto done;
+        }
+        nesf_structures_bbox(bd.s, bd.n, lo, hi);
+        nesf_dataset_free(&bd);
+        bbox_src = a.bbox_from;
+    }
+
+    nesf_decode_stats total;
+    memset(&total, 0, sizeof total);
+    double t_encode = 0;
+    cli_progress bar;
+    cli_progress_start(&bar, a.truth ? "eval (truth)" : "eval", n);
+    for (int b0 = 0; b0 < n; b0 += a.batch) {
+        const int S = n - b0 < a.batch ? n - b0 : a.batch;
+        nesf_structure **s = d.s + b0;
+        nesf_decode_stats st;
+        if (a.truth) {
+            nesf_field f;
+            rc = nesf_field_truth(be, s, S, species_z, ns, lo, hi, &f, &err);
+            if (!rc) rc = nesf_decode_field(&f, &opts, rec + b0, ierr + b0, &st, &err);
+            nesf_field_release(&f);
+        } else {
+            double t0 = cli_now_s();
+            const int L = nesf_model_latent_size(m);
+            rc = nesf_model_encode(m, s, S, z, &err);
+            if (rc == NESF_ERR_NOTFOUND || rc == NESF_ERR_INVALID) {
+                /* find the structures the model cannot take; decode the rest */
+                for (int i = 0; i < S; i++)
+                    if (nesf_model_encode(m, s + i, 1, z + (size_t)i * L, &ierr[b0 + i])) {
+                        nesf_error_prefix(&ierr[b0 + i], "encode: ");
+                        memset(z + (size_t)i * L, 0, (size_t)L * sizeof *z);
+                    }
+                rc = NESF_OK;
+            }
+            t_encode += cli_now_s() - t0;
+            if (!rc) rc = nesf_model_lattice(m, S, z, cell, cell + 3 * S, &err);
+            if (!rc) {
+                /* nesf_decode clears item errors: keep the encoder's */
+                memcpy(keep, ierr + b0, (size_t)S * sizeof *keep);
+                rc = nesf_decode(m, S, z, &opts, rec + b0, ierr + b0, &st, &err);
+                for (int i = 0; i < S && !rc; i++)
+                    if (keep[i].code) {
+                        nesf_structure_free(rec[b0 + i]);
+                        rec[b0 + i] = NULL;
+                        ierr[b0 + i] = keep[i];
+                    }
+            }
+        }
+        if (rc) {
+            cli_progress_end(&bar);
+            fprintf(stderr, "nesf eval: structures %d..%d: %s\n", b0, b0 + S - 1, err.msg);
+            goto done;
+        }
+        total.particles += st.particles;
+        total.field_evals += st.field_evals;
+        total.kept += st.kept;
+        total.atoms += st.atoms;
+        total.truncated += st.truncated;
+        total.lattice_repaired += st.lattice_repaired;
+        total.ms += st.ms;
+        total.ms_flow += st.ms_flow;
+        total.ms_nms += st.ms_nms;
+        total.ms_species += st.ms_species;
+        for (int i = b0; i < b0 + S; i++) {
+            nesf_metrics_init(&items[i].m);
+            if (a.truth) {
+                nesf_metrics_add(&items[i].m, d.s[i], rec[i]);
+            } else {
+                nesf_metrics_add_atoms(&items[i].m, d.s[i], rec[i]);
+                const float *l = cell + 3 * (i - b0), *g = cell + 3 * S + 3 * (i - b0);
+                const double deg = 180.0 / M_PI;
+                nesf_cellpar p = {l[0], l[1], l[2], g[0] * deg, g[1] * deg, g[2] * deg};
+                if (!keep[i - b0].code) nesf_metrics_add_lattice(&items[i].m, d.s[i], &p);
+            }
+            if (ierr[i].code) snprintf(items[i].why, sizeof items[i].why, "%s", ierr[i].msg);
+            if (rec[i]) snprintf(rec[i]->id, sizeof rec[i]->id, "%s", d.s[i]->id);
+        }
+        cli_progress_update(&bar, b0 + S);
+    }
+    cli_progress_end(&bar);
+
+    nesf_metrics all;
+    nesf_metrics_init(&all);
+    for (int i = 0; i < n; i++) {
+        nesf_metrics_merge(&all, &items[i].m);
+        nesf_metrics_merge(&by_n[d.s[i]->n], &items[i].m);
+    }
+    int wrong = 0, failed = 0;
+    for (int i = 0; i < n; i++) {
+        wrong += is_wrong(&items[i]);
+        failed += items[i].why[0] != 0;
+    }
+    const double wall = cli_now_s() - t_start;
+    long G = n ? total.particles / n : 0;
+
+    if (a.out) {
+        char *text = cli_format_structures(rec, n, "jsonl");
+        if (!text || nesf_write_file(a.out, text, strlen(text), &err)) {
+            fprintf(stderr, "nesf eval: %s\n", text ? err.msg : "out of memory");
+            free(text);
+            goto done;
+        }
+        free(text);
+    }
+
+    if (a.json) {
+        json_t *o = json_object();
+        json_object_set_new(o, "data", json_string(a.data));
+        json_object_set_new(o, "mode", json_string(a.truth ? "truth" : "model"));
+        json_object_set_new(o, "model", a.model ? json_string(a.model) : json_null());
+        json_object_set_new(o, "backend", json_string(be->device));
+        json_object_set_new(o, "all", summary_json(&all));
+        json_t *rows = json_array();
+        for (int k = 0; k <= maxn; k++) {
+            if (!by_n[k].structures) continue;
+            json_t *r = summary_json(&by_n[k]);
+            json_object_set_new(r, "atoms", json_integer(k));
+            json_array_append_new(rows, r);
+        }
+        json_object_set_new(o, "by_atom_count", rows);
+        json_t *bad = json_array();
+        for (int i = 0; i < n && a.list; i++) {
+            if (!is_wrong(&items[i])) continue;
+            nesf_metrics_summary s;
+            nesf_metrics_summarize(&items[i].m, &s);
+            json_t *r = json_object();
+            json_object_set_new(r, "id", json_string(d.s[i]->id));
+            json_object_set_new(r, "true_atoms", json_integer(d.s[i]->n));
+            json_object_set_new(r, "detected_atoms", json_integer(rec[i] ? rec[i]->n : 0));
+            json_object_set_new(r, "position_error_actual", num(s.pos_act));
+            json_object_set_new(r, "species_error_actual_pct", num(s.spec_act_pct));
+            if (items[i].why[0]) json_object_set_new(r, "error", json_string(items[i].why));
+            json_array_append_new(bad, r);
+        }
+        json_object_set_new(o, "wrong", json_integer(wrong));
+        json_object_set_new(o, "failed", json_integer(failed));
+        if (a.list) json_object_set_new(o, "wrong_structures", bad);
+        else json_decref(bad);
+        char *ot = nesf_decode_opts_to_json(&opts);
+        json_object_set_new(o, "options", ot ? json_loads(ot, 0, NULL) : json_null());
+        free(ot);
+        json_t *bb = json_pack("{s:[f,f,f], s:[f,f,f], s:s}", "min", lo[0], lo[1], lo[2], "max",
+                               hi[0], hi[1], hi[2], "source", bbox_src);
+        json_object_set_new(o, "bbox", bb);
+        json_object_set_new(o, "timing", json_pack(
+            "{s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:i}", "wall_s", wall, "encode_s", t_encode,
+            "decode_s", total.ms / 1e3, "decode_ms_per_structure", n ? total.ms / n : 0.0,
+            "flow_s", total.ms_flow / 1e3, "nms_s", total.ms_nms / 1e3,
+            "particles_per_structure", (json_int_t)G, "field_evals", (json_int_t)total.field_evals,
+            "truncated", total.truncated));
+        json_object_set_new(o, "lattice_repaired", json_integer(total.lattice_repaired));
+        char *t = json_dumps(o, JSON_INDENT(1) | JSON_REAL_PRECISION(8));
+        if (t) printf("%s\n", t);
+        free(t);
+        json_decref(o);
+    } else {
+        printf("nesf eval: %d structures of %s, %s\n", n, a.data,
+               a.truth ? "exact (ground-truth) field" : a.model);
+        printf("backend: %s; bounding box %s: [%.3f %.3f %.3f] .. [%.3f %.3f %.3f]\n", be->device,
+               bbox_src, lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]);
+        printf("\n%-14s %6s %8s %10s %10s %10s %10s %8s %8s\n", "", "n", "atoms%", "pos act A",
+               "pos det A", "spec act%", "spec det%", "len A", "ang deg");
+        print_row("all", &all);
+        for (int k = 0; k <= maxn; k++) {
+            if (!by_n[k].structures) continue;
+            char label[32];
+            snprintf(label, sizeof label, "%d atoms", k);
+            print_row(label, &by_n[k]);
+        }
+        printf("\natoms: %ld true, %ld detected, %ld in %s without any detection\n",
+               all.true_atoms, all.det_atoms, all.undetected_atoms, "structures");
+        printf("reconstructed exactly (count, species, mean position error <= 0.01 Å): %d of %d; "
+               "failed to decode: %d\n", n - wrong, n, failed);
+        if (a.list)
+            for (int i = 0; i < n; i++) {
+                if (!is_wrong(&items[i])) continue;
+                nesf_metrics_summary s;
+                nesf_metrics_summarize(&items[i].m, &s);
+                printf("  wrong: %-14s %2d atoms -> %2d, pos act %.4f Å, species act %.1f%%%s%s\n",
+                       d.s[i]->id, d.s[i]->n, rec[i] ? rec[i]->n : 0, s.pos_act, s.spec_act_pct,
+                       items[i].why[0] ? ", " : "", items[i].why);
+            }
+        printf("\ndecode: %.2f s for %d structures = %.1f ms per structure "
+               "(%ld particles x %d iterations each; flow %.2f s, NMS %.2f s, species %.2f s)\n",
+               total.ms / 1e3, n, n ? total.ms / n : 0.0, G, opts.iterations,
+               total.ms_flow / 1e3, total.ms_nms / 1e3, total.ms_species / 1e3);
+        if (!a.truth) printf("encode: %.2f s\n", t_encode);
+        if (total.truncated) printf("max_atoms reached in %d structures\n", total.truncated);
+        if (total.lattice_repaired)
+            printf("predicted cell was no cell, decoded in a repaired one: %d structures\n",
+                   total.lattice_repaired);
+        printf("wall time: %.2f s\n", wall);
+    }
+    status = 0;
+done:
+    for (int i = 0; rec && i < n; i++) nesf_structure_free(rec[i]);
+    free(rec);
+    free(items);
+    free(ierr);
+    free(by_n);
+    free(z);
+    free(cell);
+    free(keep);
+    if (m) nesf_model_free(m);
+    if (be) nesf_backend_free(be);
+    nesf_dataset_free(&d);
+    return status;
+}

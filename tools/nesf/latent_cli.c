@@ -1,0 +1,218 @@
+/* latent_cli.c - see latent_cli.h. */
+#include "latent_cli.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cif.h"
+#include "sio.h"
+#include "sjson.h"
+
+double cli_now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+void cli_progress_start(cli_progress *p, const char *label, long total)
+{
+    p->label = label;
+    p->total = total;
+    p->t0 = cli_now_s();
+    p->tty = isatty(STDERR_FILENO);
+    p->drawn = -1;
+    cli_progress_update(p, 0);
+}
+
+void cli_progress_update(cli_progress *p, long done)
+{
+    if (!p->tty || p->total <= 0) return;
+    int pm = (int)(1000 * done / p->total);
+    if (pm == p->drawn) return;
+    p->drawn = pm;
+    enum { WIDTH = 30 };
+    char bar[WIDTH + 1];
+    int fill = pm * WIDTH / 1000;
+    for (int i = 0; i < WIDTH; i++) bar[i] = i < fill ? '#' : '.';
+    bar[WIDTH] = 0;
+    double el = cli_now_s() - p->t0;
+    fprintf(stderr, "\r%s [%s] %ld/%ld  %.1f s", p->label, bar, done, p->total, el);
+    if (done > 0 && done < p->total)
+        fprintf(stderr, " (eta %.0f s)  ", el / done * (p->total - done));
+    else
+        fprintf(stderr, "            ");
+    fflush(stderr);
+}
+
+void cli_progress_end(cli_progress *p)
+{
+    if (!p->tty) return;
+    cli_progress_update(p, p->total);
+    fputc('\n', stderr);
+}
+
+int cli_open_model(const char *cmd, const char *path, const char *backend, int threads,
+                   nesf_backend **be, nesf_model **m)
+{
+    nesf_error err;
+    *be = NULL;
+    *m = NULL;
+    if (nesf_backend_create(backend ? backend : "auto", threads, be, &err)) {
+        fprintf(stderr, "nesf %s: %s\n", cmd, err.msg);
+        return 1;
+    }
+    if (nesf_model_load(path, *be, m, &err)) {
+        fprintf(stderr, "nesf %s: %s: %s\n", cmd, path, err.msg);
+        nesf_backend_free(*be);
+        *be = NULL;
+        return 1;
+    }
+    return 0;
+}
+
+void cli_close_model(nesf_backend *be, nesf_model *m)
+{
+    nesf_model_free(m);
+    nesf_backend_free(be);
+}
+
+/* One latent from a JSON array of numbers. */
+static int latent_row(const json_t *a, int latent, float *z, int idx, nesf_error *err)
+{
+    if ((int)json_array_size(a) != latent)
+        return nesf_fail(err, NESF_ERR_INVALID, "latent %d has %zu values, the model takes %d",
+                         idx, json_array_size(a), latent);
+    for (int k = 0; k < latent; k++) {
+        const json_t *v = json_array_get(a, (size_t)k);
+        if (!json_is_number(v))
+            return nesf_fail(err, NESF_ERR_INVALID, "latent %d, value %d is not a number", idx, k);
+        double d = json_number_value(v);
+        if (!isfinite(d) || fabs(d) > 3e38)
+            return nesf_fail(err, NESF_ERR_INVALID, "latent %d, value %d is not finite", idx, k);
+        z[k] = (float)d;
+    }
+    return NESF_OK;
+}
+
+int cli_parse_latents(const char *text, int latent, float **z, int *n, nesf_error *err)
+{
+    *z = NULL;
+    *n = 0;
+    json_error_t je;
+    json_t *root = json_loads(text, JSON_DECODE_ANY, &je);
+    if (!root) return nesf_fail(err, NESF_ERR_PARSE, "line %d: %s", je.line, je.text);
+    const json_t *v = root;
+    if (json_is_object(root)) {
+        v = json_object_get(root, "latents");
+        if (!v) v = json_object_get(root, "latent");
+    }
+    int rc = NESF_OK;
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        rc = nesf_fail(err, NESF_ERR_FORMAT, "not a latent vector or a list of them");
+        goto done;
+    }
+    int many = json_is_array(json_array_get(v, 0));
+    int cnt = many ? (int)json_array_size(v) : 1;
+    if (!many && !json_is_number(json_array_get(v, 0))) {
+        rc = nesf_fail(err, NESF_ERR_FORMAT, "not a latent vector or a list of them");
+        goto done;
+    }
+    *z = malloc((size_t)cnt * latent * sizeof **z);
+    if (!*z) {
+        rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < cnt && !rc; i++)
+        rc = latent_row(many ? json_array_get(v, (size_t)i) : v, latent, *z + (size_t)i * latent, i,
+                        err);
+    if (rc) {
+        free(*z);
+        *z = NULL;
+    } else {
+        *n = cnt;
+    }
+done:
+    json_decref(root);
+    return rc;
+}
+
+int cli_decode_options(const char *arg, nesf_decode_opts *o, nesf_error *err)
+{
+    if (arg[0] != '@') return nesf_decode_opts_from_text(o, arg, err);
+    char *text;
+    size_t len;
+    int rc = nesf_sio_slurp(arg + 1, &text, &len, err);
+    if (rc) return rc;
+    rc = nesf_decode_opts_from_text(o, text, err);
+    free(text);
+    if (rc) nesf_error_prefix(err, "%s: ", arg + 1);
+    return rc;
+}
+
+/* Appends t and, when missing, a newline to *all (length *len). */
+static int append(char **all, size_t *len, const char *t)
+{
+    size_t k = strlen(t);
+    char *p = realloc(*all, *len + k + 2);
+    if (!p) return -1;
+    memcpy(p + *len, t, k);
+    *len += k;
+    if (*len == 0 || p[*len - 1] != '\n') p[(*len)++] = '\n';
+    p[*len] = 0;
+    *all = p;
+    return 0;
+}
+
+/* One structure as text in fmt ("cif" or "jsonl"); NULL entries give "null". */
+static char *one_text(const nesf_structure *s, int cif)
+{
+    if (cif) return s ? nesf_cif_write(s) : NULL;
+    json_t *j = s ? nesf_sjson_to_json(s, NESF_SJSON_DATASET, 0) : json_null();
+    char *t = j ? nesf_sjson_dumps(j) : NULL;
+    json_decref(j);
+    return t;
+}
+
+char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt)
+{
+    int cif = !strcmp(fmt, "cif");
+    if (cif || !strcmp(fmt, "jsonl")) {
+        size_t len = 0;
+        char *all = calloc(1, 1);
+        for (int i = 0; i < n && all; i++) {
+            if (cif && !s[i]) continue;
+            char *t = one_text(s[i], cif);
+            if (!t || append(&all, &len, t)) {
+                free(all);
+                all = NULL;
+            }
+            free(t);
+        }
+        return all;
+    }
+    if (strcmp(fmt, "json")) return NULL;
+    json_t *arr = json_array();
+    for (int i = 0; i < n && arr; i++) {
+        json_t *j = s[i] ? nesf_sjson_to_json(s[i], NESF_SJSON_FULL, CLI_SYMPREC) : json_null();
+        if (!j || json_array_append_new(arr, j)) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    char *t = arr ? json_dumps(arr, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
+    json_decref(arr);
+    char *all = NULL;
+    size_t len = 0;
+    if (t && append(&all, &len, t)) {
+        free(all);
+        all = NULL;
+    }
+    free(t);
+    return all;
+}

@@ -1,0 +1,52 @@
+/* latent_cli.h - what the latent-space commands (eval, decode,
+ * interpolate, latents, init) share: a progress bar, opening a model on a
+ * backend, reading latent vectors, printing structures. */
+#ifndef NESF_LATENT_CLI_H
+#define NESF_LATENT_CLI_H
+
+#include "decode.h"
+#include "model.h"
+#include "structure.h"
+
+/* A one-line progress bar on stderr, drawn only when stderr is a terminal. */
+typedef struct cli_progress {
+    const char *label;
+    long total;
+    double t0;
+    int tty;
+    int drawn; /* last permille drawn */
+} cli_progress;
+
+void cli_progress_start(cli_progress *p, const char *label, long total);
+void cli_progress_update(cli_progress *p, long done);
+void cli_progress_end(cli_progress *p);
+
+double cli_now_s(void);
+
+/* Backend kind ("cpu", "cuda", "auto") and threads (<= 0: all cores), then
+ * the model.  On failure prints "nesf CMD: ..." and returns 1. */
+int cli_open_model(const char *cmd, const char *path, const char *backend, int threads,
+                   nesf_backend **be, nesf_model **m);
+void cli_close_model(nesf_backend *be, nesf_model *m);
+
+/* Latent vectors from JSON text: an array of numbers (one latent), an
+ * array of such arrays, or an object with "latent" or "latents" holding
+ * one of those.  Each must have `latent` finite numbers.  *z is malloc'd
+ * (n x latent).  Returns NESF_ERR_FORMAT when the text is JSON but not
+ * latents, so callers can try it as a structure. */
+int cli_parse_latents(const char *text, int latent, float **z, int *n, nesf_error *err);
+
+/* Decode options from --options: JSON text, or @FILE for a file. */
+int cli_decode_options(const char *arg, nesf_decode_opts *o, nesf_error *err);
+
+/* Structures as one text: "cif" (data blocks one after another), "json"
+ * (an array of full structure objects: formula, space group) or "jsonl"
+ * (the dataset line format).  NULL entries (failed decodes) become JSON
+ * null and are skipped in CIF.  malloc'd, NULL when out of memory or fmt
+ * unknown. */
+char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt);
+
+/* The symprec used for the space groups reported by the tools. */
+#define CLI_SYMPREC 0.1
+
+#endif
