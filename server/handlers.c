@@ -7,25 +7,12 @@
 
 #include "cif.h"
 #include "elements.h"
+#include "interp.h"
 #include "sio.h"
 #include "sjson.h"
 #include "static.h"
 
 #define DEFAULT_SYMPREC 0.1
-#define MAX_STEPS 1024
-
-/* Interpolation frames (paper §2.4): t_k = k / (steps - 1) and the blend
- * (1 - t) z_a + t z_b, computed in double as core/interp.c does.  Kept here
- * until core/interp.h is on main; then nesf_interp_t/_latents replace it. */
-static double interp_t(int k, int steps) { return steps > 1 ? (double)k / (steps - 1) : 0.0; }
-
-static void interp_latents(const float *za, const float *zb, int L, int steps, float *z)
-{
-    for (int k = 0; k < steps; k++) {
-        double t = interp_t(k, steps);
-        for (int i = 0; i < L; i++) z[(size_t)k * L + i] = (float)((1 - t) * za[i] + t * zb[i]);
-    }
-}
 
 /* ---- per-request state of the POST routes ----
  * A request goes through up to two batcher tickets (encode, then decode);
@@ -612,7 +599,7 @@ static void interpolate_decode(op_state *st)
         nesfd_reply_error(st->req, 503, "out_of_memory", "out of memory");
         return;
     }
-    interp_latents(st->za, st->zb, L, st->n, dec->z);
+    nesf_interp_latents(st->za, st->zb, L, st->n, dec->z);
     dec->opts = st->opts;
     submit(st, dec);
     if (st->submit_rc == -1) ticket_failed(st);
@@ -634,7 +621,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
             goto out;
         json_t *steps = json_object_get(root, "steps"), *from = json_object_get(root, "from"),
                *to = json_object_get(root, "to");
-        int max = app->cfg->max_items < MAX_STEPS ? app->cfg->max_items : MAX_STEPS;
+        int max = app->cfg->max_items < NESF_INTERP_MAX_STEPS ? app->cfg->max_items : NESF_INTERP_MAX_STEPS;
         if (max > app->cfg->queue_limit) max = app->cfg->queue_limit;
         if (!json_is_integer(steps) || json_integer_value(steps) < 2 || json_integer_value(steps) > max) {
             nesfd_reply_error(r, 400, "invalid_request", "'steps' must be an integer in [2, %d]", max);
@@ -688,7 +675,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
     json_t *frames = json_array();
     for (int k = 0; k < job->n; k++) {
         nesfd_item *it = nesfd_ticket_item(st->ticket, k);
-        json_t *f = json_pack("{s:f}", "t", interp_t(k, job->n));
+        json_t *f = json_pack("{s:f}", "t", nesf_interp_t(k, job->n));
         if (it->status) {
             json_t *e = item_error_json(&job->item_err[k]);
             json_object_update(f, e);
