@@ -12,6 +12,8 @@
 #include "dataset.h"
 #include "latent_cli.h"
 
+/* Largest distance from an atom of a[i] to the nearest atom of b[i] (atoms
+ * may come out in another order when scores tie to rounding). */
 static double max_shift(nesf_structure *const *a, nesf_structure *const *b, int n, int *count_diff)
 {
     double worst = 0;
@@ -21,7 +23,15 @@ static double max_shift(nesf_structure *const *a, nesf_structure *const *b, int 
             (*count_diff)++;
             continue;
         }
-        for (int k = 0; k < 3 * a[i]->n; k++) worst = fmax(worst, fabs(a[i]->cart[k] - b[i]->cart[k]));
+        for (int j = 0; j < a[i]->n; j++) {
+            double best = INFINITY;
+            for (int k = 0; k < b[i]->n; k++) {
+                double d = 0;
+                for (int c = 0; c < 3; c++) d += pow(a[i]->cart[3 * j + c] - b[i]->cart[3 * k + c], 2);
+                best = fmin(best, sqrt(d));
+            }
+            worst = fmax(worst, best);
+        }
     }
     return worst;
 }
