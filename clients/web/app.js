@@ -31,8 +31,7 @@ class ApiError extends Error {
 }
 
 function apiBase() {
-  const v = $('#api').value.trim().replace(/\/+$/, '');
-  return v;
+  return $('#api').value.trim().replace(/\/+$/, '');
 }
 
 async function api(path, body) {
@@ -592,7 +591,8 @@ function wire() {
   });
   for (const id of ['api', 'token']) {
     const el = $('#' + id);
-    el.value = params.get(id === 'api' ? 'api' : '__none__') || localStorage.getItem('nesf.' + id) || '';
+    // a token never comes from the URL (it would end up in history and logs)
+    el.value = (id === 'api' && params.get('api')) || localStorage.getItem('nesf.' + id) || '';
     el.addEventListener('change', () => {
       localStorage.setItem('nesf.' + id, el.value.trim());
       checkHealth();

@@ -5,8 +5,11 @@
 
 The model is NESF_TEST_MODEL or else the default trained weights,
 models/lcs6.safetensors: the clients are tested on structures that really
-decode (a random network predicts degenerate cells).  Tests ask for
-FAST_OPTIONS decoding to stay quick on a 2-core CPU."""
+decode (a random network predicts degenerate cells).  Tests decode with
+TEST_OPTIONS (a coarse particle grid: quality does not matter, only that
+client and API agree) and one BLAS thread per daemon: the suite runs two
+tests at a time on 2 cores, and OpenBLAS threads competing for busy cores
+made decoding 5x slower."""
 import json
 import os
 import socket
@@ -17,7 +20,8 @@ import urllib.request
 
 ROOT = os.environ.get("NESF_SOURCE_ROOT") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.path.join(ROOT, "models", "lcs6.safetensors")
-FAST_OPTIONS = {"grid_step": 1.0, "iterations": 32}
+FAST_OPTIONS = {"grid_step": 1.0, "iterations": 32}  # the clients' --fast / "fast preview"
+TEST_OPTIONS = {"grid_step": 1.5, "iterations": 16}
 
 
 def free_port():
@@ -47,7 +51,7 @@ class Nesfd:
             self.log = tempfile.NamedTemporaryFile(prefix="nesfd-", suffix=".log", delete=False)
             args = [self.exe, "--listen", "127.0.0.1:%d" % self.port, "--model", "%s=%s" % (self.name, self.model),
                     "--web-root", os.path.join(ROOT, "clients", "web"), "--backend", "cpu",
-                    "--compute-threads", "2"] + self.extra
+                    "--compute-threads", "1"] + self.extra
             self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             deadline = time.time() + timeout
             while time.time() < deadline:

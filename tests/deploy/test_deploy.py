@@ -35,10 +35,11 @@ results = []
 
 
 def check(fn):
+    t0 = time.time()
     try:
         fn()
         results.append((fn.__name__, True))
-        print("ok   %s" % fn.__name__)
+        print("ok   %s (%.1f s)" % (fn.__name__, time.time() - t0))
     except Exception as e:  # noqa: BLE001 - report every failure and go on
         results.append((fn.__name__, False))
         print("FAIL %s: %s: %s" % (fn.__name__, type(e).__name__, e))
@@ -260,7 +261,7 @@ def nginx_balances_two_replicas():
     """deploy/nginx.conf for real, in front of two nesfd on loopback: both get
     traffic, and requests still succeed with one replica stopped."""
     sys.path.insert(0, os.path.join(ROOT, "tests", "clients"))
-    from nesfd_proc import FAST_OPTIONS, Nesfd, free_port
+    from nesfd_proc import TEST_OPTIONS, Nesfd, free_port
     import urllib.request
     nginx = tool("nginx")
     with open(os.path.join(DEPLOY, "nginx.conf")) as f:
@@ -290,7 +291,7 @@ def nginx_balances_two_replicas():
                 except OSError:
                     time.sleep(0.1)
             size = int(r1.get("/models")["models"][0]["latent_size"])
-            body = json.dumps({"latents": [[0.1] * size], "format": ["json"], "options": FAST_OPTIONS}).encode()
+            body = json.dumps({"latents": [[0.1] * size], "format": ["json"], "options": TEST_OPTIONS}).encode()
 
             def post():
                 req = urllib.request.Request(url + "/decode", data=body, method="POST",
