@@ -19,6 +19,7 @@ void nesfd_config_defaults(nesfd_config *c)
     c->max_batch = 32;
     c->max_delay_us = 2000;
     c->queue_limit = 4096;
+    c->invariant = 1;
     c->body_limit = 8u << 20;
     c->max_items = 512;
     c->request_timeout_s = 300;
@@ -250,15 +251,24 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
         if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         return set_backend(c, key, s, err);
     }
-    if (!strcmp(key, "log_requests")) {
+    if (!strcmp(key, "log_requests") || !strcmp(key, "invariant")) {
         if (!json_is_boolean(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected true or false", key);
-        c->log_requests = json_is_true(v);
+        *(key[0] == 'l' ? &c->log_requests : &c->invariant) = json_is_true(v);
         return NESF_OK;
     }
     if (!strcmp(key, "auth_token")) {
         if (json_is_null(v)) { c->token[0] = 0; return NESF_OK; }
         if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         return set_token(c, key, s, err);
+    }
+    if (!strcmp(key, "web_root")) {
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
+        int w = s[0] != '/' && base_dir && *base_dir
+              ? snprintf(c->web_root, sizeof c->web_root, "%s/%s", base_dir, s)
+              : snprintf(c->web_root, sizeof c->web_root, "%s", s);
+        if (w < 0 || (size_t)w >= sizeof c->web_root)
+            return nesf_fail(err, NESF_ERR_INVALID, "web_root: path too long");
+        return NESF_OK;
     }
     if (!strcmp(key, "auth_token_file")) {
         if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
@@ -301,7 +311,8 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
  * a typo or a misplaced key cannot be silently ignored. */
 static int key_in_section(const char *key, const char *section)
 {
-    static const char *const batching[] = {"max_batch", "max_delay_us", "queue_limit", NULL};
+    static const char *const batching[] = {"max_batch", "max_delay_us", "queue_limit", "invariant",
+                                           NULL};
     static const char *const timeouts[] = {"request_s", "idle_s", "shutdown_grace_s", NULL};
     const char *const *list = !strcmp(section, "batching") ? batching
                             : !strcmp(section, "timeouts") ? timeouts : NULL;
@@ -370,6 +381,9 @@ static const flag_info flags[] = {
     {"--max-batch", 1, "N", "items per backend call (default 32)"},
     {"--max-delay-us", 1, "US", "longest wait of a queued item for a fuller batch (default 2000)"},
     {"--no-batching", 0, NULL, "one item per backend call (same as --max-batch 1 --max-delay-us 0)"},
+    {"--fused-batches", 0, NULL, "let the structures of a batch share GEMMs: faster on a GPU, but\n"
+                                 "answers may then differ from unbatched ones in the last bits\n"
+                                 "(default: each item in GEMMs of its own, answers bit-identical)"},
     {"--queue-limit", 1, "N", "queued items per model before answering 503 (default 4096)"},
     {"--body-limit", 1, "BYTES", "largest request body, k/m/g suffixes allowed (default 8M)"},
     {"--max-items", 1, "N", "latents, structures or steps per request (default 512)"},
@@ -380,6 +394,7 @@ static const flag_info flags[] = {
                                 "route but /health (also: NESFD_TOKEN, config auth_token)"},
     {"--cors-origin", 1, "ORIGIN", "allow browser calls from ORIGIN, e.g. https://viewer.example\n"
                                    "(repeatable, '*' for any; replaces the file's list)"},
+    {"--web-root", 1, "DIR", "serve the web viewer (clients/web) from DIR at / (default: none)"},
     {"--quiet", 0, NULL, "no per-request log lines"},
     {"--check-config", 0, NULL, "print the effective configuration as JSON and exit"},
     {"--help", 0, NULL, "this text"},
@@ -406,9 +421,9 @@ void nesfd_config_usage(FILE *f)
     }
     fprintf(f,
             "\nconfig file keys: listen, models {name: path}, backend, compute_threads,\n"
-            "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit},\n"
-            "body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
-            "auth_token | auth_token_file, cors_origins [..], log_requests.\n"
+            "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit,\n"
+            "invariant}, body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
+            "auth_token | auth_token_file, cors_origins [..], log_requests, web_root.\n"
             "Model paths in the file are relative to the file; on the command line, to the\n"
             "current directory.  SIGTERM/SIGINT: stop accepting, finish in-flight requests,\n"
             "exit 0.  Logs: one JSON line per request on stderr.\n");
@@ -453,6 +468,12 @@ static int apply_flag(nesfd_config *c, const char *name, const char *val, int *o
         return NESF_OK;
     }
     if (!strcmp(name, "--token-file")) return read_token_file(c, val, err);
+    if (!strcmp(name, "--web-root")) {
+        if (strlen(val) >= sizeof c->web_root)
+            return nesf_fail(err, NESF_ERR_INVALID, "--web-root: path too long");
+        snprintf(c->web_root, sizeof c->web_root, "%s", val);
+        return NESF_OK;
+    }
     if (!strcmp(name, "--cors-origin")) {
         if (!*origins_reset) c->n_origins = 0, *origins_reset = 1;
         return add_origin(c, val, err);
@@ -473,6 +494,7 @@ static int apply_flag(nesfd_config *c, const char *name, const char *val, int *o
         return NESF_OK;
     }
     if (!strcmp(name, "--quiet")) { c->log_requests = 0; return NESF_OK; }
+    if (!strcmp(name, "--fused-batches")) { c->invariant = 0; return NESF_OK; }
     if (!strcmp(name, "--check-config")) { *check = 1; return NESF_OK; }
     if (!strcmp(name, "--help")) { *help = 1; return NESF_OK; }
     if (!strcmp(name, "--version")) { *version = 1; return NESF_OK; }
@@ -530,7 +552,7 @@ char *nesfd_config_dump(const nesfd_config *c)
     snprintf(listen, sizeof listen, strchr(c->host, ':') ? "[%s]:%d" : "%s:%d", c->host, c->port);
     json_t *o = json_pack(
         "{s:s, s:o, s:s, s:i, s:i, s:i, s:{s:i, s:I, s:i}, s:I, s:i, s:{s:f, s:i, s:f},"
-        " s:o, s:o, s:b}",
+        " s:o, s:o, s:b, s:s}",
         "listen", listen, "models", models, "backend", c->backend,
         "compute_threads", c->compute_threads, "http_threads", c->http_threads,
         "max_connections", c->max_connections,
@@ -540,7 +562,8 @@ char *nesfd_config_dump(const nesfd_config *c)
         "timeouts", "request_s", c->request_timeout_s, "idle_s", c->idle_timeout_s,
         "shutdown_grace_s", c->shutdown_grace_s,
         "auth_token", c->token[0] ? json_string("<redacted>") : json_null(),
-        "cors_origins", origins, "log_requests", c->log_requests);
+        "cors_origins", origins, "log_requests", c->log_requests, "web_root", c->web_root);
+    if (o) json_object_set_new(json_object_get(o, "batching"), "invariant", json_boolean(c->invariant));
     char *s = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     return s;

@@ -35,6 +35,8 @@ typedef struct nesfd_config {
     int max_batch;             /* items (latents or structures) per backend call */
     int64_t max_delay_us;      /* how long the oldest queued item may wait for company */
     int queue_limit;           /* queued items per model before 503 */
+    int invariant;             /* each item computed in GEMMs of its own inside a batch,
+                                  so answers are bit-identical to unbatched ones */
     size_t body_limit;         /* bytes */
     int max_items;             /* latents/structures/steps per request */
     double request_timeout_s;  /* deadline from arrival to answer (504) */
@@ -44,6 +46,7 @@ typedef struct nesfd_config {
     char origins[NESFD_MAX_ORIGINS][256]; /* CORS origins; "*" allows any */
     int n_origins;
     int log_requests;          /* one JSON line per request on stderr */
+    char web_root[4096];       /* static files (the web viewer) served at /; "" = none */
 } nesfd_config;
 
 void nesfd_config_defaults(nesfd_config *c);

@@ -46,7 +46,7 @@ struct nesfd_req {
     const nesfd_route *route;
     int metric_route;
     char method[16];
-    char path[160];
+    char path[1024];
     char *body;
     size_t len, cap;
     long long start;
@@ -65,6 +65,7 @@ struct nesfd_req {
 /* ---- request accessors ---- */
 
 const char *nesfd_req_id(const nesfd_req *r) { return r->id; }
+const char *nesfd_req_path(const nesfd_req *r) { return r->path; }
 long long nesfd_req_start_ns(const nesfd_req *r) { return r->start; }
 void *nesfd_req_state(nesfd_req *r) { return r->state; }
 void nesfd_req_set_batch(nesfd_req *r, int batch) { if (batch > r->batch) r->batch = batch; }
@@ -226,6 +227,12 @@ static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
                           "/metrics and POST /decode, /encode, /interpolate, /reconstruct)", r->path);
         return 1;
     }
+    /* the static-file fallback only answers GET: other methods on unknown
+     * paths are unknown routes, not wrong methods */
+    if (r->route->prefix && !method_allowed(r->route, method) && strcmp(method, "OPTIONS")) {
+        nesfd_reply_error(r, 404, "not_found", "no route %s", r->path);
+        return 1;
+    }
     char allow[32];
     snprintf(allow, sizeof allow, "%s%s, OPTIONS", r->route->method,
              strcmp(r->route->method, "GET") ? "" : ", HEAD");
@@ -288,8 +295,13 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
         uuid_unparse_lower(u, r->id);
     }
     r->metric_route = h->other_metric;
-    for (int i = 0; i < h->n_routes; i++)
+    for (int i = 0; i < h->n_routes && !r->route; i++)
         if (!strcmp(h->routes[i].path, url)) {
+            r->route = &h->routes[i];
+            r->metric_route = h->route_metric[i];
+        }
+    for (int i = 0; i < h->n_routes && !r->route; i++)
+        if (h->routes[i].prefix && !strncmp(h->routes[i].path, url, strlen(h->routes[i].path))) {
             r->route = &h->routes[i];
             r->metric_route = h->route_metric[i];
         }

@@ -30,6 +30,7 @@ typedef struct nesfd_route {
     const char *method;    /* "GET" (HEAD allowed too) or "POST" */
     nesfd_handler_fn fn;
     int public;            /* no bearer token needed (/health) */
+    int prefix;            /* also matches paths under it, when nothing matches exactly */
 } nesfd_route;
 
 /* Binds, starts the thread pool and serves routes (copied) until stopped.
@@ -49,6 +50,8 @@ void nesfd_http_stop(nesfd_http *h);
 /* ---- inside a handler ---- */
 const char *nesfd_req_id(const nesfd_req *r);
 const char *nesfd_req_body(const nesfd_req *r, size_t *len);
+/* The request path, without the query string. */
+const char *nesfd_req_path(const nesfd_req *r);
 /* Query-string argument or request header (case-insensitive), or NULL. */
 const char *nesfd_req_arg(nesfd_req *r, const char *key);
 const char *nesfd_req_header(nesfd_req *r, const char *name);

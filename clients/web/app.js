@@ -115,16 +115,15 @@ function boundaryImages(list, m, tol = 0.02) {
   const out = [];
   for (const s of list) {
     if (!s.frac) continue;
-    const shifts = s.frac.map((x) => {
-      const w = x - Math.floor(x + 1e-9);
-      const opts = [0];
-      if (w < tol) opts.push(1);
-      if (w > 1 - tol) opts.push(-1);
-      return opts;
+    // per axis, the positions of this atom's images that lie in the cell
+    // (within tol of a face); decoded atoms may sit slightly outside it
+    const axes = s.frac.map((x) => {
+      const w = x - Math.floor(x);
+      return [w, w + 1, w - 1].filter((c) => c >= -tol && c <= 1 + tol);
     });
-    for (const dx of shifts[0]) for (const dy of shifts[1]) for (const dz of shifts[2]) {
-      if (!dx && !dy && !dz) continue;
-      const f = [s.frac[0] + dx, s.frac[1] + dy, s.frac[2] + dz];
+    for (const a of axes[0]) for (const b of axes[1]) for (const c of axes[2]) {
+      const f = [a, b, c];
+      if (f.every((v, k) => Math.abs(v - s.frac[k]) < 1e-6)) continue; // the atom itself
       out.push({ el: s.el, cart: fracToCart(f, m), frac: f });
     }
   }

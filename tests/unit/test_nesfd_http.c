@@ -71,10 +71,10 @@ static void h_busy(nesfd_req *r, void *ctx)
 }
 
 static const nesfd_route routes[] = {
-    {"/ping", "GET", h_ping, 1},
-    {"/echo", "POST", h_echo, 0},
-    {"/slow", "POST", h_slow, 0},
-    {"/busy", "POST", h_busy, 0},
+    {"/ping", "GET", h_ping, 1, 0},
+    {"/echo", "POST", h_echo, 0, 0},
+    {"/slow", "POST", h_slow, 0, 0},
+    {"/busy", "POST", h_busy, 0, 0},
 };
 
 /* ---- a minimal HTTP/1.1 client (Connection: close) ---- */

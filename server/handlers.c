@@ -1,0 +1,798 @@
+#include "handlers.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cif.h"
+#include "elements.h"
+#include "interp.h"
+#include "sio.h"
+#include "sjson.h"
+#include "static.h"
+
+#define DEFAULT_SYMPREC 0.1
+
+/* ---- per-request state of the POST routes ----
+ * A request goes through up to two batcher tickets (encode, then decode);
+ * between them it is suspended and the handler runs again on resume. */
+
+typedef enum { OP_DECODE, OP_ENCODE, OP_RECONSTRUCT, OP_INTERPOLATE } op_kind;
+
+typedef struct op_state {
+    op_kind kind;
+    nesfd_app *app;
+    nesfd_req *req;
+    nesfd_model_entry *me;
+    int stage;                 /* tickets submitted so far */
+    nesfd_ticket *ticket;
+    int submit_rc;             /* NESFD_SUBMIT_* of the last submission */
+    int64_t deadline;
+    int want_cif, want_pymatgen;
+    double symprec;
+    nesf_decode_opts opts;
+    int n;                     /* items of the request (frames for interpolate) */
+    float *latents;            /* reconstruct: the encoded latents (n x L) */
+    /* interpolate: endpoints given as latents, or encode job slots */
+    float *za, *zb;
+    int a_slot, b_slot;        /* index in the encode job, -1 when a latent */
+} op_state;
+
+static void op_free(void *p)
+{
+    op_state *st = p;
+    if (!st) return;
+    nesfd_ticket_release(st->ticket);
+    free(st->latents);
+    free(st->za);
+    free(st->zb);
+    free(st);
+}
+
+static void on_ticket_done(void *arg, int state)
+{
+    (void)state; /* read back from the ticket on resume */
+    op_state *st = arg;
+    nesfd_req_resume(st->req);
+}
+
+/* Hands the job to the model's batcher and suspends the request; the
+ * handler runs again when the ticket ends (or at once if it was refused). */
+static void submit(op_state *st, nesfd_job *job)
+{
+    nesfd_ticket_release(st->ticket);
+    st->ticket = nesfd_job_ticket(job, st->deadline, on_ticket_done, st);
+    st->stage++;
+    if (!st->ticket) {
+        st->submit_rc = -1;
+        return; /* not suspended: the caller answers */
+    }
+    nesfd_req_suspend(st->req); /* before submitting: done may fire at once */
+    st->submit_rc = nesfd_batcher_submit(st->me->batcher, st->ticket);
+    if (st->submit_rc != NESFD_SUBMIT_OK) nesfd_req_resume(st->req);
+}
+
+/* Answers a failed submission or ticket; returns 1 if it did. */
+static int ticket_failed(op_state *st)
+{
+    nesfd_req *r = st->req;
+    if (st->submit_rc == -1) {
+        nesfd_reply_error(r, 503, "out_of_memory", "cannot allocate the work for this request");
+        return 1;
+    }
+    if (st->submit_rc == NESFD_SUBMIT_FULL) {
+        nesfd_metrics_rejected(st->app->metrics, st->me->metric);
+        nesfd_req_add_header(r, "Retry-After", "1");
+        nesfd_reply_error(r, 503, "queue_full", "model '%s' has %d items queued (limit %d); retry later",
+                          st->me->name, nesfd_batcher_depth(st->me->batcher), st->app->cfg->queue_limit);
+        return 1;
+    }
+    if (st->submit_rc == NESFD_SUBMIT_STOPPED) {
+        nesfd_req_add_header(r, "Retry-After", "5");
+        nesfd_reply_error(r, 503, "shutting_down", "the server is shutting down");
+        return 1;
+    }
+    nesfd_req_set_batch(r, nesfd_ticket_max_batch(st->ticket));
+    switch (nesfd_ticket_state(st->ticket)) {
+    case NESFD_TICKET_DONE:
+        return 0;
+    case NESFD_TICKET_TIMEOUT:
+        nesfd_reply_error(r, 504, "deadline_exceeded", "no answer within the request deadline of %g s",
+                          st->app->cfg->request_timeout_s);
+        return 1;
+    default:
+        nesfd_req_add_header(r, "Retry-After", "5");
+        nesfd_reply_error(r, 503, "shutting_down", "the server stopped before the work was done");
+        return 1;
+    }
+}
+
+static int http_status_of(int code)
+{
+    switch (code) {
+    case NESF_ERR_NOMEM: return 503;
+    case NESF_ERR_BACKEND:
+    case NESF_ERR_IO: return 500;
+    default: return 400;
+    }
+}
+
+/* ---- request parsing ---- */
+
+static json_t *parse_body(nesfd_req *r)
+{
+    size_t len;
+    const char *body = nesfd_req_body(r, &len);
+    json_error_t je;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        nesfd_reply_error(r, 400, "invalid_json", "line %d column %d: %s", je.line, je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        nesfd_reply_error(r, 400, "invalid_json", "the body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+/* Refuses keys outside allowed (NULL-terminated): a misspelt option must
+ * not be silently ignored. */
+static int check_keys(nesfd_req *r, json_t *root, const char *const *allowed)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        const char *const *a = allowed;
+        while (*a && strcmp(*a, key)) a++;
+        if (!*a) {
+            char list[256] = "";
+            for (a = allowed; *a; a++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", a == allowed ? "" : ", ", *a);
+            nesfd_reply_error(r, 400, "invalid_request", "unknown key '%s' (expected: %s)", key, list);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static op_state *new_state(nesfd_app *app, nesfd_req *r, op_kind kind, json_t *root)
+{
+    json_t *m = json_object_get(root, "model");
+    if (m && !json_is_string(m) && !json_is_null(m)) {
+        nesfd_reply_error(r, 400, "invalid_request", "'model' must be a string");
+        return NULL;
+    }
+    const char *name = json_is_string(m) ? json_string_value(m) : NULL;
+    nesfd_model_entry *me = nesfd_engine_find(app->engine, name);
+    if (!me) {
+        nesfd_reply_error(r, 404, "unknown_model", "no model named '%s' (see GET /models)", name);
+        return NULL;
+    }
+    op_state *st = calloc(1, sizeof *st);
+    if (!st) {
+        nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
+        return NULL;
+    }
+    st->kind = kind;
+    st->app = app;
+    st->req = r;
+    st->me = me;
+    st->symprec = DEFAULT_SYMPREC;
+    st->a_slot = st->b_slot = -1;
+    st->deadline = nesfd_req_start_ns(r) + (int64_t)(app->cfg->request_timeout_s * 1e9);
+    memset(&st->opts, 0, sizeof st->opts);
+    nesf_decode_opts_default(&st->opts);
+    nesfd_req_set_state(r, st, op_free);
+    return st;
+}
+
+/* "format": "json" | "cif" | "pymatgen" or a list of them (json is always
+ * included), "options": decoding overrides, "symprec": space-group tolerance. */
+static int parse_output(op_state *st, json_t *root)
+{
+    nesfd_req *r = st->req;
+    json_t *f = json_object_get(root, "format");
+    if (f) {
+        json_t *list = json_is_string(f) ? json_pack("[O]", f) : json_incref(f);
+        if (!json_is_array(list)) {
+            json_decref(list);
+            nesfd_reply_error(r, 400, "invalid_request", "'format' must be a string or a list of "
+                              "\"json\", \"cif\", \"pymatgen\"");
+            return -1;
+        }
+        size_t i;
+        json_t *v;
+        json_array_foreach(list, i, v) {
+            const char *s = json_string_value(v);
+            if (s && !strcmp(s, "json")) continue;
+            if (s && !strcmp(s, "cif")) { st->want_cif = 1; continue; }
+            if (s && !strcmp(s, "pymatgen")) { st->want_pymatgen = 1; continue; }
+            json_decref(list);
+            nesfd_reply_error(r, 400, "invalid_request", "format[%zu]: expected \"json\", \"cif\" or "
+                              "\"pymatgen\"", i);
+            return -1;
+        }
+        json_decref(list);
+    }
+    json_t *sp = json_object_get(root, "symprec");
+    if (sp) {
+        if (!json_is_number(sp) || !(json_number_value(sp) > 0) || json_number_value(sp) > 1) {
+            nesfd_reply_error(r, 400, "invalid_request", "'symprec' must be a number in (0, 1] (Å)");
+            return -1;
+        }
+        st->symprec = json_number_value(sp);
+    }
+    json_t *o = json_object_get(root, "options");
+    if (o) {
+        nesf_error err;
+        if (!json_is_object(o)) {
+            nesfd_reply_error(r, 400, "invalid_options", "'options' must be an object");
+            return -1;
+        }
+        if (nesf_decode_opts_from_json(&st->opts, o, &err) ||
+            nesf_decode_opts_check(&st->opts, &err)) {
+            nesfd_reply_error(r, 400, "invalid_options", "options: %s", err.msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* One latent: exactly L finite numbers (finite also as 32-bit floats). */
+static int parse_latent(nesfd_req *r, json_t *v, int L, float *dst, const char *where)
+{
+    if (!json_is_array(v)) {
+        nesfd_reply_error(r, 400, "invalid_latent", "%s: expected an array of %d numbers", where, L);
+        return -1;
+    }
+    if ((int)json_array_size(v) != L) {
+        nesfd_reply_error(r, 400, "invalid_latent", "%s: has %zu numbers; the model's latent size is %d",
+                          where, json_array_size(v), L);
+        return -1;
+    }
+    for (int k = 0; k < L; k++) {
+        json_t *x = json_array_get(v, (size_t)k);
+        if (!json_is_number(x)) {
+            nesfd_reply_error(r, 400, "invalid_latent", "%s[%d]: not a number", where, k);
+            return -1;
+        }
+        float f = (float)json_number_value(x);
+        if (!isfinite(f)) {
+            nesfd_reply_error(r, 400, "invalid_latent", "%s[%d]: %g is not a finite 32-bit float",
+                              where, k, json_number_value(x));
+            return -1;
+        }
+        dst[k] = f;
+    }
+    return 0;
+}
+
+static int parse_count(nesfd_req *r, size_t n, const char *what, const nesfd_config *cfg)
+{
+    int limit = cfg->max_items < cfg->queue_limit ? cfg->max_items : cfg->queue_limit;
+    if (n == 0) {
+        nesfd_reply_error(r, 400, "invalid_request", "'%s' is empty", what);
+        return -1;
+    }
+    if (n > (size_t)limit) {
+        nesfd_reply_error(r, 400, "too_many_items", "'%s' has %zu entries; at most %d per request",
+                          what, n, limit);
+        return -1;
+    }
+    return 0;
+}
+
+/* A structure: {"cif": text}, a structure object (dataset or pymatgen
+ * JSON), or a string of CIF/JSON text.  It must be one valid structure
+ * whose elements the model knows. */
+static nesf_structure *parse_structure(nesfd_req *r, nesfd_model_entry *me, json_t *v,
+                                       const char *where)
+{
+    nesf_error err = {0};
+    nesf_structure **list = NULL, *s = NULL;
+    int n = 0, rc;
+    json_t *cif = json_is_object(v) ? json_object_get(v, "cif") : NULL;
+    if (cif) {
+        if (!json_is_string(cif)) {
+            nesfd_reply_error(r, 400, "invalid_structure", "%s.cif: expected CIF text", where);
+            return NULL;
+        }
+        rc = nesf_sio_read_buffer(json_string_value(cif), json_string_length(cif), "cif",
+                                  NESF_FORMAT_CIF, &list, &n, &err);
+    } else if (json_is_string(v)) {
+        rc = nesf_sio_read_buffer(json_string_value(v), json_string_length(v), "text",
+                                  NESF_FORMAT_AUTO, &list, &n, &err);
+    } else if (json_is_object(v)) {
+        rc = nesf_sjson_from_json(v, &s, &err);
+    } else {
+        nesfd_reply_error(r, 400, "invalid_structure", "%s: expected {\"cif\": text}, a structure "
+                          "object or structure text", where);
+        return NULL;
+    }
+    if (rc) {
+        nesfd_reply_error(r, 400, "invalid_structure", "%s: %s", where, err.msg);
+        return NULL;
+    }
+    if (list) {
+        if (n != 1) {
+            nesf_structure_list_free(list, n);
+            nesfd_reply_error(r, 400, "invalid_structure", "%s: holds %d structures; send one per entry",
+                              where, n);
+            return NULL;
+        }
+        s = list[0];
+        free(list);
+    }
+    if ((rc = nesf_structure_validate(s, &err))) {
+        nesf_structure_free(s);
+        nesfd_reply_error(r, 400, "invalid_structure", "%s: %s", where, err.msg);
+        return NULL;
+    }
+    if (s->n == 0) {
+        nesf_structure_free(s);
+        nesfd_reply_error(r, 400, "invalid_structure", "%s: has no atoms", where);
+        return NULL;
+    }
+    for (int i = 0; i < s->n; i++)
+        if (nesf_model_class_of(me->model, s->z[i]) < 0) {
+            const nesf_element *el = nesf_element_get(s->z[i]);
+            nesfd_reply_error(r, 400, "unknown_species", "%s: element %s is not among model '%s''s %d "
+                              "species (see GET /models)", where, el ? el->symbol : "?", me->name,
+                              nesf_model_num_species(me->model));
+            nesf_structure_free(s);
+            return NULL;
+        }
+    return s;
+}
+
+/* ---- answers ---- */
+
+static json_t *structure_json(const op_state *st, const nesf_structure *s)
+{
+    json_t *o = nesf_sjson_to_json(s, NESF_SJSON_FULL, st->symprec);
+    if (!o) return NULL;
+    json_object_set_new(o, "num_atoms", json_integer(s->n));
+    if (st->want_cif) {
+        char *cif = nesf_cif_write(s);
+        json_object_set_new(o, "cif", cif ? json_string(cif) : json_null());
+        free(cif);
+    }
+    if (st->want_pymatgen) json_object_set_new(o, "pymatgen", nesf_sjson_to_json(s, NESF_SJSON_PYMATGEN, 0));
+    return o;
+}
+
+static json_t *item_error_json(const nesf_error *e)
+{
+    return json_pack("{s:{s:s, s:s}}", "error", "code", "decode_failed", "message",
+                     e->msg[0] ? e->msg : nesf_status_name(e->code));
+}
+
+static json_t *latents_json(const float *z, int n, int L)
+{
+    json_t *all = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *row = json_array();
+        for (int k = 0; k < L; k++) json_array_append_new(row, json_real(z[(size_t)i * L + k]));
+        json_array_append_new(all, row);
+    }
+    return all;
+}
+
+static json_t *answer_base(const op_state *st)
+{
+    return json_pack("{s:s, s:s, s:i}", "model", st->me->name, "request_id", nesfd_req_id(st->req),
+                     "batch", nesfd_ticket_max_batch(st->ticket));
+}
+
+/* Structures of a finished decode job, each or its error in place. */
+static json_t *decoded_json(const op_state *st, const nesfd_job *job)
+{
+    json_t *list = json_array();
+    for (int i = 0; i < job->n; i++) {
+        nesfd_item *it = nesfd_ticket_item(st->ticket, i);
+        json_array_append_new(list, it->status ? item_error_json(&job->item_err[i])
+                                               : structure_json(st, job->s[i]));
+    }
+    return list;
+}
+
+static int decoded_count(const nesfd_job *job)
+{
+    int k = 0;
+    for (int i = 0; i < job->n; i++) k += job->s[i] != NULL;
+    return k;
+}
+
+/* ---- POST /decode ---- */
+
+static void h_decode(nesfd_req *r, void *ctx)
+{
+    nesfd_app *app = ctx;
+    op_state *st = nesfd_req_state(r);
+    if (st) { /* resumed: the decode ticket ended */
+        if (ticket_failed(st)) return;
+        nesfd_job *job = nesfd_ticket_data(st->ticket);
+        json_t *ans = answer_base(st);
+        json_object_set_new(ans, "structures", decoded_json(st, job));
+        nesfd_reply_json(r, 200, ans);
+        return;
+    }
+    json_t *root = parse_body(r);
+    if (!root) return;
+    static const char *const keys[] = {"model", "latents", "format", "options", "symprec", NULL};
+    json_t *lat = json_object_get(root, "latents");
+    nesfd_job *job = NULL;
+    if (check_keys(r, root, keys) || !(st = new_state(app, r, OP_DECODE, root)) ||
+        parse_output(st, root))
+        goto out;
+    if (!json_is_array(lat)) {
+        nesfd_reply_error(r, 400, "invalid_request", "'latents' must be an array of latent vectors");
+        goto out;
+    }
+    if (parse_count(r, json_array_size(lat), "latents", app->cfg)) goto out;
+    int n = (int)json_array_size(lat), L = st->me->latent;
+    if (!(job = nesfd_job_new(NESFD_JOB_DECODE, st->me, n))) {
+        nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        char where[32];
+        snprintf(where, sizeof where, "latents[%d]", i);
+        if (parse_latent(r, json_array_get(lat, (size_t)i), L, job->z + (size_t)i * L, where)) goto out;
+    }
+    job->opts = st->opts;
+    st->n = n;
+    submit(st, job);
+    job = NULL;
+    if (st->submit_rc == -1) ticket_failed(st);
+out:
+    nesfd_job_free(job);
+    json_decref(root);
+}
+
+/* Parses the "structures" list into an encode job. */
+static nesfd_job *structures_job(op_state *st, json_t *root)
+{
+    nesfd_req *r = st->req;
+    json_t *list = json_object_get(root, "structures");
+    if (!json_is_array(list)) {
+        nesfd_reply_error(r, 400, "invalid_request", "'structures' must be an array of structures "
+                          "({\"cif\": text} or structure JSON)");
+        return NULL;
+    }
+    if (parse_count(r, json_array_size(list), "structures", st->app->cfg)) return NULL;
+    int n = (int)json_array_size(list);
+    nesfd_job *job = nesfd_job_new(NESFD_JOB_ENCODE, st->me, n);
+    if (!job) {
+        nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        char where[32];
+        snprintf(where, sizeof where, "structures[%d]", i);
+        if (!(job->s[i] = parse_structure(r, st->me, json_array_get(list, (size_t)i), where))) {
+            nesfd_job_free(job);
+            return NULL;
+        }
+    }
+    st->n = n;
+    return job;
+}
+
+/* After an encode ticket: answers the first failed item and returns -1. */
+static int encode_failed(op_state *st, const nesfd_job *job, const char *what)
+{
+    for (int i = 0; i < job->n; i++) {
+        nesfd_item *it = nesfd_ticket_item(st->ticket, i);
+        if (it->status) {
+            int code = job->item_err[i].code ? job->item_err[i].code : it->status;
+            nesfd_reply_error(st->req, http_status_of(code),
+                              http_status_of(code) == 400 ? "invalid_structure" : "encode_failed",
+                              "%s[%d]: %s", what, i, job->item_err[i].msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- POST /encode ---- */
+
+static void h_encode(nesfd_req *r, void *ctx)
+{
+    nesfd_app *app = ctx;
+    op_state *st = nesfd_req_state(r);
+    if (st) {
+        if (ticket_failed(st)) return;
+        nesfd_job *job = nesfd_ticket_data(st->ticket);
+        if (encode_failed(st, job, "structures")) return;
+        json_t *ans = answer_base(st);
+        json_object_set_new(ans, "latent_size", json_integer(st->me->latent));
+        json_object_set_new(ans, "latents", latents_json(job->z, job->n, st->me->latent));
+        nesfd_reply_json(r, 200, ans);
+        return;
+    }
+    json_t *root = parse_body(r);
+    if (!root) return;
+    static const char *const keys[] = {"model", "structures", NULL};
+    nesfd_job *job;
+    if (!check_keys(r, root, keys) && (st = new_state(app, r, OP_ENCODE, root)) &&
+        (job = structures_job(st, root))) {
+        submit(st, job);
+        if (st->submit_rc == -1) ticket_failed(st);
+    }
+    json_decref(root);
+}
+
+/* ---- POST /reconstruct: encode, then decode ---- */
+
+static void h_reconstruct(nesfd_req *r, void *ctx)
+{
+    nesfd_app *app = ctx;
+    op_state *st = nesfd_req_state(r);
+    if (!st) {
+        json_t *root = parse_body(r);
+        if (!root) return;
+        static const char *const keys[] = {"model", "structures", "format", "options", "symprec", NULL};
+        nesfd_job *job;
+        if (!check_keys(r, root, keys) && (st = new_state(app, r, OP_RECONSTRUCT, root)) &&
+            !parse_output(st, root) && (job = structures_job(st, root))) {
+            submit(st, job);
+            if (st->submit_rc == -1) ticket_failed(st);
+        }
+        json_decref(root);
+        return;
+    }
+    if (ticket_failed(st)) return;
+    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    if (st->stage == 1) { /* encoded: decode the latents */
+        if (encode_failed(st, job, "structures")) return;
+        size_t bytes = (size_t)job->n * st->me->latent * sizeof(float);
+        nesfd_job *dec = nesfd_job_new(NESFD_JOB_DECODE, st->me, job->n);
+        st->latents = malloc(bytes);
+        if (!dec || !st->latents) {
+            nesfd_job_free(dec);
+            nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
+            return;
+        }
+        memcpy(dec->z, job->z, bytes);
+        memcpy(st->latents, job->z, bytes);
+        dec->opts = st->opts;
+        submit(st, dec);
+        if (st->submit_rc == -1) ticket_failed(st);
+        return;
+    }
+    json_t *ans = answer_base(st);
+    json_object_set_new(ans, "structures", decoded_json(st, job));
+    json_object_set_new(ans, "latents", latents_json(st->latents, job->n, st->me->latent));
+    nesfd_reply_json(r, 200, ans);
+}
+
+/* ---- POST /interpolate ---- */
+
+/* An endpoint is a latent ([numbers] or {"latent": [numbers]}) or a
+ * structure; structures go into the encode job at the next slot. */
+static int parse_endpoint(op_state *st, json_t *v, const char *where, float **z, int *slot,
+                          nesf_structure **enc, int *n_enc)
+{
+    json_t *lat = json_is_array(v) ? v : json_is_object(v) ? json_object_get(v, "latent") : NULL;
+    if (lat) {
+        int L = st->me->latent;
+        if (!(*z = malloc((size_t)L * sizeof **z))) {
+            nesfd_reply_error(st->req, 503, "out_of_memory", "out of memory");
+            return -1;
+        }
+        return parse_latent(st->req, lat, L, *z, where);
+    }
+    if (!(enc[*n_enc] = parse_structure(st->req, st->me, v, where))) return -1;
+    *slot = (*n_enc)++;
+    return 0;
+}
+
+static void interpolate_decode(op_state *st)
+{
+    int L = st->me->latent;
+    nesfd_job *dec = nesfd_job_new(NESFD_JOB_DECODE, st->me, st->n);
+    if (!dec) {
+        nesfd_reply_error(st->req, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    nesf_interp_latents(st->za, st->zb, L, st->n, dec->z);
+    dec->opts = st->opts;
+    submit(st, dec);
+    if (st->submit_rc == -1) ticket_failed(st);
+}
+
+static void h_interpolate(nesfd_req *r, void *ctx)
+{
+    nesfd_app *app = ctx;
+    op_state *st = nesfd_req_state(r);
+    if (!st) {
+        json_t *root = parse_body(r);
+        if (!root) return;
+        static const char *const keys[] = {"model", "from", "to", "steps", "format", "options",
+                                           "symprec", NULL};
+        nesf_structure *enc[2] = {NULL, NULL};
+        int n_enc = 0;
+        if (check_keys(r, root, keys) || !(st = new_state(app, r, OP_INTERPOLATE, root)) ||
+            parse_output(st, root))
+            goto out;
+        json_t *steps = json_object_get(root, "steps"), *from = json_object_get(root, "from"),
+               *to = json_object_get(root, "to");
+        int max = app->cfg->max_items < NESF_INTERP_MAX_STEPS ? app->cfg->max_items : NESF_INTERP_MAX_STEPS;
+        if (max > app->cfg->queue_limit) max = app->cfg->queue_limit;
+        if (!json_is_integer(steps) || json_integer_value(steps) < 2 || json_integer_value(steps) > max) {
+            nesfd_reply_error(r, 400, "invalid_request", "'steps' must be an integer in [2, %d]", max);
+            goto out;
+        }
+        if (!from || !to) {
+            nesfd_reply_error(r, 400, "invalid_request", "'from' and 'to' are required (a structure "
+                              "or a latent each)");
+            goto out;
+        }
+        st->n = (int)json_integer_value(steps);
+        if (parse_endpoint(st, from, "from", &st->za, &st->a_slot, enc, &n_enc) ||
+            parse_endpoint(st, to, "to", &st->zb, &st->b_slot, enc, &n_enc))
+            goto out;
+        if (n_enc == 0) {
+            interpolate_decode(st);
+            goto out;
+        }
+        nesfd_job *job = nesfd_job_new(NESFD_JOB_ENCODE, st->me, n_enc);
+        if (!job) {
+            nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
+            goto out;
+        }
+        for (int i = 0; i < n_enc; i++) job->s[i] = enc[i], enc[i] = NULL;
+        submit(st, job);
+        if (st->submit_rc == -1) ticket_failed(st);
+    out:
+        nesf_structure_free(enc[0]);
+        nesf_structure_free(enc[1]);
+        json_decref(root);
+        return;
+    }
+    if (ticket_failed(st)) return;
+    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    if (job->kind == NESFD_JOB_ENCODE) {
+        int L = st->me->latent;
+        if (encode_failed(st, job, "endpoints")) return;
+        float **dst[2] = {&st->za, &st->zb};
+        int slot[2] = {st->a_slot, st->b_slot};
+        for (int e = 0; e < 2; e++) {
+            if (slot[e] < 0) continue;
+            if (!(*dst[e] = malloc((size_t)L * sizeof(float)))) {
+                nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
+                return;
+            }
+            memcpy(*dst[e], job->z + (size_t)slot[e] * L, (size_t)L * sizeof(float));
+        }
+        interpolate_decode(st);
+        return;
+    }
+    json_t *frames = json_array();
+    for (int k = 0; k < job->n; k++) {
+        nesfd_item *it = nesfd_ticket_item(st->ticket, k);
+        json_t *f = json_pack("{s:f}", "t", nesf_interp_t(k, job->n));
+        if (it->status) {
+            json_t *e = item_error_json(&job->item_err[k]);
+            json_object_update(f, e);
+            json_decref(e);
+        } else {
+            char formula[128];
+            nesf_structure_formula(job->s[k], formula, sizeof formula);
+            json_object_set_new(f, "formula", json_string(formula));
+            json_object_set_new(f, "num_atoms", json_integer(job->s[k]->n));
+            json_object_set_new(f, "structure", structure_json(st, job->s[k]));
+        }
+        json_array_append_new(frames, f);
+    }
+    json_t *ans = answer_base(st);
+    json_object_set_new(ans, "steps", json_integer(job->n));
+    json_object_set_new(ans, "frames", frames);
+    json_object_set_new(ans, "decoded", json_integer(decoded_count(job)));
+    nesfd_reply_json(r, 200, ans);
+}
+
+/* ---- GET routes ---- */
+
+static void h_health(nesfd_req *r, void *ctx)
+{
+    (void)ctx;
+    nesfd_reply_json(r, 200, json_pack("{s:s, s:s}", "status", "ok", "version", NESF_VERSION));
+}
+
+static void h_ready(nesfd_req *r, void *ctx)
+{
+    nesfd_app *app = ctx;
+    int draining = atomic_load(&app->draining);
+    int ready = !draining && nesfd_engine_ready(app->engine);
+    json_t *models = json_array();
+    for (int i = 0; i < nesfd_engine_count(app->engine); i++)
+        json_array_append_new(models, json_string(nesfd_engine_at(app->engine, i)->name));
+    json_t *ans = json_pack("{s:b, s:o}", "ready", ready, "models", models);
+    if (!ready) {
+        json_object_set_new(ans, "reason", json_string(draining ? "shutting down" : "models not loaded"));
+        nesfd_req_add_header(r, "Retry-After", "5");
+    }
+    nesfd_reply_json(r, ready ? 200 : 503, ans);
+}
+
+static void h_models(nesfd_req *r, void *ctx)
+{
+    nesfd_app *app = ctx;
+    json_t *list = json_array();
+    for (int i = 0; i < nesfd_engine_count(app->engine); i++) {
+        nesfd_model_entry *me = nesfd_engine_at(app->engine, i);
+        json_t *species = json_array();
+        int A = nesf_model_num_species(me->model);
+        for (int c = 0; c < A; c++) {
+            const nesf_element *el = nesf_element_get(nesf_model_species_z(me->model, c));
+            json_array_append_new(species, json_string(el ? el->symbol : "?"));
+        }
+        float lo[3], hi[3];
+        nesf_model_bbox(me->model, lo, hi);
+        nesf_decode_opts d;
+        nesf_decode_opts_default(&d);
+        char *dj = nesf_decode_opts_to_json(&d);
+        json_t *defaults = dj ? json_loads(dj, 0, NULL) : NULL;
+        free(dj);
+        json_array_append_new(list, json_pack(
+            "{s:s, s:s, s:b, s:i, s:i, s:o, s:s, s:s, s:I, s:[fff], s:[fff], s:o}",
+            "name", me->name, "id", me->id, "default", i == 0, "latent_size", me->latent,
+            "num_species", A, "species", species, "backend", me->be->name, "device", me->be->device,
+            "parameters", (json_int_t)me->params, "bbox_min", lo[0], lo[1], lo[2],
+            "bbox_max", hi[0], hi[1], hi[2], "decode_defaults", defaults ? defaults : json_object()));
+    }
+    nesfd_reply_json(r, 200, json_pack("{s:o}", "models", list));
+}
+
+static void h_metrics(nesfd_req *r, void *ctx)
+{
+    nesfd_app *app = ctx;
+    size_t len;
+    char *text = nesfd_metrics_render(app->metrics, &len);
+    if (!text) {
+        nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
+        return;
+    }
+    nesfd_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+}
+
+/* The web viewer: any GET path that is not an API route. */
+static void h_static(nesfd_req *r, void *ctx)
+{
+    nesfd_app *app = ctx;
+    nesf_static_file f;
+    nesf_error err;
+    const char *path = nesfd_req_path(r);
+    int rc = nesf_static_load(app->cfg->web_root, path, &f, &err);
+    if (rc == NESF_ERR_NOTFOUND || rc == NESF_ERR_INVALID) {
+        nesfd_reply_error(r, 404, "not_found", "no route or file %s", path);
+        return;
+    }
+    if (rc) {
+        nesfd_reply_error(r, 500, "static_file", "%s", err.msg);
+        return;
+    }
+    nesfd_reply(r, 200, f.content_type, (char *)f.data, f.size);
+}
+
+const nesfd_route *nesfd_routes(const nesfd_config *cfg, int *n)
+{
+    static const nesfd_route routes[] = {
+        {"/decode", "POST", h_decode, 0, 0},
+        {"/encode", "POST", h_encode, 0, 0},
+        {"/interpolate", "POST", h_interpolate, 0, 0},
+        {"/reconstruct", "POST", h_reconstruct, 0, 0},
+        {"/health", "GET", h_health, 1, 0},
+        {"/ready", "GET", h_ready, 0, 0},
+        {"/models", "GET", h_models, 0, 0},
+        {"/metrics", "GET", h_metrics, 0, 0},
+        {"/", "GET", h_static, 1, 1}, /* last: only with a web root */
+    };
+    *n = (int)(sizeof routes / sizeof routes[0]) - (cfg->web_root[0] ? 0 : 1);
+    return routes;
+}

@@ -1,0 +1,537 @@
+#!/usr/bin/python3
+"""nesfd over real HTTP on a free loopback port.
+
+    test_nesfd.py NESFD MKMODEL
+
+Starts the daemon on models written by MKMODEL (a fixture whose decoded
+structures are known: two atoms at (1, 2.25, 2.5) and (3.5, 2.25, 2.5) Å)
+and checks every route and error, bearer tokens, CORS, request ids, logs,
+metrics, static files, batching (64 simultaneous decodes, each answer equal
+to the one-request answer), queue limits, deadlines and the graceful
+shutdown.  Daemons are killed at the end whatever happens.  Standard
+library only, plus curl for a chunked upload."""
+import concurrent.futures
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+NESFD, MKMODEL = sys.argv[1], sys.argv[2]
+SRC = os.environ.get("NESF_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+SHARED = os.environ.get("NESF_SHARED", os.path.join(SRC, "..", "shared"))
+TOKEN = "t0k-" + "%08x" % random.getrandbits(32)
+ORIGIN = "http://viewer.test"
+FAST = {"grid_step": 1.0, "iterations": 8}  # for tests about HTTP, not decoding
+LATENT = 192
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+ATOMS = [[1.0, 2.25, 2.5], [3.5, 2.25, 2.5]]
+
+daemons = []
+codes_seen = set()
+
+
+class Daemon:
+    def __init__(self, *args):
+        self.lines = []
+        self.port = None
+        self.proc = subprocess.Popen([NESFD, "--listen", "127.0.0.1:0", "--backend", "cpu", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        daemons.append(self)
+        ready = threading.Event()
+
+        def reader():
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if '"event":"listening"' in line:
+                    self.port = json.loads(line)["port"]
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+        if not ready.wait(60) or self.port is None:
+            self.kill()
+            raise RuntimeError("nesfd did not start:\n" + "".join(self.lines))
+
+    def url(self, path):
+        return "http://127.0.0.1:%d%s" % (self.port, path)
+
+    def call(self, method, path, body=None, headers=None, auth=True, raw=None, timeout=60):
+        """(status, headers with lower-case names, parsed JSON or text)."""
+        h = dict(headers or {})
+        if auth:
+            h.setdefault("Authorization", "Bearer " + TOKEN)
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            h.setdefault("Content-Type", "application/json")
+        req = urllib.request.Request(self.url(path), data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                status, hdrs, text = r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            status, hdrs, text = e.code, e.headers, e.read()
+        hdrs = {k.lower(): v for k, v in hdrs.items()}
+        try:
+            payload = json.loads(text) if text else None
+        except ValueError:
+            payload = text.decode("utf-8", "replace")
+        return status, hdrs, payload
+
+    def log_for(self, rid):
+        for line in self.lines:
+            if rid in line:
+                j = json.loads(line)
+                if j.get("event") == "request" and j.get("id") == rid:
+                    return j
+        return None
+
+    def metric(self, name, **labels):
+        status, _, text = self.call("GET", "/metrics")
+        assert status == 200, status
+        want = ",".join('%s="%s"' % kv for kv in labels.items())
+        for line in text.splitlines():
+            if line.startswith(name + ("{" + want + "}" if want else " ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def expect_error(resp, status, code):
+    st, hdrs, body = resp
+    assert st == status, "expected %d %s, got %d %s" % (status, code, st, body)
+    assert isinstance(body, dict) and "error" in body, body
+    err = body["error"]
+    assert err["code"] == code, err
+    codes_seen.add(code)
+    assert err["message"], err
+    assert err["request_id"] == hdrs["x-request-id"], (err, hdrs)
+    return err
+
+
+def latents(n, seed):
+    rnd = random.Random(seed)
+    return [[rnd.gauss(0, 1) for _ in range(LATENT)] for _ in range(n)]
+
+
+def dataset_structures(n):
+    with open(os.path.join(SHARED, "datasets", "lcs6", "val.jsonl")) as f:
+        return [json.loads(next(f)) for _ in range(n)]
+
+
+def close(a, b, tol=1e-3):
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------- tests
+
+def test_health_and_ids(d, _):
+    st, h, body = d.call("GET", "/health", auth=False)
+    assert st == 200 and body["status"] == "ok", body
+    assert UUID_RE.match(h["x-request-id"]), h
+    st, h, _ = d.call("GET", "/health", auth=False, headers={"X-Request-Id": "client-trace-7"})
+    assert h["x-request-id"] == "client-trace-7"
+    st, h, _ = d.call("GET", "/health", auth=False, headers={"X-Request-Id": "bad id\t<x>"})
+    assert UUID_RE.match(h["x-request-id"]), h
+
+
+def test_auth(d, _):
+    for path in ("/ready", "/models", "/metrics"):
+        expect_error(d.call("GET", path, auth=False), 401, "unauthorized")
+        st, _, _ = d.call("GET", path)
+        assert st == 200, (path, st)
+    st, h, _ = d.call("GET", "/models", headers={"Authorization": "Bearer wrong"})
+    assert st == 401 and "bearer" in h.get("www-authenticate", "").lower(), h
+    expect_error(d.call("POST", "/decode", {"latents": latents(1, 1)}, auth=False), 401, "unauthorized")
+    st, _, _ = d.call("GET", "/health", auth=False)
+    assert st == 200
+
+
+def test_ready_models(d, _):
+    st, _, body = d.call("GET", "/ready")
+    assert st == 200 and body["ready"] is True and body["models"] == ["fx", "rnd"], body
+    st, _, body = d.call("GET", "/models")
+    assert st == 200
+    fx, rnd = body["models"]
+    assert fx["name"] == "fx" and fx["default"] is True and rnd["default"] is False
+    assert fx["latent_size"] == LATENT and fx["num_species"] == len(fx["species"]) == 80
+    assert fx["species"][:3] == ["H", "Li", "Be"], fx["species"][:3]
+    assert fx["backend"] == "cpu" and fx["parameters"] > 700000, fx
+    assert fx["id"].startswith("fx-") and fx["id"] != rnd["id"].replace("rnd", "fx")
+    assert fx["decode_defaults"]["iterations"] == 64, fx["decode_defaults"]
+
+
+def test_decode_fields(d, ctx):
+    z = latents(2, 11)
+    st, h, body = d.call("POST", "/decode", {"latents": z, "options": FAST,
+                                              "format": ["json", "cif", "pymatgen"]})
+    assert st == 200, body
+    assert body["model"] == "fx" and body["request_id"] == h["x-request-id"]
+    assert len(body["structures"]) == 2
+    for s in body["structures"]:
+        assert s["num_atoms"] == 2 and len(s["species"]) == 2, s
+        assert len(s["frac_coords"]) == len(s["cart_coords"]) == 2
+        for got, want in zip(s["cart_coords"], ATOMS):
+            assert close(got, want), s["cart_coords"]
+        lat = s["lattice"]
+        assert len(lat["matrix"]) == 3 and 3.5 < lat["a"] < 4.5 and 80 < lat["gamma"] < 100, lat
+        assert s["formula"], s
+        assert s["spacegroup"] is None or 1 <= s["spacegroup"]["number"] <= 230
+        assert s["cif"].lstrip().startswith("#") or "data_" in s["cif"]
+        assert "_cell_length_a" in s["cif"] and "_atom_site_fract_x" in s["cif"]
+        assert s["pymatgen"]["@class"] == "Structure", s["pymatgen"].keys()
+    ctx["decoded"] = body["structures"][0]
+    # json only unless asked
+    st, _, body = d.call("POST", "/decode", {"latents": z[:1], "options": FAST})
+    assert st == 200 and "cif" not in body["structures"][0]
+    # the second model by name
+    st, _, body = d.call("POST", "/decode", {"model": "rnd", "latents": z[:1], "options": FAST})
+    assert st == 200 and body["model"] == "rnd"
+
+
+def test_decode_paper_settings(d, _):
+    """One decode at the paper's settings (spec §5: 0.5 Å grid, 64 steps)."""
+    st, _, body = d.call("POST", "/decode", {"latents": latents(1, 5)}, timeout=120)
+    assert st == 200, body
+    s = body["structures"][0]
+    assert s["num_atoms"] == 2, s
+    for got, want in zip(s["cart_coords"], ATOMS):
+        assert close(got, want), s["cart_coords"]
+
+
+def test_decode_errors(d, _):
+    z = latents(1, 3)[0]
+    expect_error(d.call("POST", "/decode", raw=b'{"latents": [[1, 2,'), 400, "invalid_json")
+    err = expect_error(d.call("POST", "/decode", raw=b'{"latents":\n [[NaN]]}'), 400, "invalid_json")
+    assert "line 2" in err["message"], err
+    expect_error(d.call("POST", "/decode", raw=b'[1, 2]'), 400, "invalid_json")
+    err = expect_error(d.call("POST", "/decode", {"latents": [z[:191]]}), 400, "invalid_latent")
+    assert "191" in err["message"] and "192" in err["message"], err
+    err = expect_error(d.call("POST", "/decode", {"latents": [z[:100] + [1e39] + z[101:]]}), 400,
+                       "invalid_latent")
+    assert "latents[0][100]" in err["message"], err
+    expect_error(d.call("POST", "/decode", {"latents": [z[:5] + ["1"] + z[6:]]}), 400, "invalid_latent")
+    expect_error(d.call("POST", "/decode", raw=b'{"latents": [[1e999]]}'), 400, "invalid_json")
+    expect_error(d.call("POST", "/decode", {"latents": []}), 400, "invalid_request")
+    expect_error(d.call("POST", "/decode", {}), 400, "invalid_request")
+    err = expect_error(d.call("POST", "/decode", {"latent": [z]}), 400, "invalid_request")
+    assert "latent" in err["message"]
+    err = expect_error(d.call("POST", "/decode", {"latents": [z], "options": {"iterations": 0}}), 400,
+                       "invalid_options")
+    assert "iterations" in err["message"], err
+    expect_error(d.call("POST", "/decode", {"latents": [z], "options": {"nope": 1}}), 400, "invalid_options")
+    expect_error(d.call("POST", "/decode", {"latents": [z], "format": ["xyz"]}), 400, "invalid_request")
+    err = expect_error(d.call("POST", "/decode", {"model": "nope", "latents": [z]}), 404, "unknown_model")
+    assert "nope" in err["message"]
+    expect_error(d.call("POST", "/decode", {"latents": [z] * 65}), 400, "too_many_items")
+    st, h, _ = d.call("GET", "/decode")
+    expect_error((st, h, _), 405, "method_not_allowed")
+    assert "POST" in h["allow"], h
+    expect_error(d.call("DELETE", "/models"), 405, "method_not_allowed")
+    expect_error(d.call("GET", "/no/such/route"), 404, "not_found")
+    expect_error(d.call("POST", "/no/such/route", {"a": 1}), 404, "not_found")
+
+
+def test_body_limit(d, ctx):
+    big = b'{"latents": [' + b"0," * 150000 + b"0]}"  # 300 kB, limit 256 kB
+    err = expect_error(d.call("POST", "/decode", raw=big), 413, "body_too_large")
+    assert "262144" in err["message"], err
+    # without Content-Length (chunked): refused once the limit is passed
+    path = os.path.join(ctx["tmp"], "big.json")
+    with open(path, "wb") as f:
+        f.write(big)
+    out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST",
+                          "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
+                          "--data-binary", "@" + path, d.url("/decode")],
+                         capture_output=True, text=True, timeout=60)
+    body, code = out.stdout.rsplit("\n", 1)
+    assert code == "413", (code, body, out.stderr)
+    assert json.loads(body)["error"]["code"] == "body_too_large"
+    # a chunked body under the limit works
+    with open(path, "w") as f:
+        json.dump({"latents": latents(1, 2), "options": FAST}, f)
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                          "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
+                          "--data-binary", "@" + path, d.url("/decode")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout == "200", out
+
+
+def test_cors(d, _):
+    st, h, _ = d.call("GET", "/models", headers={"Origin": ORIGIN})
+    assert st == 200 and h.get("access-control-allow-origin") == ORIGIN, h
+    assert "x-request-id" in h.get("access-control-expose-headers", "").lower()
+    st, h, _ = d.call("GET", "/models", headers={"Origin": "http://evil.test"})
+    assert st == 200 and "access-control-allow-origin" not in h, h
+    st, h, _ = d.call("OPTIONS", "/decode", auth=False,
+                      headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                               "Access-Control-Request-Headers": "authorization, content-type"})
+    assert st == 204, st
+    assert h["access-control-allow-origin"] == ORIGIN
+    assert "POST" in h["access-control-allow-methods"]
+    assert "authorization" in h["access-control-allow-headers"].lower()
+    # errors carry CORS headers, or a browser could not read them
+    st, h, _ = d.call("POST", "/decode", {"latents": []}, headers={"Origin": ORIGIN})
+    assert st == 400 and h.get("access-control-allow-origin") == ORIGIN
+
+
+def test_encode(d, ctx):
+    structs = dataset_structures(3)
+    st, _, body = d.call("POST", "/encode", {"structures": structs})
+    assert st == 200, body
+    z = body["latents"]
+    assert len(z) == 3 and all(len(v) == LATENT for v in z) and body["latent_size"] == LATENT
+    ctx["enc"] = z
+    # one at a time: the same numbers as in the batch of three
+    for s, want in zip(structs, z):
+        st, _, one = d.call("POST", "/encode", {"structures": [s]})
+        assert st == 200 and one["latents"][0] == want
+    # the same structure as CIF text, as pymatgen JSON, as a bare string
+    dec = ctx["decoded"]
+    plain = {k: dec[k] for k in ("lattice", "species", "cart_coords", "frac_coords")}
+    st, _, a = d.call("POST", "/encode", {"structures": [plain, dec["pymatgen"], {"cif": dec["cif"]},
+                                                         dec["cif"]]})
+    assert st == 200, a
+    assert a["latents"][0] == a["latents"][1], "JSON and pymatgen JSON disagree"
+    assert close(a["latents"][0], a["latents"][2], 1e-4) and a["latents"][2] == a["latents"][3]
+
+
+def test_encode_errors(d, _):
+    bad_cif = "data_x\n_cell_length_a 4\n_cell_length_b 4\n_cell_length_c 4\n_cell_angle_alpha 90\n" \
+              "_cell_angle_beta 90\n_cell_angle_gamma 90\nloop_\n_atom_site_label\n_atom_site_fract_x\n" \
+              "_atom_site_fract_y\n_atom_site_fract_z\nNa1 0 0 zero\n"
+    err = expect_error(d.call("POST", "/encode", {"structures": [{"cif": bad_cif}]}), 400, "invalid_structure")
+    assert re.search(r"structures\[0\]: cif:\d+", err["message"]), err
+    s = dataset_structures(1)[0]
+    he = dict(s, species=["He"] * len(s["species"]))
+    err = expect_error(d.call("POST", "/encode", {"structures": [s, he]}), 400, "unknown_species")
+    assert "structures[1]" in err["message"] and "He" in err["message"], err
+    nan = dict(s, cart_coords=[[0, 0, 0]] * (len(s["species"]) - 1))
+    expect_error(d.call("POST", "/encode", {"structures": [nan]}), 400, "invalid_structure")
+    expect_error(d.call("POST", "/encode", {"structures": [42]}), 400, "invalid_structure")
+    expect_error(d.call("POST", "/encode", {"structures": "x"}), 400, "invalid_request")
+    expect_error(d.call("POST", "/encode", {"structures": [{"cif": "garbage"}]}), 400, "invalid_structure")
+
+
+def test_reconstruct(d, ctx):
+    structs = dataset_structures(2)
+    st, _, body = d.call("POST", "/reconstruct", {"structures": structs, "options": FAST, "format": "cif"})
+    assert st == 200, body
+    assert body["latents"] == ctx["enc"][:2]
+    assert len(body["structures"]) == 2 and all("cif" in s for s in body["structures"])
+    expect_error(d.call("POST", "/reconstruct", {"structures": []}), 400, "invalid_request")
+
+
+def test_interpolate(d, ctx):
+    a, b = dataset_structures(2)
+    st, _, body = d.call("POST", "/interpolate", {"from": a, "to": {"cif": ctx["decoded"]["cif"]},
+                                                  "steps": 5, "options": FAST, "format": ["json", "cif"]})
+    assert st == 200, body
+    frames = body["frames"]
+    assert [f["t"] for f in frames] == [0, 0.25, 0.5, 0.75, 1.0], [f["t"] for f in frames]
+    for f in frames:
+        assert f["formula"] and f["num_atoms"] == 2 and "cif" in f["structure"], f
+    # latents as endpoints, bare or as {"latent": ...}; t = 0 and 1 are the endpoints' decodes
+    za, zb = ctx["enc"][0], ctx["enc"][1]
+    st, _, body = d.call("POST", "/interpolate", {"from": za, "to": {"latent": zb}, "steps": 3,
+                                                  "options": FAST})
+    assert st == 200, body
+    st, _, ends = d.call("POST", "/decode", {"latents": [za, zb], "options": FAST})
+    assert body["frames"][0]["structure"] == ends["structures"][0]
+    assert body["frames"][2]["structure"] == ends["structures"][1]
+    expect_error(d.call("POST", "/interpolate", {"from": za, "to": zb, "steps": 1}), 400, "invalid_request")
+    expect_error(d.call("POST", "/interpolate", {"from": za, "steps": 3}), 400, "invalid_request")
+    expect_error(d.call("POST", "/interpolate", {"from": za[:10], "to": zb, "steps": 3}), 400,
+                 "invalid_latent")
+
+
+def test_batching(d, _):
+    """64 simultaneous one-latent decodes are batched, and each answer is
+    the answer the same latent gets alone."""
+    zs = latents(64, 2024)
+    single = []
+    for z in zs:
+        st, _, body = d.call("POST", "/decode", {"latents": [z], "options": FAST})
+        assert st == 200 and body["batch"] == 1, body
+        single.append(body["structures"][0])
+    items0 = d.metric("nesfd_batch_size_sum", model="fx", op="decode")
+    calls0 = d.metric("nesfd_batch_size_count", model="fx", op="decode")
+    start = threading.Barrier(64)
+
+    def one(i):
+        start.wait()
+        return d.call("POST", "/decode", {"latents": [zs[i]], "options": FAST}, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(64) as ex:
+        answers = list(ex.map(one, range(64)))
+    for i, (st, _, body) in enumerate(answers):
+        assert st == 200, body
+        assert body["structures"][0] == single[i], "answer %d differs when batched" % i
+    items = d.metric("nesfd_batch_size_sum", model="fx", op="decode") - items0
+    calls = d.metric("nesfd_batch_size_count", model="fx", op="decode") - calls0
+    assert items == 64, items
+    assert calls < 64 / 2, "64 concurrent decodes took %d backend calls" % calls
+    assert max(b["batch"] for _, _, b in answers) > 1
+    big = d.metric("nesfd_batch_size_bucket", model="fx", op="decode", le="1")
+    assert big < d.metric("nesfd_batch_size_count", model="fx", op="decode")
+    # several latents in one request: the same answers again
+    st, _, body = d.call("POST", "/decode", {"latents": zs[:8], "options": FAST})
+    assert st == 200 and body["structures"] == single[:8]
+    print("    64 concurrent decodes: %d backend calls" % calls)
+
+
+def test_metrics(d, _):
+    st, h, text = d.call("GET", "/metrics")
+    assert st == 200 and h["content-type"].startswith("text/plain"), h
+    for want in ['nesfd_requests_total{route="/decode",status="200"}',
+                 'nesfd_errors_total{route="/decode",status="400"}',
+                 'nesfd_errors_total{route="/decode",status="413"}',
+                 'nesfd_request_duration_seconds_bucket{route="/decode",le="+Inf"}',
+                 'nesfd_queue_wait_seconds_count{model="fx"}',
+                 'nesfd_batch_size_bucket{model="fx",op="encode",le="4"}',
+                 'nesfd_items_total{model="fx",op="decode"}',
+                 'nesfd_queue_depth{model="fx"} 0']:
+        assert want in text, "missing " + want
+    # this request itself is in flight (others may still be finishing)
+    assert re.search(r"^nesfd_in_flight_requests [1-9]", text, re.M), "in-flight gauge"
+    assert d.metric("nesfd_requests_total", route="/health", status="200") >= 3
+    # unknown paths fall to the static-file route here (there is a web root)
+    assert re.search(r'nesfd_errors_total\{route="[^"]+",status="404"\} [1-9]', text), "no 404 counted"
+
+
+def test_logs(d, _):
+    rid = "log-check-%d" % random.getrandbits(24)
+    d.call("POST", "/decode", {"latents": latents(1, 9), "options": FAST}, headers={"X-Request-Id": rid})
+    for _ in range(50):
+        line = d.log_for(rid)
+        if line:
+            break
+        time.sleep(0.05)
+    assert line, "no log line for " + rid
+    assert line["route"] == "/decode" and line["status"] == 200 and line["batch"] == 1, line
+    assert line["ms"] > 0 and line["method"] == "POST" and line["ts"].endswith("Z"), line
+
+
+def test_web_root(d, _):
+    st, h, body = d.call("GET", "/", auth=False)
+    assert st == 200 and h["content-type"].startswith("text/html"), (st, h)
+    assert "<html" in body.lower()
+    st, h, _ = d.call("GET", "/app.js", auth=False)
+    assert st == 200 and "javascript" in h["content-type"], h
+    expect_error(d.call("GET", "/../../etc/passwd", auth=False), 404, "not_found")
+
+
+def test_queue_full_and_deadline(_, ctx):
+    """A second daemon: one item per call, queue of 4, 1.5 s deadline."""
+    b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--max-batch", "1",
+               "--max-delay-us", "0", "--queue-limit", "4", "--request-timeout", "1.5")
+    slow = {"latents": latents(4, 1)}  # paper settings: seconds per latent here
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        t0 = time.time()
+        first = ex.submit(b.call, "POST", "/decode", slow, None, False)
+        while b.metric("nesfd_queue_depth", model="fx") < 3 and time.time() - t0 < 10:
+            time.sleep(0.02)
+        st, h, body = b.call("POST", "/decode", {"latents": latents(2, 2)}, auth=False)
+        expect_error((st, h, body), 503, "queue_full")
+        assert h["retry-after"] == "1", h
+        expect_error(first.result(), 504, "deadline_exceeded")
+        assert time.time() - t0 < 4, "the deadline fired late"
+    assert b.metric("nesfd_rejected_total", model="fx") == 1
+    st, _, _ = b.call("GET", "/health")
+    assert st == 200
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(60) == 0
+
+
+def test_graceful_shutdown(d, _):
+    """SIGTERM while a paper-settings decode runs: it is answered, the port
+    closes, and nesfd exits 0."""
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(d.call, "POST", "/decode", {"latents": latents(1, 77)}, None, True, None, 120)
+        t0 = time.time()
+        while d.metric("nesfd_in_flight_requests") < 2 and time.time() - t0 < 10:
+            time.sleep(0.02)  # the /metrics call itself is one
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        try:
+            socket.create_connection(("127.0.0.1", d.port), timeout=2).close()
+            refused = False
+        except OSError:
+            refused = True
+        st, _, body = fut.result()
+    assert st == 200 and body["structures"][0]["num_atoms"] == 2, body
+    assert refused, "still accepting connections while draining"
+    assert d.proc.wait(60) == 0
+    events = [json.loads(line).get("event") for line in d.lines if line.startswith("{")]
+    assert "shutdown" in events and "stopped" in events, events
+    stopped = [json.loads(line) for line in d.lines if '"event":"stopped"' in line][0]
+    assert stopped["clean"] is True, stopped
+
+
+def test_openapi(d, _):
+    """api/openapi.yaml documents every route and every error code seen."""
+    with open(os.path.join(SRC, "api", "openapi.yaml")) as f:
+        spec = f.read()
+    for route in ("/decode", "/encode", "/interpolate", "/reconstruct", "/health", "/ready", "/models",
+                  "/metrics"):
+        assert "\n  %s:\n" % route in spec, route
+    enum = re.search(r"enum: \[(invalid_json[^\]]*)\]", spec).group(1)
+    documented = {c.strip() for c in enum.replace("\n", " ").split(",")}
+    assert len(codes_seen) >= 12, codes_seen
+    assert codes_seen <= documented, codes_seen - documented
+
+
+TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_paper_settings,
+         test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors,
+         test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
+         test_queue_full_and_deadline, test_openapi, test_graceful_shutdown]
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="nesfd-it-")
+    ctx = {"fixture": os.path.join(tmp, "fixture.safetensors"), "tmp": tmp}
+    rnd = os.path.join(tmp, "random.safetensors")
+    meta = os.path.join(SHARED, "datasets", "lcs6", "meta.json")
+    subprocess.run([MKMODEL, ctx["fixture"], meta, "7"], check=True)
+    subprocess.run([MKMODEL, rnd, meta, "8", "--random"], check=True)
+    with open(os.path.join(tmp, "token"), "w") as f:
+        f.write(TOKEN + "\n")
+    failed = 0
+    try:
+        d = Daemon("--model", "fx=" + ctx["fixture"], "--model", "rnd=" + rnd, "--compute-threads", "2",
+                   "--http-threads", "4", "--max-batch", "16", "--max-delay-us", "20000",
+                   "--token-file", os.path.join(tmp, "token"), "--cors-origin", ORIGIN,
+                   "--body-limit", "256k", "--max-items", "64", "--request-timeout", "120",
+                   "--web-root", os.path.join(SRC, "clients", "web"))
+        for t in TESTS:
+            t0 = time.time()
+            try:
+                t(d, ctx)
+                print("PASS %-28s %6.2f s" % (t.__name__, time.time() - t0))
+            except Exception as e:  # report every test, then fail
+                failed += 1
+                print("FAIL %-28s %s: %s" % (t.__name__, type(e).__name__, e))
+        if failed:
+            print("---- daemon log (last 40 lines)")
+            print("".join(d.lines[-40:]))
+    finally:
+        for x in daemons:
+            x.kill()
+        subprocess.run(["rm", "-rf", tmp])
+    print("%d passed, %d failed" % (len(TESTS) - failed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
