@@ -9,4 +9,4 @@ scripts/deps.sh build
 if [ -f build/build.ninja ]; then meson setup --reconfigure build >/dev/null
 else meson setup build >/dev/null; fi
 ninja -C build
-exec build/server/nesfd --config config/nesfd.json "$@"
+exec build/server/nesfd --config config/nesfd.json --web-root clients/web "$@"
