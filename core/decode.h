@@ -57,14 +57,13 @@ typedef struct nesf_decode_opts {
                             counted in stats.lattice_repaired (0) */
     /* The algorithm: NESF_DECODE_PAPER, spec §5 exactly, or
      * NESF_DECODE_FAST (decode_fast.c); JSON "mode": "paper" | "fast".
-     * Fast mode: the lattice heads run first and particles start on a
-     * grid of spacing fast_step Å over the predicted cell plus fast_margin
-     * Å (clipped to the paper's box); each particle carries the volume it
-     * stands for, in particles of a grid_step grid, so that nms_min_count
-     * keeps its meaning.  A particle retires when its step is below
-     * fast_tol Å; particles within the same fast_merge Å cell merge (their
-     * weights add; 0: never); iterations bounds the steps.  species_*
-     * apply to both modes, grid_pad only bounds the fast grid. */
+     * Fast mode: the lattice heads run first and only the points of the
+     * paper's grid (spacing fast_step instead of grid_step) within
+     * fast_margin Å of the predicted cell get a particle; each particle
+     * stands for (fast_step / grid_step)³ of the paper's, so that
+     * nms_min_count keeps its meaning.  A particle retires when its step
+     * is below fast_tol Å; particles within the same fast_merge Å cell
+     * merge (their weights add; 0: never); iterations bounds the steps. */
     int mode;
     float fast_step;     /* (0.5) */
     float fast_margin;   /* (1.0) */

@@ -3,12 +3,11 @@
  * The paper's decoder flows ~7000 particles over the dataset's whole box
  * for 64 steps, whatever the structure.  This one spends field
  * evaluations only where they change the answer:
- *  - the lattice heads run first and particles start on a grid over the
- *    predicted cell plus a margin, laid out in fractional coordinates so
- *    that it follows the cell's shape, and clipped to the paper's box (a
- *    wrong cell can cost particles, never add particles the paper would
- *    not have); a cell that a repair would change (repair_lattice: none,
- *    flat, non-finite) falls back to the box;
+ *  - the lattice heads run first and only the paper's particles within a
+ *    margin of the predicted cell are flowed (a wrong cell can cost
+ *    particles, never add any the paper would not have); a cell that a
+ *    repair would change (repair_lattice: none, flat, non-finite) keeps
+ *    them all;
  *  - each particle carries the volume it stands for (its weight, in
  *    particles of the paper's grid), so NMS's "at least nms_min_count
  *    particles" still reads "at least that much volume flowed here",
@@ -30,101 +29,69 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- the starting grid ---- */
+/* ---- the starting grid ----
+ * The paper's grid (at spacing fast_step; at grid_step it is the paper's
+ * very grid), keeping the points within fast_margin Å of the predicted
+ * cell, measured across its faces.  Every kept particle then starts where
+ * one of the paper's starts and follows the same path until it retires,
+ * and what is left out flowed in from beyond the margin. */
 
-/* Particles of the box grid (the paper's region at spacing step). */
-static long box_grid(const nesf_field *f, const nesf_decode_opts *o, float *xyz)
-{
+typedef struct start_grid {
     int gn[3];
     double lo[3];
+    long G;
+    float weight; /* particles of the paper's grid one point stands for */
+} start_grid;
+
+static void grid_init(start_grid *g, const nesf_field *f, const nesf_decode_opts *o)
+{
+    g->G = 1;
     for (int k = 0; k < 3; k++) {
-        lo[k] = (double)f->bbox_min[k] - o->grid_pad;
-        gn[k] = nesf_arange_count(lo[k], (double)f->bbox_max[k] + o->grid_pad, o->fast_step);
-        if (gn[k] < 1) gn[k] = 1;
+        g->lo[k] = (double)f->bbox_min[k] - o->grid_pad;
+        g->gn[k] = nesf_arange_count(g->lo[k], (double)f->bbox_max[k] + o->grid_pad, o->fast_step);
+        if (g->gn[k] < 1) g->gn[k] = 1;
+        g->G *= g->gn[k];
     }
-    long G = (long)gn[0] * gn[1] * gn[2];
-    if (xyz)
-        for (long g = 0; g < G; g++) {
-            long ix = g / ((long)gn[1] * gn[2]), iy = (g / gn[2]) % gn[1], iz = g % gn[2];
-            xyz[3 * g] = (float)(lo[0] + ix * (double)o->fast_step);
-            xyz[3 * g + 1] = (float)(lo[1] + iy * (double)o->fast_step);
-            xyz[3 * g + 2] = (float)(lo[2] + iz * (double)o->fast_step);
-        }
-    return G;
+    double r = (double)o->fast_step / o->grid_step;
+    g->weight = (float)(r * r * r);
 }
 
-/* The grid over a predicted cell: per axis k, n_k points per cell edge
- * (spacing about fast_step along the edge), extended by fast_margin Å
- * measured across the cell's faces, cell-centred (u = (j + 1/2) / n_k),
- * keeping the points inside the region of the paper's grid.  Writes the points when xyz
- * is given and returns their count, or -1 when the cell is unusable or its
- * grid, before clipping, would exceed max_particles.  *weight: particles
- * of the paper's grid that one point stands for. */
-static long cell_grid(const nesf_field *f, const nesf_decode_opts *o, const float len[3],
-                      const float ang[3], float *xyz, float *weight)
+/* The points of g near the predicted cell (x slowest, z fastest, as the
+ * paper's), written to xyz when given; their count.  A cell that a repair
+ * would change (none, flat, non-finite) keeps every point. */
+static long grid_points(const start_grid *g, const nesf_decode_opts *o, const float len[3],
+                        const float ang[3], float *xyz)
 {
     const double deg = 180.0 / M_PI;
     nesf_cellpar p = {len[0], len[1], len[2], ang[0] * deg, ang[1] * deg, ang[2] * deg};
     nesf_lattice lat;
-    if (!(isfinite(p.a) && isfinite(p.b) && isfinite(p.c) && isfinite(p.alpha) &&
-          isfinite(p.beta) && isfinite(p.gamma)) ||
-        !nesf__sane_cell(&p, &lat))
-        return -1;
-    const double V = fabs(nesf_lattice_volume(&lat));
-    if (!(V > 1e-3)) return -1;
-    const double(*m)[3] = lat.m;
-    int n[3], M[3];
-    double U = 1;
-    for (int k = 0; k < 3; k++) {
-        const double *u = m[(k + 1) % 3], *v = m[(k + 2) % 3];
-        double cx = u[1] * v[2] - u[2] * v[1], cy = u[2] * v[0] - u[0] * v[2],
-               cz = u[0] * v[1] - u[1] * v[0];
-        double h = V / sqrt(cx * cx + cy * cy + cz * cz); /* distance between faces */
-        double e = sqrt(m[k][0] * m[k][0] + m[k][1] * m[k][1] + m[k][2] * m[k][2]);
-        double nk = ceil(e / o->fast_step - 1e-6);
-        if (!(nk >= 1)) nk = 1;
-        double mk = ceil(o->fast_margin / h * nk - 1e-6);
-        if (!(mk >= 0)) mk = 0;
-        U *= nk + 2 * mk;
-        if (!(U <= o->max_particles)) return -1;
-        n[k] = (int)nk;
-        M[k] = (int)mk;
-    }
-    *weight = (float)(V / ((double)n[0] * n[1] * n[2]) /
-                      ((double)o->grid_step * o->grid_step * o->grid_step));
-    /* the region the paper's particles stand for: its grid points plus
-     * half a spacing */
-    double lo[3], hi[3];
-    for (int k = 0; k < 3; k++) {
-        lo[k] = (double)f->bbox_min[k] - o->grid_pad - 0.5 * o->grid_step;
-        hi[k] = (double)f->bbox_max[k] + o->grid_pad + 0.5 * o->grid_step;
+    double inv[3][3], m[3] = {INFINITY, INFINITY, INFINITY};
+    if (isfinite(p.a) && isfinite(p.b) && isfinite(p.c) && isfinite(p.alpha) &&
+        isfinite(p.beta) && isfinite(p.gamma) && nesf__sane_cell(&p, &lat) &&
+        !nesf_lattice_inverse(&lat, inv, NULL)) {
+        /* fractional margin: fast_margin over the distance between the
+         * faces u_k = 0 and u_k = 1, which is 1 / |column k of inv| */
+        for (int k = 0; k < 3; k++)
+            m[k] = o->fast_margin *
+                   sqrt(inv[0][k] * inv[0][k] + inv[1][k] * inv[1][k] + inv[2][k] * inv[2][k]);
     }
     long cnt = 0;
-    for (int i = -M[0]; i < n[0] + M[0]; i++)
-        for (int j = -M[1]; j < n[1] + M[1]; j++)
-            for (int l = -M[2]; l < n[2] + M[2]; l++) {
-                double u[3] = {(i + 0.5) / n[0], (j + 0.5) / n[1], (l + 0.5) / n[2]}, c[3];
-                nesf_lattice_frac_to_cart(&lat, u, c);
-                if (c[0] < lo[0] || c[0] >= hi[0] || c[1] < lo[1] || c[1] >= hi[1] ||
-                    c[2] < lo[2] || c[2] >= hi[2])
-                    continue;
-                if (xyz)
-                    for (int k = 0; k < 3; k++) xyz[3 * cnt + k] = (float)c[k];
-                cnt++;
-            }
+    for (long i = 0; i < g->G; i++) {
+        long ix = i / ((long)g->gn[1] * g->gn[2]), iy = (i / g->gn[2]) % g->gn[1],
+             iz = i % g->gn[2];
+        float c[3] = {(float)(g->lo[0] + ix * (double)o->fast_step),
+                      (float)(g->lo[1] + iy * (double)o->fast_step),
+                      (float)(g->lo[2] + iz * (double)o->fast_step)};
+        int keep = 1;
+        for (int k = 0; k < 3 && keep && isfinite(m[k]); k++) {
+            double u = c[0] * inv[0][k] + c[1] * inv[1][k] + c[2] * inv[2][k];
+            keep = u >= -m[k] && u <= 1 + m[k];
+        }
+        if (!keep) continue;
+        if (xyz) memcpy(xyz + 3 * cnt, c, sizeof c);
+        cnt++;
+    }
     return cnt;
-}
-
-/* The starting particles of one structure: its cell's grid, or the box
- * grid when the cell gives none.  Count only when xyz is NULL. */
-static long start_grid(const nesf_field *f, const nesf_decode_opts *o, const float len[3],
-                       const float ang[3], float *xyz, float *weight)
-{
-    long c = cell_grid(f, o, len, ang, xyz, weight);
-    if (c > 0) return c;
-    double r = (double)o->fast_step / o->grid_step;
-    *weight = (float)(r * r * r);
-    return box_grid(f, o, xyz);
 }
 
 /* ---- merging ---- */
@@ -208,7 +175,7 @@ typedef struct fast_ws {
     int *cls;
     key_entry *keys;
     int *aoff, *slot, *fcnt, *natoms, *atoff;
-    float *len, *ang, *wt;     /* lattice of every structure; particle weight */
+    float *len, *ang;          /* lattice of every structure */
     long *cnt0;                /* starting particles of every structure */
     nesf__vote vote;
 } fast_ws;
@@ -219,7 +186,7 @@ static void fws_free(fast_ws *w)
     if (w->f_d) w->be->ops->free(w->be, w->f_d);
     void *host[] = {w->ap, w->af, w->aw, w->as, w->fp, w->fw, w->fs, w->atoms, w->cls,
                     w->keys, w->aoff, w->slot, w->fcnt, w->natoms, w->atoff, w->len, w->ang,
-                    w->wt, w->cnt0};
+                    w->cnt0};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     if (w->vote.be) nesf__vote_free(&w->vote);
 }
@@ -295,25 +262,26 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     int rc;
     w.len = malloc((size_t)n * 3 * sizeof *w.len);
     w.ang = malloc((size_t)n * 3 * sizeof *w.ang);
-    w.wt = malloc((size_t)n * sizeof *w.wt);
     w.cnt0 = malloc((size_t)n * sizeof *w.cnt0);
-    if (!w.len || !w.ang || !w.wt || !w.cnt0) {
+    if (!w.len || !w.ang || !w.cnt0) {
         rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
         goto fail;
     }
     /* step 1 first: the lattice decides where the particles start */
     double t1 = nesf__now_ms();
     if ((rc = f->lattice(f, 0, n, w.len, w.ang, err))) goto fail;
+    start_grid g;
+    grid_init(&g, f, o);
+    if (g.G > o->max_particles) {
+        rc = nesf_fail(err, NESF_ERR_INVALID,
+                       "particle grid %dx%dx%d = %ld exceeds max_particles %d (raise fast_step)",
+                       g.gn[0], g.gn[1], g.gn[2], g.G, o->max_particles);
+        goto fail;
+    }
     long Pmax = 0, P = 0;
     int Smax = 0;
     for (int i = 0, b = 0; i < n; i++) {
-        w.cnt0[i] = start_grid(f, o, w.len + 3 * i, w.ang + 3 * i, NULL, &w.wt[i]);
-        if (w.cnt0[i] > o->max_particles) {
-            rc = nesf_fail(err, NESF_ERR_INVALID,
-                           "particle grid of %ld exceeds max_particles %d (raise fast_step)",
-                           w.cnt0[i], o->max_particles);
-            goto fail;
-        }
+        w.cnt0[i] = grid_points(&g, o, w.len + 3 * i, w.ang + 3 * i, NULL);
         /* batches of whole structures, about batch_particles particles */
         if (b > 0 && P + w.cnt0[i] > o->batch_particles) {
             P = 0;
@@ -361,11 +329,10 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         w.aoff[0] = w.slot[0] = 0;
         for (int s = 0; s < S; s++) {
             const int i = b0 + s;
-            float wt;
-            long c = start_grid(f, o, w.len + 3 * i, w.ang + 3 * i, w.ap + 3 * (size_t)w.aoff[s], &wt);
-            for (long g = 0; g < c; g++) {
-                w.aw[w.aoff[s] + g] = wt;
-                w.as[w.aoff[s] + g] = INFINITY;
+            long c = grid_points(&g, o, w.len + 3 * i, w.ang + 3 * i, w.ap + 3 * (size_t)w.aoff[s]);
+            for (long r = 0; r < c; r++) {
+                w.aw[w.aoff[s] + r] = g.weight;
+                w.as[w.aoff[s] + r] = INFINITY;
             }
             w.aoff[s + 1] = w.aoff[s] + (int)c;
             w.slot[s + 1] = w.aoff[s + 1];
