@@ -32,7 +32,6 @@ void nesf_decode_opts_default(nesf_decode_opts *o)
     o->batch_particles = 1L << 20;
     o->repair_lattice = 0;
     o->mode = NESF_DECODE_PAPER;
-    o->fast_step = 0.5f;
     o->fast_margin = 1.0f;
     o->fast_tol = 1e-3f;
     o->fast_merge = 0.01f;
@@ -61,7 +60,6 @@ static const opt_desc opt_table[] = {
     OPT(batch_particles, 'l', 1, 1L << 28),
     OPT(repair_lattice, 'i', 0, 1),
     OPT(mode, 'm', NESF_DECODE_PAPER, NESF_DECODE_FAST),
-    OPT(fast_step, 'f', 0.05, 5.0),
     OPT(fast_margin, 'f', 0.0, 20.0),
     OPT(fast_tol, 'f', 1e-6, 1.0),
     OPT(fast_merge, 'f', 0.0, 1.0),

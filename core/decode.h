@@ -58,14 +58,12 @@ typedef struct nesf_decode_opts {
     /* The algorithm: NESF_DECODE_PAPER, spec §5 exactly, or
      * NESF_DECODE_FAST (decode_fast.c); JSON "mode": "paper" | "fast".
      * Fast mode: the lattice heads run first and only the points of the
-     * paper's grid (spacing fast_step instead of grid_step) within
-     * fast_margin Å of the predicted cell get a particle; each particle
-     * stands for (fast_step / grid_step)³ of the paper's, so that
-     * nms_min_count keeps its meaning.  A particle retires when its step
-     * is below fast_tol Å; particles within the same fast_merge Å cell
-     * merge (their weights add; 0: never); iterations bounds the steps. */
+     * paper's grid within fast_margin Å of the predicted cell get a
+     * particle.  A particle retires when its step is below fast_tol Å;
+     * particles within the same fast_merge Å cell merge (0: never) and
+     * count as the particles they merged in NMS; iterations bounds the
+     * steps.  Every other option means what it means in paper mode. */
     int mode;
-    float fast_step;     /* (0.5) */
     float fast_margin;   /* (1.0) */
     float fast_tol;      /* (0.001) */
     float fast_merge;    /* (0.01) */

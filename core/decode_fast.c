@@ -8,14 +8,12 @@
  *    particles, never add any the paper would not have); a cell that a
  *    repair would change (repair_lattice: none, flat, non-finite) keeps
  *    them all;
- *  - each particle carries the volume it stands for (its weight, in
- *    particles of the paper's grid), so NMS's "at least nms_min_count
- *    particles" still reads "at least that much volume flowed here",
- *    whatever the spacing and however many particles merged;
  *  - a particle retires once its step is below fast_tol: it sits at the
  *    field's fixed point, where the paper's remaining steps would leave it;
  *  - particles that land in the same fast_merge cell merge: the field is
- *    deterministic, so they would share the rest of their path;
+ *    deterministic, so they would share the rest of their path; a merged
+ *    particle carries the number it stands for (its weight), which NMS
+ *    counts towards nms_min_count;
  *  - a structure is done when its last particle has retired (at most
  *    `iterations` steps; what is still moving then is scored as in the
  *    paper, by its last step).
@@ -30,9 +28,8 @@
 #include <string.h>
 
 /* ---- the starting grid ----
- * The paper's grid (at spacing fast_step; at grid_step it is the paper's
- * very grid), keeping the points within fast_margin Å of the predicted
- * cell, measured across its faces.  Every kept particle then starts where
+ * The paper's grid, keeping the points within fast_margin Å of the
+ * predicted cell, measured across its faces.  Every kept particle then starts where
  * one of the paper's starts and follows the same path until it retires,
  * and what is left out flowed in from beyond the margin. */
 
@@ -40,7 +37,6 @@ typedef struct start_grid {
     int gn[3];
     double lo[3];
     long G;
-    float weight; /* particles of the paper's grid one point stands for */
 } start_grid;
 
 static void grid_init(start_grid *g, const nesf_field *f, const nesf_decode_opts *o)
@@ -48,12 +44,10 @@ static void grid_init(start_grid *g, const nesf_field *f, const nesf_decode_opts
     g->G = 1;
     for (int k = 0; k < 3; k++) {
         g->lo[k] = (double)f->bbox_min[k] - o->grid_pad;
-        g->gn[k] = nesf_arange_count(g->lo[k], (double)f->bbox_max[k] + o->grid_pad, o->fast_step);
+        g->gn[k] = nesf_arange_count(g->lo[k], (double)f->bbox_max[k] + o->grid_pad, o->grid_step);
         if (g->gn[k] < 1) g->gn[k] = 1;
         g->G *= g->gn[k];
     }
-    double r = (double)o->fast_step / o->grid_step;
-    g->weight = (float)(r * r * r);
 }
 
 /* The points of g near the predicted cell (x slowest, z fastest, as the
@@ -79,9 +73,9 @@ static long grid_points(const start_grid *g, const nesf_decode_opts *o, const fl
     for (long i = 0; i < g->G; i++) {
         long ix = i / ((long)g->gn[1] * g->gn[2]), iy = (i / g->gn[2]) % g->gn[1],
              iz = i % g->gn[2];
-        float c[3] = {(float)(g->lo[0] + ix * (double)o->fast_step),
-                      (float)(g->lo[1] + iy * (double)o->fast_step),
-                      (float)(g->lo[2] + iz * (double)o->fast_step)};
+        float c[3] = {(float)(g->lo[0] + ix * (double)o->grid_step),
+                      (float)(g->lo[1] + iy * (double)o->grid_step),
+                      (float)(g->lo[2] + iz * (double)o->grid_step)};
         int keep = 1;
         for (int k = 0; k < 3 && keep && isfinite(m[k]); k++) {
             double u = c[0] * inv[0][k] + c[1] * inv[1][k] + c[2] * inv[2][k];
@@ -274,7 +268,7 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     grid_init(&g, f, o);
     if (g.G > o->max_particles) {
         rc = nesf_fail(err, NESF_ERR_INVALID,
-                       "particle grid %dx%dx%d = %ld exceeds max_particles %d (raise fast_step)",
+                       "particle grid %dx%dx%d = %ld exceeds max_particles %d (raise grid_step)",
                        g.gn[0], g.gn[1], g.gn[2], g.G, o->max_particles);
         goto fail;
     }
@@ -331,7 +325,7 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
             const int i = b0 + s;
             long c = grid_points(&g, o, w.len + 3 * i, w.ang + 3 * i, w.ap + 3 * (size_t)w.aoff[s]);
             for (long r = 0; r < c; r++) {
-                w.aw[w.aoff[s] + r] = g.weight;
+                w.aw[w.aoff[s] + r] = 1;
                 w.as[w.aoff[s] + r] = INFINITY;
             }
             w.aoff[s + 1] = w.aoff[s] + (int)c;

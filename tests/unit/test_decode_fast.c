@@ -253,19 +253,21 @@ static void test_no_convergence(void **state)
 
 /* A predicted cell 15% too small or with angles 8 degrees off still puts
  * enough particles in every atom's basin (the margin, and the flow from
- * outside the cell); an absurdly large one falls back to the paper's box. */
+ * outside the cell); an absurdly large one, or none at all (negative
+ * lengths, decoded with repair_lattice), flows the paper's whole grid. */
 static void test_wrong_lattice(void **state)
 {
     fixture *fx = *state;
     enum { N = 24 };
-    const float scale[3] = {0.85f, 1.2f, 300.0f}, dang[3] = {0.0f, 8.0f, 0.0f};
-    for (int c = 0; c < 3; c++) {
+    const float scale[4] = {0.85f, 1.2f, 300.0f, -1.0f}, dang[4] = {0.0f, 8.0f, 0.0f, 0.0f};
+    for (int c = 0; c < 4; c++) {
         scaled_field sf;
         scaled_init(fx, &sf, fx->d.s, N, 1.0f);
         sf.len_scale = scale[c];
         sf.ang_deg = dang[c];
         nesf_decode_opts o;
         fast_opts(&o);
+        o.repair_lattice = scale[c] < 0;
         nesf_structure *out[N];
         nesf_error ie[N];
         nesf_decode_stats st;
@@ -285,6 +287,8 @@ static void test_wrong_lattice(void **state)
         print_message("cell x%.2f, angles %+.0f°: %ld particles/structure, %d of %d structures "
                       "with another atom count\n", scale[c], dang[c], st.particles / N, wrong, N);
         assert_int_equal(wrong, 0);
+        if (scale[c] > 100 || scale[c] < 0) assert_int_equal(st.particles, (long)N * 26 * 20 * 14);
+        if (scale[c] < 0) assert_int_equal(st.lattice_repaired, N);
         nesf_field_release(&sf.base);
     }
 }
@@ -342,7 +346,7 @@ static void test_options(void **state)
     assert_int_equal(nesf_decode_opts_from_text(&o, "{\"mode\": 1}", &err), NESF_ERR_INVALID);
     assert_int_equal(nesf_decode_opts_from_text(&o, "{\"mode\": \"paper\"}", &err), NESF_OK);
     assert_int_equal(o.mode, NESF_DECODE_PAPER);
-    assert_int_equal(nesf_decode_opts_from_text(&o, "{\"fast_step\": 0}", &err), NESF_ERR_INVALID);
+    assert_int_equal(nesf_decode_opts_from_text(&o, "{\"fast_margin\": -1}", &err), NESF_ERR_INVALID);
 }
 
 int main(void)
