@@ -261,9 +261,7 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    /* step 1 first: the lattice decides where the particles start */
     double t1 = nesf__now_ms();
-    if ((rc = f->lattice(f, 0, n, w.len, w.ang, err))) goto fail;
     start_grid g;
     grid_init(&g, f, o);
     if (g.G > o->max_particles) {
@@ -272,6 +270,15 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
                        g.gn[0], g.gn[1], g.gn[2], g.G, o->max_particles);
         goto fail;
     }
+    /* step 1 first: the lattice decides where the particles start.  The
+     * heads run in the chunks the paper mode's batches would have (whole
+     * grids per batch_particles), so that a latent's cell, and hence its
+     * answer, does not depend on which latents share the call */
+    const int lchunk = (int)(o->batch_particles / g.G > 0 ? o->batch_particles / g.G : 1);
+    for (int i = 0; i < n; i += lchunk)
+        if ((rc = f->lattice(f, i, n - i < lchunk ? n - i : lchunk, w.len + 3 * i, w.ang + 3 * i,
+                             err)))
+            goto fail;
     long Pmax = 0, P = 0;
     int Smax = 0;
     for (int i = 0, b = 0; i < n; i++) {

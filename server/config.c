@@ -26,6 +26,8 @@ void nesfd_config_defaults(nesfd_config *c)
     c->idle_timeout_s = 60;
     c->shutdown_grace_s = 60;
     c->log_requests = 1;
+    nesf_decode_opts_default(&c->decode);
+    c->decode.mode = NESF_DECODE_FAST;
 }
 
 void nesfd_config_finish(nesfd_config *c)
@@ -277,6 +279,14 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
         else snprintf(p, sizeof p, "%s", s);
         return read_token_file(c, p, err);
     }
+    if (!strcmp(key, "decode_options")) {
+        if (!json_is_object(v))
+            return nesf_fail(err, NESF_ERR_INVALID, "decode_options: expected an object");
+        if ((rc = nesf_decode_opts_from_json(&c->decode, v, err)) ||
+            (rc = nesf_decode_opts_check(&c->decode, err)))
+            nesf_error_prefix(err, "decode_options: ");
+        return rc;
+    }
     if (!strcmp(key, "cors_origins")) {
         if (!json_is_array(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an array", key);
         c->n_origins = 0;
@@ -423,7 +433,8 @@ void nesfd_config_usage(FILE *f)
             "\nconfig file keys: listen, models {name: path}, backend, compute_threads,\n"
             "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit,\n"
             "invariant}, body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
-            "auth_token | auth_token_file, cors_origins [..], log_requests, web_root.\n"
+            "auth_token | auth_token_file, cors_origins [..], log_requests, web_root,\n"
+            "decode_options {mode, grid_step, iterations, ...} (default {\"mode\": \"fast\"}).\n"
             "Model paths in the file are relative to the file; on the command line, to the\n"
             "current directory.  SIGTERM/SIGINT: stop accepting, finish in-flight requests,\n"
             "exit 0.  Logs: one JSON line per request on stderr.\n");
@@ -564,6 +575,9 @@ char *nesfd_config_dump(const nesfd_config *c)
         "auth_token", c->token[0] ? json_string("<redacted>") : json_null(),
         "cors_origins", origins, "log_requests", c->log_requests, "web_root", c->web_root);
     if (o) json_object_set_new(json_object_get(o, "batching"), "invariant", json_boolean(c->invariant));
+    char *dj = nesf_decode_opts_to_json(&c->decode);
+    if (o && dj) json_object_set_new(o, "decode_options", json_loads(dj, 0, NULL));
+    free(dj);
     char *s = o ? json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     return s;

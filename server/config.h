@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "decode.h"
 #include "error.h"
 
 #define NESFD_MAX_MODELS 16
@@ -47,6 +48,11 @@ typedef struct nesfd_config {
     int n_origins;
     int log_requests;          /* one JSON line per request on stderr */
     char web_root[4096];       /* static files (the web viewer) served at /; "" = none */
+    nesf_decode_opts decode;   /* decode options of a request that sets none; a request's
+                                  "options" override them key by key.  Built in: the fast
+                                  mode (it qualified against the paper's algorithm, see
+                                  docs/decoding.md); "decode_options": {"mode": "paper"}
+                                  restores spec §5 exactly */
 } nesfd_config;
 
 void nesfd_config_defaults(nesfd_config *c);

@@ -183,8 +183,8 @@ static op_state *new_state(nesfd_app *app, nesfd_req *r, op_kind kind, json_t *r
     st->symprec = DEFAULT_SYMPREC;
     st->a_slot = st->b_slot = -1;
     st->deadline = nesfd_req_start_ns(r) + (int64_t)(app->cfg->request_timeout_s * 1e9);
-    memset(&st->opts, 0, sizeof st->opts);
-    nesf_decode_opts_default(&st->opts);
+    /* bytewise, padding included: the options are part of the batching key */
+    memcpy(&st->opts, &app->cfg->decode, sizeof st->opts);
     nesfd_req_set_state(r, st, op_free);
     return st;
 }
@@ -734,9 +734,7 @@ static void h_models(nesfd_req *r, void *ctx)
         }
         float lo[3], hi[3];
         nesf_model_bbox(me->model, lo, hi);
-        nesf_decode_opts d;
-        nesf_decode_opts_default(&d);
-        char *dj = nesf_decode_opts_to_json(&d);
+        char *dj = nesf_decode_opts_to_json(&app->cfg->decode);
         json_t *defaults = dj ? json_loads(dj, 0, NULL) : NULL;
         free(dj);
         json_array_append_new(list, json_pack(

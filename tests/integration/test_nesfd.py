@@ -31,6 +31,7 @@ SHARED = os.environ.get("NESF_SHARED", os.path.join(SRC, "..", "shared"))
 TOKEN = "t0k-" + "%08x" % random.getrandbits(32)
 ORIGIN = "http://viewer.test"
 FAST = {"grid_step": 1.0, "iterations": 8}  # for tests about HTTP, not decoding
+PAPER = {"mode": "paper"}  # spec §5 exactly: seconds per latent on this model
 LATENT = 192
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 ATOMS = [[1.0, 2.25, 2.5], [3.5, 2.25, 2.5]]
@@ -170,6 +171,7 @@ def test_ready_models(d, _):
     assert fx["backend"] == "cpu" and fx["parameters"] > 700000, fx
     assert fx["id"].startswith("fx-") and fx["id"] != rnd["id"].replace("rnd", "fx")
     assert fx["decode_defaults"]["iterations"] == 64, fx["decode_defaults"]
+    assert fx["decode_defaults"]["mode"] == "fast", fx["decode_defaults"]  # the daemon's default
 
 
 def test_decode_fields(d, ctx):
@@ -436,7 +438,7 @@ def test_queue_full_and_deadline(_, ctx):
     """A second daemon: one item per call, queue of 4, 1.5 s deadline."""
     b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--max-batch", "1",
                "--max-delay-us", "0", "--queue-limit", "4", "--request-timeout", "1.5")
-    slow = {"latents": latents(4, 1)}  # paper settings: seconds per latent here
+    slow = {"latents": latents(4, 1), "options": PAPER}  # seconds per latent here
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         t0 = time.time()
         first = ex.submit(b.call, "POST", "/decode", slow, None, False)
@@ -458,7 +460,8 @@ def test_graceful_shutdown(d, _):
     """SIGTERM while a paper-settings decode runs: it is answered, the port
     closes, and nesfd exits 0."""
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        fut = ex.submit(d.call, "POST", "/decode", {"latents": latents(1, 77)}, None, True, None, 120)
+        fut = ex.submit(d.call, "POST", "/decode", {"latents": latents(1, 77), "options": PAPER},
+                        None, True, None, 120)
         t0 = time.time()
         while d.metric("nesfd_in_flight_requests") < 2 and time.time() - t0 < 10:
             time.sleep(0.02)  # the /metrics call itself is one

@@ -65,6 +65,32 @@ static void test_defaults(void **state)
     assert_string_equal(c.models[0].path, "models/lcs6.safetensors");
     assert_string_equal(c.backend, "auto");
     assert_string_equal(c.token, "");
+    assert_int_equal(c.decode.mode, NESF_DECODE_FAST); /* qualified: docs/decoding.md */
+    assert_int_equal(c.decode.iterations, 64);
+}
+
+static void test_decode_options(void **state)
+{
+    (void)state;
+    nesfd_config c;
+    nesf_error err;
+    nesfd_config_defaults(&c);
+    const char *ok = write_file("dec.json", "{\"decode_options\": {\"mode\": \"paper\", \"iterations\": 32}}");
+    if (nesfd_config_load_file(&c, ok, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(c.decode.mode, NESF_DECODE_PAPER);
+    assert_int_equal(c.decode.iterations, 32);
+    assert_float_equal(c.decode.grid_step, 0.5f, 0); /* the rest stays */
+    char *dump = nesfd_config_dump(&c);
+    assert_non_null(strstr(dump, "\"iterations\": 32"));
+    free(dump);
+    const char *bad[] = {"{\"decode_options\": {\"mode\": \"slow\"}}",
+                         "{\"decode_options\": {\"iterations\": 0}}",
+                         "{\"decode_options\": {\"grid_stp\": 0.5}}",
+                         "{\"decode_options\": [1]}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(nesfd_config_load_file(&c, write_file("bad.json", bad[i]), &err), NESF_OK);
+        assert_non_null(strstr(err.msg, "decode"));
+    }
 }
 
 static void test_file_and_flags(void **state)
@@ -167,6 +193,7 @@ static void test_repo_config(void **state)
     nesfd_config_defaults(&c);
     if (nesfd_config_load_file(&c, path, &err)) fail_msg("%s", err.msg);
     assert_true(c.n_models >= 1);
+    assert_int_equal(c.decode.mode, NESF_DECODE_FAST);
 }
 
 int main(void)
@@ -176,6 +203,7 @@ int main(void)
         cmocka_unit_test(test_file_and_flags),
         cmocka_unit_test(test_token_sources),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_decode_options),
         cmocka_unit_test(test_repo_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
