@@ -42,4 +42,25 @@ PY
 cut -d, -f1-5 "$tmp/a/log.jsonl" > "$tmp/la"
 cut -d, -f1-5 "$tmp/b/log.jsonl" > "$tmp/lb"
 diff "$tmp/la" "$tmp/lb"
-echo "1 passed, 0 failed"
+
+# --from: a new stage on a's checkpoint with other loss weights keeps the
+# network and Adam moments, counts epochs from 1 and steps on from a's
+/usr/bin/python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["training"]["loss_weights"] = {"species": 2.5}; json.dump(c, open(sys.argv[2], "w"))' "$cfg" "$tmp/stage2.json"
+"$nesf" train --config "$tmp/stage2.json" --data "$tmp/data" --threads 1 --quiet --out "$tmp/c" \
+    --from "$tmp/a/checkpoint.safetensors" --epochs 1 2>>"$tmp/log"
+/usr/bin/python3 - "$tmp/a/checkpoint.safetensors" "$tmp/c/checkpoint.safetensors" "$tmp/c/log.jsonl" <<'PY'
+import json, struct, sys
+def meta(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    return json.loads(b[8:8 + n])["__metadata__"]
+ma, mc = meta(sys.argv[1]), meta(sys.argv[2])
+sa, sc = json.loads(ma["train_state"]), json.loads(mc["train_state"])
+log = [json.loads(l) for l in open(sys.argv[3])]
+assert [e["epoch"] for e in log] == [1], log
+assert sc["epoch"] == 1 and sc["step"] > sa["step"] and sc["adam_t"] == sa["adam_t"] + (sc["step"] - sa["step"]), (sa, sc)
+assert json.loads(mc["training_config"])["loss_weights"]["species"] == 2.5, mc["training_config"]
+assert mc["model_config"] == ma["model_config"]
+print(f"from: stage 2 at step {sc['step']} (stage 1 ended at {sa['step']}), species weight 2.5")
+PY
+echo "2 passed, 0 failed"

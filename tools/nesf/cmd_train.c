@@ -80,6 +80,9 @@ static void usage(FILE *f)
             "  --epochs N            stop after N epochs in total (default: config)\n"
             "  --minutes M           stop (with a checkpoint) after M minutes of this invocation\n"
             "  --resume              continue RUN/checkpoint.safetensors\n"
+            "  --from FILE           start from FILE's weights (and Adam moments when FILE is a\n"
+            "                        checkpoint) with --config's training settings: a new schedule\n"
+            "                        for a trained model (epochs count from 0 again)\n"
             "  --backend B           cpu | cuda | auto (default auto)\n"
             "  --threads T           CPU threads (default: all cores)\n"
             "  --checkpoint-minutes M  checkpoint interval (default 5)\n"
@@ -102,7 +105,8 @@ static void fmt_losses(char *buf, size_t n, const nesf_losses *l)
 
 int nesf_cmd_train(int argc, char **argv)
 {
-    const char *config = "config/models/nesf-paper.json", *data = NULL, *out = NULL, *backend = "auto";
+    const char *config = "config/models/nesf-paper.json", *data = NULL, *out = NULL, *backend = "auto",
+               *from = NULL;
     int epochs = -1, resume = 0, threads = 0, val_every = 1, val_limit = 0, quiet = 0;
     long max_steps = -1;
     double minutes = 0, ckpt_minutes = 5;
@@ -113,7 +117,7 @@ int nesf_cmd_train(int argc, char **argv)
         {"backend", required_argument, 0, 'b'}, {"threads", required_argument, 0, 't'},
         {"checkpoint-minutes", required_argument, 0, 'k'}, {"val-every", required_argument, 0, 'v'},
         {"val-limit", required_argument, 0, 'l'}, {"quiet", no_argument, 0, 'q'},
-        {"max-steps", required_argument, 0, 'x'},
+        {"max-steps", required_argument, 0, 'x'}, {"from", required_argument, 0, 'f'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int ch;
     optind = 1;
@@ -132,6 +136,7 @@ int nesf_cmd_train(int argc, char **argv)
         case 'l': val_limit = atoi(optarg); break;
         case 'q': quiet = 1; break;
         case 'x': max_steps = atol(optarg); break;
+        case 'f': from = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -180,9 +185,14 @@ int nesf_cmd_train(int argc, char **argv)
     nesf_train_config tc;
     nesf_train_config_paper(&tc);
     nesf_train_state st = {.best_val = INFINITY};
-    if (resume && access(ckpt, R_OK) == 0) {
+    const int resuming = resume && access(ckpt, R_OK) == 0;
+    if (resuming) {
         if (nesf_model_load(ckpt, be, &m, &err)) goto fail;
         fprintf(stderr, "nesf train: resuming %s\n", ckpt);
+    } else if (from) {
+        /* the file's network, the config file's training settings */
+        if (nesf_model_load(from, be, &m, &err)) goto fail;
+        if (nesf_train_config_load(config, &tc, &err)) goto fail;
     } else {
         nesf_model_config mc;
         if (nesf_model_config_load(config, &mc, &err)) goto fail;
@@ -197,7 +207,7 @@ int nesf_cmd_train(int argc, char **argv)
                 }
         if (nesf_model_create(&mc, vocab.z, vocab.n, lo, hi, be, tc.seed, &m, &err)) goto fail;
     }
-    if (resume && m) {
+    if (resuming) {
         /* the checkpoint's training configuration wins over the file's */
         const char *saved = nesf_model_train_config(m);
         if (*saved) {
@@ -218,7 +228,23 @@ int nesf_cmd_train(int argc, char **argv)
     if (epochs >= 0) tc.epochs = epochs;
     nesf_trainer *tr = NULL;
     if (nesf_trainer_create(m, &tc, &tr, &err)) goto fail;
-    if (resume && access(ckpt, R_OK) == 0 && nesf_trainer_load(tr, &st, ckpt, &err)) goto fail;
+    if (resuming && nesf_trainer_load(tr, &st, ckpt, &err)) goto fail;
+    if (!resuming && from) {
+        /* Adam moments carry over from a checkpoint (a weights file has
+         * none); the schedule, the epoch count and the best validation
+         * loss start afresh, since the losses may be weighted differently.
+         * Steps and seconds keep counting: they measure compute spent. */
+        nesf_train_state prev = {0};
+        nesf_error e2 = {0};
+        if (nesf_trainer_load(tr, &prev, from, &e2) == NESF_OK) {
+            st.step = prev.step;
+            st.seconds = prev.seconds;
+            fprintf(stderr, "nesf train: from %s (epoch %d, step %ld, %.0f s), Adam moments kept\n",
+                    from, prev.epoch, prev.step, prev.seconds);
+        } else {
+            fprintf(stderr, "nesf train: from %s, fresh Adam moments (%s)\n", from, e2.msg);
+        }
+    }
     char *tcj = nesf_train_config_to_json(&tc);
     fprintf(stderr, "nesf train: %zu parameters, config %s\n", nesf_model_param_count(m), tcj);
 
