@@ -179,33 +179,20 @@ char *nesf_decode_opts_to_json(const nesf_decode_opts *o)
 
 /* ---- non-max suppression ---- */
 
-typedef struct cell_entry {
-    uint64_t key;
-    int idx;
-} cell_entry;
-
 /* Cell coordinates are clamped to 21 bits; clamping keeps neighbouring
  * cells neighbours, so it only costs speed for particles ~500 000 cells
  * away, never correctness. */
-#define CELL_BIAS (1 << 20)
-#define CELL_MAX ((1 << 21) - 1)
-
 static int cell_coord(float v, double inv)
 {
-    double c = floor(v * inv) + CELL_BIAS;
+    double c = floor(v * inv) + NESF__CELL_BIAS;
     if (c < 0) c = 0;
-    if (c > CELL_MAX) c = CELL_MAX;
+    if (c > NESF__CELL_MAX) c = NESF__CELL_MAX;
     return (int)c;
 }
 
-static uint64_t cell_key(int x, int y, int z)
+int nesf__cmp_cell(const void *a, const void *b)
 {
-    return ((uint64_t)x << 42) | ((uint64_t)y << 21) | (uint64_t)z;
-}
-
-static int cmp_cell(const void *a, const void *b)
-{
-    const cell_entry *x = a, *y = b;
+    const nesf__cell_entry *x = a, *y = b;
     if (x->key != y->key) return x->key < y->key ? -1 : 1;
     return x->idx - y->idx;
 }
@@ -235,7 +222,7 @@ int nesf_nms_weighted(int n, const float *pos, const float *s, const float *wt, 
 {
     if (more) *more = 0;
     if (n <= 0) return 0;
-    cell_entry *cells = malloc((size_t)n * sizeof *cells);
+    nesf__cell_entry *cells = malloc((size_t)n * sizeof *cells);
     score_entry *order = malloc((size_t)n * sizeof *order);
     int (*cc)[3] = malloc((size_t)n * sizeof *cc);
     unsigned char *alive = calloc((size_t)n, 1);
@@ -248,12 +235,12 @@ int nesf_nms_weighted(int n, const float *pos, const float *s, const float *wt, 
     for (int i = 0; i < n; i++) {
         if (!isfinite(s[i]) || !finite3(pos + 3 * i)) continue;
         for (int k = 0; k < 3; k++) cc[i][k] = cell_coord(pos[3 * i + k], inv);
-        cells[m] = (cell_entry){cell_key(cc[i][0], cc[i][1], cc[i][2]), i};
+        cells[m] = (nesf__cell_entry){nesf__cell_key(cc[i][0], cc[i][1], cc[i][2]), i};
         order[m] = (score_entry){s[i], i};
         alive[i] = 1;
         m++;
     }
-    qsort(cells, (size_t)m, sizeof *cells, cmp_cell);
+    qsort(cells, (size_t)m, sizeof *cells, nesf__cmp_cell);
     qsort(order, (size_t)m, sizeof *order, cmp_score);
 
     int na = 0;
@@ -266,9 +253,10 @@ int nesf_nms_weighted(int n, const float *pos, const float *s, const float *wt, 
             for (int dy = -1; dy <= 1; dy++)
                 for (int dz = -1; dz <= 1; dz++) {
                     int x = cc[i][0] + dx, y = cc[i][1] + dy, z = cc[i][2] + dz;
-                    if (x < 0 || y < 0 || z < 0 || x > CELL_MAX || y > CELL_MAX || z > CELL_MAX)
+                    if (x < 0 || y < 0 || z < 0 || x > NESF__CELL_MAX || y > NESF__CELL_MAX ||
+                        z > NESF__CELL_MAX)
                         continue;
-                    uint64_t key = cell_key(x, y, z);
+                    uint64_t key = nesf__cell_key(x, y, z);
                     int lo = 0, hi = m; /* first entry with key >= key */
                     while (lo < hi) {
                         int mid = lo + (hi - lo) / 2;
@@ -564,12 +552,33 @@ static int build_structure(const float len[3], const float ang[3], int na, const
     return NESF_OK;
 }
 
-int nesf__build_structure(const float len[3], const float ang[3], int na, const float *atoms,
-                          const int *cls, const int *species_z, int repair, int *repaired,
-                          nesf_structure **out, nesf_error *err)
+int nesf__build_batch(const nesf_field *f, const nesf_decode_opts *o, int b0, int S,
+                      const float *len, const float *ang, const int *aoff, const float *atoms,
+                      const int *cls, nesf_structure **out, nesf_error *item_err, int *repaired,
+                      nesf_error *err)
 {
-    return build_structure(len, ang, na, atoms, cls, species_z, repair, repaired, out, err);
+    for (int s = 0; s < S; s++) {
+        nesf_error e;
+        nesf_error_clear(&e);
+        int rep;
+        int rc = build_structure(len + 3 * s, ang + 3 * s, aoff[s + 1] - aoff[s],
+                                 atoms + (size_t)aoff[s] * 3, cls + aoff[s], f->species_z,
+                                 o->repair_lattice, &rep, &out[b0 + s], &e);
+        *repaired += rep;
+        if (rc == NESF_ERR_INVALID && item_err) {
+            item_err[b0 + s] = e;
+            continue;
+        }
+        if (rc) {
+            if (err) *err = e;
+            nesf_error_prefix(err, "structure %d: ", b0 + s);
+            return rc;
+        }
+    }
+    return NESF_OK;
 }
+
+void nesf__free_outputs(nesf_structure **out, int n) { free_outputs(out, n); }
 
 int nesf__sane_cell(const nesf_cellpar *p, nesf_lattice *lat) { return sane_cell(p, lat); }
 
@@ -727,24 +736,9 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
 
         /* step 1 (the lattice) and the output structures */
         if ((rc = f->lattice(f, b0, S, w.len_h, w.ang_h, err))) goto fail;
-        for (int s = 0; s < S; s++) {
-            nesf_error e;
-            nesf_error_clear(&e);
-            int repaired;
-            rc = build_structure(w.len_h + 3 * s, w.ang_h + 3 * s, w.natoms[s],
-                                 w.atoms_h + (size_t)w.aoff[s] * 3, w.cls + w.aoff[s],
-                                 f->species_z, o->repair_lattice, &repaired, &out[b0 + s], &e);
-            stats.lattice_repaired += repaired;
-            if (rc == NESF_ERR_INVALID && item_err) {
-                item_err[b0 + s] = e;
-                continue;
-            }
-            if (rc) {
-                if (err) *err = e;
-                nesf_error_prefix(err, "structure %d: ", b0 + s);
-                goto fail;
-            }
-        }
+        if ((rc = nesf__build_batch(f, o, b0, S, w.len_h, w.ang_h, w.aoff, w.atoms_h, w.cls, out,
+                                    item_err, &stats.lattice_repaired, err)))
+            goto fail;
     }
     ws_free(&w);
     stats.structures = n;

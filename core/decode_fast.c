@@ -90,29 +90,18 @@ static long grid_points(const start_grid *g, const nesf_decode_opts *o, const fl
 
 /* ---- merging ---- */
 
-typedef struct key_entry {
-    uint64_t key;
-    int idx;
-} key_entry;
-
-static int cmp_key(const void *a, const void *b)
-{
-    const key_entry *x = a, *y = b;
-    if (x->key != y->key) return x->key < y->key ? -1 : 1;
-    return x->idx - y->idx;
-}
-
-/* Cell coordinate of v at cell size 1/inv, or -1 out of 21 bits. */
+/* Cell coordinate of v at cell size 1/inv, or -1 out of the key's range
+ * (such a far-flung particle is simply never merged). */
 static int64_t merge_coord(float v, double inv)
 {
-    double c = floor(v * inv) + (1 << 20);
-    return c >= 0 && c < (1 << 21) ? (int64_t)c : -1;
+    double c = floor(v * inv) + NESF__CELL_BIAS;
+    return c >= 0 && c <= NESF__CELL_MAX ? (int64_t)c : -1;
 }
 
 /* Merges the n particles (p, w, s) that share a cell of size r, in place:
  * weights add, position and score become weight-averaged.  Keeps the
  * order of each cell's first particle.  Returns the new count. */
-static int merge_cells(int n, float *p, float *w, float *s, float r, key_entry *keys)
+static int merge_cells(int n, float *p, float *w, float *s, float r, nesf__cell_entry *keys)
 {
     const double inv = 1.0 / r;
     int m = 0;
@@ -120,10 +109,10 @@ static int merge_cells(int n, float *p, float *w, float *s, float r, key_entry *
         int64_t c[3];
         for (int k = 0; k < 3; k++) c[k] = merge_coord(p[3 * i + k], inv);
         if (c[0] < 0 || c[1] < 0 || c[2] < 0) continue; /* far away: never merged */
-        keys[m++] = (key_entry){((uint64_t)c[0] << 42) | ((uint64_t)c[1] << 21) | (uint64_t)c[2], i};
+        keys[m++] = (nesf__cell_entry){nesf__cell_key((uint64_t)c[0], (uint64_t)c[1], (uint64_t)c[2]), i};
     }
     if (m < 2) return n;
-    qsort(keys, (size_t)m, sizeof *keys, cmp_key);
+    qsort(keys, (size_t)m, sizeof *keys, nesf__cmp_cell);
     /* fold every run into its first (lowest-index) particle; mark the rest */
     for (int a = 0; a < m;) {
         int b = a + 1;
@@ -167,8 +156,8 @@ typedef struct fast_ws {
     float *fp, *fw, *fs;       /* host: finished particles, per structure slot */
     float *atoms;              /* host: atoms, per structure slot */
     int *cls;
-    key_entry *keys;
-    int *aoff, *slot, *fcnt, *natoms, *atoff;
+    nesf__cell_entry *keys;
+    int *aoff, *slot, *fcnt, *atoff;
     float *len, *ang;          /* lattice of every structure */
     long *cnt0;                /* starting particles of every structure */
     nesf__vote vote;
@@ -179,7 +168,7 @@ static void fws_free(fast_ws *w)
     if (w->p_d) w->be->ops->free(w->be, w->p_d);
     if (w->f_d) w->be->ops->free(w->be, w->f_d);
     void *host[] = {w->ap, w->af, w->aw, w->as, w->fp, w->fw, w->fs, w->atoms, w->cls,
-                    w->keys, w->aoff, w->slot, w->fcnt, w->natoms, w->atoff, w->len, w->ang,
+                    w->keys, w->aoff, w->slot, w->fcnt, w->atoff, w->len, w->ang,
                     w->cnt0};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     if (w->vote.be) nesf__vote_free(&w->vote);
@@ -309,10 +298,9 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     w.aoff = malloc((size_t)(Smax + 1) * sizeof *w.aoff);
     w.slot = malloc((size_t)(Smax + 1) * sizeof *w.slot);
     w.fcnt = malloc((size_t)Smax * sizeof *w.fcnt);
-    w.natoms = malloc((size_t)Smax * sizeof *w.natoms);
     w.atoff = malloc((size_t)(Smax + 1) * sizeof *w.atoff);
     if (!w.p_d || !w.f_d || !w.ap || !w.af || !w.aw || !w.as || !w.fp || !w.fw || !w.fs ||
-        !w.atoms || !w.cls || !w.keys || !w.aoff || !w.slot || !w.fcnt || !w.natoms ||
+        !w.atoms || !w.cls || !w.keys || !w.aoff || !w.slot || !w.fcnt ||
         !w.atoff) {
         rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory for decoding %d structures", n);
         goto fail;
@@ -365,7 +353,6 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
                 goto fail;
             }
             stats.truncated += more || (kept > cap && na == cap);
-            w.natoms[s] = na;
             w.atoff[s + 1] = w.atoff[s] + na;
         }
         stats.atoms += w.atoff[S];
@@ -378,25 +365,9 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
             goto fail;
         stats.ms_species += nesf__now_ms() - t3;
 
-        for (int s = 0; s < S; s++) {
-            nesf_error e;
-            nesf_error_clear(&e);
-            int repaired;
-            rc = nesf__build_structure(w.len + 3 * (b0 + s), w.ang + 3 * (b0 + s), w.natoms[s],
-                                       w.atoms + 3 * (size_t)w.atoff[s], w.cls + w.atoff[s],
-                                       f->species_z, o->repair_lattice, &repaired, &out[b0 + s],
-                                       &e);
-            stats.lattice_repaired += repaired;
-            if (rc == NESF_ERR_INVALID && item_err) {
-                item_err[b0 + s] = e;
-                continue;
-            }
-            if (rc) {
-                if (err) *err = e;
-                nesf_error_prefix(err, "structure %d: ", b0 + s);
-                goto fail;
-            }
-        }
+        if ((rc = nesf__build_batch(f, o, b0, S, w.len + 3 * b0, w.ang + 3 * b0, w.atoff, w.atoms,
+                                    w.cls, out, item_err, &stats.lattice_repaired, err)))
+            goto fail;
         b0 += S;
     }
     fws_free(&w);
@@ -407,9 +378,6 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
 
 fail:
     fws_free(&w);
-    for (int i = 0; i < n; i++) {
-        nesf_structure_free(out[i]);
-        out[i] = NULL;
-    }
+    nesf__free_outputs(out, n);
     return rc ? rc : NESF_ERR_BACKEND;
 }

@@ -5,9 +5,27 @@
 #ifndef NESF_DECODE_INTERNAL_H
 #define NESF_DECODE_INTERNAL_H
 
+#include <stdint.h>
+
 #include "decode.h"
 
 double nesf__now_ms(void);
+
+/* Spatial hashing on cubic cells (NMS neighbours, fast-mode merging): a
+ * cell's key packs three 21-bit coordinates, biased so that negative
+ * positions fit. */
+typedef struct nesf__cell_entry {
+    uint64_t key;
+    int idx;
+} nesf__cell_entry;
+#define NESF__CELL_BIAS (1 << 20)
+#define NESF__CELL_MAX ((1 << 21) - 1)
+static inline uint64_t nesf__cell_key(uint64_t x, uint64_t y, uint64_t z)
+{
+    return (x << 42) | (y << 21) | z;
+}
+/* qsort order of cell entries: by key, then by index */
+int nesf__cmp_cell(const void *a, const void *b);
 
 /* Species vote buffers, sized at init for the options' offset grid and up
  * to max_structs structures per call. */
@@ -32,12 +50,17 @@ void nesf__vote_free(nesf__vote *v);
 int nesf__vote_run(nesf__vote *v, nesf_field *f, int first, int S, const int *aoff,
                    const float *atoms, int *cls, long *evals, nesf_error *err);
 
-/* A structure from a predicted lattice (lengths Å, angles radians) and its
- * atoms; NESF_ERR_INVALID for a degenerate lattice (unless repair, see
- * repair_lattice; *repaired says whether it had to). */
-int nesf__build_structure(const float len[3], const float ang[3], int na, const float *atoms,
-                          const int *cls, const int *species_z, int repair, int *repaired,
-                          nesf_structure **out, nesf_error *err);
+/* The output structures of field structures [b0, b0 + S): predicted
+ * lattices len, ang (S x 3: lengths Å, angles radians), atoms (host, x 3)
+ * and classes of structure s from aoff[s] to aoff[s+1].  A degenerate cell
+ * (see repair_lattice; *repaired grows by the cells repaired) fails its
+ * item when item_err is given, else the call. */
+int nesf__build_batch(const nesf_field *f, const nesf_decode_opts *o, int b0, int S,
+                      const float *len, const float *ang, const int *aoff, const float *atoms,
+                      const int *cls, nesf_structure **out, nesf_error *item_err, int *repaired,
+                      nesf_error *err);
+/* Frees and clears out[0..n). */
+void nesf__free_outputs(nesf_structure **out, int n);
 /* Whether p is a cell that a repair would keep as it is (then *lat is it). */
 int nesf__sane_cell(const nesf_cellpar *p, nesf_lattice *lat);
 
