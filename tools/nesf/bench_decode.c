@@ -69,10 +69,7 @@ int nesf_bench_decode(int argc, char **argv)
     nesf_error err;
     nesf_decode_opts o;
     nesf_decode_opts_default(&o);
-    if (options && cli_decode_options(options, &o, &err)) {
-        fprintf(stderr, "nesf bench decode: --options: %s\n", err.msg);
-        return 2;
-    }
+    if (cli_decode_options("bench decode", "options", options, &o)) return 2;
     nesf_dataset d = {0};
     if (nesf_dataset_load(data, &d, &err)) {
         fprintf(stderr, "nesf bench decode: %s\n", err.msg);

@@ -127,10 +127,7 @@ int nesf_bench_decode_modes(int argc, char **argv)
         nesf_decode_opts_default(&run[r].o);
         run[r].o.mode = r ? NESF_DECODE_FAST : NESF_DECODE_PAPER;
         const char *js = r ? fast_json : paper_json;
-        if (js && cli_decode_options(js, &run[r].o, &err)) {
-            fprintf(stderr, "nesf bench decode-modes: --%s: %s\n", run[r].name, err.msg);
-            return 2;
-        }
+        if (cli_decode_options("bench decode-modes", run[r].name, js, &run[r].o)) return 2;
         nesf_metrics_init(&run[r].met);
     }
     nesf_dataset d = {0};

@@ -52,10 +52,7 @@ int nesf_cmd_decode(int argc, char **argv)
     nesf_error err;
     nesf_decode_opts o;
     nesf_decode_opts_default(&o);
-    if (options && cli_decode_options(options, &o, &err)) {
-        fprintf(stderr, "nesf decode: --options: %s\n", err.msg);
-        return 2;
-    }
+    if (cli_decode_options("decode", "options", options, &o)) return 2;
     char *text;
     size_t len;
     if (nesf_sio_slurp(argv[optind], &text, &len, &err)) {

@@ -150,10 +150,7 @@ int nesf_cmd_eval(int argc, char **argv)
     nesf_decode_opts opts;
     nesf_decode_opts_default(&opts);
     opts.repair_lattice = !a.strict;
-    if (a.options && cli_decode_options(a.options, &opts, &err)) {
-        fprintf(stderr, "nesf eval: --options: %s\n", err.msg);
-        return 2;
-    }
+    if (cli_decode_options("eval", "options", a.options, &opts)) return 2;
     nesf_dataset d = {0};
     if (nesf_dataset_load(a.data, &d, &err)) {
         fprintf(stderr, "nesf eval: %s\n", err.msg);

@@ -106,10 +106,7 @@ int nesf_cmd_interpolate(int argc, char **argv)
     nesf_error err;
     nesf_decode_opts o;
     nesf_decode_opts_default(&o);
-    if (options && cli_decode_options(options, &o, &err)) {
-        fprintf(stderr, "nesf interpolate: --options: %s\n", err.msg);
-        return 2;
-    }
+    if (cli_decode_options("interpolate", "options", options, &o)) return 2;
     nesf_backend *be;
     nesf_model *m;
     if (cli_open_model("interpolate", model, backend, threads, &be, &m)) return 1;

@@ -142,17 +142,26 @@ done:
     return rc;
 }
 
-int cli_decode_options(const char *arg, nesf_decode_opts *o, nesf_error *err)
+int cli_decode_options(const char *cmd, const char *flag, const char *arg, nesf_decode_opts *o)
 {
-    if (arg[0] != '@') return nesf_decode_opts_from_text(o, arg, err);
-    char *text;
-    size_t len;
-    int rc = nesf_sio_slurp(arg + 1, &text, &len, err);
-    if (rc) return rc;
-    rc = nesf_decode_opts_from_text(o, text, err);
-    free(text);
-    if (rc) nesf_error_prefix(err, "%s: ", arg + 1);
-    return rc;
+    if (!arg) return 0;
+    nesf_error err;
+    int rc;
+    if (arg[0] != '@') {
+        rc = nesf_decode_opts_from_text(o, arg, &err);
+    } else {
+        char *text;
+        size_t len;
+        rc = nesf_sio_slurp(arg + 1, &text, &len, &err);
+        if (!rc) {
+            rc = nesf_decode_opts_from_text(o, text, &err);
+            free(text);
+            if (rc) nesf_error_prefix(&err, "%s: ", arg + 1);
+        }
+    }
+    if (!rc) return 0;
+    fprintf(stderr, "nesf %s: --%s: %s\n", cmd, flag, err.msg);
+    return 2;
 }
 
 /* Appends t and, when missing, a newline to *all (length *len). */

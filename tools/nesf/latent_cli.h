@@ -36,8 +36,10 @@ void cli_close_model(nesf_backend *be, nesf_model *m);
  * latents, so callers can try it as a structure. */
 int cli_parse_latents(const char *text, int latent, float **z, int *n, nesf_error *err);
 
-/* Decode options from --options: JSON text, or @FILE for a file. */
-int cli_decode_options(const char *arg, nesf_decode_opts *o, nesf_error *err);
+/* Decode options from a flag's argument (JSON text, or @FILE for a file)
+ * over *o; arg NULL leaves *o.  On failure prints "nesf CMD: --FLAG: ..."
+ * and returns 2 (the usage exit code), else 0. */
+int cli_decode_options(const char *cmd, const char *flag, const char *arg, nesf_decode_opts *o);
 
 /* Structures as one text: "cif" (data blocks one after another), "json"
  * (an array of full structure objects: formula, space group) or "jsonl"
