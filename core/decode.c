@@ -37,6 +37,23 @@ void nesf_decode_opts_default(nesf_decode_opts *o)
     o->fast_merge = 0.01f;
 }
 
+void nesf_decode_stats_add(nesf_decode_stats *sum, const nesf_decode_stats *st)
+{
+    sum->structures += st->structures;
+    sum->particles += st->particles;
+    sum->field_evals += st->field_evals;
+    sum->kept += st->kept;
+    sum->atoms += st->atoms;
+    sum->truncated += st->truncated;
+    sum->lattice_repaired += st->lattice_repaired;
+    sum->ms += st->ms;
+    sum->ms_flow += st->ms_flow;
+    sum->ms_nms += st->ms_nms;
+    sum->ms_species += st->ms_species;
+    sum->steps += st->steps;
+    sum->merged += st->merged;
+}
+
 typedef struct opt_desc {
     const char *key;
     char type; /* 'f' float, 'i' int, 'l' long, 'm' mode (an int named in JSON) */

@@ -100,6 +100,9 @@ typedef struct nesf_decode_stats {
     long merged;         /* particles merged into others (fast mode) */
 } nesf_decode_stats;
 
+/* sum += st, field by field (the counts and times of several calls). */
+void nesf_decode_stats_add(nesf_decode_stats *sum, const nesf_decode_stats *st);
+
 /* ---- fields ----
  * A field answers queries for S structures.  Query points and outputs are
  * backend memory; off is a HOST array of S+1 row offsets (structure s owns

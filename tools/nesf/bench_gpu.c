@@ -183,12 +183,7 @@ static void bench_decode(bench *b, nesf_model *m, nesf_backend *be, const int *b
             }
             if (r < 0) continue;
             reps++;
-            sum.particles += st.particles;
-            sum.field_evals += st.field_evals;
-            sum.atoms += st.atoms;
-            sum.ms_flow += st.ms_flow;
-            sum.ms_nms += st.ms_nms;
-            sum.ms_species += st.ms_species;
+            nesf_decode_stats_add(&sum, &st);
             t = now() - t0;
             if (t > b->min_seconds || reps >= 1000) break;
         }

@@ -25,7 +25,8 @@ typedef struct mode_run {
     nesf_decode_opts o;
     nesf_metrics met;
     double wall;       /* s */
-    long evals, steps, particles, failed;
+    nesf_decode_stats st; /* summed over the chunks */
+    long failed;
 } mode_run;
 
 static void usage(FILE *f)
@@ -69,9 +70,7 @@ static int run_chunk(mode_run *r, nesf_model *m, nesf_backend *be, const char *f
     }
     r->wall += cli_now_s() - t0;
     if (!rc) {
-        r->evals += st.field_evals;
-        r->steps += st.steps;
-        r->particles += st.particles;
+        nesf_decode_stats_add(&r->st, &st);
         for (int i = 0; i < k; i++) {
             r->failed += out[i] == NULL;
             nesf_metrics_add(&r->met, truth[i], out[i]);
@@ -176,12 +175,13 @@ int nesf_bench_decode_modes(int argc, char **argv)
     for (int r = 0; r < 2; r++) {
         nesf_metrics_summarize(&run[r].met, &sum[r]);
         printf("%-6s %12.0f %10.1f %9.0f %10.1f %7.2f %8.4f %8.4f %8.2f %8.2f %7.4f %7.3f %6ld\n",
-               run[r].name, (double)run[r].evals / n, 1e3 * run[r].wall / n,
-               (double)run[r].particles / n, (double)run[r].steps / n, sum[r].count_err_pct,
+               run[r].name, (double)run[r].st.field_evals / n, 1e3 * run[r].wall / n,
+               (double)run[r].st.particles / n, (double)run[r].st.steps / n, sum[r].count_err_pct,
                sum[r].pos_act, sum[r].pos_det, sum[r].spec_act_pct, sum[r].spec_det_pct,
                sum[r].len_mae, sum[r].ang_mae, run[r].failed);
     }
-    const double er = (double)run[0].evals / (double)(run[1].evals ? run[1].evals : 1);
+    const long fe = run[1].st.field_evals;
+    const double er = (double)run[0].st.field_evals / (double)(fe ? fe : 1);
     const double wr = run[0].wall / (run[1].wall > 0 ? run[1].wall : 1e-9);
     const double d_cnt = sum[1].count_err_pct - sum[0].count_err_pct;
     const double d_sa = sum[1].spec_act_pct - sum[0].spec_act_pct;

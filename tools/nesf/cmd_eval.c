@@ -257,16 +257,7 @@ int nesf_cmd_eval(int argc, char **argv)
             fprintf(stderr, "nesf eval: structures %d..%d: %s\n", b0, b0 + S - 1, err.msg);
             goto done;
         }
-        total.particles += st.particles;
-        total.field_evals += st.field_evals;
-        total.kept += st.kept;
-        total.atoms += st.atoms;
-        total.truncated += st.truncated;
-        total.lattice_repaired += st.lattice_repaired;
-        total.ms += st.ms;
-        total.ms_flow += st.ms_flow;
-        total.ms_nms += st.ms_nms;
-        total.ms_species += st.ms_species;
+        nesf_decode_stats_add(&total, &st);
         for (int i = b0; i < b0 + S; i++) {
             nesf_metrics_init(&items[i].m);
             if (a.truth) {
