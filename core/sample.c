@@ -117,7 +117,7 @@ int nesf_queries_sample(const nesf_sampling *sp, const float bbmin[3], const flo
     if (sk > S3) sk = S3;
     size_t P = 0, Q = 0;
     for (int i = 0; i < S; i++) {
-        P += (size_t)gk + (size_t)L3 * s[i]->n;
+        P += (size_t)gk + (size_t)sp->cell_points + (size_t)L3 * s[i]->n;
         Q += (size_t)sk * s[i]->n;
     }
     if (P > (size_t)1 << 30 || Q > (size_t)1 << 30)
@@ -148,6 +148,13 @@ int nesf_queries_sample(const nesf_sampling *sp, const float bbmin[3], const flo
             x[0] = (float)(bbmin[0] - sp->global_pad + gx * sp->global_step + sp->global_sigma * rng_normal(&r));
             x[1] = (float)(bbmin[1] - sp->global_pad + gy * sp->global_step + sp->global_sigma * rng_normal(&r));
             x[2] = (float)(bbmin[2] - sp->global_pad + gz * sp->global_step + sp->global_sigma * rng_normal(&r));
+            nesf_nearest_atom(st, x, q->pos_tgt + 3 * p);
+        }
+        for (int j = 0; j < sp->cell_points; j++, p++) {
+            double f[3] = {rng_uniform(&r), rng_uniform(&r), rng_uniform(&r)}, c[3];
+            nesf_lattice_frac_to_cart(&st->lat, f, c);
+            float *x = q->pos_xyz + 3 * p;
+            for (int k = 0; k < 3; k++) x[k] = (float)c[k];
             nesf_nearest_atom(st, x, q->pos_tgt + 3 * p);
         }
         for (int a = 0; a < st->n; a++) {

@@ -4,7 +4,11 @@
  *   global grid  arange(bbmin - pad, bbmax + pad, step) per axis + N(0, sigma²),
  *                optionally a random fraction of it (fewer queries per step);
  *   local grid   arange(lo, hi, step)³ offsets around each atom + N(0, sigma²);
- *   species grid the same with the species parameters (216 points per atom).
+ *   species grid the same with the species parameters (216 points per atom);
+ *   cell points  (not in the paper, 0 there) uniform in the unit cell: the
+ *                global grid puts few points inside a small cell, so an
+ *                under-trained field smooths over the empty sites between
+ *                atoms and turns them into sinks that decode as atoms.
  * Position targets are the vector to the nearest atom of the cell (not
  * periodic), species labels the nearest atom's class. */
 #ifndef NESF_SAMPLE_H
@@ -19,6 +23,7 @@ typedef struct nesf_sampling {
     float global_step, global_pad, global_sigma, global_fraction;
     float local_lo, local_hi, local_step, local_sigma;
     float species_lo, species_hi, species_step, species_sigma, species_fraction;
+    int cell_points;
 } nesf_sampling;
 
 void nesf_sampling_paper(nesf_sampling *s);

@@ -54,21 +54,21 @@ static int read_floats(json_t *o, const fkey *k, int n, const char *where, nesf_
     return NESF_OK;
 }
 
-static int read_int(json_t *o, const char *key, int *dst, int lo, int hi, nesf_error *err)
+static int read_int(json_t *o, const char *where, const char *key, int *dst, int lo, int hi, nesf_error *err)
 {
     json_t *v = json_object_get(o, key);
     if (!v) return NESF_OK;
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return nesf_fail(err, NESF_ERR_FORMAT, "training.%s must be an integer in [%d, %d]", key, lo, hi);
+        return nesf_fail(err, NESF_ERR_FORMAT, "%s.%s must be an integer in [%d, %d]", where, key, lo, hi);
     *dst = (int)json_integer_value(v);
     return NESF_OK;
 }
 
 static int train_config_from_json(json_t *o, nesf_train_config *c, nesf_error *err)
 {
-    int rc = read_int(o, "batch", &c->batch, 1, 1 << 16, err)
-        || read_int(o, "epochs", &c->epochs, 0, 1 << 24, err)
-        || read_int(o, "lr_halve_every", &c->lr_halve_every, 0, 1 << 24, err);
+    int rc = read_int(o, "training", "batch", &c->batch, 1, 1 << 16, err)
+        || read_int(o, "training", "epochs", &c->epochs, 0, 1 << 24, err)
+        || read_int(o, "training", "lr_halve_every", &c->lr_halve_every, 0, 1 << 24, err);
     if (rc) return NESF_ERR_FORMAT;
     json_t *seed = json_object_get(o, "seed");
     if (json_is_integer(seed)) c->seed = (uint64_t)json_integer_value(seed);
@@ -87,7 +87,8 @@ static int train_config_from_json(json_t *o, nesf_train_config *c, nesf_error *e
                  {"species_lo", &sp->species_lo, -10, 10}, {"species_hi", &sp->species_hi, -10, 10},
                  {"species_step", &sp->species_step, 0.01f, 10}, {"species_sigma", &sp->species_sigma, 0, 10},
                  {"species_fraction", &sp->species_fraction, 0, 1}};
-    if (s && read_floats(s, sk, (int)(sizeof sk / sizeof sk[0]), "training.sampling", err))
+    if (s && (read_floats(s, sk, (int)(sizeof sk / sizeof sk[0]), "training.sampling", err)
+              || read_int(s, "training.sampling", "cell_points", &sp->cell_points, 0, 1 << 16, err)))
         return NESF_ERR_FORMAT;
     return NESF_OK;
 }
@@ -119,6 +120,7 @@ char *nesf_train_config_to_json(const nesf_train_config *c)
                            "species_lo", (double)s->species_lo, "species_hi", (double)s->species_hi,
                            "species_step", (double)s->species_step, "species_sigma", (double)s->species_sigma,
                            "species_fraction", (double)s->species_fraction);
+    json_object_set_new(sp, "cell_points", json_integer(s->cell_points));
     json_object_set_new(o, "sampling", sp);
     char *out = json_dumps(o, JSON_COMPACT);
     json_decref(o);
