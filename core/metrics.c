@@ -6,24 +6,6 @@
 
 void nesf_metrics_init(nesf_metrics *m) { memset(m, 0, sizeof *m); }
 
-/* Index of the atom of s nearest to p (ties: lower index) and its distance. */
-static int nearest(const nesf_structure *s, const double *p, double *dist)
-{
-    int best = -1;
-    double bd = INFINITY;
-    for (int i = 0; i < s->n; i++) {
-        const double *q = s->cart + 3 * i;
-        double d0 = q[0] - p[0], d1 = q[1] - p[1], d2 = q[2] - p[2];
-        double d = d0 * d0 + d1 * d1 + d2 * d2;
-        if (d < bd) {
-            bd = d;
-            best = i;
-        }
-    }
-    *dist = sqrt(bd);
-    return best;
-}
-
 /* Sums, over the atoms of `from`, the distance to the nearest atom of `to`
  * and counts species mismatches.  `to` must have atoms. */
 static void one_way(const nesf_structure *from, const nesf_structure *to, double *dsum,
@@ -31,7 +13,8 @@ static void one_way(const nesf_structure *from, const nesf_structure *to, double
 {
     for (int i = 0; i < from->n; i++) {
         double d;
-        int j = nearest(to, from->cart + 3 * i, &d);
+        int j = nesf_structure_nearest(to, from->cart + 3 * i, &d);
+        d = sqrt(d);
         *dsum += d;
         if (to->z[j] != from->z[i]) (*wrong)++;
     }

@@ -60,17 +60,8 @@ static double rng_normal(rng *r)
 
 int nesf_nearest_atom(const nesf_structure *s, const float p[3], float v[3])
 {
-    int best = 0;
-    double bd = INFINITY;
-    for (int i = 0; i < s->n; i++) {
-        const double *c = s->cart + 3 * i;
-        double dx = c[0] - p[0], dy = c[1] - p[1], dz = c[2] - p[2];
-        double d = dx * dx + dy * dy + dz * dz;
-        if (d < bd) {
-            bd = d;
-            best = i;
-        }
-    }
+    const double pd[3] = {p[0], p[1], p[2]};
+    int best = nesf_structure_nearest(s, pd, NULL);
     for (int k = 0; k < 3; k++) v[k] = (float)(s->cart[3 * best + k] - p[k]);
     return best;
 }

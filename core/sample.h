@@ -47,7 +47,8 @@ int nesf_queries_sample(const nesf_sampling *sp, const float bbmin[3], const flo
                         nesf_queries *q, nesf_error *err);
 void nesf_queries_free(nesf_queries *q);
 
-/* Nearest atom of s to point p: index, and writes atom - p into v. */
+/* Nearest atom of s (which must have atoms) to point p: index, and writes
+ * atom - p into v (the position target). */
 int nesf_nearest_atom(const nesf_structure *s, const float p[3], float v[3]);
 
 /* Number of points of arange(lo, hi, step) (numpy semantics, robust to

@@ -231,3 +231,20 @@ int nesf_structure_validate(const nesf_structure *s, nesf_error *err)
     }
     return NESF_OK;
 }
+
+int nesf_structure_nearest(const nesf_structure *s, const double p[3], double *d2)
+{
+    int best = -1;
+    double bd = INFINITY;
+    for (int i = 0; i < s->n; i++) {
+        const double *c = s->cart + 3 * i;
+        double dx = c[0] - p[0], dy = c[1] - p[1], dz = c[2] - p[2];
+        double d = dx * dx + dy * dy + dz * dz;
+        if (d < bd) {
+            bd = d;
+            best = i;
+        }
+    }
+    if (d2) *d2 = bd;
+    return best;
+}

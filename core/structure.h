@@ -58,6 +58,10 @@ void nesf_structure_update_cart(nesf_structure *s);
 /* Wraps frac into [0, 1) and updates cart. */
 void nesf_structure_wrap(nesf_structure *s);
 
+/* Index of the atom nearest to the Cartesian point p (non-periodic; ties:
+ * lower index), -1 for no atoms; its squared distance into *d2 if given. */
+int nesf_structure_nearest(const nesf_structure *s, const double p[3], double *d2);
+
 /* Re-expresses the structure in the datasets' orientation (a along +x, b
  * in the xy-plane): the lattice is rebuilt from its parameters and cart
  * recomputed from frac, a pure rotation that leaves frac untouched.  The
