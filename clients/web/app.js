@@ -3,7 +3,7 @@
  * Talks to nesfd's JSON API (same origin unless an API URL is set):
  * GET /health, GET /models, POST /interpolate.  Rendering is 3Dmol.js
  * (vendor/3Dmol-min.js); everything else is plain DOM.
- * URL parameters preselect a run: ?from=ZnS&to=CdS&steps=6&quality=fast&run=1&api=URL&model=NAME
+ * URL parameters preselect a run: ?from=ZnS&to=CdS&steps=6&quality=paper&run=1&api=URL&model=NAME
  * (aa=1|0 forces antialiasing on or off).
  * document.body.dataset.state is idle | running | done | error, for tests. */
 'use strict';
@@ -11,8 +11,9 @@
 const $ = (sel) => document.querySelector(sel);
 const params = new URLSearchParams(location.search);
 
-// same as nesf-client --fast
-const FAST_OPTIONS = { grid_step: 1.0, iterations: 32 };
+// the paper's decoding algorithm instead of the daemon's default (fast
+// decoding); same as nesf-client --paper
+const PAPER_OPTIONS = { mode: 'paper' };
 
 const state = {
   examples: [],         // [{name, description, structure}]
@@ -462,7 +463,7 @@ async function interpolate() {
   const steps = parseInt($('#steps').value, 10);
   if (!(steps >= 2 && steps <= 64)) { setMessage('steps must be between 2 and 64', true); return; }
   const body = { from: from.payload, to: to.payload, steps, format: ['json', 'cif'] };
-  if ($('#quality').value === 'fast') body.options = FAST_OPTIONS;
+  if ($('#quality').value === 'paper') body.options = PAPER_OPTIONS;
   const model = $('#model').value;
   if (model) body.model = model;
   setBusy(true);
@@ -616,7 +617,7 @@ async function main() {
   pickExample('to', params.get('to') || 'CdS', false);
   previewInput('from');
   if (params.get('steps')) $('#steps').value = params.get('steps');
-  if (params.get('quality')) $('#quality').value = params.get('quality');
+  if (['fast', 'paper'].includes(params.get('quality'))) $('#quality').value = params.get('quality');
   await Promise.all([checkHealth(), loadModels()]);
   if (params.get('run') === '1') interpolate();
 }

@@ -20,7 +20,6 @@ import urllib.request
 
 ROOT = os.environ.get("NESF_SOURCE_ROOT") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_MODEL = os.path.join(ROOT, "models", "lcs6.safetensors")
-FAST_OPTIONS = {"grid_step": 1.0, "iterations": 32}  # the clients' --fast / "fast preview"
 TEST_OPTIONS = {"grid_step": 1.5, "iterations": 16}
 
 

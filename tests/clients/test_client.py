@@ -11,7 +11,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nesfd_proc import FAST_OPTIONS, ROOT, TEST_OPTIONS, Nesfd, free_port  # noqa: E402
+from nesfd_proc import ROOT, TEST_OPTIONS, Nesfd, free_port  # noqa: E402
 
 CLIENT = os.path.join(ROOT, "clients", "cli", "nesf-client")
 EXAMPLES = {e["name"]: e["structure"] for e in
@@ -38,7 +38,7 @@ def need(cond, msg):
 
 def client(*args, url=None, env=None, stdin=None):
     """Runs nesf-client; decoding commands get TEST_OPTIONS (--option) to stay quick."""
-    if args and args[0] in ("decode", "interpolate", "reconstruct") and "--fast" not in args:
+    if args and args[0] in ("decode", "interpolate", "reconstruct"):
         for k, v in TEST_OPTIONS.items():
             args = args + ("--option", "%s=%s" % (k, v))
     e = {k: v for k, v in os.environ.items() if k not in ("NESF_URL", "NESF_TOKEN")}
@@ -167,13 +167,17 @@ def decode_to_directory_and_stdout():
     # one multi-block CIF
     r = client("decode", W("lat2.json"), "-o", W("all.cif"), url=URL)
     need(r.returncode == code and open(W("all.cif")).read().count("data_") >= len(ok), "multi-block CIF")
-    # --fast sends the preview options
+    # --paper asks for the paper's algorithm; --option keeps words and booleans
     one = W("one.txt")
     with open(one, "w") as f:
         f.write(open(W("lat.txt")).readline())
-    r = client("decode", one, "--fast", "--format", "json", url=URL)
-    want = daemon.post("/decode", fast({"latents": read_rows(one)}, FAST_OPTIONS))
-    need(same_structure(json.loads(r.stdout)["structures"][0], want["structures"][0]), "--fast: %s" % r.stderr)
+    want = daemon.post("/decode", fast({"latents": read_rows(one)}, dict(TEST_OPTIONS, mode="paper")))
+    for flags in (("--paper",), ("--option", "mode=paper", "--option", "repair_lattice=1")):
+        r = client("decode", one, *flags, "--format", "json", url=URL)
+        need(r.returncode == 0, "%s: %s" % (flags, r.stderr))
+        need(same_structure(json.loads(r.stdout)["structures"][0], want["structures"][0]), "%s: %s" % (flags, r.stderr))
+    r = client("decode", one, "--option", "mode=slow", url=URL)
+    need(r.returncode == 1 and "mode" in r.stderr, "a bad option value is the daemon's error: %r" % r.stderr)
 
 
 @check

@@ -20,8 +20,6 @@ const outDir = process.env.NESF_WEB_OUT || join(here, 'out');
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 const examples = JSON.parse(readFileSync(join(here, '../../clients/web/examples/examples.json'), 'utf8')).examples;
 const example = (name) => examples.find((e) => e.name === name).structure;
-// the page's "fast preview" decoding (app.js FAST_OPTIONS), cheap on a CPU
-const FAST = { grid_step: 1.0, iterations: 32 };
 mkdirSync(outDir, { recursive: true });
 
 const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
@@ -145,7 +143,7 @@ await check('interpolate two bundled examples in the page', async () => {
 
 await check('formulas shown match the API', async () => {
   assert.ok(shown.length, 'no frames shown');
-  const api = await post('/interpolate', { from: example('ZnS'), to: example('BaTiO3'), steps: 4, format: ['json'], options: FAST });
+  const api = await post('/interpolate', { from: example('ZnS'), to: example('BaTiO3'), steps: 4, format: ['json'], });
   apiFrames = api.frames;
   assert.equal(api.frames.length, shown.length);
   api.frames.forEach((f, i) => {
@@ -202,7 +200,7 @@ await check('download a frame as CIF', async () => {
 
 await check('upload a CIF as an end point', async () => {
   // a CIF written by the API itself, uploaded as structure A
-  const api = await post('/interpolate', { from: example('NaCl'), to: example('MgO'), steps: 2, format: ['cif'], options: FAST });
+  const api = await post('/interpolate', { from: example('NaCl'), to: example('MgO'), steps: 2, format: ['cif'], });
   const f0 = api.frames.find((f) => !f.error && f.num_atoms > 0);
   assert.ok(f0, 'no step decoded to atoms');
   const cif = f0.cif || (f0.structure && f0.structure.cif);
@@ -218,7 +216,7 @@ await check('upload a CIF as an end point', async () => {
   await page.waitForFunction(() => document.body.dataset.state !== 'running' &&
     document.querySelectorAll('#strip li').length === 2);
   assert.equal(await page.getAttribute('body', 'data-state'), 'done', await page.textContent('#message'));
-  const want = await post('/interpolate', { from: { cif }, to: example('MgO'), steps: 2, options: FAST });
+  const want = await post('/interpolate', { from: { cif }, to: example('MgO'), steps: 2, });
   const got = await page.$$eval('#strip li', (lis) => lis.map((li) => li.dataset.formula));
   assert.deepEqual(got, want.frames.map((f) => f.formula ?? ''));
   rmSync(dir, { recursive: true });
