@@ -11,7 +11,7 @@ void nesf_sampling_paper(nesf_sampling *s)
         .global_step = 1.0f, .global_pad = 1.0f, .global_sigma = 0.5f, .global_fraction = 1.0f,
         .local_lo = -0.6f, .local_hi = 0.6f, .local_step = 0.3f, .local_sigma = 0.15f,
         .species_lo = -0.3f, .species_hi = 0.3f, .species_step = 0.1f, .species_sigma = 0.05f,
-        .species_fraction = 1.0f};
+        .species_fraction = 1.0f, .boundary_width = 0.5f};
 }
 
 int nesf_arange_count(double lo, double hi, double step)
@@ -77,6 +77,34 @@ void nesf_queries_free(nesf_queries *q)
     memset(q, 0, sizeof *q);
 }
 
+/* A point uniform in the unit cell of s. */
+static void cell_point(rng *r, const nesf_structure *s, float x[3])
+{
+    double f[3] = {rng_uniform(r), rng_uniform(r), rng_uniform(r)}, c[3];
+    nesf_lattice_frac_to_cart(&s->lat, f, c);
+    for (int k = 0; k < 3; k++) x[k] = (float)c[k];
+}
+
+#define BOUNDARY_TRIES 32
+
+/* Distance to the second-nearest atom minus distance to the nearest. */
+static double boundary_gap(const nesf_structure *s, const float x[3])
+{
+    double d1 = INFINITY, d2 = INFINITY;
+    for (int i = 0; i < s->n; i++) {
+        const double *c = s->cart + 3 * i;
+        double dx = c[0] - x[0], dy = c[1] - x[1], dz = c[2] - x[2];
+        double d = dx * dx + dy * dy + dz * dz;
+        if (d < d1) {
+            d2 = d1;
+            d1 = d;
+        } else if (d < d2) {
+            d2 = d;
+        }
+    }
+    return sqrt(d2) - sqrt(d1);
+}
+
 /* Keeps k of n indices, chosen uniformly (partial Fisher-Yates). */
 static void choose(rng *r, int *idx, int n, int k)
 {
@@ -108,7 +136,7 @@ int nesf_queries_sample(const nesf_sampling *sp, const float bbmin[3], const flo
     if (sk > S3) sk = S3;
     size_t P = 0, Q = 0;
     for (int i = 0; i < S; i++) {
-        P += (size_t)gk + (size_t)sp->cell_points + (size_t)L3 * s[i]->n;
+        P += (size_t)gk + (size_t)sp->cell_points + (size_t)sp->boundary_points + (size_t)L3 * s[i]->n;
         Q += (size_t)sk * s[i]->n;
     }
     if (P > (size_t)1 << 30 || Q > (size_t)1 << 30)
@@ -142,10 +170,17 @@ int nesf_queries_sample(const nesf_sampling *sp, const float bbmin[3], const flo
             nesf_nearest_atom(st, x, q->pos_tgt + 3 * p);
         }
         for (int j = 0; j < sp->cell_points; j++, p++) {
-            double f[3] = {rng_uniform(&r), rng_uniform(&r), rng_uniform(&r)}, c[3];
-            nesf_lattice_frac_to_cart(&st->lat, f, c);
+            cell_point(&r, st, q->pos_xyz + 3 * p);
+            nesf_nearest_atom(st, q->pos_xyz + 3 * p, q->pos_tgt + 3 * p);
+        }
+        for (int j = 0; j < sp->boundary_points; j++, p++) {
             float *x = q->pos_xyz + 3 * p;
-            for (int k = 0; k < 3; k++) x[k] = (float)c[k];
+            /* rejection sampling; a cell with one atom has no faces, and
+             * after BOUNDARY_TRIES misses the last candidate stays */
+            for (int t = 0; t < BOUNDARY_TRIES; t++) {
+                cell_point(&r, st, x);
+                if (st->n < 2 || boundary_gap(st, x) < sp->boundary_width) break;
+            }
             nesf_nearest_atom(st, x, q->pos_tgt + 3 * p);
         }
         for (int a = 0; a < st->n; a++) {

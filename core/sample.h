@@ -8,7 +8,12 @@
  *   cell points  (not in the paper, 0 there) uniform in the unit cell: the
  *                global grid puts few points inside a small cell, so an
  *                under-trained field smooths over the empty sites between
- *                atoms and turns them into sinks that decode as atoms.
+ *                atoms and turns them into sinks that decode as atoms;
+ *   boundary points (not in the paper, 0 there) uniform in the unit cell
+ *                but kept only where the second-nearest atom is less than
+ *                boundary_width farther than the nearest: the faces of the
+ *                atoms' Voronoi cells, where the target jumps from one atom
+ *                to another and a smooth field goes wrong.
  * Position targets are the vector to the nearest atom of the cell (not
  * periodic), species labels the nearest atom's class. */
 #ifndef NESF_SAMPLE_H
@@ -23,7 +28,8 @@ typedef struct nesf_sampling {
     float global_step, global_pad, global_sigma, global_fraction;
     float local_lo, local_hi, local_step, local_sigma;
     float species_lo, species_hi, species_step, species_sigma, species_fraction;
-    int cell_points;
+    int cell_points, boundary_points;
+    float boundary_width;
 } nesf_sampling;
 
 void nesf_sampling_paper(nesf_sampling *s);

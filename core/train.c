@@ -86,9 +86,11 @@ static int train_config_from_json(json_t *o, nesf_train_config *c, nesf_error *e
                  {"local_step", &sp->local_step, 0.01f, 10}, {"local_sigma", &sp->local_sigma, 0, 10},
                  {"species_lo", &sp->species_lo, -10, 10}, {"species_hi", &sp->species_hi, -10, 10},
                  {"species_step", &sp->species_step, 0.01f, 10}, {"species_sigma", &sp->species_sigma, 0, 10},
-                 {"species_fraction", &sp->species_fraction, 0, 1}};
+                 {"species_fraction", &sp->species_fraction, 0, 1},
+                 {"boundary_width", &sp->boundary_width, 0.01f, 10}};
     if (s && (read_floats(s, sk, (int)(sizeof sk / sizeof sk[0]), "training.sampling", err)
-              || read_int(s, "training.sampling", "cell_points", &sp->cell_points, 0, 1 << 16, err)))
+              || read_int(s, "training.sampling", "cell_points", &sp->cell_points, 0, 1 << 16, err)
+              || read_int(s, "training.sampling", "boundary_points", &sp->boundary_points, 0, 1 << 16, err)))
         return NESF_ERR_FORMAT;
     return NESF_OK;
 }
@@ -121,6 +123,8 @@ char *nesf_train_config_to_json(const nesf_train_config *c)
                            "species_step", (double)s->species_step, "species_sigma", (double)s->species_sigma,
                            "species_fraction", (double)s->species_fraction);
     json_object_set_new(sp, "cell_points", json_integer(s->cell_points));
+    json_object_set_new(sp, "boundary_points", json_integer(s->boundary_points));
+    json_object_set_new(sp, "boundary_width", json_real(s->boundary_width));
     json_object_set_new(o, "sampling", sp);
     char *out = json_dumps(o, JSON_COMPACT);
     json_decref(o);

@@ -108,6 +108,48 @@ static void test_cell_points(void **state)
     nesf_structure_free(s[1]);
 }
 
+/* second-nearest minus nearest atom distance, the quantity boundary points bound */
+static double gap(const nesf_structure *s, const float x[3])
+{
+    double d[3];
+    for (int i = 0; i < 3; i++) {
+        const double *c = s->cart + 3 * i;
+        d[i] = sqrt((c[0] - x[0]) * (c[0] - x[0]) + (c[1] - x[1]) * (c[1] - x[1]) + (c[2] - x[2]) * (c[2] - x[2]));
+    }
+    double lo = fmin(d[0], fmin(d[1], d[2])), hi = fmax(d[0], fmax(d[1], d[2]));
+    return d[0] + d[1] + d[2] - lo - hi - lo;
+}
+
+static void test_boundary_points(void **state)
+{
+    (void)state;
+    nesf_structure *s = triclinic();
+    const int *cls = classes;
+    nesf_sampling sp;
+    nesf_sampling_paper(&sp);
+    assert_int_equal(sp.boundary_points, 0);
+    sp.global_fraction = 0.1f;
+    sp.cell_points = 100;
+    sp.boundary_points = 400;
+    sp.boundary_width = 0.3f;
+    float lo[3] = {0, 0, 0}, hi[3] = {5, 6, 7};
+    const int G = (int)ceil(7 * 8 * 9 * 0.1);
+    nesf_queries q;
+    nesf_error err;
+    assert_int_equal(nesf_queries_sample(&sp, lo, hi, &s, &cls, 1, 5, &q, &err), NESF_OK);
+    assert_int_equal(q.pos_off[1], G + 100 + 400 + 3 * 64);
+    /* the cell points are uniform: most lie away from the faces; the
+     * boundary points lie on them (32 tries each cannot all miss here) */
+    int near_faces = 0;
+    for (int j = 0; j < 100; j++) near_faces += gap(s, q.pos_xyz + 3 * (G + j)) < 0.3;
+    assert_true(near_faces < 60);
+    const float *x = q.pos_xyz + 3 * (G + 100);
+    for (int j = 0; j < 400; j++) assert_true(gap(s, x + 3 * j) < 0.3 + 1e-5);
+    check_targets(s, x, q.pos_tgt + 3 * (G + 100), 400);
+    nesf_queries_free(&q);
+    nesf_structure_free(s);
+}
+
 static char *write_tmp(const char *text)
 {
     static char path[64];
@@ -126,13 +168,17 @@ static void test_config(void **state)
     nesf_train_config c;
     nesf_error err;
     nesf_train_config_paper(&c);
-    char *p = write_tmp("{\"training\": {\"sampling\": {\"global_fraction\": 0.25, \"cell_points\": 256}}}");
+    char *p = write_tmp("{\"training\": {\"sampling\": {\"global_fraction\": 0.25, \"cell_points\": 256, "
+                        "\"boundary_points\": 128, \"boundary_width\": 0.25}}}");
     assert_int_equal(nesf_train_config_load(p, &c, &err), NESF_OK);
     unlink(p);
     assert_int_equal(c.sampling.cell_points, 256);
+    assert_int_equal(c.sampling.boundary_points, 128);
+    assert_float_equal(c.sampling.boundary_width, 0.25, 1e-7);
     assert_float_equal(c.sampling.global_fraction, 0.25, 1e-7);
     char *js = nesf_train_config_to_json(&c);
     assert_non_null(strstr(js, "\"cell_points\":256"));
+    assert_non_null(strstr(js, "\"boundary_points\":128"));
     free(js);
     const char *bad[] = {"{\"training\": {\"sampling\": {\"cell_points\": -1}}}",
                          "{\"training\": {\"sampling\": {\"cell_points\": 2.5}}}",
@@ -151,6 +197,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_paper_counts),
         cmocka_unit_test(test_cell_points),
+        cmocka_unit_test(test_boundary_points),
         cmocka_unit_test(test_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
