@@ -13,7 +13,7 @@ static void one_way(const nesf_structure *from, const nesf_structure *to, double
 {
     for (int i = 0; i < from->n; i++) {
         double d;
-        int j = nesf_structure_nearest(to, from->cart + 3 * i, &d);
+        int j = nesf_structure_nearest(to, from->cart + 3 * i, &d, NULL);
         d = sqrt(d);
         *dsum += d;
         if (to->z[j] != from->z[i]) (*wrong)++;

@@ -61,7 +61,7 @@ static double rng_normal(rng *r)
 int nesf_nearest_atom(const nesf_structure *s, const float p[3], float v[3])
 {
     const double pd[3] = {p[0], p[1], p[2]};
-    int best = nesf_structure_nearest(s, pd, NULL);
+    int best = nesf_structure_nearest(s, pd, NULL, NULL);
     for (int k = 0; k < 3; k++) v[k] = (float)(s->cart[3 * best + k] - p[k]);
     return best;
 }
@@ -90,18 +90,9 @@ static void cell_point(rng *r, const nesf_structure *s, float x[3])
 /* Distance to the second-nearest atom minus distance to the nearest. */
 static double boundary_gap(const nesf_structure *s, const float x[3])
 {
-    double d1 = INFINITY, d2 = INFINITY;
-    for (int i = 0; i < s->n; i++) {
-        const double *c = s->cart + 3 * i;
-        double dx = c[0] - x[0], dy = c[1] - x[1], dz = c[2] - x[2];
-        double d = dx * dx + dy * dy + dz * dz;
-        if (d < d1) {
-            d2 = d1;
-            d1 = d;
-        } else if (d < d2) {
-            d2 = d;
-        }
-    }
+    const double p[3] = {x[0], x[1], x[2]};
+    double d1, d2;
+    nesf_structure_nearest(s, p, &d1, &d2);
     return sqrt(d2) - sqrt(d1);
 }
 

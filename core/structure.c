@@ -232,19 +232,23 @@ int nesf_structure_validate(const nesf_structure *s, nesf_error *err)
     return NESF_OK;
 }
 
-int nesf_structure_nearest(const nesf_structure *s, const double p[3], double *d2)
+int nesf_structure_nearest(const nesf_structure *s, const double p[3], double *d2, double *d2_next)
 {
     int best = -1;
-    double bd = INFINITY;
+    double bd = INFINITY, next = INFINITY;
     for (int i = 0; i < s->n; i++) {
         const double *c = s->cart + 3 * i;
         double dx = c[0] - p[0], dy = c[1] - p[1], dz = c[2] - p[2];
         double d = dx * dx + dy * dy + dz * dz;
         if (d < bd) {
+            next = bd;
             bd = d;
             best = i;
+        } else if (d < next) {
+            next = d;
         }
     }
     if (d2) *d2 = bd;
+    if (d2_next) *d2_next = next;
     return best;
 }

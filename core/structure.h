@@ -59,8 +59,9 @@ void nesf_structure_update_cart(nesf_structure *s);
 void nesf_structure_wrap(nesf_structure *s);
 
 /* Index of the atom nearest to the Cartesian point p (non-periodic; ties:
- * lower index), -1 for no atoms; its squared distance into *d2 if given. */
-int nesf_structure_nearest(const nesf_structure *s, const double p[3], double *d2);
+ * lower index), -1 for no atoms; its squared distance into *d2 and that of
+ * the second-nearest atom (INFINITY if none) into *d2_next, if given. */
+int nesf_structure_nearest(const nesf_structure *s, const double p[3], double *d2, double *d2_next);
 
 /* Re-expresses the structure in the datasets' orientation (a along +x, b
  * in the xy-plane): the lattice is rebuilt from its parameters and cart
