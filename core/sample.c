@@ -58,11 +58,17 @@ static double rng_normal(rng *r)
     return u * k;
 }
 
+/* v = atom i of s - p: the position target */
+static void target(const nesf_structure *s, int i, const float p[3], float v[3])
+{
+    for (int k = 0; k < 3; k++) v[k] = (float)(s->cart[3 * i + k] - p[k]);
+}
+
 int nesf_nearest_atom(const nesf_structure *s, const float p[3], float v[3])
 {
     const double pd[3] = {p[0], p[1], p[2]};
     int best = nesf_structure_nearest(s, pd, NULL, NULL);
-    for (int k = 0; k < 3; k++) v[k] = (float)(s->cart[3 * best + k] - p[k]);
+    target(s, best, p, v);
     return best;
 }
 
@@ -86,15 +92,6 @@ static void cell_point(rng *r, const nesf_structure *s, float x[3])
 }
 
 #define BOUNDARY_TRIES 32
-
-/* Distance to the second-nearest atom minus distance to the nearest. */
-static double boundary_gap(const nesf_structure *s, const float x[3])
-{
-    const double p[3] = {x[0], x[1], x[2]};
-    double d1, d2;
-    nesf_structure_nearest(s, p, &d1, &d2);
-    return sqrt(d2) - sqrt(d1);
-}
 
 /* Keeps k of n indices, chosen uniformly (partial Fisher-Yates). */
 static void choose(rng *r, int *idx, int n, int k)
@@ -166,13 +163,18 @@ int nesf_queries_sample(const nesf_sampling *sp, const float bbmin[3], const flo
         }
         for (int j = 0; j < sp->boundary_points; j++, p++) {
             float *x = q->pos_xyz + 3 * p;
-            /* rejection sampling; a cell with one atom has no faces, and
-             * after BOUNDARY_TRIES misses the last candidate stays */
+            int best = 0;
+            /* rejection sampling on the gap between the second-nearest and
+             * the nearest atom; a cell with one atom has no faces, and after
+             * BOUNDARY_TRIES misses the last candidate stays */
             for (int t = 0; t < BOUNDARY_TRIES; t++) {
                 cell_point(&r, st, x);
-                if (st->n < 2 || boundary_gap(st, x) < sp->boundary_width) break;
+                const double xd[3] = {x[0], x[1], x[2]};
+                double d1, d2;
+                best = nesf_structure_nearest(st, xd, &d1, &d2);
+                if (st->n < 2 || sqrt(d2) - sqrt(d1) < sp->boundary_width) break;
             }
-            nesf_nearest_atom(st, x, q->pos_tgt + 3 * p);
+            target(st, best, x, q->pos_tgt + 3 * p);
         }
         for (int a = 0; a < st->n; a++) {
             const double *c = st->cart + 3 * a;
