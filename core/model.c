@@ -594,6 +594,12 @@ void nesf_model_bbox(const nesf_model *m, float bbox_min[3], float bbox_max[3])
     memcpy(bbox_max, m->bbmax, sizeof m->bbmax);
 }
 
+void nesf_model_set_bbox(nesf_model *m, const float bbox_min[3], const float bbox_max[3])
+{
+    memcpy(m->bbmin, bbox_min, sizeof m->bbmin);
+    memcpy(m->bbmax, bbox_max, sizeof m->bbmax);
+}
+
 /* ---- encoder ---- */
 
 void nesf_enc_batch_free(nesf_enc_batch *b)

@@ -82,6 +82,9 @@ int nesf_model_species_z(const nesf_model *m, int cls);
 /* Species class of atomic number z, or -1 when the model does not know it. */
 int nesf_model_class_of(const nesf_model *m, int z);
 void nesf_model_bbox(const nesf_model *m, float bbox_min[3], float bbox_max[3]);
+/* Replaces the stored training box, for a model trained further on other
+ * data (spec §2: the box is that of the atoms the model is trained on). */
+void nesf_model_set_bbox(nesf_model *m, const float bbox_min[3], const float bbox_max[3]);
 size_t nesf_model_param_count(const nesf_model *m);
 /* Training configuration JSON stored with the weights ("" if none). */
 const char *nesf_model_train_config(const nesf_model *m);

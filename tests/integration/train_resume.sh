@@ -63,4 +63,42 @@ assert json.loads(mc["training_config"])["loss_weights"]["species"] == 2.5, mc["
 assert mc["model_config"] == ma["model_config"]
 print(f"from: stage 2 at step {sc['step']} (stage 1 ended at {sa['step']}), species weight 2.5")
 PY
-echo "2 passed, 0 failed"
+
+# --from on another data set (fine-tuning, as nesf cv --from does): the
+# network and its species list stay, the bounding box becomes the new
+# training set's; an element the model lacks stops training with its name
+if [ -f "$shared/datasets/ybco13/fold0/train.jsonl" ]; then
+    mkdir "$tmp/ybco" "$tmp/kr"
+    cp "$shared/datasets/ybco13/meta.json" "$tmp/ybco/"
+    head -n 12 "$shared/datasets/ybco13/fold0/train.jsonl" > "$tmp/ybco/train.jsonl"
+    cp "$shared/datasets/ybco13/fold0/val.jsonl" "$tmp/ybco/"
+    "$nesf" train --config "$cfg" --data "$tmp/ybco" --threads 1 --quiet --out "$tmp/d" \
+        --from "$tmp/a/best.safetensors" --epochs 1 2>>"$tmp/log"
+    /usr/bin/python3 - "$tmp/a/best.safetensors" "$tmp/d/best.safetensors" "$tmp/ybco/train.jsonl" <<'PY'
+import json, struct, sys
+def meta(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    return json.loads(b[8:8 + n])["__metadata__"]
+ma, md = meta(sys.argv[1]), meta(sys.argv[2])
+xyz = [c for l in open(sys.argv[3]) for c in json.loads(l)["cart_coords"]]
+lo = [min(c[k] for c in xyz) for k in range(3)]
+hi = [max(c[k] for c in xyz) for k in range(3)]
+got_lo = [float(v) for v in md["bbox_min"].split(",")]
+got_hi = [float(v) for v in md["bbox_max"].split(",")]
+assert all(abs(a - b) < 1e-4 for a, b in zip(got_lo + got_hi, lo + hi)), (got_lo, got_hi, lo, hi)
+assert got_hi[2] > 10 > float(ma["bbox_max"].split(",")[2]), (ma["bbox_max"], md["bbox_max"])
+assert md["species"] == ma["species"] and md["model_config"] == ma["model_config"]
+print(f"from another data set: box {md['bbox_min']} .. {md['bbox_max']} (was .. {ma['bbox_max']})")
+PY
+    cp "$tmp/ybco/meta.json" "$tmp/ybco/val.jsonl" "$tmp/kr/"
+    sed '3s/"O"/"Kr"/' "$tmp/ybco/train.jsonl" > "$tmp/kr/train.jsonl"
+    if "$nesf" train --config "$cfg" --data "$tmp/kr" --threads 1 --quiet --out "$tmp/e" \
+        --from "$tmp/a/best.safetensors" --epochs 1 2>"$tmp/kr.err"; then
+        echo "training on an element the model lacks succeeded"; exit 1
+    fi
+    grep -q "element Kr is not among the model's species" "$tmp/kr.err" || { cat "$tmp/kr.err"; exit 1; }
+    echo "3 passed, 0 failed"
+else
+    echo "2 passed, 0 failed"
+fi

@@ -27,6 +27,9 @@ static void usage(FILE *f)
             "                   e.g. ../shared/datasets/ybco13\n"
             "  --out RUN        one subfolder per fold (checkpoint, best weights, reconstructions)\n"
             "  --config FILE    model + training config (default config/models/nesf-paper.json)\n"
+            "  --from FILE      start every fold from these weights (nesf train --from: e.g.\n"
+            "                   models/lcs6.safetensors, fine-tuned on each fold) instead of\n"
+            "                   from a fresh initialisation\n"
             "  --epochs N       training epochs per fold (default: the config's)\n"
             "  --minutes M      training time limit per fold\n"
             "  --folds LIST     e.g. 0-4,7 (default: every foldK found)\n"
@@ -76,13 +79,14 @@ static void print_row(const char *label, const nesf_metrics *m)
 int nesf_cmd_cv(int argc, char **argv)
 {
     const char *data = NULL, *out = NULL, *config = "config/models/nesf-paper.json", *epochs = NULL,
-               *minutes = NULL, *folds = NULL, *options = NULL, *backend = "auto";
+               *minutes = NULL, *folds = NULL, *options = NULL, *backend = "auto",
+               *from = NULL;
     static const struct option opts[] = {
         {"data", required_argument, 0, 'd'}, {"out", required_argument, 0, 'o'},
         {"config", required_argument, 0, 'c'}, {"epochs", required_argument, 0, 'e'},
         {"minutes", required_argument, 0, 'm'}, {"folds", required_argument, 0, 'f'},
         {"options", required_argument, 0, 'O'}, {"backend", required_argument, 0, 'b'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"from", required_argument, 0, 'F'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -95,6 +99,7 @@ int nesf_cmd_cv(int argc, char **argv)
         case 'f': folds = optarg; break;
         case 'O': options = optarg; break;
         case 'b': backend = optarg; break;
+        case 'F': from = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -152,6 +157,7 @@ int nesf_cmd_cv(int argc, char **argv)
         targs[n++] = "nesf"; targs[n++] = "train"; targs[n++] = "--config"; targs[n++] = (char *)config;
         targs[n++] = "--data"; targs[n++] = path; targs[n++] = "--out"; targs[n++] = odir;
         targs[n++] = "--resume"; targs[n++] = "--quiet"; targs[n++] = "--backend"; targs[n++] = (char *)backend;
+        if (from) { targs[n++] = "--from"; targs[n++] = (char *)from; }
         if (epochs) { targs[n++] = "--epochs"; targs[n++] = (char *)epochs; }
         if (minutes) { targs[n++] = "--minutes"; targs[n++] = (char *)minutes; }
         targs[n] = NULL;

@@ -82,7 +82,9 @@ static void usage(FILE *f)
             "  --resume              continue RUN/checkpoint.safetensors\n"
             "  --from FILE           start from FILE's weights (and Adam moments when FILE is a\n"
             "                        checkpoint) with --config's training settings: a new schedule\n"
-            "                        for a trained model (epochs count from 0 again)\n"
+            "                        for a trained model (epochs count from 0 again), or fine-tuning\n"
+            "                        on another data set (its elements must be among the model's\n"
+            "                        species; the bounding box becomes this training set's)\n"
             "  --backend B           cpu | cuda | auto (default auto)\n"
             "  --threads T           CPU threads (default: all cores)\n"
             "  --checkpoint-minutes M  checkpoint interval (default 5)\n"
@@ -190,21 +192,26 @@ int nesf_cmd_train(int argc, char **argv)
         if (nesf_model_load(ckpt, be, &m, &err)) goto fail;
         fprintf(stderr, "nesf train: resuming %s\n", ckpt);
     } else if (from) {
-        /* the file's network, the config file's training settings */
+        /* the file's network, the config file's training settings, and the
+         * box of the atoms trained on now (another data set may be larger) */
         if (nesf_model_load(from, be, &m, &err)) goto fail;
         if (nesf_train_config_load(config, &tc, &err)) goto fail;
+        float lo[3], hi[3], olo[3], ohi[3];
+        nesf_model_bbox(m, olo, ohi);
+        nesf_structures_bbox(train.s, train.n, lo, hi);
+        if (memcmp(lo, olo, sizeof lo) || memcmp(hi, ohi, sizeof hi)) {
+            nesf_model_set_bbox(m, lo, hi);
+            fprintf(stderr,
+                    "nesf train: bounding box of this training set [%.3f %.3f %.3f] .. [%.3f %.3f %.3f] "
+                    "(the model's was [%.3f %.3f %.3f] .. [%.3f %.3f %.3f])\n",
+                    lo[0], lo[1], lo[2], hi[0], hi[1], hi[2], olo[0], olo[1], olo[2], ohi[0], ohi[1], ohi[2]);
+        }
     } else {
         nesf_model_config mc;
         if (nesf_model_config_load(config, &mc, &err)) goto fail;
         if (nesf_train_config_load(config, &tc, &err)) goto fail;
-        float lo[3] = {INFINITY, INFINITY, INFINITY}, hi[3] = {-INFINITY, -INFINITY, -INFINITY};
-        for (int i = 0; i < train.n; i++)
-            for (int j = 0; j < train.s[i]->n; j++)
-                for (int k = 0; k < 3; k++) {
-                    float v = (float)train.s[i]->cart[3 * j + k];
-                    lo[k] = v < lo[k] ? v : lo[k];
-                    hi[k] = v > hi[k] ? v : hi[k];
-                }
+        float lo[3], hi[3];
+        nesf_structures_bbox(train.s, train.n, lo, hi);
         if (nesf_model_create(&mc, vocab.z, vocab.n, lo, hi, be, tc.seed, &m, &err)) goto fail;
     }
     if (resuming) {
