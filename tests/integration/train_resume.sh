@@ -13,6 +13,16 @@ cp "$shared/datasets/lcs6/meta.json" "$tmp/data/"
 head -n 36 "$shared/datasets/lcs6/val.jsonl" > "$tmp/data/train.jsonl"
 sed -n 37,44p "$shared/datasets/lcs6/val.jsonl" > "$tmp/data/val.jsonl"
 cfg=$src/tests/data/tiny-train.json
+# the Python checks read safetensors headers through one helper
+st_py='import json, struct, sys
+def header(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    return b, n, json.loads(b[8:8 + n])
+def meta(path):
+    return header(path)[2]["__metadata__"]
+'
+check() { /usr/bin/python3 -c "$st_py$(cat)" "$@"; }
 run() { "$nesf" train --config "$cfg" --data "$tmp/data" --threads 1 --quiet "$@" 2>>"$tmp/log"; }
 
 run --out "$tmp/a"                                   # 3 epochs of 5 batches
@@ -20,12 +30,9 @@ run --out "$tmp/b" --max-steps 7                     # stops in epoch 2
 test -f "$tmp/b/checkpoint.safetensors"
 run --out "$tmp/b" --resume --max-steps 4            # stops in epoch 3
 run --out "$tmp/b" --resume                          # finishes
-/usr/bin/python3 - "$tmp/a/checkpoint.safetensors" "$tmp/b/checkpoint.safetensors" <<'PY'
-import json, struct, sys
+check "$tmp/a/checkpoint.safetensors" "$tmp/b/checkpoint.safetensors" <<'PY'
 def tensors(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
+    b, n, h = header(path)
     meta = h.pop("__metadata__", {})
     return {k: b[8 + n + v["data_offsets"][0]: 8 + n + v["data_offsets"][1]] for k, v in h.items()}, meta
 a, ma = tensors(sys.argv[1])
@@ -48,12 +55,7 @@ diff "$tmp/la" "$tmp/lb"
 /usr/bin/python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["training"]["loss_weights"] = {"species": 2.5}; json.dump(c, open(sys.argv[2], "w"))' "$cfg" "$tmp/stage2.json"
 "$nesf" train --config "$tmp/stage2.json" --data "$tmp/data" --threads 1 --quiet --out "$tmp/c" \
     --from "$tmp/a/checkpoint.safetensors" --epochs 1 2>>"$tmp/log"
-/usr/bin/python3 - "$tmp/a/checkpoint.safetensors" "$tmp/c/checkpoint.safetensors" "$tmp/c/log.jsonl" <<'PY'
-import json, struct, sys
-def meta(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    return json.loads(b[8:8 + n])["__metadata__"]
+check "$tmp/a/checkpoint.safetensors" "$tmp/c/checkpoint.safetensors" "$tmp/c/log.jsonl" <<'PY'
 ma, mc = meta(sys.argv[1]), meta(sys.argv[2])
 sa, sc = json.loads(ma["train_state"]), json.loads(mc["train_state"])
 log = [json.loads(l) for l in open(sys.argv[3])]
@@ -74,12 +76,7 @@ if [ -f "$shared/datasets/ybco13/fold0/train.jsonl" ]; then
     cp "$shared/datasets/ybco13/fold0/val.jsonl" "$tmp/ybco/"
     "$nesf" train --config "$cfg" --data "$tmp/ybco" --threads 1 --quiet --out "$tmp/d" \
         --from "$tmp/a/best.safetensors" --epochs 1 2>>"$tmp/log"
-    /usr/bin/python3 - "$tmp/a/best.safetensors" "$tmp/d/best.safetensors" "$tmp/ybco/train.jsonl" <<'PY'
-import json, struct, sys
-def meta(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    return json.loads(b[8:8 + n])["__metadata__"]
+    check "$tmp/a/best.safetensors" "$tmp/d/best.safetensors" "$tmp/ybco/train.jsonl" <<'PY'
 ma, md = meta(sys.argv[1]), meta(sys.argv[2])
 xyz = [c for l in open(sys.argv[3]) for c in json.loads(l)["cart_coords"]]
 lo = [min(c[k] for c in xyz) for k in range(3)]
