@@ -72,7 +72,7 @@ static void print_row(const char *label, const nesf_metrics *m)
 {
     nesf_metrics_summary s;
     nesf_metrics_summarize(m, &s);
-    printf("| %-26s | %6.2f | %7.4f | %7.4f | %6.2f | %6.2f | %5.3f | %5.2f |\n", label, s.count_err_pct,
+    printf("| %-30s | %6.2f | %7.4f | %7.4f | %6.2f | %6.2f | %5.3f | %5.2f |\n", label, s.count_err_pct,
            s.pos_act, s.pos_det, s.spec_act_pct, s.spec_det_pct, s.len_mae, s.ang_mae);
 }
 
@@ -209,12 +209,12 @@ int nesf_cmd_cv(int argc, char **argv)
         fprintf(stderr, "nesf cv: no foldK folders under %s\n", data);
         return 1;
     }
-    printf("\n| %-26s | atoms%% | pos act | pos det | spec a%% | spec d%% | len Å | ang ° |\n", "pooled test splits");
-    printf("|----------------------------|--------|---------|---------|---------|---------|-------|-------|\n");
+    printf("\n| %-30s | atoms%% | pos act | pos det | spec a%% | spec d%% | len Å | ang ° |\n", "pooled test splits");
+    printf("|--------------------------------|--------|---------|---------|---------|---------|-------|-------|\n");
     char label[64];
     snprintf(label, sizeof label, "nesf, %d folds, %ld structures", nfolds, pooled.structures);
     print_row(label, &pooled);
-    printf("| %-26s | %6.2f | %7.4f | %7.4f | %6.2f | %6.2f | %5.2f | %5.2f |\n", "paper (NeSF, 20-fold)", 12.00,
+    printf("| %-30s | %6.2f | %7.4f | %7.4f | %6.2f | %6.2f | %5.2f | %5.2f |\n", "paper (NeSF, 20-fold)", 12.00,
            0.2631, 0.2448, 14.78, 19.89, 0.25, 2.91);
     return 0;
 }
