@@ -188,6 +188,8 @@ int nesf_cmd_train(int argc, char **argv)
     nesf_train_config_paper(&tc);
     nesf_train_state st = {.best_val = INFINITY};
     const int resuming = resume && access(ckpt, R_OK) == 0;
+    float lo[3], hi[3]; /* spec §2: the box of the atoms trained on */
+    nesf_structures_bbox(train.s, train.n, lo, hi);
     if (resuming) {
         if (nesf_model_load(ckpt, be, &m, &err)) goto fail;
         fprintf(stderr, "nesf train: resuming %s\n", ckpt);
@@ -196,9 +198,8 @@ int nesf_cmd_train(int argc, char **argv)
          * box of the atoms trained on now (another data set may be larger) */
         if (nesf_model_load(from, be, &m, &err)) goto fail;
         if (nesf_train_config_load(config, &tc, &err)) goto fail;
-        float lo[3], hi[3], olo[3], ohi[3];
+        float olo[3], ohi[3];
         nesf_model_bbox(m, olo, ohi);
-        nesf_structures_bbox(train.s, train.n, lo, hi);
         if (memcmp(lo, olo, sizeof lo) || memcmp(hi, ohi, sizeof hi)) {
             nesf_model_set_bbox(m, lo, hi);
             fprintf(stderr,
@@ -210,8 +211,6 @@ int nesf_cmd_train(int argc, char **argv)
         nesf_model_config mc;
         if (nesf_model_config_load(config, &mc, &err)) goto fail;
         if (nesf_train_config_load(config, &tc, &err)) goto fail;
-        float lo[3], hi[3];
-        nesf_structures_bbox(train.s, train.n, lo, hi);
         if (nesf_model_create(&mc, vocab.z, vocab.n, lo, hi, be, tc.seed, &m, &err)) goto fail;
     }
     if (resuming) {
