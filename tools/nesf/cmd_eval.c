@@ -15,6 +15,7 @@
 #include "fileio.h"
 #include "latent_cli.h"
 #include "metrics.h"
+#include "refine.h"
 
 static void usage(FILE *f)
 {
@@ -40,6 +41,8 @@ static void usage(FILE *f)
         "  --list             list every structure reconstructed wrongly (default\n"
         "                     with --truth)\n"
         "  --options JSON     decode options, e.g. '{\"iterations\": 32}' (or @FILE)\n"
+        "  --refine JSON      refine each latent on its structure before decoding:\n"
+        "                     a step count or {\"steps\", \"lr\", \"seed\"} (core/refine.h)\n"
         "  --batch N          structures per batched decode (default 64)\n"
         "  --limit N          only the first N structures\n"
         "  --backend KIND     cpu, cuda or auto (default auto)\n"
@@ -47,7 +50,7 @@ static void usage(FILE *f)
 }
 
 typedef struct eval_args {
-    const char *model, *data, *out, *meta, *bbox_from, *options, *backend;
+    const char *model, *data, *out, *meta, *bbox_from, *options, *backend, *refine;
     int truth, json, list, batch, limit, threads, strict;
 } eval_args;
 
@@ -105,7 +108,7 @@ static int parse_args(int argc, char **argv, eval_args *a)
         {"batch", required_argument, 0, 'b'}, {"limit", required_argument, 0, 'l'},
         {"truth", no_argument, 0, 'T'},       {"json", no_argument, 0, 'j'},
         {"list", no_argument, 0, 'L'},        {"help", no_argument, 0, 'h'},
-        {"strict-lattice", no_argument, 0, 'S'},
+        {"strict-lattice", no_argument, 0, 'S'}, {"refine", required_argument, 0, 'R'},
         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->batch = 64;
@@ -120,6 +123,7 @@ static int parse_args(int argc, char **argv, eval_args *a)
         case 'M': a->meta = optarg; break;
         case 'B': a->bbox_from = optarg; break;
         case 'O': a->options = optarg; break;
+        case 'R': a->refine = optarg; break;
         case 'k': a->backend = optarg; break;
         case 't': a->threads = atoi(optarg); break;
         case 'b': a->batch = atoi(optarg); break;
@@ -151,6 +155,19 @@ int nesf_cmd_eval(int argc, char **argv)
     nesf_decode_opts_default(&opts);
     opts.repair_lattice = !a.strict;
     if (cli_decode_options("eval", "options", a.options, &opts)) return 2;
+    nesf_refine_opts ropts;
+    nesf_refine_opts_default(&ropts);
+    if (a.refine) {
+        json_error_t je;
+        json_t *rj = json_loads(a.refine, JSON_DECODE_ANY, &je);
+        int bad = !rj || nesf_refine_opts_from_json(&ropts, rj, &err);
+        json_decref(rj);
+        if (bad) {
+            fprintf(stderr, "nesf eval: --refine: %s\n", rj ? err.msg : je.text);
+            return 2;
+        }
+    }
+    nesf_refine_stats rstats = {0};
     nesf_dataset d = {0};
     if (nesf_dataset_load(a.data, &d, &err)) {
         fprintf(stderr, "nesf eval: %s\n", err.msg);
@@ -238,6 +255,9 @@ int nesf_cmd_eval(int argc, char **argv)
                     }
                 rc = NESF_OK;
             }
+            for (int i = 0; !rc && ropts.steps > 0 && i < S; i++)
+                if (!ierr[b0 + i].code)
+                    rc = nesf_refine_latents(m, s + i, 1, z + (size_t)i * L, &ropts, &rstats, &err);
             t_encode += cli_now_s() - t0;
             if (!rc) rc = nesf_model_lattice(m, S, z, cell, cell + 3 * S, &err);
             if (!rc) {
@@ -381,7 +401,11 @@ int nesf_cmd_eval(int argc, char **argv)
                "(%ld particles x %d iterations each; flow %.2f s, NMS %.2f s, species %.2f s)\n",
                total.ms / 1e3, n, n ? total.ms / n : 0.0, G, opts.iterations,
                total.ms_flow / 1e3, total.ms_nms / 1e3, total.ms_species / 1e3);
-        if (!a.truth) printf("encode: %.2f s\n", t_encode);
+        if (!a.truth) printf("encode: %.2f s%s\n", t_encode, ropts.steps > 0 ? " (with refinement)" : "");
+        if (ropts.steps > 0)
+            printf("refine: %d steps, lr %g: loss %.4f -> %.4f (mean over structures), %ld field rows\n",
+                   ropts.steps, (double)ropts.lr, rstats.loss_before / n, rstats.loss_after / n,
+                   rstats.field_rows);
         if (total.truncated) printf("max_atoms reached in %d structures\n", total.truncated);
         if (total.lattice_repaired)
             printf("predicted cell was no cell, decoded in a repaired one: %d structures\n",

@@ -1,0 +1,312 @@
+/* refine.c - latent refinement by gradient descent on the decoder's loss
+ * (refine.h).  The decoder runs through the training forward and backward
+ * of mlp.c on a view of the network whose parameters are the BN-folded
+ * inference weights and whose MLPs have BN and dropout stripped: with BN
+ * folded into the following Linear, inference is exactly Linear + ReLU,
+ * so the training code differentiates the inference network. */
+#include "refine.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+#include "train.h" /* nesf_seed_mix */
+
+void nesf_refine_opts_default(nesf_refine_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->steps = 0;
+    o->lr = 0.02f;
+    o->w_pos = 10.0f;
+    o->w_spec = 1.0f;
+    o->w_len = 1.0f;
+    o->w_ang = 1.0f;
+    nesf_sampling_paper(&o->sampling);
+    o->sampling.cell_points = 256;
+    o->seed = 1;
+}
+
+/* {"position", "species", "length", "angle"}: non-negative numbers. */
+static int read_weights(nesf_refine_opts *o, const json_t *w, nesf_error *err)
+{
+    static const char *names[] = {"position", "species", "length", "angle"};
+    float *dst[] = {&o->w_pos, &o->w_spec, &o->w_len, &o->w_ang};
+    if (!json_is_object(w)) return nesf_fail(err, NESF_ERR_INVALID, "refine.loss_weights: an object");
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)w, k, x) {
+        int i = 0;
+        while (i < 4 && strcmp(k, names[i])) i++;
+        if (i == 4) return nesf_fail(err, NESF_ERR_INVALID, "refine.loss_weights: unknown key \"%s\"", k);
+        if (!json_is_number(x) || !(json_number_value(x) >= 0) || json_number_value(x) > 1e4)
+            return nesf_fail(err, NESF_ERR_INVALID, "refine.loss_weights.%s: a number in [0, 1e4]", k);
+        *dst[i] = (float)json_number_value(x);
+    }
+    return NESF_OK;
+}
+
+int nesf_refine_opts_from_json(nesf_refine_opts *o, const json_t *v, nesf_error *err)
+{
+    if (json_is_integer(v)) {
+        json_int_t n = json_integer_value(v);
+        if (n < 0 || n > 1000) return nesf_fail(err, NESF_ERR_INVALID, "refine: steps must be in 0..1000");
+        o->steps = (int)n;
+        return NESF_OK;
+    }
+    if (!json_is_object(v))
+        return nesf_fail(err, NESF_ERR_INVALID, "refine: expected a step count or an object");
+    const char *k;
+    json_t *x;
+    json_object_foreach((json_t *)v, k, x) {
+        if (!strcmp(k, "steps")) {
+            if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 1000)
+                return nesf_fail(err, NESF_ERR_INVALID, "refine.steps: an integer in 0..1000");
+            o->steps = (int)json_integer_value(x);
+        } else if (!strcmp(k, "lr")) {
+            double d = json_number_value(x);
+            if (!json_is_number(x) || !(d > 0 && d <= 1))
+                return nesf_fail(err, NESF_ERR_INVALID, "refine.lr: a number in (0, 1]");
+            o->lr = (float)d;
+        } else if (!strcmp(k, "loss_weights")) {
+            int rc = read_weights(o, x, err);
+            if (rc) return rc;
+        } else if (!strcmp(k, "global_fraction") || !strcmp(k, "species_fraction")) {
+            double d = json_number_value(x);
+            if (!json_is_number(x) || !(d > 0 && d <= 1))
+                return nesf_fail(err, NESF_ERR_INVALID, "refine.%s: a number in (0, 1]", k);
+            *(k[0] == 'g' ? &o->sampling.global_fraction : &o->sampling.species_fraction) = (float)d;
+        } else if (!strcmp(k, "cell_points") || !strcmp(k, "boundary_points")) {
+            if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 4096)
+                return nesf_fail(err, NESF_ERR_INVALID, "refine.%s: an integer in 0..4096", k);
+            *(k[0] == 'c' ? &o->sampling.cell_points : &o->sampling.boundary_points) =
+                (int)json_integer_value(x);
+        } else if (!strcmp(k, "seed")) {
+            if (!json_is_integer(x) || json_integer_value(x) < 0)
+                return nesf_fail(err, NESF_ERR_INVALID, "refine.seed: a non-negative integer");
+            o->seed = (uint64_t)json_integer_value(x);
+        } else {
+            return nesf_fail(err, NESF_ERR_INVALID, "refine: unknown key \"%s\"", k);
+        }
+    }
+    return NESF_OK;
+}
+
+/* The differentiable inference decoder: the four decoder MLPs, BN and
+ * dropout stripped, over the folded weights; scratch gradients and an
+ * arena of its own so that the model's arena is left alone. */
+typedef struct ctx {
+    nesf_model *m;
+    nesf_net v;
+    nesf_mlp len, ang, pos, spec;
+} ctx;
+
+static void strip(nesf_mlp *dst, const nesf_mlp *src)
+{
+    *dst = *src;
+    for (int l = 0; l < dst->n; l++) dst->L[l].bn = dst->L[l].dropout = 0;
+}
+
+static int ctx_init(ctx *c, nesf_model *m, nesf_error *err)
+{
+    memset(c, 0, sizeof *c);
+    c->m = m;
+    c->v = m->net;
+    c->v.params = m->net.folded;
+    c->v.dropout = 0;
+    nesf_arena_init(&c->v.arena, m->net.be);
+    c->v.grads = m->net.be->ops->alloc(m->net.be, m->net.nparams * sizeof(float));
+    if (!c->v.grads) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory for refinement");
+    m->net.be->ops->fill(m->net.be, c->v.grads, m->net.nparams, 0);
+    strip(&c->len, &m->mlp[NESF_DEC_LENGTH]);
+    strip(&c->ang, &m->mlp[NESF_DEC_ANGLE]);
+    strip(&c->pos, &m->mlp[NESF_DEC_POSITION]);
+    strip(&c->spec, &m->mlp[NESF_DEC_SPECIES]);
+    return NESF_OK;
+}
+
+static void ctx_free(ctx *c)
+{
+    nesf_backend *be = c->m->net.be;
+    if (c->v.grads) be->ops->free(be, c->v.grads);
+    nesf_arena_release(&c->v.arena);
+}
+
+/* Device copies of one structure's queries and lattice targets. */
+typedef struct dev_q {
+    float *z, *pxyz, *ptgt, *sxyz, *tlen, *tang;
+    int *poff, *soff, *slbl;
+    int P, Q;
+} dev_q;
+
+static void *up(nesf_arena *ar, const void *src, size_t bytes, int *fail)
+{
+    void *d = nesf_arena_alloc(ar, bytes ? bytes : 4);
+    if (!d) *fail = 1;
+    else if (bytes && ar->be->ops->upload(ar->be, d, src, bytes)) *fail = 1;
+    return d;
+}
+
+static int upload_q(ctx *c, const nesf_queries *q, const float *z, const float latf[6], dev_q *d,
+                    nesf_error *err)
+{
+    nesf_arena *ar = &c->v.arena;
+    const int L = c->m->cfg.latent;
+    int fail = nesf_arena_reset(ar) != 0;
+    d->P = q->pos_off[1];
+    d->Q = q->spec_off[1];
+    d->z = up(ar, z, (size_t)L * sizeof(float), &fail);
+    d->pxyz = up(ar, q->pos_xyz, (size_t)d->P * 3 * sizeof(float), &fail);
+    d->ptgt = up(ar, q->pos_tgt, (size_t)d->P * 3 * sizeof(float), &fail);
+    d->poff = up(ar, q->pos_off, 2 * sizeof(int), &fail);
+    d->sxyz = up(ar, q->spec_xyz, (size_t)d->Q * 3 * sizeof(float), &fail);
+    d->slbl = up(ar, q->spec_lbl, (size_t)d->Q * sizeof(int), &fail);
+    d->soff = up(ar, q->spec_off, 2 * sizeof(int), &fail);
+    d->tlen = up(ar, latf, 3 * sizeof(float), &fail);
+    d->tang = up(ar, latf + 3, 3 * sizeof(float), &fail);
+    return fail ? nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory for refinement") : NESF_OK;
+}
+
+/* Loss of latent d->z on its queries and its gradient into host dz_h. */
+static int loss_grad(ctx *c, const nesf_refine_opts *o, const dev_q *d, float *dz_h, double *loss,
+                     nesf_error *err)
+{
+    nesf_net *v = &c->v;
+    nesf_backend *be = v->be;
+    const int L = c->m->cfg.latent, A = c->m->A;
+    nesf_mlp_acts a_len, a_ang, a_fp, a_fs;
+    nesf_mlp_in in_lat = {.rows = 1, .x = d->z, .ldx = L};
+    nesf_mlp_in in_fp = {.rows = d->P, .S = 1, .off = d->poff, .z = d->z, .ldz = L, .xyz = d->pxyz};
+    nesf_mlp_in in_fs = {.rows = d->Q, .S = 1, .off = d->soff, .z = d->z, .ldz = L, .xyz = d->sxyz};
+    int rc = nesf_mlp_forward_train(v, &c->len, &in_lat, 0, &a_len);
+    if (!rc) rc = nesf_mlp_forward_train(v, &c->ang, &in_lat, 0, &a_ang);
+    if (!rc) rc = nesf_mlp_forward_train(v, &c->pos, &in_fp, 0, &a_fp);
+    if (!rc) rc = nesf_mlp_forward_train(v, &c->spec, &in_fs, 0, &a_fs);
+    float *dz = rc ? NULL : nesf_arena_floats(&v->arena, (size_t)L);
+    if (!dz) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory for refinement");
+    /* each loss op leaves the gradient of its weighted term in place */
+    double lp = be->ops->mse(be, (size_t)d->P * 3, a_fp.out, d->ptgt, o->w_pos, a_fp.out);
+    double ls = be->ops->cross_entropy(be, d->Q, A, a_fs.out, d->slbl, o->w_spec, a_fs.out);
+    double ll = be->ops->mse(be, 3, a_len.out, d->tlen, o->w_len, a_len.out);
+    double la = be->ops->mse(be, 3, a_ang.out, d->tang, o->w_ang, a_ang.out);
+    *loss = o->w_pos * lp + o->w_spec * ls + o->w_len * ll + o->w_ang * la;
+    be->ops->fill(be, dz, (size_t)L, 0);
+    rc = nesf_mlp_backward(v, &c->pos, &in_fp, &a_fp, a_fp.out, 3, NULL, 0, dz, L);
+    if (!rc) rc = nesf_mlp_backward(v, &c->spec, &in_fs, &a_fs, a_fs.out, A, NULL, 0, dz, L);
+    if (!rc) rc = nesf_mlp_backward(v, &c->len, &in_lat, &a_len, a_len.out, 3, dz, L, NULL, 0);
+    if (!rc) rc = nesf_mlp_backward(v, &c->ang, &in_lat, &a_ang, a_ang.out, 3, dz, L, NULL, 0);
+    if (rc) return nesf_fail(err, rc, "out of backend memory for refinement");
+    if (be->ops->download(be, dz_h, dz, (size_t)L * sizeof(float)) || be->ops->sync(be))
+        return nesf_fail(err, NESF_ERR_BACKEND, "backend failure in latent refinement");
+    return NESF_OK;
+}
+
+/* Adam on one latent (moments m1, m2 host, t 1-based). */
+static void adam(float *z, const float *g, float *m1, float *m2, int L, int t, float lr)
+{
+    const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
+    const float c1 = 1.0f - powf(b1, (float)t), c2 = 1.0f - powf(b2, (float)t);
+    for (int i = 0; i < L; i++) {
+        m1[i] = b1 * m1[i] + (1 - b1) * g[i];
+        m2[i] = b2 * m2[i] + (1 - b2) * g[i] * g[i];
+        z[i] -= lr * (m1[i] / c1) / (sqrtf(m2[i] / c2) + eps);
+    }
+}
+
+/* One structure in the datasets' orientation (canonical), with what every
+ * step needs: its species classes and lattice targets. */
+typedef struct item {
+    nesf_structure *s;
+    nesf_enc_batch hb;
+    int *cls;
+} item;
+
+static int item_init(item *it, nesf_model *m, const nesf_structure *s, nesf_error *err)
+{
+    memset(it, 0, sizeof *it);
+    it->s = nesf_structure_copy(s);
+    if (!it->s) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    int rc = nesf_structure_canonicalize(it->s, err);
+    if (!rc) rc = nesf_enc_batch_build(m, &it->s, 1, &it->hb, err);
+    if (!rc && !(it->cls = malloc((size_t)it->s->n * sizeof *it->cls)))
+        rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    for (int j = 0; !rc && j < it->s->n; j++) it->cls[j] = nesf_model_class_of(m, it->s->z[j]);
+    return rc;
+}
+
+static void item_free(item *it)
+{
+    nesf_structure_free(it->s);
+    nesf_enc_batch_free(&it->hb);
+    free(it->cls);
+}
+
+/* Loss and gradient at z on step t's queries (rows counted into *rows). */
+static int step_loss(ctx *c, const nesf_refine_opts *o, const item *it, const float *z, int t,
+                     double *loss, float *dz, long *rows, nesf_error *err)
+{
+    nesf_queries q = {0};
+    const int *cp = it->cls;
+    int rc = nesf_queries_sample(&o->sampling, c->m->bbmin, c->m->bbmax, (nesf_structure *const *)&it->s,
+                                 &cp, 1, nesf_seed_mix(o->seed, (uint64_t)t), &q, err);
+    dev_q d;
+    if (!rc) rc = upload_q(c, &q, z, it->hb.latf, &d, err);
+    if (!rc) rc = loss_grad(c, o, &d, dz, loss, err);
+    if (!rc && !isfinite(*loss)) rc = nesf_fail(err, NESF_ERR_INVALID, "refinement loss is not finite");
+    if (!rc && rows) *rows += d.P + d.Q;
+    nesf_queries_free(&q);
+    return rc;
+}
+
+static int refine_one(ctx *c, const nesf_refine_opts *o, const item *it, float *z,
+                      nesf_refine_stats *st, nesf_error *err)
+{
+    const int L = c->m->cfg.latent;
+    float *buf = calloc((size_t)3 * L, sizeof *buf); /* gradient, Adam moments */
+    int rc = buf ? NESF_OK : nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    double loss = 0;
+    long rows = 0;
+    for (int t = 0; !rc && t < o->steps; t++) {
+        rc = step_loss(c, o, it, z, t, &loss, buf, &rows, err);
+        if (!rc && t == 0 && st) st->loss_before += loss;
+        if (!rc) adam(z, buf, buf + L, buf + 2 * L, L, t + 1, o->lr);
+    }
+    if (!rc && st) {
+        st->loss_after += loss; /* the last step's, before its update */
+        st->field_rows += rows;
+    }
+    free(buf);
+    return rc;
+}
+
+int nesf_refine_loss(nesf_model *m, const nesf_structure *s, const float *z,
+                     const nesf_refine_opts *o, int step, double *loss, float *dz, nesf_error *err)
+{
+    ctx c;
+    item it = {0};
+    int rc = ctx_init(&c, m, err);
+    if (!rc) rc = item_init(&it, m, s, err);
+    if (!rc) rc = step_loss(&c, o, &it, z, step, loss, dz, NULL, err);
+    item_free(&it);
+    ctx_free(&c);
+    return rc;
+}
+
+int nesf_refine_latents(nesf_model *m, nesf_structure *const *s, int n, float *z,
+                        const nesf_refine_opts *o, nesf_refine_stats *st, nesf_error *err)
+{
+    if (o->steps <= 0 || n <= 0) return NESF_OK;
+    ctx c;
+    int rc = ctx_init(&c, m, err);
+    const int L = m->cfg.latent;
+    for (int i = 0; !rc && i < n; i++) {
+        item it;
+        rc = item_init(&it, m, s[i], err);
+        if (!rc) rc = refine_one(&c, o, &it, z + (size_t)i * L, st, err);
+        if (rc) nesf_error_prefix(err, "structure %d: ", i + 1);
+        item_free(&it);
+    }
+    ctx_free(&c);
+    return rc;
+}

@@ -1,0 +1,62 @@
+/* refine.h - encoding by analysis by synthesis: the encoder's latent of a
+ * known structure, refined by gradient descent on the decoder's own loss.
+ *
+ * The encoder is a single amortised guess.  For a structure at hand (an
+ * /encode or /reconstruct input, an eval structure) the decoder's fields
+ * can be asked directly how well a latent explains it: the training loss
+ * (spec §4: position MSE on query points around it, species cross-entropy,
+ * lattice MSE) is a function of z alone once the network is fixed.  A few
+ * Adam steps on z from the encoder's answer lower it, and the species field
+ * in particular comes out much closer to the input (measured in
+ * docs/training.md).  The decoder is in inference mode throughout (BN
+ * folded, no dropout); the network's weights are not touched.
+ *
+ * Each structure is refined on its own with queries drawn from a seed that
+ * depends on the step only, so a latent refined in a batch is bit-identical
+ * to the same structure refined alone. */
+#ifndef NESF_REFINE_H
+#define NESF_REFINE_H
+
+#include <stdint.h>
+
+#include "error.h"
+#include "model.h"
+#include "sample.h"
+#include "structure.h"
+
+typedef struct nesf_refine_opts {
+    int steps;            /* Adam steps on z (0: the encoder's latent as it is) */
+    float lr;             /* Adam step size (0.02) */
+    float w_pos, w_spec, w_len, w_ang; /* loss weights (10, 1, 1, 1) */
+    nesf_sampling sampling; /* query points: the paper's + 256 cell points */
+    uint64_t seed;        /* query draws (1) */
+} nesf_refine_opts;
+
+/* Defaults above with steps = 0 (refinement off). */
+void nesf_refine_opts_default(nesf_refine_opts *o);
+
+/* Overrides from a JSON object {"steps", "lr", "seed"}; unknown keys,
+ * wrong types and out-of-range values fail naming the key.  A JSON integer
+ * alone sets steps. */
+struct json_t;
+int nesf_refine_opts_from_json(nesf_refine_opts *o, const struct json_t *v, nesf_error *err);
+
+typedef struct nesf_refine_stats {
+    double loss_before, loss_after; /* summed over the structures, weighted totals
+                                       of the first and last step's queries */
+    long field_rows;                /* query rows through the fields, all steps */
+} nesf_refine_stats;
+
+/* Refines the latents z (n x latent, host, in: the encoder's, out: refined)
+ * of structures s.  Fails naming the element when a species is not among
+ * the model's.  st may be NULL. */
+int nesf_refine_latents(nesf_model *m, nesf_structure *const *s, int n, float *z,
+                        const nesf_refine_opts *o, nesf_refine_stats *st, nesf_error *err);
+
+/* The loss of latent z for structure s on refinement step `step`'s query
+ * points (the same draw nesf_refine_latents makes at that step) and its
+ * gradient dz (latent floats, host): for tests and tools. */
+int nesf_refine_loss(nesf_model *m, const nesf_structure *s, const float *z,
+                     const nesf_refine_opts *o, int step, double *loss, float *dz, nesf_error *err);
+
+#endif
