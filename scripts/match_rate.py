@@ -5,6 +5,8 @@ StructureMatcher, at the settings generative-crystal papers report
 
     nesf eval --model M --data val.jsonl --out recon.jsonl
     scripts/match_rate.py --truth val.jsonl --recon recon.jsonl [--json] [--list]
+or in one command (runs nesf eval, prints its table, then the match rate):
+    scripts/match_rate.py --model M --data val.jsonl [--options JSON] [--refine JSON]
 
 Both files are JSON Lines in the dataset format (nesf eval --out writes
 it, keyed by the data's ids).  A reconstruction that is missing, failed
@@ -13,8 +15,13 @@ over every truth structure.  Needs Debian's python3-pymatgen.
 """
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(path):
@@ -48,8 +55,15 @@ def to_structure(rec):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--truth", required=True, help="structures (JSON Lines, with ids)")
-    ap.add_argument("--recon", required=True, help="their reconstructions (nesf eval --out)")
+    ap.add_argument("--truth", help="structures (JSON Lines, with ids)")
+    ap.add_argument("--recon", help="their reconstructions (nesf eval --out)")
+    ap.add_argument("--model", help="run nesf eval with this model first (with --data)")
+    ap.add_argument("--data", help="structures to reconstruct (JSON Lines); the truth")
+    ap.add_argument("--options", help="decode options for nesf eval (JSON)")
+    ap.add_argument("--refine", help="latent refinement for nesf eval (steps or JSON)")
+    ap.add_argument("--limit", type=int, help="only the first N structures")
+    ap.add_argument("--nesf", default=os.path.join(ROOT, "build", "tools", "nesf", "nesf"),
+                    help="the nesf binary (default: build/tools/nesf/nesf)")
     ap.add_argument("--ltol", type=float, default=0.3)
     ap.add_argument("--stol", type=float, default=0.5)
     ap.add_argument("--angle-tol", type=float, default=10.0)
@@ -60,7 +74,28 @@ def main():
         from pymatgen.analysis.structure_matcher import StructureMatcher
     except ImportError:
         sys.exit("match_rate: needs pymatgen (apt-get install python3-pymatgen)")
+    tmp = None
+    if a.model:
+        if not a.data:
+            sys.exit("match_rate: --model needs --data")
+        tmp = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False)
+        tmp.close()
+        cmd = [a.nesf, "eval", "--model", a.model, "--data", a.data, "--out", tmp.name]
+        for flag, v in (("--options", a.options), ("--refine", a.refine), ("--limit", a.limit)):
+            if v is not None:
+                cmd += [flag, str(v)]
+        r = subprocess.run(cmd, stdout=sys.stderr if a.json else None)
+        if r.returncode:
+            os.unlink(tmp.name)
+            sys.exit(f"match_rate: nesf eval failed ({r.returncode})")
+        a.truth, a.recon = a.data, tmp.name
+    elif not (a.truth and a.recon):
+        sys.exit("match_rate: give --truth and --recon, or --model and --data")
     truth, recon = load(a.truth), load(a.recon)
+    if tmp:
+        os.unlink(tmp.name)
+    if a.limit is not None:
+        truth = dict(list(truth.items())[:a.limit])
     sm = StructureMatcher(ltol=a.ltol, stol=a.stol, angle_tol=a.angle_tol)
     t0 = time.time()
     matched, rms, unmatched = 0, [], []
