@@ -534,7 +534,8 @@ static int repair_cell(nesf_cellpar *p, nesf_lattice *lat)
 }
 
 /* Builds a structure from its predicted cell and atoms; NESF_ERR_INVALID
- * for a cell that is not one (or non-finite, even with repair). */
+ * for a cell that is not one (or non-finite, even with repair) and for a
+ * result that nesf_structure_validate refuses. */
 static int build_structure(const float len[3], const float ang[3], int na, const float *atoms,
                            const int *cls, const int *species_z, int repair, int *repaired,
                            nesf_structure **out, nesf_error *err)
@@ -564,6 +565,15 @@ static int build_structure(const float len[3], const float ang[3], int na, const
             nesf_structure_free(s);
             return rc;
         }
+    }
+    /* the gate every structure from outside passes: an absurd prediction
+     * (a 1e36 Å cell from an extreme latent) is that structure's error */
+    if (nesf_structure_validate(s, err)) {
+        nesf_structure_free(s);
+        nesf_error_prefix(err, "predicted structure (%.4g %.4g %.4g Å, %.4g %.4g %.4g°) is no "
+                          "crystal: ", len[0], len[1], len[2], ang[0] * deg, ang[1] * deg,
+                          ang[2] * deg);
+        return NESF_ERR_INVALID;
     }
     *out = s;
     return NESF_OK;

@@ -1,9 +1,9 @@
 #include "safetensors.h"
+#include "fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -485,21 +485,6 @@ static int wt_cmp(const void *a, const void *b)
     return *x < *y ? -1 : *x > *y;   /* stable: insertion order */
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const unsigned char *c = p;
-    while (n) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 static char *build_header(nesf_st_writer *w, wtensor **order, size_t *hlen)
 {
     json_t *h = json_object();
@@ -545,47 +530,18 @@ int nesf_st_writer_write(nesf_st_writer *w, const char *path, nesf_error *err)
         free(order);
         return nesf_fail(err, NESF_ERR_NOMEM, "safetensors: cannot build the header");
     }
-    size_t plen = strlen(path) + 32;
-    char *tmp = malloc(plen);
-    if (!tmp) {
-        free(header);
-        free(order);
-        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
-    }
-    snprintf(tmp, plen, "%s.tmp.%ld", path, (long)getpid());
-    int rc = NESF_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = nesf_fail(err, NESF_ERR_IO, "%s: %s", tmp, strerror(errno));
-        goto out;
-    }
+    nesf_outfile f;
+    int rc = nesf_outfile_open(&f, path, err);
+    if (rc) goto out;
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
-    int bad = write_all(fd, len8, 8) || write_all(fd, header, hlen);
-    for (int i = 0; !bad && i < w->n; i++) bad = write_all(fd, order[i]->data, order[i]->nbytes);
-    if (bad || fsync(fd) != 0) {
-        rc = nesf_fail(err, NESF_ERR_IO, "%s: %s", tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        goto out;
-    }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
-        rc = nesf_fail(err, NESF_ERR_IO, "%s: %s", path, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    /* make the rename itself durable */
-    char *dcopy = strdup(path);
-    if (dcopy) {
-        int dfd = open(dirname(dcopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync(dfd);
-            close(dfd);
-        }
-        free(dcopy);
-    }
+    rc = nesf_outfile_write(&f, len8, 8, err);
+    if (!rc) rc = nesf_outfile_write(&f, header, hlen, err);
+    for (int i = 0; !rc && i < w->n; i++)
+        rc = nesf_outfile_write(&f, order[i]->data, order[i]->nbytes, err);
+    if (rc) nesf_outfile_abort(&f);
+    else rc = nesf_outfile_commit(&f, err);
 out:
-    free(tmp);
     free(header);
     free(order);
     return rc;

@@ -244,6 +244,8 @@ int nesf_sjson_read_lines(const char *text, size_t len, const char *name,
             if (!root) {
                 rc = nesf_fail(err, NESF_ERR_PARSE, "%s:%d: column %d: %s", name, line, je.column,
                                je.text);
+            } else if (json_object_get(root, "error") && !json_object_get(root, "lattice")) {
+                json_decref(root); /* a failed reconstruction's record */
             } else {
                 rc = nesf_sjson_from_json(root, &list[count], err);
                 if (rc) nesf_error_prefix(err, "%s:%d: ", name, line);

@@ -26,7 +26,9 @@ int nesf_sjson_from_json(const json_t *obj, nesf_structure **out, nesf_error *er
 int nesf_sjson_read(const char *text, size_t len, nesf_structure ***out, int *n,
                     nesf_error *err);
 
-/* JSON Lines: one structure object per line, blank lines skipped.  Errors
+/* JSON Lines: one structure object per line, blank lines skipped, and so
+ * are the records of failed reconstructions (an object with "error" and no
+ * "lattice", as nesf decode and nesf eval --out write them).  Errors
  * read "name:LINE: ...".  On success *out holds *n >= 0 structures (a
  * malloc'd array, NULL when *n is 0). */
 int nesf_sjson_read_lines(const char *text, size_t len, const char *name,

@@ -61,6 +61,74 @@ static double det3(const double m[3][3])
 
 double nesf_lattice_volume(const nesf_lattice *l) { return fabs(det3(l->m)); }
 
+static double dot3(const double u[3], const double v[3])
+{
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2];
+}
+
+/* Gram-Schmidt of b: g[i] the orthogonalised vectors, mu the coefficients.
+ * 0 when a vector is (numerically) dependent on the ones before it. */
+static int gram_schmidt(const double b[3][3], double g[3][3], double mu[3][3])
+{
+    for (int i = 0; i < 3; i++) {
+        memcpy(g[i], b[i], sizeof g[i]);
+        for (int j = 0; j < i; j++) {
+            mu[i][j] = dot3(b[i], g[j]) / dot3(g[j], g[j]);
+            for (int k = 0; k < 3; k++) g[i][k] -= mu[i][j] * g[j][k];
+        }
+        double n = dot3(g[i], g[i]);
+        if (!(n > 1e-24 * dot3(b[i], b[i])) || !isfinite(n)) return 0;
+    }
+    return 1;
+}
+
+/* LLL reduction (delta 0.99) of a basis, in place; 0 for a singular or
+ * non-finite one.  Bounded, so that no input can make it loop. */
+static int lll_reduce(double b[3][3])
+{
+    double g[3][3], mu[3][3];
+    int k = 1;
+    for (int step = 0; k < 3; step++) {
+        if (step > 10000 || !gram_schmidt(b, g, mu)) return 0;
+        int j = k - 1;
+        while (j >= 0 && fabs(mu[k][j]) <= 0.5) j--;
+        if (j >= 0) { /* size-reduce b[k] against b[j], then look again */
+            double r = nearbyint(mu[k][j]);
+            for (int c = 0; c < 3; c++) b[k][c] -= r * b[j][c];
+            continue;
+        }
+        if (dot3(g[k], g[k]) >= (0.99 - mu[k][k - 1] * mu[k][k - 1]) * dot3(g[k - 1], g[k - 1])) {
+            k++;
+        } else {
+            double t[3];
+            memcpy(t, b[k], sizeof t);
+            memcpy(b[k], b[k - 1], sizeof t);
+            memcpy(b[k - 1], t, sizeof t);
+            k = k > 1 ? k - 1 : 1;
+        }
+    }
+    return gram_schmidt(b, g, mu);
+}
+
+double nesf_lattice_shortest(const nesf_lattice *l)
+{
+    double b[3][3];
+    memcpy(b, l->m, sizeof b);
+    if (!lll_reduce(b)) return 0;
+    /* in an LLL basis of three vectors the shortest vector has small
+     * coefficients: a search over [-2, 2]^3 finds it */
+    double best = INFINITY;
+    for (int i = -2; i <= 2; i++)
+        for (int j = -2; j <= 2; j++)
+            for (int k = -2; k <= 2; k++) {
+                if (!i && !j && !k) continue;
+                double v[3];
+                for (int c = 0; c < 3; c++) v[c] = i * b[0][c] + j * b[1][c] + k * b[2][c];
+                best = fmin(best, dot3(v, v));
+            }
+    return isfinite(best) ? sqrt(best) : 0;
+}
+
 int nesf_lattice_inverse(const nesf_lattice *l, double inv[3][3], nesf_error *err)
 {
     const double (*m)[3] = l->m;

@@ -36,6 +36,12 @@ typedef struct nesf_structure {
 int nesf_lattice_from_params(const nesf_cellpar *p, nesf_lattice *out, nesf_error *err);
 void nesf_lattice_params(const nesf_lattice *l, nesf_cellpar *out);
 double nesf_lattice_volume(const nesf_lattice *l);
+/* Length of the lattice's shortest nonzero vector (Å), whatever the basis
+ * (LLL, then a small search); 0 for a singular or non-finite lattice.
+ * The invariant measure of a degenerate cell: a flat or needle-like cell
+ * of tiny volume always has a short vector (Minkowski), and every cell
+ * with a short vector puts an atom next to its own image. */
+double nesf_lattice_shortest(const nesf_lattice *l);
 /* Returns NESF_ERR_INVALID for a singular (or nearly) lattice. */
 int nesf_lattice_inverse(const nesf_lattice *l, double inv[3][3], nesf_error *err);
 void nesf_lattice_frac_to_cart(const nesf_lattice *l, const double f[3], double c[3]);
@@ -87,7 +93,10 @@ void nesf_structure_formula(const nesf_structure *s, char *buf, int size);
 
 /* Space group through spglib with tolerance symprec (Å); writes the
  * international symbol (e.g. "Fm-3m") and returns its number (1..230), or
- * 0 when spglib finds none (symbol then "P1"-less: empty string). */
+ * 0 (symbol "") when spglib finds none or the cell is not one spglib may
+ * be shown: invalid (nesf_structure_validate), empty, or with a lattice
+ * vector shorter than max(0.5 Å, 2 symprec) (nesf_lattice_shortest): such
+ * degenerate cells crash it. */
 int nesf_structure_spacegroup(const nesf_structure *s, double symprec, char *symbol, int size);
 
 #endif

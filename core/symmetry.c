@@ -128,6 +128,33 @@ void nesf_structure_formula(const nesf_structure *s, char *buf, int size)
 /* spglib keeps its error state in a global: one caller at a time. */
 static pthread_mutex_t spg_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* spglib dereferences NULL on degenerate cells (a decoded cell 0.009 Å
+ * thick, for any symprec from 0.005 to 0.3 Å): no cell reaches it unless
+ * its shortest lattice vector (nesf_lattice_shortest, basis independent)
+ * is at least both of these: an absolute bound far below any crystal (an
+ * atom is > 1.5 Å from its own image in every real one) and a multiple of
+ * the tolerance, below which an atom is "equal" to its own image. */
+#define SPG_MIN_TRANSLATION 0.5        /* Å */
+#define SPG_TRANSLATION_PER_SYMPREC 2.0
+
+/* NESF_OK when spglib may look at s with tolerance symprec; otherwise
+ * NESF_ERR_INVALID saying why (err may be NULL). */
+static int spg_cell_ok(const nesf_structure *s, double symprec, nesf_error *err)
+{
+    int rc = nesf_structure_validate(s, err);
+    if (rc) return rc;
+    if (s->n <= 0) return nesf_fail(err, NESF_ERR_INVALID, "structure has no sites");
+    if (!(symprec > 0) || !isfinite(symprec))
+        return nesf_fail(err, NESF_ERR_INVALID, "symprec must be positive (got %g)", symprec);
+    double t = nesf_lattice_shortest(&s->lat);
+    double need = fmax(SPG_MIN_TRANSLATION, SPG_TRANSLATION_PER_SYMPREC * symprec);
+    if (!(t >= need))
+        return nesf_fail(err, NESF_ERR_INVALID,
+                         "cell is degenerate for a symmetry search at symprec %g Å: a lattice "
+                         "vector only %.3g Å long (at least %g Å needed)", symprec, t, need);
+    return NESF_OK;
+}
+
 /* spglib wants column vectors and plain arrays. */
 static int spg_input(const nesf_structure *s, double lat[3][3], double (**pos)[3], int **types)
 {
@@ -154,7 +181,7 @@ static int spg_input(const nesf_structure *s, double lat[3][3], double (**pos)[3
 int nesf_structure_spacegroup(const nesf_structure *s, double symprec, char *symbol, int size)
 {
     if (size > 0) symbol[0] = 0;
-    if (s->n <= 0 || !(symprec > 0) || nesf_structure_validate(s, NULL) != NESF_OK) return 0;
+    if (spg_cell_ok(s, symprec, NULL) != NESF_OK) return 0;
     double lat[3][3], (*pos)[3];
     int *types;
     if (spg_input(s, lat, &pos, &types)) return 0;
@@ -182,11 +209,8 @@ int nesf_structure_symmetry(const nesf_structure *s, double symprec, nesf_symmet
                             nesf_error *err)
 {
     *out = NULL;
-    int rc = nesf_structure_validate(s, err);
+    int rc = spg_cell_ok(s, symprec, err);
     if (rc) return rc;
-    if (s->n <= 0) return nesf_fail(err, NESF_ERR_INVALID, "structure has no sites");
-    if (!(symprec > 0) || !isfinite(symprec))
-        return nesf_fail(err, NESF_ERR_INVALID, "symprec must be positive (got %g)", symprec);
     double lat[3][3], (*pos)[3];
     int *types;
     if (spg_input(s, lat, &pos, &types))

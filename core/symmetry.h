@@ -20,7 +20,8 @@ typedef struct nesf_symmetry {
 } nesf_symmetry;
 
 /* Operations of s in its own cell (not a standardised one), found with
- * tolerance symprec (Å).  *out is owned by the caller: nesf_symmetry_free. */
+ * tolerance symprec (Å).  NESF_ERR_INVALID for a structure that
+ * nesf_structure_spacegroup would not show spglib (a degenerate cell...).  *out is owned by the caller: nesf_symmetry_free. */
 int nesf_structure_symmetry(const nesf_structure *s, double symprec, nesf_symmetry **out,
                             nesf_error *err);
 void nesf_symmetry_free(nesf_symmetry *sym);

@@ -54,6 +54,27 @@ jq -e 'length == 3 and .[0].t == 0 and .[1].t == 0.5 and .[2].t == 1 and (.[0].c
 jq -e '.all.structures == 3 and .lattice_repaired >= 0 and .timing.particles_per_structure == 9*7*5' \
     "$tmp/eval.json" > /dev/null || fail "eval model: $(cat "$tmp/eval.json")"
 
+# a structure that fails is a record with an error, and the rest is written
+# (issue 18: "out of memory" and nothing at all); readers skip such records
+(head -n 2 "$d/val.jsonl"; sed -n 3p "$d/val.jsonl" | jq -c '.id = "he-1" | .species = [.species[] | "He"]') \
+    > "$tmp/three.jsonl"
+"$nesf" eval --model "$tmp/m.safetensors" --data "$tmp/three.jsonl" --threads 1 --options "$coarse" \
+    --json --out "$tmp/ev.jsonl" > "$tmp/ev.json"
+jq -e '.failed == 1' "$tmp/ev.json" > /dev/null || fail "eval failed count: $(cat "$tmp/ev.json")"
+[ "$(wc -l < "$tmp/ev.jsonl")" -eq 3 ] || fail "eval --out lines: $(cat "$tmp/ev.jsonl")"
+jq -e -s '.[2].id == "he-1" and .[2].index == 2 and (.[2].error | test("He")) and (.[0].lattice | type) == "object"' \
+    "$tmp/ev.jsonl" > /dev/null || fail "eval --out error record: $(cat "$tmp/ev.jsonl")"
+[ "$("$nesf" convert --from jsonl --to json "$tmp/ev.jsonl" | jq length)" -eq 2 ] || fail "error record read"
+jq -c '{latents: [.latents[0], [range(192) | 1e30]]}' "$tmp/lat.json" > "$tmp/huge.json"
+set +e
+"$nesf" decode --model "$tmp/m.safetensors" --threads 1 --options "$coarse" --format jsonl \
+    "$tmp/huge.json" > "$tmp/huge.jsonl" 2> /dev/null; rc=$?
+set -e
+[ $rc -eq 1 ] && [ "$(wc -l < "$tmp/huge.jsonl")" -eq 2 ] || fail "decode jsonl with a failure: $rc"
+jq -e -s '(.[0].lattice | type) == "object" and .[1].index == 1 and (.[1].error | length) > 0' \
+    "$tmp/huge.jsonl" > /dev/null || fail "decode error record: $(cat "$tmp/huge.jsonl")"
+ls "$tmp" | grep -q '\.tmp\.' && fail "temporary files left: $(ls "$tmp")"
+
 # bad input: clear errors, no crash
 echo '[1, 2, 3]' > "$tmp/short.json"
 set +e

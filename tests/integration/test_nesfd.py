@@ -456,6 +456,30 @@ def test_queue_full_and_deadline(_, ctx):
     assert b.proc.wait(60) == 0
 
 
+def test_degenerate_cell(_, ctx):
+    """A latent that the trained LCS6 model decodes to a cell 0.0086 Å thick
+    (an N(0,1) draw: about 1 in 1000 are like it) killed nesfd in spglib.
+    Now the structure comes back without a space group, and the daemon
+    lives on.  Its own daemon, so that the main one's model list stays."""
+    model = os.path.join(SRC, "models", "lcs6.safetensors")
+    if not os.path.exists(model):
+        print("  (skipped: no models/lcs6.safetensors)")
+        return
+    with open(os.path.join(SRC, "tests", "data", "flat-cell-latent.json")) as f:
+        z = json.load(f)["latents"]
+    b = Daemon("--model", "lcs6=" + model, "--compute-threads", "1")
+    for symprec in (0.1, 0.01, 0.005, 1.0):
+        st, _, body = b.call("POST", "/decode", {"latents": z, "options": FAST, "symprec": symprec},
+                             auth=False)
+        assert st == 200, (symprec, body)
+        s = body["structures"][0]
+        assert s["lattice"]["c"] < 0.01 and s["spacegroup"] is None, s["lattice"]
+    st, _, _ = b.call("GET", "/health", auth=False)
+    assert st == 200 and b.proc.poll() is None
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(60) == 0
+
+
 def test_graceful_shutdown(d, _):
     """SIGTERM while a paper-settings decode runs: it is answered, the port
     closes, and nesfd exits 0."""
@@ -498,7 +522,7 @@ def test_openapi(d, _):
 TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_paper_settings,
          test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
-         test_queue_full_and_deadline, test_openapi, test_graceful_shutdown]
+         test_queue_full_and_deadline, test_degenerate_cell, test_openapi, test_graceful_shutdown]
 
 
 def main():

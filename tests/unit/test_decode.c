@@ -216,6 +216,47 @@ static void test_item_errors(void **state)
     for (int i = 0; i < 3; i++) nesf_structure_free(s[i]);
 }
 
+/* The truth field with structure 1's cell 5.7e36 Å long (what an extreme
+ * latent gives): finite, a cell to nesf_lattice_from_params, no crystal. */
+static int huge_lattice(nesf_field *f, int first, int S, float *len, float *ang, nesf_error *err)
+{
+    int rc = truth_lattice(f, first, S, len, ang, err);
+    for (int s = 0; s < S; s++)
+        if (first + s == 1) len[3 * s] = len[3 * s + 1] = len[3 * s + 2] = 5.7e36f;
+    return rc;
+}
+
+/* An absurd predicted cell is that structure's error, with and without
+ * repair_lattice, and its neighbours decode as before. */
+static void test_absurd_cell(void **state)
+{
+    (void)state;
+    nesf_structure *s[3] = {rocksalt(5.64), single(), rocksalt(5.5)};
+    const float lo[3] = {0, 0, 0}, hi[3] = {5.64f, 5.64f, 5.64f};
+    nesf_field f;
+    nesf_error err, ierr[3];
+    assert_int_equal(nesf_field_truth(be, s, 3, species_z, 3, lo, hi, &f, &err), 0);
+    truth_lattice = f.lattice;
+    f.lattice = huge_lattice;
+    for (int repair = 0; repair < 2; repair++) {
+        nesf_decode_opts o;
+        nesf_decode_opts_default(&o);
+        o.repair_lattice = repair;
+        nesf_structure *out[3];
+        assert_int_equal(nesf_decode_field(&f, &o, out, ierr, NULL, &err), 0);
+        assert_null(out[1]);
+        assert_int_equal(ierr[1].code, NESF_ERR_INVALID);
+        assert_non_null(strstr(ierr[1].msg, "no crystal"));
+        assert_non_null(strstr(ierr[1].msg, "at most"));
+        assert_same(s[0], out[0], 1e-4);
+        assert_same(s[2], out[2], 1e-4);
+        nesf_structure_free(out[0]);
+        nesf_structure_free(out[2]);
+    }
+    nesf_field_release(&f);
+    for (int i = 0; i < 3; i++) nesf_structure_free(s[i]);
+}
+
 /* LCS6 val, paper settings, training bounding box: every structure comes
  * back (all 286; every 8th under the sanitizers, which are ~10x slower). */
 static void test_truth_lcs6_val(void **state)
@@ -393,6 +434,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_truth_small),
         cmocka_unit_test(test_item_errors),
+        cmocka_unit_test(test_absurd_cell),
         cmocka_unit_test(test_truth_lcs6_val),
         cmocka_unit_test(test_model_decode),
         cmocka_unit_test(test_repair),

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cif.h"
+#include "fileio.h"
 #include "commands.h"
 #include "sio.h"
 #include "sjson.h"
@@ -27,25 +28,12 @@ static void usage(FILE *f)
             "  -o OUT          write OUT atomically instead of standard output\n");
 }
 
-/* Writes text to path via a temp file and rename, or to stdout. */
+/* Writes text to path (nesf_write_file) or, without one, to stdout. */
 static int emit(const char *path, const char *text)
 {
-    size_t n = strlen(text);
-    if (!path) {
-        if (fwrite(text, 1, n, stdout) != n || fflush(stdout)) {
-            fprintf(stderr, "nesf convert: writing standard output: %s\n", strerror(errno));
-            return 1;
-        }
-        return 0;
-    }
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    int ok = f && fwrite(text, 1, n, f) == n;
-    if (f && fclose(f)) ok = 0;
-    if (!ok || rename(tmp, path)) {
-        fprintf(stderr, "nesf convert: writing %s: %s\n", path, strerror(errno));
-        unlink(tmp);
+    nesf_error err;
+    if (nesf_write_file(path ? path : "-", text, strlen(text), &err)) {
+        fprintf(stderr, "nesf convert: %s\n", err.msg);
         return 1;
     }
     return 0;

@@ -92,7 +92,7 @@ int nesf_cmd_decode(int argc, char **argv)
         } else {
             snprintf(s[i]->id, sizeof s[i]->id, "decoded-%d", i);
         }
-    char *res = cli_format_structures(s, n, fmt);
+    char *res = cli_format_structures(s, n, fmt, NULL, ierr);
     if (!res || nesf_write_file(out, res, strlen(res), &err)) {
         fprintf(stderr, "nesf decode: %s\n", res ? err.msg : "out of memory");
         free(res);

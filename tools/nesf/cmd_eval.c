@@ -311,7 +311,11 @@ int nesf_cmd_eval(int argc, char **argv)
     long G = n ? total.particles / n : 0;
 
     if (a.out) {
-        char *text = cli_format_structures(rec, n, "jsonl");
+        /* line i is structure i: a failure is a record with its error */
+        const char **ids = malloc((size_t)(n ? n : 1) * sizeof *ids);
+        for (int i = 0; ids && i < n; i++) ids[i] = d.s[i]->id;
+        char *text = ids ? cli_format_structures(rec, n, "jsonl", ids, ierr) : NULL;
+        free(ids);
         if (!text || nesf_write_file(a.out, text, strlen(text), &err)) {
             fprintf(stderr, "nesf eval: %s\n", text ? err.msg : "out of memory");
             free(text);

@@ -178,25 +178,47 @@ static int append(char **all, size_t *len, const char *t)
     return 0;
 }
 
-/* One structure as text in fmt ("cif" or "jsonl"); NULL entries give "null". */
-static char *one_text(const nesf_structure *s, int cif)
+/* The record of structure i that has none: {"id"?, "index", "error"}. */
+static json_t *error_record(int i, const char *id, const nesf_error *ierr)
 {
-    if (cif) return s ? nesf_cif_write(s) : NULL;
-    json_t *j = s ? nesf_sjson_to_json(s, NESF_SJSON_DATASET, 0) : json_null();
+    const char *why = ierr && ierr[i].msg[0] ? ierr[i].msg : "not reconstructed";
+    json_t *o = json_pack("{s:i,s:s}", "index", i, "error", why);
+    if (o && id && id[0]) json_object_set_new(o, "id", json_string(id));
+    return o;
+}
+
+/* One structure as one text record: CIF (a comment for a failure) or a
+ * JSON line in the dataset format (an error record for a failure). */
+static char *one_text(nesf_structure *const *s, int i, int cif, const char *const *ids,
+                      const nesf_error *ierr)
+{
+    const char *id = ids ? ids[i] : NULL;
+    if (cif && s[i]) return nesf_cif_write(s[i]);
+    if (cif) {
+        char *t = NULL;
+        const char *why = ierr && ierr[i].msg[0] ? ierr[i].msg : "not reconstructed";
+        if (asprintf(&t, "# structure %d%s%s: %s\n", i, id && id[0] ? " " : "", id ? id : "",
+                     why) < 0)
+            return NULL;
+        for (char *c = t + 1; *c && c[1]; c++) /* one comment line, whatever the message */
+            if (*c == '\n' || *c == '\r') *c = ' ';
+        return t;
+    }
+    json_t *j = s[i] ? nesf_sjson_to_json(s[i], NESF_SJSON_DATASET, 0) : error_record(i, id, ierr);
     char *t = j ? nesf_sjson_dumps(j) : NULL;
     json_decref(j);
     return t;
 }
 
-char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt)
+char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt,
+                            const char *const *ids, const nesf_error *ierr)
 {
     int cif = !strcmp(fmt, "cif");
     if (cif || !strcmp(fmt, "jsonl")) {
         size_t len = 0;
         char *all = calloc(1, 1);
         for (int i = 0; i < n && all; i++) {
-            if (cif && !s[i]) continue;
-            char *t = one_text(s[i], cif);
+            char *t = one_text(s, i, cif, ids, ierr);
             if (!t || append(&all, &len, t)) {
                 free(all);
                 all = NULL;
@@ -208,7 +230,8 @@ char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt)
     if (strcmp(fmt, "json")) return NULL;
     json_t *arr = json_array();
     for (int i = 0; i < n && arr; i++) {
-        json_t *j = s[i] ? nesf_sjson_to_json(s[i], NESF_SJSON_FULL, CLI_SYMPREC) : json_null();
+        json_t *j = s[i] ? nesf_sjson_to_json(s[i], NESF_SJSON_FULL, CLI_SYMPREC)
+                         : error_record(i, ids ? ids[i] : NULL, ierr);
         if (!j || json_array_append_new(arr, j)) {
             json_decref(arr);
             arr = NULL;

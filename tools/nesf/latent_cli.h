@@ -43,10 +43,13 @@ int cli_decode_options(const char *cmd, const char *flag, const char *arg, nesf_
 
 /* Structures as one text: "cif" (data blocks one after another), "json"
  * (an array of full structure objects: formula, space group) or "jsonl"
- * (the dataset line format).  NULL entries (failed decodes) become JSON
- * null and are skipped in CIF.  malloc'd, NULL when out of memory or fmt
- * unknown. */
-char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt);
+ * (the dataset line format).  A NULL entry (a failed decode) still gets
+ * its record, so that record i is structure i: {"index", "id"?, "error"}
+ * in JSON, a "# structure i: error" comment in CIF; ids[i] (ids may be
+ * NULL) names it and ierr[i] (ierr may be NULL) says why.  malloc'd, NULL
+ * when out of memory or fmt unknown. */
+char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt,
+                            const char *const *ids, const nesf_error *ierr);
 
 /* The symprec used for the space groups reported by the tools. */
 #define CLI_SYMPREC 0.1
