@@ -178,7 +178,13 @@ def dockerfile_stages():
     froms = [a for k, a in ins if k == "FROM"]
     need(len(froms) >= 2, "not multi-stage")
     args = {m.group(1): m.group(2) for k, a in ins if k == "ARG" for m in [re.match(r"(\w+)=(\S+)", a)] if m}
-    sub = lambda s: re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), s)  # noqa: E731
+
+    def sub(s):  # ARG defaults may refer to earlier ARGs
+        for _ in range(4):
+            s = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), s)
+        return s
+    need(froms[0].startswith("${BUILD_IMAGE}") and froms[-1].startswith("${RUNTIME_IMAGE}"),
+         "the base images are not build arguments (tests/deploy/image.sh builds on a Debian base)")
     need(re.match(r"nvidia/cuda:[\w.-]+-devel-", sub(froms[0])), "build stage is not a CUDA devel image: %s" % froms[0])
     need(re.match(r"nvidia/cuda:[\w.-]+-runtime-", sub(froms[-1])), "final stage is not a CUDA runtime image: %s" % froms[-1])
     build_alias = froms[0].split()[-1]
