@@ -26,7 +26,7 @@ MIRROR=${NESF_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_TAR=$CACHE/debian12-minbase.tar
 BASE_IMAGE=localhost/nesf-debian12:latest
 IMAGE=localhost/nesfd-cpu:image-test
-RUNTIME_LIBS="libopenblas0-pthread libjansson4 libmicrohttpd12 libuuid1 libsymspg2"
+RUNTIME_LIBS="libopenblas0-pthread libjansson4 libmicrohttpd12 libuuid1 libsymspg1"
 T0=$(date +%s)
 
 step() { echo "image.sh: [$(( $(date +%s) - T0 )) s] $*" >&2; }
