@@ -37,6 +37,7 @@ typedef struct oip_state {
     double symprec;
 } oip_state;
 
+/* The request state's free_fn: the ticket keeps its own reference. */
 static void state_free(void *p)
 {
     oip_state *st = p;
@@ -46,6 +47,7 @@ static void state_free(void *p)
     free(st);
 }
 
+/* The same condition as /ready: models loaded and not draining. */
 static int ready_now(nesfd_app *app)
 {
     return !atomic_load(&app->draining) && nesfd_engine_ready(app->engine);
@@ -53,6 +55,7 @@ static int ready_now(nesfd_app *app)
 
 /* ---- server-wide routes ---- */
 
+/* No protocol extensions are implemented, so none are announced. */
 void nesfd_oip_server(nesfd_req *r, void *ctx)
 {
     (void)ctx;
@@ -60,6 +63,7 @@ void nesfd_oip_server(nesfd_req *r, void *ctx)
                                        "extensions"));
 }
 
+/* Answering at all is the liveness signal: no state is consulted. */
 void nesfd_oip_live(nesfd_req *r, void *ctx)
 {
     (void)ctx;
@@ -76,6 +80,7 @@ void nesfd_oip_ready(nesfd_req *r, void *ctx)
 
 /* ---- model metadata and readiness ---- */
 
+/* A $metadata_tensor with a variable batch dimension (-1). */
 static json_t *tensor_meta(const char *name, const char *datatype, int dim2)
 {
     json_t *shape = dim2 ? json_pack("[ii]", -1, dim2) : json_pack("[i]", -1);
@@ -167,6 +172,7 @@ static int parse_tensor(nesfd_req *r, json_t *in, long long shape[2], int *ndim,
     return 0;
 }
 
+/* Each input has one datatype: nothing is converted silently. */
 static int check_datatype(nesfd_req *r, json_t *in, const char *want)
 {
     const char *dt = json_string_value(json_object_get(in, "datatype"));
@@ -315,6 +321,7 @@ bad:
 
 /* ---- infer: submission and answer ---- */
 
+/* Batcher thread: only wakes the request; the answer is built on resume. */
 static void on_ticket_done(void *arg, int state)
 {
     (void)state; /* read back from the ticket on resume */
@@ -322,6 +329,8 @@ static void on_ticket_done(void *arg, int state)
     nesfd_req_resume(st->req);
 }
 
+/* Hands the job (taken over) to the model's batcher and suspends the
+ * request; a refused submission resumes it at once to answer. */
 static void submit(oip_state *st, nesfd_job *job)
 {
     st->ticket = nesfd_job_ticket(job, st->deadline, on_ticket_done, st);
@@ -334,6 +343,7 @@ static void submit(oip_state *st, nesfd_job *job)
     if (st->submit_rc != NESFD_SUBMIT_OK) nesfd_req_resume(st->req);
 }
 
+/* The deadline counts from the request's arrival, as for the native routes. */
 static oip_state *new_state(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
 {
     oip_state *st = calloc(1, sizeof *st);
@@ -350,6 +360,7 @@ static oip_state *new_state(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
     return st;
 }
 
+/* The $inference_request object, with no key the protocol lacks. */
 static json_t *parse_body(nesfd_req *r)
 {
     size_t len;
@@ -379,6 +390,8 @@ static json_t *parse_body(nesfd_req *r)
     return root;
 }
 
+/* First run of an infer request: everything is checked before any work
+ * is queued, so a bad request costs the batcher nothing. */
 static void infer_start(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
 {
     json_t *root = parse_body(r);
@@ -439,6 +452,7 @@ static int answer_failure(oip_state *st)
     return 1;
 }
 
+/* A $response_output; takes the references to shape and data. */
 static json_t *tensor(const char *name, const char *datatype, json_t *shape, json_t *data)
 {
     return json_pack("{s:s, s:s, s:o, s:o}", "name", name, "datatype", datatype, "shape", shape, "data", data);
@@ -492,6 +506,7 @@ static int add_encode_output(const oip_state *st, const nesfd_job *job, json_t *
     return 0;
 }
 
+/* Second run, after the ticket ended: the $inference_response. */
 static void infer_resume(nesfd_req *r)
 {
     oip_state *st = nesfd_req_state(r);
@@ -511,6 +526,8 @@ static void infer_resume(nesfd_req *r)
 
 /* ---- /v2/models/{name}[/ready|/infer] ---- */
 
+/* One prefix route for the per-model paths, since a model name is a path
+ * segment; the method is checked here per path. */
 void nesfd_oip_models(nesfd_req *r, void *ctx)
 {
     nesfd_app *app = ctx;
