@@ -18,6 +18,7 @@ test_nesfd.py's daemon wrapper and the MKMODEL fixture (known structures)."""
 import concurrent.futures
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -261,6 +262,35 @@ def test_batching_with_native(d, _):
     assert d.metric("nesfd_requests_total", route="/v2/models/", status="200") > 0
 
 
+def test_queue_full_deadline_draining(_, ctx):
+    """A second daemon (one item per call, queue of 4, 1.5 s deadline): a
+    full queue and a missed deadline in the protocol's shape; SIGTERM with an
+    infer request in flight still answers it (in the protocol's shape) and
+    exits 0."""
+    b = Daemon("--model", "fx=" + ctx["fx"], "--compute-threads", "1", "--max-batch", "1",
+               "--max-delay-us", "0", "--queue-limit", "4", "--request-timeout", "1.5")
+    slow = {"inputs": [latent_input(latents(4, 1))], "parameters": {"mode": "paper"}}  # seconds per latent
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
+        t0 = time.time()
+        first = ex.submit(b.call, "POST", "/v2/models/fx/infer", slow, None, False)
+        while b.metric("nesfd_queue_depth", model="fx") < 3 and time.time() - t0 < 10:
+            time.sleep(0.02)
+        st, h, body = b.call("POST", "/v2/models/fx/infer", {"inputs": [latent_input(latents(2, 2))]}, auth=False)
+        assert "queued" in expect_oip_error((st, h, body), 503) and h["retry-after"] == "1", (body, h)
+        assert "deadline" in expect_oip_error(first.result(), 504)
+        assert b.metric("nesfd_rejected_total", model="fx") == 1
+        # draining: SIGTERM with a slow request in flight
+        busy = ex.submit(b.call, "POST", "/v2/models/fx/infer", dict(slow, inputs=[latent_input(latents(1, 3))]),
+                         None, False)
+        while b.metric("nesfd_in_flight_requests") < 2 and time.time() - t0 < 20:
+            time.sleep(0.02)
+        b.proc.send_signal(signal.SIGTERM)
+        st, _, body = busy.result()
+        valid("inference_response" if st == 200 else "error", body)
+        assert st in (200, 504), (st, body)
+    assert b.proc.wait(60) == 0
+
+
 def test_documented(d, _):
     """api/openapi.yaml and docs/nesfd.md document every /v2 route."""
     with open(os.path.join(base.SRC, "api", "openapi.yaml")) as f:
@@ -274,7 +304,8 @@ def test_documented(d, _):
 
 
 TESTS = [test_server_routes, test_model_routes, test_infer_decode, test_infer_decode_failure_in_place,
-         test_infer_encode, test_infer_errors, test_batching_with_native, test_documented]
+         test_infer_encode, test_infer_errors, test_batching_with_native, test_queue_full_deadline_draining,
+         test_documented]
 
 
 def main():
@@ -285,7 +316,7 @@ def main():
     subprocess.run([base.MKMODEL, rnd, meta, "8", "--random"], check=True)
     with open(os.path.join(tmp, "token"), "w") as f:
         f.write(TOKEN + "\n")
-    ctx, failed = {}, 0
+    ctx, failed = {"fx": fx}, 0
     try:
         d = Daemon("--model", "fx=" + fx, "--model", "rnd=" + rnd, "--compute-threads", "1",
                    "--http-threads", "4", "--max-batch", "16", "--max-delay-us", "50000",

@@ -1,8 +1,8 @@
-#!/usr/bin/env python3
 """nesf-client: command-line client for the nesfd HTTP/JSON API.
 
-One file, Python 3.8+ standard library only: copy it anywhere (Linux, macOS,
-Windows) and run it; nothing to build or pip-install.
+Python 3.8+ standard library only; the command of the nesf_client package
+(pip install --no-build-isolation ./clients/python, or clients/cli/nesf-client
+from the source tree).
 
 Structures are read from CIF (.cif), structure JSON (.json: one structure, a
 list of them, or an API answer with "structures"/"frames") or JSON Lines
