@@ -255,7 +255,8 @@ fail:
     return NULL;
 }
 
-/* "parameters": "symprec" and decoding options (/decode's "options"). */
+/* "parameters": "symprec" and decoding options (/decode's "options");
+ * binary_data_output may be false (Triton's clients send it). */
 static int parse_parameters(oip_state *st, json_t *params, nesf_decode_opts *opts)
 {
     nesfd_req *r = st->req;
@@ -264,7 +265,14 @@ static int parse_parameters(oip_state *st, json_t *params, nesf_decode_opts *opt
         nesfd_reply_error(r, 400, "invalid_request", "'parameters' must be an object");
         return -1;
     }
+    json_t *bin = json_object_get(params, "binary_data_output"); /* Triton clients send it */
+    if (json_is_true(bin)) {
+        nesfd_reply_error(r, 400, "invalid_request", "parameters.binary_data_output: the binary tensor "
+                          "extension is not supported");
+        return -1;
+    }
     json_t *decode = json_deep_copy(params), *sp = json_object_get(params, "symprec");
+    if (decode) json_object_del(decode, "binary_data_output");
     if (sp) {
         if (!json_is_number(sp) || !(json_number_value(sp) > 0) || json_number_value(sp) > 1) {
             json_decref(decode);

@@ -167,7 +167,8 @@ def test_infer_decode(d, ctx):
     assert set(outs2) == {"structure", "lattice", "decoded"} and outs2["lattice"] == outs["lattice"]
     assert ans2["id"] and ans2["id"] != "42"
     # a subset of the outputs
-    outs3, _ = infer(d, {"inputs": [latent_input(z[:1])], "parameters": FAST, "outputs": [{"name": "lattice"}]})
+    outs3, _ = infer(d, {"inputs": [latent_input(z[:1])], "parameters": dict(FAST, binary_data_output=False),
+                         "outputs": [{"name": "lattice", "parameters": {"binary_data": False}}]})
     assert list(outs3) == ["lattice"] and outs3["lattice"]["data"] == outs["lattice"]["data"][:6]
 
 
@@ -231,6 +232,7 @@ def test_infer_errors(d, _):
     bad({"inputs": [good], "outputs": [{"name": "lattice", "parameters": {"binary_data": True}}]}, "binary")
     bad({"inputs": [good], "parameters": {"no_such_option": 1}}, "no_such_option")
     bad({"inputs": [good], "parameters": {"symprec": 5}}, "symprec")
+    bad({"inputs": [good], "parameters": {"binary_data_output": True}}, "binary")
     bad({"inputs": [good], "parameters": {"iterations": -3}}, "iterations")
     s = {"name": "structure", "shape": [1], "datatype": "BYTES"}
     bad({"inputs": [dict(s, data=["garbage"])]}, "inputs[0].data[0]")
