@@ -39,6 +39,7 @@ command -v buildah >/dev/null || skip "buildah not installed (apt-get install bu
 command -v debootstrap >/dev/null || skip "debootstrap not installed (apt-get install debootstrap)"
 command -v curl >/dev/null || skip "curl not installed"
 [ "${NESF_IMAGE_TEST:-1}" != 0 ] || skip "NESF_IMAGE_TEST=0"
+buildah info >/dev/null 2>&1 || skip "buildah cannot run here (buildah info fails)"
 [ -s "$BASE_TAR" ] || curl -fsI --max-time 20 "$MIRROR/dists/bookworm/Release" >/dev/null \
   || skip "the Debian mirror $MIRROR cannot be reached (set NESF_DEBIAN_MIRROR)"
 
