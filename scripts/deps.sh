@@ -6,7 +6,8 @@ set -euo pipefail
 build_pkgs=(build-essential meson ninja-build pkg-config libopenblas-dev libjansson-dev
             libmicrohttpd-dev uuid-dev libcmocka-dev libsymspg-dev curl)
 test_pkgs=(python3-numpy python3-pymatgen python3-ase clang libclang-rt-14-dev jq librsvg2-bin python3-pil
-           chromium nginx docker-compose python3-yaml systemd)
+           chromium nginx docker-compose python3-yaml python3-jsonschema systemd
+           buildah debootstrap)
 pkgs=("${build_pkgs[@]}")
 [ "${1:-build}" = test ] && pkgs+=("${test_pkgs[@]}")
 missing=()

@@ -8,6 +8,7 @@
 #include "cif.h"
 #include "elements.h"
 #include "interp.h"
+#include "oip.h"
 #include "sio.h"
 #include "sjson.h"
 #include "static.h"
@@ -789,8 +790,30 @@ const nesfd_route *nesfd_routes(const nesfd_config *cfg, int *n)
         {"/ready", "GET", h_ready, 0, 0},
         {"/models", "GET", h_models, 0, 0},
         {"/metrics", "GET", h_metrics, 0, 0},
+        /* the Open Inference Protocol (oip.c) */
+        {"/v2", "GET", nesfd_oip_server, 0, 0},
+        {"/v2/health/live", "GET", nesfd_oip_live, 1, 0},
+        {"/v2/health/ready", "GET", nesfd_oip_ready, 1, 0},
+        {"/v2/models/", "GET,POST", nesfd_oip_models, 0, 1},
         {"/", "GET", h_static, 1, 1}, /* last: only with a web root */
     };
     *n = (int)(sizeof routes / sizeof routes[0]) - (cfg->web_root[0] ? 0 : 1);
     return routes;
 }
+
+/* ---- shared with the Open Inference Protocol routes (oip.c) ---- */
+
+nesf_structure *nesfd_parse_structure(nesfd_req *r, nesfd_model_entry *me, json_t *v,
+                                      const char *where)
+{
+    return parse_structure(r, me, v, where);
+}
+
+int nesfd_parse_count(nesfd_req *r, size_t n, const char *what, const nesfd_config *cfg)
+{
+    return parse_count(r, n, what, cfg);
+}
+
+int nesfd_error_status(int code) { return http_status_of(code); }
+
+json_t *nesfd_item_error_json(const nesf_error *e) { return item_error_json(e); }

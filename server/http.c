@@ -66,6 +66,7 @@ struct nesfd_req {
 
 const char *nesfd_req_id(const nesfd_req *r) { return r->id; }
 const char *nesfd_req_path(const nesfd_req *r) { return r->path; }
+const char *nesfd_req_method(const nesfd_req *r) { return r->method; }
 long long nesfd_req_start_ns(const nesfd_req *r) { return r->start; }
 void *nesfd_req_state(nesfd_req *r) { return r->state; }
 void nesfd_req_set_batch(nesfd_req *r, int batch) { if (batch > r->batch) r->batch = batch; }
@@ -160,8 +161,10 @@ void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *f
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     snprintf(r->err_code, sizeof r->err_code, "%s", code);
-    json_t *j = json_pack("{s:{s:s, s:s, s:s}}", "error", "code", code, "message", msg,
-                          "request_id", r->id);
+    int oip = !strncmp(r->path, "/v2", 3) && (r->path[3] == '/' || !r->path[3]);
+    json_t *j = oip ? json_pack("{s:s}", "error", msg)
+                    : json_pack("{s:{s:s, s:s, s:s}}", "error", "code", code, "message", msg,
+                                "request_id", r->id);
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!s) { /* last resort, still the documented shape */
@@ -208,10 +211,17 @@ static int token_ok(const nesfd_http *h, const char *auth)
     return diff == 0;
 }
 
+/* rt->method is one method or a comma-separated list of them. */
 static int method_allowed(const nesfd_route *rt, const char *method)
 {
-    if (!strcmp(rt->method, method)) return 1;
-    return !strcmp(rt->method, "GET") && !strcmp(method, "HEAD");
+    for (const char *m = rt->method; *m;) {
+        size_t n = strcspn(m, ",");
+        if ((strlen(method) == n && !strncmp(m, method, n)) ||
+            (n == 3 && !strncmp(m, "GET", 3) && !strcmp(method, "HEAD")))
+            return 1;
+        m += n + (m[n] == ',');
+    }
+    return 0;
 }
 
 /* Answers what can be answered from the headers alone; returns 1 if it did. */
@@ -233,9 +243,9 @@ static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
         nesfd_reply_error(r, 404, "not_found", "no route %s", r->path);
         return 1;
     }
-    char allow[32];
+    char allow[48];
     snprintf(allow, sizeof allow, "%s%s, OPTIONS", r->route->method,
-             strcmp(r->route->method, "GET") ? "" : ", HEAD");
+             method_allowed(r->route, "HEAD") ? ", HEAD" : "");
     if (!strcmp(method, "OPTIONS")) { /* CORS preflight; browsers send no token with it */
         nesfd_req_add_header(r, "Allow", allow);
         if (r->origin) {

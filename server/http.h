@@ -8,7 +8,9 @@
  * thread: another thread (the batcher) calls nesfd_req_resume when the
  * work is done and the handler runs again, on a pool thread, to reply.
  *
- * Errors are JSON {"error": {"code", "message", "request_id"}}; every
+ * Errors are JSON {"error": {"code", "message", "request_id"}}, except under
+ * /v2, the Open Inference Protocol's namespace (oip.h), where they are its
+ * {"error": "message"}; every
  * response carries X-Request-Id (the caller's when it sent a sane one). */
 #ifndef NESFD_HTTP_H
 #define NESFD_HTTP_H
@@ -27,7 +29,7 @@ typedef void (*nesfd_handler_fn)(nesfd_req *r, void *ctx);
 
 typedef struct nesfd_route {
     const char *path;      /* exact match, e.g. "/decode" */
-    const char *method;    /* "GET" (HEAD allowed too) or "POST" */
+    const char *method;    /* "GET" (HEAD allowed too), "POST", or both as "GET,POST" */
     nesfd_handler_fn fn;
     int public;            /* no bearer token needed (/health) */
     int prefix;            /* also matches paths under it, when nothing matches exactly */
@@ -50,6 +52,8 @@ void nesfd_http_stop(nesfd_http *h);
 /* ---- inside a handler ---- */
 const char *nesfd_req_id(const nesfd_req *r);
 const char *nesfd_req_body(const nesfd_req *r, size_t *len);
+/* "GET", "POST", ... */
+const char *nesfd_req_method(const nesfd_req *r);
 /* The request path, without the query string. */
 const char *nesfd_req_path(const nesfd_req *r);
 /* Query-string argument or request header (case-insensitive), or NULL. */

@@ -178,7 +178,13 @@ def dockerfile_stages():
     froms = [a for k, a in ins if k == "FROM"]
     need(len(froms) >= 2, "not multi-stage")
     args = {m.group(1): m.group(2) for k, a in ins if k == "ARG" for m in [re.match(r"(\w+)=(\S+)", a)] if m}
-    sub = lambda s: re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), s)  # noqa: E731
+
+    def sub(s):  # ARG defaults may refer to earlier ARGs
+        for _ in range(4):
+            s = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), s)
+        return s
+    need(froms[0].startswith("${BUILD_IMAGE}") and froms[-1].startswith("${RUNTIME_IMAGE}"),
+         "the base images are not build arguments (tests/deploy/image.sh builds on a Debian base)")
     need(re.match(r"nvidia/cuda:[\w.-]+-devel-", sub(froms[0])), "build stage is not a CUDA devel image: %s" % froms[0])
     need(re.match(r"nvidia/cuda:[\w.-]+-runtime-", sub(froms[-1])), "final stage is not a CUDA runtime image: %s" % froms[-1])
     build_alias = froms[0].split()[-1]
@@ -313,7 +319,171 @@ def nginx_balances_two_replicas():
             proc.wait(10)
 
 
+# ---------------------------------------------------------------- Kubernetes
+
+K8S = os.path.join(DEPLOY, "k8s")
+
+
+def k8s_docs():
+    """Every object of deploy/k8s as `kubectl kustomize` renders it (offline)."""
+    kubectl = tool("kubectl")
+    r = subprocess.run([kubectl, "kustomize", K8S], capture_output=True, text=True, timeout=60)
+    need(r.returncode == 0, "kubectl kustomize deploy/k8s: %s" % r.stderr.strip())
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def obj(props, required=(), extra=False):
+    return {"type": "object", "properties": props, "required": list(required), "additionalProperties": extra}
+
+
+# A subset of the Kubernetes API (v1.29 reference) covering every field
+# deploy/k8s uses; additionalProperties false catches misspelt and misplaced
+# keys, which `kubectl apply` would reject or, worse, silently drop.
+STR, INT, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+QTY = {"type": ["string", "integer"]}
+MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+META = obj({"name": STR, "labels": MAP, "annotations": MAP, "namespace": STR}, ["name"])
+PROBE = obj({"httpGet": obj({"path": STR, "port": QTY, "scheme": STR}, ["port"]), "periodSeconds": INT,
+             "timeoutSeconds": INT, "failureThreshold": INT, "initialDelaySeconds": INT, "successThreshold": INT})
+CONTAINER = obj({
+    "name": STR, "image": STR, "imagePullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+    "args": {"type": "array", "items": STR},
+    "env": {"type": "array", "items": obj({"name": STR, "value": STR, "valueFrom": obj({"secretKeyRef": obj(
+        {"name": STR, "key": STR, "optional": BOOL}, ["key"])})}, ["name"])},
+    "ports": {"type": "array", "items": obj({"name": STR, "containerPort": INT, "protocol": {"enum": ["TCP", "UDP"]}},
+                                            ["containerPort"])},
+    "resources": obj({"requests": {"type": "object", "additionalProperties": QTY},
+                      "limits": {"type": "object", "additionalProperties": QTY}}),
+    "startupProbe": PROBE, "readinessProbe": PROBE, "livenessProbe": PROBE,
+    "lifecycle": obj({"preStop": obj({"exec": obj({"command": {"type": "array", "items": STR}})})}),
+    "volumeMounts": {"type": "array", "items": obj({"name": STR, "mountPath": STR, "readOnly": BOOL},
+                                                   ["name", "mountPath"])},
+}, ["name", "image"])
+POD = obj({
+    "terminationGracePeriodSeconds": INT,
+    "securityContext": obj({"runAsNonRoot": BOOL, "runAsUser": INT, "runAsGroup": INT, "fsGroup": INT}),
+    "tolerations": {"type": "array", "items": obj({"key": STR, "operator": {"enum": ["Exists", "Equal"]},
+                                                   "value": STR, "effect": STR})},
+    "containers": {"type": "array", "items": CONTAINER, "minItems": 1},
+    "volumes": {"type": "array", "items": obj({"name": STR, "persistentVolumeClaim": obj(
+        {"claimName": STR, "readOnly": BOOL}, ["claimName"])}, ["name"])},
+}, ["containers"])
+SELECTOR = obj({"matchLabels": MAP}, ["matchLabels"])
+K8S_SCHEMAS = {
+    "Deployment": obj({"apiVersion": {"const": "apps/v1"}, "kind": STR, "metadata": META, "spec": obj({
+        "replicas": INT, "selector": SELECTOR,
+        "strategy": obj({"type": {"enum": ["RollingUpdate", "Recreate"]},
+                         "rollingUpdate": obj({"maxUnavailable": QTY, "maxSurge": QTY})}),
+        "template": obj({"metadata": obj({"labels": MAP, "annotations": MAP}), "spec": POD}, ["spec"]),
+    }, ["selector", "template"])}, ["apiVersion", "kind", "metadata", "spec"]),
+    "Service": obj({"apiVersion": {"const": "v1"}, "kind": STR, "metadata": META, "spec": obj({
+        "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "selector": MAP,
+        "ports": {"type": "array", "items": obj({"name": STR, "port": INT, "targetPort": QTY,
+                                                  "protocol": {"enum": ["TCP", "UDP"]}}, ["port"])},
+    })}, ["apiVersion", "kind", "metadata", "spec"]),
+    "HorizontalPodAutoscaler": obj({"apiVersion": {"const": "autoscaling/v2"}, "kind": STR, "metadata": META,
+                                    "spec": obj({
+        "scaleTargetRef": obj({"apiVersion": STR, "kind": STR, "name": STR}, ["kind", "name"]),
+        "minReplicas": INT, "maxReplicas": INT,
+        "metrics": {"type": "array", "items": obj({"type": {"enum": ["Pods", "Resource", "Object", "External"]},
+                                                    "pods": obj({"metric": obj({"name": STR}, ["name"]),
+                                                                 "target": obj({"type": {"const": "AverageValue"},
+                                                                                "averageValue": QTY}, ["type"])},
+                                                                ["metric", "target"])}, ["type"])},
+        "behavior": obj({d: obj({"stabilizationWindowSeconds": INT, "policies": {"type": "array", "items": obj(
+            {"type": {"enum": ["Pods", "Percent"]}, "value": INT, "periodSeconds": INT},
+            ["type", "value", "periodSeconds"])}}) for d in ("scaleUp", "scaleDown")}),
+    }, ["scaleTargetRef", "maxReplicas"])}, ["apiVersion", "kind", "metadata", "spec"]),
+    "PersistentVolumeClaim": obj({"apiVersion": {"const": "v1"}, "kind": STR, "metadata": META, "spec": obj({
+        "accessModes": {"type": "array", "items": {"enum": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany",
+                                                            "ReadWriteOncePod"]}},
+        "resources": obj({"requests": obj({"storage": QTY}, ["storage"])}), "storageClassName": STR,
+    })}, ["apiVersion", "kind", "metadata", "spec"]),
+    "ConfigMap": obj({"apiVersion": {"const": "v1"}, "kind": STR, "metadata": META, "data": MAP},
+                     ["apiVersion", "kind", "metadata"]),
+}
+
+
+@check
+def k8s_schema():
+    import jsonschema
+    docs = k8s_docs()
+    kinds = sorted(k for k, _ in docs)
+    need(kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PersistentVolumeClaim", "Service"], kinds)
+    for (kind, name), d in docs.items():
+        try:
+            jsonschema.validate(d, K8S_SCHEMAS[kind])
+        except jsonschema.ValidationError as e:
+            raise AssertionError("%s/%s: %s at %s" % (kind, name, e.message, "/".join(map(str, e.absolute_path))))
+
+
+k8s_ctx = {}
+
+
+@check
+def k8s_wiring():
+    """Selectors, ports, probes, GPU, volume and the HPA's target and metric
+    fit together and fit nesfd (flags accepted, grace above its own)."""
+    docs = k8s_docs()
+    dep, svc, hpa = docs[("Deployment", "nesfd")], docs[("Service", "nesfd")], docs[("HorizontalPodAutoscaler", "nesfd")]
+    pod = dep["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    need(all(labels.get(k) == v for k, v in dep["spec"]["selector"]["matchLabels"].items()), "selector misses the pods")
+    need(all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()), "the Service selects no pod")
+    c = pod["spec"]["containers"][0]
+    port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
+    need(svc["spec"]["ports"][0]["targetPort"] in port_names, "Service targetPort is not a container port")
+    need(c["args"][c["args"].index("--listen") + 1].endswith(":%d" % port_names["http"]), "nesfd listens elsewhere")
+    for probe, path in (("livenessProbe", "/v2/health/live"), ("readinessProbe", "/v2/health/ready"),
+                        ("startupProbe", "/v2/health/ready")):
+        need(c[probe]["httpGet"]["path"] == path and c[probe]["httpGet"]["port"] in port_names, "%s: %s" % (probe, c[probe]))
+    for part in ("requests", "limits"):
+        need(int(c["resources"][part].get("nvidia.com/gpu", 0)) == 1, "no nvidia.com/gpu %s" % part)
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+    need(mounts["models"]["mountPath"] == "/models" and mounts["models"]["readOnly"], "models not mounted read-only")
+    claim = vols["models"]["persistentVolumeClaim"]["claimName"]
+    need(("PersistentVolumeClaim", claim) in docs, "claim %s is not defined" % claim)
+    need(c["args"][c["args"].index("--model") + 1].split("=", 1)[1].startswith("/models/"), "model not from the volume")
+    need(pod["spec"]["terminationGracePeriodSeconds"] > 60 + 5, "grace must exceed nesfd's 60 s drain + preStop")
+    need(pod["spec"]["securityContext"]["runAsUser"] == 10001, "not the image's nesf user")
+    ref = hpa["spec"]["scaleTargetRef"]
+    need((ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"]), "HPA scales %s" % ref)
+    metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    rules = yaml.safe_load(docs[("ConfigMap", "nesfd-prometheus-adapter-rules")]["data"]["config.yaml"])["rules"]
+    need(any(r["name"]["as"] == metric and metric in r["seriesQuery"] for r in rules),
+         "prometheus-adapter serves no %s" % metric)
+    nesfd_check(c["args"], "k8s Deployment args")
+    k8s_ctx["args"], k8s_ctx["metric"], k8s_ctx["probes"] = c["args"], metric, [c[p]["httpGet"]["path"] for p in
+                                                                                 ("livenessProbe", "readinessProbe")]
+
+
+
+@check
+def k8s_against_real_nesfd():
+    """The probe paths answer 200 without a token on a real nesfd that has
+    one, and /metrics has the HPA's metric."""
+    need(k8s_ctx, "k8s_wiring did not pass")
+    sys.path.insert(0, os.path.join(ROOT, "tests", "clients"))
+    from nesfd_proc import Nesfd
+    import urllib.request
+    with tempfile.NamedTemporaryFile("w", suffix=".token") as tok:
+        tok.write("k8s-test-token\n")
+        tok.flush()
+        with Nesfd(extra=["--token-file", tok.name], token="k8s-test-token") as d:
+            for path in k8s_ctx["probes"]:
+                with urllib.request.urlopen(d.url + path, timeout=10) as r:
+                    need(r.status == 200, "%s: %d" % (path, r.status))
+            req = urllib.request.Request(d.url + "/metrics", headers={"Authorization": "Bearer k8s-test-token"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                text = r.read().decode()
+            need(re.search(r"^%s\{model=\"test\"\} \d+$" % k8s_ctx["metric"], text, re.M),
+                 "/metrics has no %s gauge" % k8s_ctx["metric"])
+
+
 passed = sum(ok for _, ok in results)
-print("not verified here: image build, image pulls, containers, NVIDIA runtime, systemd start")
+print("not verified here: CUDA image pulls, the NVIDIA runtime, systemd start, a Kubernetes cluster "
+      "(tests/deploy/image.sh builds and runs the CPU image)")
 print("%d passed, %d failed" % (passed, len(results) - passed))
 sys.exit(0 if passed == len(results) else 1)
