@@ -46,6 +46,7 @@ nesfd_job *nesfd_job_new(nesfd_job_kind kind, nesfd_model_entry *me, int n)
     /* zeroed first so that the padding bytes in the batching key are too */
     memset(&j->opts, 0, sizeof j->opts);
     nesf_decode_opts_default(&j->opts);
+    nesf_refine_opts_default(&j->refine);
     if (!j->z || !j->s || !j->item_err) {
         nesfd_job_free(j);
         return NULL;
@@ -157,6 +158,8 @@ static void run_encode(nesfd_model_entry *me, nesfd_item *const *items, int n)
         nesf_error e1 = err;
         int rci = rc && (n > 1 || me->invariant)
                 ? nesf_model_encode(me->model, &s[i], 1, z + (size_t)i * L, &e1) : rc;
+        if (!rci && j->refine.steps > 0)
+            rci = nesf_refine_latents(me->model, &s[i], 1, z + (size_t)i * L, &j->refine, NULL, &e1);
         if (rci) {
             j->item_err[idx] = e1;
             items[i]->status = rci;

@@ -21,7 +21,10 @@
  * structures of a batch share GEMMs, faster on a GPU.
  *
  * Encode failures in a shared call are retried one structure at a time, so
- * one bad structure cannot fail another request's items. */
+ * one bad structure cannot fail another request's items.  A job that asks
+ * for latent refinement (refine.h) has each of its latents refined after
+ * the encode, structure by structure, so its answer is the same in any
+ * batch. */
 #ifndef NESFD_ENGINE_H
 #define NESFD_ENGINE_H
 
@@ -31,6 +34,7 @@
 #include "error.h"
 #include "metrics.h"
 #include "model.h"
+#include "refine.h"
 
 typedef struct nesfd_model_entry {
     char name[64];
@@ -73,6 +77,7 @@ typedef struct nesfd_job {
     nesf_structure **s;      /* n: encode input / decode output (owned) */
     nesf_error *item_err;    /* n: why item i failed (status != 0) */
     nesf_decode_opts opts;   /* decode */
+    nesf_refine_opts refine; /* encode: latent refinement (steps 0: none) */
 } nesfd_job;
 
 /* A job of n items with zeroed arrays (s and item_err always; z too).
