@@ -24,20 +24,26 @@
 #include "sample.h"
 #include "structure.h"
 
+/* Steps of "refine": true (docs/training.md: 20-40 steps measured). */
+#define NESF_REFINE_STEPS 40
+
 typedef struct nesf_refine_opts {
     int steps;            /* Adam steps on z (0: the encoder's latent as it is) */
     float lr;             /* Adam step size (0.02) */
-    float w_pos, w_spec, w_len, w_ang; /* loss weights (10, 1, 1, 1) */
-    nesf_sampling sampling; /* query points: the paper's + 256 cell points */
+    float w_pos, w_spec, w_len, w_ang; /* loss weights (10, 1, 1, 100) */
+    nesf_sampling sampling; /* query points: the paper's with a quarter of the
+                               global and half the species points, + 256 cell points */
     uint64_t seed;        /* query draws (1) */
 } nesf_refine_opts;
 
 /* Defaults above with steps = 0 (refinement off). */
 void nesf_refine_opts_default(nesf_refine_opts *o);
 
-/* Overrides from a JSON object {"steps", "lr", "seed"}; unknown keys,
+/* Overrides from a JSON object {"steps", "lr", "seed", "loss_weights":
+ * {"position", "species", "length", "angle"}, "global_fraction",
+ * "species_fraction", "cell_points", "boundary_points"}; unknown keys,
  * wrong types and out-of-range values fail naming the key.  A JSON integer
- * alone sets steps. */
+ * alone sets steps; true means NESF_REFINE_STEPS, false none. */
 struct json_t;
 int nesf_refine_opts_from_json(nesf_refine_opts *o, const struct json_t *v, nesf_error *err);
 

@@ -257,6 +257,10 @@ static void test_options(void **state)
     expect_bad("{\"loss_weights\": {\"angle\": -1}}", "angle");
     expect_bad("{\"cell_points\": 1.5}", "cell_points");
     expect_bad("\"many\"", "step count");
+    v = json_true();
+    assert_int_equal(nesf_refine_opts_from_json(&o, v, &err), NESF_OK);
+    assert_int_equal(o.steps, NESF_REFINE_STEPS);
+    json_decref(v);
 }
 
 int main(void)
