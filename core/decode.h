@@ -67,9 +67,19 @@ typedef struct nesf_decode_opts {
     float fast_margin;   /* (1.0) */
     float fast_tol;      /* (0.001) */
     float fast_merge;    /* (0.01) */
+    /* Symmetrized output: with symmetrize = 1 (JSON true) every decoded
+     * structure is refined to the space group spglib finds at symprec Å
+     * (nesf_structure_standardize) and returned as its standardized cell,
+     * "conventional" or "primitive" (JSON "cell").  A structure spglib
+     * cannot refine is returned as decoded and counted in
+     * stats.symmetrize_failed. */
+    int symmetrize;      /* (0) */
+    float symprec;       /* (0.1) */
+    int cell;            /* NESF_CELL_CONVENTIONAL (0) or NESF_CELL_PRIMITIVE */
 } nesf_decode_opts;
 
 enum { NESF_DECODE_PAPER = 0, NESF_DECODE_FAST = 1 };
+enum { NESF_CELL_CONVENTIONAL = 0, NESF_CELL_PRIMITIVE = 1 };
 
 /* The paper's settings (spec §5). */
 void nesf_decode_opts_default(nesf_decode_opts *o);
@@ -98,6 +108,8 @@ typedef struct nesf_decode_stats {
     double ms_species;   /* species field and vote */
     long steps;          /* sum over structures of the flow steps they ran */
     long merged;         /* particles merged into others (fast mode) */
+    int symmetrized;     /* structures refined to their space group */
+    int symmetrize_failed; /* structures spglib could not refine */
 } nesf_decode_stats;
 
 /* sum += st, field by field (the counts and times of several calls). */

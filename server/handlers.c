@@ -238,6 +238,12 @@ static int parse_output(op_state *st, json_t *root)
             return -1;
         }
     }
+    /* a symmetrized structure reports the group it was refined to */
+    if (st->opts.symmetrize && !sp) { /* the float option as the number the client sent */
+        char num[32];
+        snprintf(num, sizeof num, "%.7g", st->opts.symprec);
+        st->symprec = strtod(num, NULL);
+    }
     return 0;
 }
 

@@ -18,7 +18,9 @@ static void usage(FILE *f)
         "batched pass and prints the structures.\n\n"
         "  --format FMT       json (default: formula, space group), cif or jsonl\n"
         "  --out FILE         write there instead of stdout\n"
-        "  --options JSON     decode options (or @FILE), e.g. '{\"grid_step\": 0.4}'\n"
+        "  --options JSON     decode options (or @FILE), e.g. '{\"grid_step\": 0.4}';\n"
+        "                     '{\"symmetrize\": true}' refines each structure to its space\n"
+        "                     group (\"symprec\" 0.1 Å, \"cell\": \"conventional\"|\"primitive\")\n"
         "  --backend KIND     cpu, cuda or auto;  --threads N\n");
 }
 
@@ -99,8 +101,12 @@ int nesf_cmd_decode(int argc, char **argv)
         goto done;
     }
     free(res);
-    fprintf(stderr, "nesf decode: %d latents -> %ld atoms in %.1f ms (%s)\n", n, st.atoms, st.ms,
+    fprintf(stderr, "nesf decode: %d latents -> %ld atoms in %.1f ms (%s)", n, st.atoms, st.ms,
             be->device);
+    if (o.symmetrize)
+        fprintf(stderr, "; %d symmetrized, %d left as decoded (spglib found no group)",
+                st.symmetrized, st.symmetrize_failed);
+    fputc('\n', stderr);
     status = failed ? 1 : 0;
 done:
     nesf_structure_list_free(s, s ? n : 0);
