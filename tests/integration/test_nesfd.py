@@ -202,6 +202,28 @@ def test_decode_fields(d, ctx):
     assert st == 200 and body["model"] == "rnd"
 
 
+def test_decode_symmetrize(d, _):
+    """"symmetrize": the answer is refined to its group, reported at the option's symprec."""
+    z = latents(2, 11)
+    opts = dict(FAST, symmetrize=True, symprec=0.2, cell="primitive")
+    st, _, body = d.call("POST", "/decode", {"latents": z, "options": opts})
+    assert st == 200, body
+    st, _, tight = d.call("POST", "/decode", {"latents": z, "options": opts, "symprec": 1e-5})
+    assert st == 200, tight
+    for s, t in zip(body["structures"], tight["structures"]):
+        assert s["spacegroup"]["symprec"] == 0.2, s["spacegroup"]
+        # refined exactly: a tolerance of 1e-5 Å finds the same group
+        assert t["spacegroup"]["number"] == s["spacegroup"]["number"], (s["spacegroup"], t["spacegroup"])
+    st, _, plain = d.call("POST", "/decode", {"latents": z, "options": FAST, "symprec": 1e-5})
+    assert st == 200 and plain["structures"][0]["spacegroup"]["number"] < tight["structures"][0]["spacegroup"]["number"], plain
+    err = expect_error(d.call("POST", "/decode", {"latents": z, "options": {"cell": "niggli"}}), 400,
+                       "invalid_options")
+    assert "conventional" in err["message"], err
+    err = expect_error(d.call("POST", "/decode", {"latents": z, "options": {"symmetrize": "yes"}}), 400,
+                       "invalid_options")
+    assert "symmetrize" in err["message"], err
+
+
 def test_decode_paper_settings(d, _):
     """One decode at the paper's settings (spec §5: 0.5 Å grid, 64 steps)."""
     st, _, body = d.call("POST", "/decode", {"latents": latents(1, 5)}, timeout=120)
@@ -495,7 +517,8 @@ def test_openapi(d, _):
     assert codes_seen <= documented, codes_seen - documented
 
 
-TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_paper_settings,
+TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_symmetrize,
+         test_decode_paper_settings,
          test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
          test_queue_full_and_deadline, test_openapi, test_graceful_shutdown]

@@ -151,6 +151,11 @@ int nesf_cmd_eval(int argc, char **argv)
     nesf_decode_opts_default(&opts);
     opts.repair_lattice = !a.strict;
     if (cli_decode_options("eval", "options", a.options, &opts)) return 2;
+    if (opts.symmetrize) { /* the metrics pair atoms of one cell with those of the other */
+        fprintf(stderr, "nesf eval: --options: symmetrize changes the cell (and its atom count) the "
+                        "metrics compare with the truth; evaluate without it\n");
+        return 2;
+    }
     nesf_dataset d = {0};
     if (nesf_dataset_load(a.data, &d, &err)) {
         fprintf(stderr, "nesf eval: %s\n", err.msg);
