@@ -173,6 +173,15 @@ int nesf_decode(nesf_model *m, int n, const float *z, const nesf_decode_opts *o,
                 nesf_structure **out, nesf_error *item_err, nesf_decode_stats *st,
                 nesf_error *err);
 
+/* The cycle distance |E(D(z)) - z| (Euclidean, latent units) of n latents
+ * z (host, n x latent) given their decoded structures dec[i]: how far the
+ * decoded structure's own latent lies from the one it came from; small
+ * when the decoder's answer is one the encoder recognises.  A NULL or
+ * empty dec[i] gets INFINITY.  The confidence of a decoded structure is
+ * this distance as a percentile of the training set's (domain.h). */
+int nesf_cycle_distances(nesf_model *m, int n, const float *z, nesf_structure *const *dec,
+                         double *dist, nesf_error *err);
+
 /* Non-max suppression of one structure's particles (spec §5 step 5):
  * pos (n x 3) and squared scores s (n) of the particles that passed the
  * score filter.  Writes up to max_out atom positions (x 3) in emission

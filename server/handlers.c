@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cif.h"
+#include "domain.h"
 #include "elements.h"
 #include "interp.h"
 #include "sio.h"
@@ -37,6 +38,8 @@ typedef struct op_state {
     /* interpolate: endpoints given as latents, or encode job slots */
     float *za, *zb;
     int a_slot, b_slot;        /* index in the encode job, -1 when a latent */
+    json_t *warn;              /* input structures' domain warnings, one list each */
+    json_t *warn_ends;         /* interpolate: {"from"|"to": list} of structure ends */
 } op_state;
 
 static void op_free(void *p)
@@ -44,6 +47,8 @@ static void op_free(void *p)
     op_state *st = p;
     if (!st) return;
     nesfd_ticket_release(st->ticket);
+    json_decref(st->warn);
+    json_decref(st->warn_ends);
     free(st->latents);
     free(st->za);
     free(st->zb);
@@ -354,6 +359,30 @@ static nesf_structure *parse_structure(nesfd_req *r, nesfd_model_entry *me, json
     return s;
 }
 
+/* An input structure against the model's training domain (domain.h):
+ * its warnings into *list (a new JSON array), or, when the daemon refuses
+ * such inputs, a 422 answer and -1. */
+static int domain_gate(op_state *st, const nesf_structure *s, const char *where, json_t **list)
+{
+    nesf_domain_warning w[NESF_DOMAIN_MAX_WARNINGS];
+    float lo[3], hi[3];
+    nesf_model_bbox(st->me->model, lo, hi);
+    int n = nesf_domain_check(nesf_model_domain(st->me->model), lo, hi, s, w, NESF_DOMAIN_MAX_WARNINGS);
+    if (n && st->app->cfg->domain_refuse) {
+        char msg[1024] = "";
+        for (int i = 0; i < n; i++)
+            snprintf(msg + strlen(msg), sizeof msg - strlen(msg), "%s%s: %s", i ? "; " : "", w[i].code,
+                     w[i].message);
+        nesfd_reply_error(st->req, 422, "outside_domain", "%s lies outside model '%s''s training "
+                          "domain: %s", where, st->me->name, msg);
+        return -1;
+    }
+    *list = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(*list, json_pack("{s:s, s:s}", "code", w[i].code, "message", w[i].message));
+    return 0;
+}
+
 /* ---- answers ---- */
 
 static json_t *structure_json(const op_state *st, const nesf_structure *s)
@@ -476,13 +505,17 @@ static nesfd_job *structures_job(op_state *st, json_t *root)
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         return NULL;
     }
+    st->warn = json_array();
     for (int i = 0; i < n; i++) {
         char where[32];
+        json_t *w = NULL;
         snprintf(where, sizeof where, "structures[%d]", i);
-        if (!(job->s[i] = parse_structure(r, st->me, json_array_get(list, (size_t)i), where))) {
+        if (!(job->s[i] = parse_structure(r, st->me, json_array_get(list, (size_t)i), where)) ||
+            domain_gate(st, job->s[i], where, &w)) {
             nesfd_job_free(job);
             return NULL;
         }
+        json_array_append_new(st->warn, w);
     }
     st->n = n;
     return job;
@@ -517,6 +550,7 @@ static void h_encode(nesfd_req *r, void *ctx)
         json_t *ans = answer_base(st);
         json_object_set_new(ans, "latent_size", json_integer(st->me->latent));
         json_object_set_new(ans, "latents", latents_json(job->z, job->n, st->me->latent));
+        json_object_set(ans, "warnings", st->warn);
         nesfd_reply_json(r, 200, ans);
         return;
     }
@@ -570,8 +604,10 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
         if (st->submit_rc == -1) ticket_failed(st);
         return;
     }
-    json_t *ans = answer_base(st);
-    json_object_set_new(ans, "structures", decoded_json(st, job));
+    json_t *ans = answer_base(st), *list = decoded_json(st, job);
+    for (int i = 0; i < job->n; i++) /* what the input's domain check found */
+        json_object_set(json_array_get(list, (size_t)i), "warnings", json_array_get(st->warn, (size_t)i));
+    json_object_set_new(ans, "structures", list);
     json_object_set_new(ans, "latents", latents_json(st->latents, job->n, st->me->latent));
     nesfd_reply_json(r, 200, ans);
 }
@@ -594,6 +630,10 @@ static int parse_endpoint(op_state *st, json_t *v, const char *where, float **z,
     }
     if (!(enc[*n_enc] = parse_structure(st->req, st->me, v, where))) return -1;
     *slot = (*n_enc)++;
+    json_t *w = NULL;
+    if (domain_gate(st, enc[*slot], where, &w)) return -1;
+    if (!st->warn_ends) st->warn_ends = json_object();
+    json_object_set_new(st->warn_ends, where, w);
     return 0;
 }
 
@@ -699,6 +739,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
     json_object_set_new(ans, "steps", json_integer(job->n));
     json_object_set_new(ans, "frames", frames);
     json_object_set_new(ans, "decoded", json_integer(decoded_count(job)));
+    if (st->warn_ends) json_object_set(ans, "warnings", st->warn_ends);
     nesfd_reply_json(r, 200, ans);
 }
 
@@ -743,12 +784,18 @@ static void h_models(nesfd_req *r, void *ctx)
         char *dj = nesf_decode_opts_to_json(&app->cfg->decode);
         json_t *defaults = dj ? json_loads(dj, 0, NULL) : NULL;
         free(dj);
+        const nesf_domain *dom = nesf_model_domain(me->model);
+        char *domj = dom ? nesf_domain_to_json(dom) : NULL;
+        json_t *domain = domj ? json_loads(domj, 0, NULL) : NULL;
+        free(domj);
         json_array_append_new(list, json_pack(
             "{s:s, s:s, s:b, s:i, s:i, s:o, s:s, s:s, s:I, s:[fff], s:[fff], s:o}",
             "name", me->name, "id", me->id, "default", i == 0, "latent_size", me->latent,
             "num_species", A, "species", species, "backend", me->be->name, "device", me->be->device,
             "parameters", (json_int_t)me->params, "bbox_min", lo[0], lo[1], lo[2],
             "bbox_max", hi[0], hi[1], hi[2], "decode_defaults", defaults ? defaults : json_object()));
+        json_object_set_new(json_array_get(list, json_array_size(list) - 1), "domain",
+                            domain ? domain : json_null());
     }
     nesfd_reply_json(r, 200, json_pack("{s:o}", "models", list));
 }

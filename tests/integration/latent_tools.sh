@@ -54,6 +54,20 @@ jq -e 'length == 3 and .[0].t == 0 and .[1].t == 0.5 and .[2].t == 1 and (.[0].c
 jq -e '.all.structures == 3 and .lattice_repaired >= 0 and .timing.particles_per_structure == 9*7*5' \
     "$tmp/eval.json" > /dev/null || fail "eval model: $(cat "$tmp/eval.json")"
 
+# the training domain (nesf domain) and eval's report of the inputs outside it
+"$nesf" domain --model "$tmp/m.safetensors" --data "$tmp/six.jsonl" --sample 2 --threads 1 \
+    --options '{"mode": "fast", "grid_step": 1.5, "iterations": 4, "repair_lattice": 1}' \
+    --out "$tmp/dom.safetensors" > "$tmp/dom.txt" 2> "$tmp/dom.err" || fail "domain: $(cat "$tmp/dom.err")"
+grep -q '"structures":6' "$tmp/dom.txt" && grep -q '"sample":2' "$tmp/dom.txt" || fail "domain: $(cat "$tmp/dom.txt")"
+{ head -n 2 "$tmp/six.jsonl"
+  head -n 1 "$tmp/six.jsonl" | jq -c '.lattice.matrix |= map(map(. * 3)) | .cart_coords |= map(map(. * 3))
+                                      | del(.frac_coords, .lattice.a)'; } > "$tmp/mixed.jsonl"
+"$nesf" eval --model "$tmp/dom.safetensors" --data "$tmp/mixed.jsonl" --threads 1 --options "$coarse" \
+    --json > "$tmp/eval2.json"
+jq -e '.outside_domain.structures == 1 and .outside_domain.codes.cell_length_out_of_range == 1
+       and .outside_domain.inside.structures == 2 and .outside_domain.outside.structures == 1' \
+    "$tmp/eval2.json" > /dev/null || fail "eval outside domain: $(jq -c .outside_domain "$tmp/eval2.json")"
+
 # bad input: clear errors, no crash
 echo '[1, 2, 3]' > "$tmp/short.json"
 set +e

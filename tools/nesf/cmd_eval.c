@@ -13,6 +13,7 @@
 #include "dataset.h"
 #include "decode.h"
 #include "fileio.h"
+#include "domain.h"
 #include "latent_cli.h"
 #include "metrics.h"
 
@@ -55,7 +56,57 @@ typedef struct eval_args {
 typedef struct item {
     nesf_metrics m;
     char why[160]; /* decode/encode failure */
+    int n_warn;    /* domain warnings of the input (domain.h) */
+    nesf_domain_warning warn[NESF_DOMAIN_MAX_WARNINGS];
+    int lacks;     /* an element the model does not know: never encoded */
 } item;
+
+/* The inputs outside the model's training domain, reported apart from the
+ * rest (their errors say what the model was not trained for). */
+typedef struct domain_report {
+    int outside, lacks;
+    nesf_metrics in, out;
+    char codes[8][32];
+    int code_n[8], n_codes;
+} domain_report;
+
+static json_t *summary_json(const nesf_metrics *m);
+
+static void count_code(domain_report *r, const char *code)
+{
+    int k = 0;
+    while (k < r->n_codes && strcmp(r->codes[k], code)) k++;
+    if (k == 8) return;
+    if (k == r->n_codes) snprintf(r->codes[r->n_codes++], sizeof r->codes[0], "%s", code);
+    r->code_n[k]++;
+}
+
+static void domain_tally(domain_report *r, const item *items, int n)
+{
+    memset(r, 0, sizeof *r);
+    nesf_metrics_init(&r->in);
+    nesf_metrics_init(&r->out);
+    for (int i = 0; i < n; i++) {
+        const item *it = &items[i];
+        int out = it->n_warn > 0 || it->lacks;
+        r->outside += out;
+        r->lacks += it->lacks;
+        nesf_metrics_merge(out ? &r->out : &r->in, &it->m);
+        for (int w = 0; w < it->n_warn; w++) count_code(r, it->warn[w].code);
+        if (it->lacks) count_code(r, "model_lacks_element");
+    }
+}
+
+static json_t *domain_json(const domain_report *r, const item *items, const nesf_dataset *d, int n)
+{
+    json_t *codes = json_object(), *ids = json_array();
+    for (int k = 0; k < r->n_codes; k++) json_object_set_new(codes, r->codes[k], json_integer(r->code_n[k]));
+    for (int i = 0; i < n; i++)
+        if (items[i].n_warn || items[i].lacks) json_array_append_new(ids, json_string(d->s[i]->id));
+    return json_pack("{s:i, s:i, s:o, s:o, s:o, s:o}", "structures", r->outside, "not_encodable", r->lacks,
+                     "codes", codes, "ids", ids, "outside", summary_json(&r->out), "inside",
+                     summary_json(&r->in));
+}
 
 static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
@@ -85,6 +136,19 @@ static void print_row(const char *label, const nesf_metrics *m)
     printf("%-14s %6ld %8.2f %10.4f %10.4f %10.2f %10.2f %8.4f %8.3f\n", label, m->structures,
            s.count_err_pct, s.pos_act, s.pos_det, s.spec_act_pct, s.spec_det_pct, s.len_mae,
            s.ang_mae);
+}
+
+static void print_domain(const domain_report *r, int recorded)
+{
+    printf("outside the model's training domain%s: %d structures", recorded ? "" : " (only its bounding "
+           "box is recorded: see nesf domain)", r->outside);
+    for (int k = 0; k < r->n_codes; k++) printf("%s%s %d", k ? ", " : " (", r->codes[k], r->code_n[k]);
+    printf("%s\n", r->n_codes ? ")" : "");
+    if (r->lacks) printf("  of which not encodable (an element the model lacks): %d\n", r->lacks);
+    if (r->out.structures) {
+        print_row("outside", &r->out);
+        print_row("inside", &r->in);
+    }
 }
 
 /* Wrong in any way: count, species, or a mean position error over 0.01 Å. */
@@ -238,6 +302,7 @@ int nesf_cmd_eval(int argc, char **argv)
                 /* find the structures the model cannot take; decode the rest */
                 for (int i = 0; i < S; i++)
                     if (nesf_model_encode(m, s + i, 1, z + (size_t)i * L, &ierr[b0 + i])) {
+                        items[b0 + i].lacks = ierr[b0 + i].code == NESF_ERR_NOTFOUND;
                         nesf_error_prefix(&ierr[b0 + i], "encode: ");
                         memset(z + (size_t)i * L, 0, (size_t)L * sizeof *z);
                     }
@@ -265,6 +330,9 @@ int nesf_cmd_eval(int argc, char **argv)
         nesf_decode_stats_add(&total, &st);
         for (int i = b0; i < b0 + S; i++) {
             nesf_metrics_init(&items[i].m);
+            if (m)
+                items[i].n_warn = nesf_domain_check(nesf_model_domain(m), lo, hi, d.s[i], items[i].warn,
+                                                    NESF_DOMAIN_MAX_WARNINGS);
             if (a.truth) {
                 nesf_metrics_add(&items[i].m, d.s[i], rec[i]);
             } else {
@@ -290,8 +358,10 @@ int nesf_cmd_eval(int argc, char **argv)
     int wrong = 0, failed = 0;
     for (int i = 0; i < n; i++) {
         wrong += is_wrong(&items[i]);
-        failed += items[i].why[0] != 0;
+        failed += items[i].why[0] != 0 && !items[i].lacks;
     }
+    domain_report dr;
+    domain_tally(&dr, items, n);
     const double wall = cli_now_s() - t_start;
     long G = n ? total.particles / n : 0;
 
@@ -336,6 +406,7 @@ int nesf_cmd_eval(int argc, char **argv)
         }
         json_object_set_new(o, "wrong", json_integer(wrong));
         json_object_set_new(o, "failed", json_integer(failed));
+        if (m) json_object_set_new(o, "outside_domain", domain_json(&dr, items, &d, n));
         if (a.list) json_object_set_new(o, "wrong_structures", bad);
         else json_decref(bad);
         char *ot = nesf_decode_opts_to_json(&opts);
@@ -373,6 +444,7 @@ int nesf_cmd_eval(int argc, char **argv)
                all.true_atoms, all.det_atoms, all.undetected_atoms, "structures");
         printf("reconstructed exactly (count, species, mean position error <= 0.01 Å): %d of %d; "
                "failed to decode: %d\n", n - wrong, n, failed);
+        if (m) print_domain(&dr, nesf_model_domain(m) != NULL);
         if (a.list)
             for (int i = 0; i < n; i++) {
                 if (!is_wrong(&items[i])) continue;
