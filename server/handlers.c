@@ -38,6 +38,11 @@ typedef struct op_state {
     /* interpolate: endpoints given as latents, or encode job slots */
     float *za, *zb;
     int a_slot, b_slot;        /* index in the encode job, -1 when a latent */
+    /* confidence: after the decode ticket, the decoded structures are
+     * encoded again (E(D(z))); the decode ticket waits in dec_ticket */
+    nesfd_ticket *dec_ticket;
+    int cycle_done;
+    double *cycle;             /* [n] cycle distances |E(D(z)) - z| */
     json_t *warn;              /* input structures' domain warnings, one list each */
     json_t *warn_ends;         /* interpolate: {"from"|"to": list} of structure ends */
 } op_state;
@@ -47,6 +52,8 @@ static void op_free(void *p)
     op_state *st = p;
     if (!st) return;
     nesfd_ticket_release(st->ticket);
+    nesfd_ticket_release(st->dec_ticket);
+    free(st->cycle);
     json_decref(st->warn);
     json_decref(st->warn_ends);
     free(st->latents);
@@ -422,14 +429,74 @@ static json_t *answer_base(const op_state *st)
                      "batch", nesfd_ticket_max_batch(st->ticket));
 }
 
+/* "confidence" of decoded item i: its cycle distance and that distance's
+ * percentile in the training sample the model file records. */
+static json_t *confidence_json(const op_state *st, int i)
+{
+    double d = st->cycle ? st->cycle[i] : NAN;
+    double p = isnan(d) ? -1 : nesf_domain_percentile(nesf_model_domain(st->me->model), d);
+    return json_pack("{s:o, s:o}", "cycle_distance", isfinite(d) ? json_real(d) : json_null(),
+                     "percentile", p >= 0 ? json_real(p) : json_null());
+}
+
+/* The confidence stage between a finished decode ticket and the answer.
+ * Returns 1 while the encode of the decoded structures is under way (or
+ * its submission failed and was answered), 0 when the answer can be
+ * given: st->ticket is the decode ticket again and st->cycle is filled. */
+static int cycle_stage(op_state *st)
+{
+    if (st->cycle_done) return 0;
+    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    const int L = st->me->latent;
+    if (!st->dec_ticket) { /* the decode just ended: encode its structures */
+        int k = 0;
+        for (int i = 0; i < job->n; i++) k += job->s[i] && job->s[i]->n > 0;
+        st->cycle = malloc((size_t)job->n * sizeof *st->cycle);
+        nesfd_job *enc = k && st->cycle ? nesfd_job_new(NESFD_JOB_ENCODE, st->me, k) : NULL;
+        for (int i = 0, j = 0; enc && i < job->n; i++)
+            if (job->s[i] && job->s[i]->n > 0 && !(enc->s[j++] = nesf_structure_copy(job->s[i]))) {
+                nesfd_job_free(enc);
+                enc = NULL;
+            }
+        for (int i = 0; st->cycle && i < job->n; i++) st->cycle[i] = INFINITY;
+        if (!enc) { /* nothing to encode (or no memory for it): no figures */
+            if (k) free(st->cycle), st->cycle = NULL;
+            st->cycle_done = 1;
+            return 0;
+        }
+        st->dec_ticket = st->ticket;
+        st->ticket = NULL;
+        submit(st, enc);
+        if (st->submit_rc == -1) ticket_failed(st);
+        return 1;
+    }
+    nesfd_job *dec = nesfd_ticket_data(st->dec_ticket);
+    for (int i = 0, j = 0; i < dec->n; i++) {
+        if (!dec->s[i] || dec->s[i]->n == 0) continue;
+        if (!nesfd_ticket_item(st->ticket, j)->status) {
+            const float *a = job->z + (size_t)j * L, *b = dec->z + (size_t)i * L;
+            double sum = 0;
+            for (int c = 0; c < L; c++) sum += ((double)a[c] - b[c]) * ((double)a[c] - b[c]);
+            st->cycle[i] = sqrt(sum);
+        }
+        j++;
+    }
+    nesfd_ticket_release(st->ticket);
+    st->ticket = st->dec_ticket;
+    st->dec_ticket = NULL;
+    st->cycle_done = 1;
+    return 0;
+}
+
 /* Structures of a finished decode job, each or its error in place. */
 static json_t *decoded_json(const op_state *st, const nesfd_job *job)
 {
     json_t *list = json_array();
     for (int i = 0; i < job->n; i++) {
         nesfd_item *it = nesfd_ticket_item(st->ticket, i);
-        json_array_append_new(list, it->status ? item_error_json(&job->item_err[i])
-                                               : structure_json(st, job->s[i]));
+        json_t *o = it->status ? item_error_json(&job->item_err[i]) : structure_json(st, job->s[i]);
+        if (!it->status) json_object_set_new(o, "confidence", confidence_json(st, i));
+        json_array_append_new(list, o);
     }
     return list;
 }
@@ -447,8 +514,8 @@ static void h_decode(nesfd_req *r, void *ctx)
 {
     nesfd_app *app = ctx;
     op_state *st = nesfd_req_state(r);
-    if (st) { /* resumed: the decode ticket ended */
-        if (ticket_failed(st)) return;
+    if (st) { /* resumed: the decode ticket ended, or the confidence stage */
+        if (ticket_failed(st) || cycle_stage(st)) return;
         nesfd_job *job = nesfd_ticket_data(st->ticket);
         json_t *ans = answer_base(st);
         json_object_set_new(ans, "structures", decoded_json(st, job));
@@ -604,6 +671,8 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
         if (st->submit_rc == -1) ticket_failed(st);
         return;
     }
+    if (cycle_stage(st)) return;
+    job = nesfd_ticket_data(st->ticket);
     json_t *ans = answer_base(st), *list = decoded_json(st, job);
     for (int i = 0; i < job->n; i++) /* what the input's domain check found */
         json_object_set(json_array_get(list, (size_t)i), "warnings", json_array_get(st->warn, (size_t)i));
@@ -702,7 +771,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
     }
     if (ticket_failed(st)) return;
     nesfd_job *job = nesfd_ticket_data(st->ticket);
-    if (job->kind == NESFD_JOB_ENCODE) {
+    if (job->kind == NESFD_JOB_ENCODE && !st->dec_ticket) { /* the ends were encoded */
         int L = st->me->latent;
         if (encode_failed(st, job, "endpoints")) return;
         float **dst[2] = {&st->za, &st->zb};
@@ -718,6 +787,8 @@ static void h_interpolate(nesfd_req *r, void *ctx)
         interpolate_decode(st);
         return;
     }
+    if (cycle_stage(st)) return;
+    job = nesfd_ticket_data(st->ticket);
     json_t *frames = json_array();
     for (int k = 0; k < job->n; k++) {
         nesfd_item *it = nesfd_ticket_item(st->ticket, k);
@@ -732,6 +803,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
             json_object_set_new(f, "formula", json_string(formula));
             json_object_set_new(f, "num_atoms", json_integer(job->s[k]->n));
             json_object_set_new(f, "structure", structure_json(st, job->s[k]));
+            json_object_set_new(json_object_get(f, "structure"), "confidence", confidence_json(st, k));
         }
         json_array_append_new(frames, f);
     }

@@ -247,8 +247,17 @@ def test_domain(d, ctx):
     st, _, body = d.call("POST", "/reconstruct", {"structures": [big, inside], "options": FAST})
     assert st == 200 and "cell_length_out_of_range" in codes(body["structures"][0]["warnings"]), body
     assert body["structures"][1]["warnings"] == [], body["structures"][1]
+    # every decoded structure carries its confidence: the fixture's calibration gives percentiles
+    for x in body["structures"]:
+        c = x["confidence"]
+        assert c["cycle_distance"] >= 0 and 0 <= c["percentile"] <= 100, c
+    st, _, body = d.call("POST", "/decode", {"model": "rnd", "latents": latents(1, 4), "options": FAST})
+    assert st == 200, body
+    c = body["structures"][0].get("confidence") if "error" not in body["structures"][0] else {"percentile": None}
+    assert c["percentile"] is None, c  # no calibration recorded in that file
     st, _, body = d.call("POST", "/interpolate", {"from": inside, "to": big, "steps": 2, "options": FAST})
     assert st == 200 and body["warnings"]["from"] == [] and "outside_bbox" in codes(body["warnings"]["to"]), body
+    assert all("percentile" in f["structure"]["confidence"] for f in body["frames"] if "structure" in f), body
     b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--domain", "refuse")
     err = expect_error(b.call("POST", "/encode", {"structures": [inside, big]}, auth=False), 422, "outside_domain")
     assert "structures[1]" in err["message"] and "cell_length_out_of_range" in err["message"], err
