@@ -65,7 +65,9 @@ grep -q '"structures":6' "$tmp/dom.txt" && grep -q '"sample":2' "$tmp/dom.txt" |
 "$nesf" eval --model "$tmp/dom.safetensors" --data "$tmp/mixed.jsonl" --threads 1 --options "$coarse" \
     --json > "$tmp/eval2.json"
 jq -e '.outside_domain.structures == 1 and .outside_domain.codes.cell_length_out_of_range == 1
-       and .outside_domain.inside.structures == 2 and .outside_domain.outside.structures == 1' \
+       and .outside_domain.inside.structures == 2 and .outside_domain.outside.structures == 1
+       and (.confidence.thresholds | length) == 5
+       and .confidence.right_count.structures + .confidence.wrong_count.structures + .failed == 3' \
     "$tmp/eval2.json" > /dev/null || fail "eval outside domain: $(jq -c .outside_domain "$tmp/eval2.json")"
 
 # bad input: clear errors, no crash

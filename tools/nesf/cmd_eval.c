@@ -59,7 +59,52 @@ typedef struct item {
     int n_warn;    /* domain warnings of the input (domain.h) */
     nesf_domain_warning warn[NESF_DOMAIN_MAX_WARNINGS];
     int lacks;     /* an element the model does not know: never encoded */
+    double cycle;  /* cycle distance |E(D(z)) - z| (NAN: not measured) */
 } item;
+
+/* How well the cycle distance separates reconstructions with the wrong atom
+ * count from the right ones: the median of each, and at thresholds set by
+ * percentiles of the training sample the model file records, how many of
+ * each it flags (the right ones flagged are false alarms). */
+static const int flag_pct[] = {50, 80, 90, 95, 99};
+#define N_FLAG ((int)(sizeof flag_pct / sizeof flag_pct[0]))
+
+typedef struct conf_report {
+    int n[2];                 /* [0] right count, [1] wrong count */
+    double median[2];
+    int flagged[N_FLAG][2];
+    double thr[N_FLAG];
+    int calibrated;
+} conf_report;
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void conf_tally(conf_report *r, const item *items, int n, const nesf_domain *dom)
+{
+    memset(r, 0, sizeof *r);
+    double *v[2] = {malloc((size_t)(n ? n : 1) * sizeof(double)), malloc((size_t)(n ? n : 1) * sizeof(double))};
+    r->calibrated = dom && dom->cycle_n > 0;
+    for (int f = 0; f < N_FLAG; f++) r->thr[f] = r->calibrated ? dom->cycle_q[flag_pct[f]] : NAN;
+    for (int i = 0; v[0] && v[1] && i < n; i++) {
+        if (isnan(items[i].cycle) || items[i].why[0]) continue;
+        int w = items[i].m.count_wrong > 0;
+        v[w][r->n[w]++] = items[i].cycle;
+        for (int f = 0; f < N_FLAG && r->calibrated; f++) r->flagged[f][w] += items[i].cycle > r->thr[f];
+    }
+    for (int w = 0; w < 2; w++) {
+        r->median[w] = NAN;
+        if (!v[w] || !r->n[w]) continue;
+        qsort(v[w], (size_t)r->n[w], sizeof(double), cmp_dbl);
+        int k = r->n[w];
+        r->median[w] = k % 2 ? v[w][k / 2] : 0.5 * (v[w][k / 2 - 1] + v[w][k / 2]);
+    }
+    free(v[0]);
+    free(v[1]);
+}
 
 /* The inputs outside the model's training domain, reported apart from the
  * rest (their errors say what the model was not trained for). */
@@ -136,6 +181,43 @@ static void print_row(const char *label, const nesf_metrics *m)
     printf("%-14s %6ld %8.2f %10.4f %10.4f %10.2f %10.2f %8.4f %8.3f\n", label, m->structures,
            s.count_err_pct, s.pos_act, s.pos_det, s.spec_act_pct, s.spec_det_pct, s.len_mae,
            s.ang_mae);
+}
+
+/* Cycle distances of one decoded batch into its items. */
+static int batch_cycle(nesf_model *m, int S, const float *z, nesf_structure *const *rec, item *it,
+                       nesf_error *err)
+{
+    double *d = malloc((size_t)S * sizeof *d);
+    if (!d) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    int rc = nesf_cycle_distances(m, S, z, rec, d, err);
+    for (int i = 0; !rc && i < S; i++) it[i].cycle = d[i];
+    free(d);
+    return rc;
+}
+
+static void print_confidence(const conf_report *r)
+{
+    printf("confidence (cycle distance |E(D(z)) - z|): median %.3f for %d with the right atom count, "
+           "%.3f for %d with the wrong one\n", r->median[0], r->n[0], r->median[1], r->n[1]);
+    for (int f = 0; f < N_FLAG && r->calibrated; f++)
+        printf("  above the training sample's %2dth percentile (%.3f): flags %d of %d wrong, %d of %d "
+               "right (false alarms %.1f %%)\n", flag_pct[f], r->thr[f], r->flagged[f][1], r->n[1],
+               r->flagged[f][0], r->n[0], r->n[0] ? 100.0 * r->flagged[f][0] / r->n[0] : 0.0);
+    if (!r->calibrated) printf("  (the model file records no training sample: see nesf domain)\n");
+}
+
+static json_t *confidence_json(const conf_report *r)
+{
+    json_t *o = json_pack("{s:{s:i, s:o}, s:{s:i, s:o}}", "right_count", "structures", r->n[0],
+                          "median_cycle_distance", num(r->median[0]), "wrong_count", "structures", r->n[1],
+                          "median_cycle_distance", num(r->median[1]));
+    json_t *t = json_array();
+    for (int f = 0; f < N_FLAG && r->calibrated; f++)
+        json_array_append_new(t, json_pack("{s:i, s:o, s:i, s:i}", "training_percentile", flag_pct[f],
+                                           "cycle_distance", num(r->thr[f]), "wrong_flagged", r->flagged[f][1],
+                                           "right_flagged", r->flagged[f][0]));
+    json_object_set_new(o, "thresholds", t);
+    return o;
 }
 
 static void print_domain(const domain_report *r, int recorded)
@@ -320,6 +402,7 @@ int nesf_cmd_eval(int argc, char **argv)
                         rec[b0 + i] = NULL;
                         ierr[b0 + i] = keep[i];
                     }
+                if (!rc) rc = batch_cycle(m, S, z, rec + b0, items + b0, &err);
             }
         }
         if (rc) {
@@ -330,6 +413,7 @@ int nesf_cmd_eval(int argc, char **argv)
         nesf_decode_stats_add(&total, &st);
         for (int i = b0; i < b0 + S; i++) {
             nesf_metrics_init(&items[i].m);
+            if (!m) items[i].cycle = NAN;
             if (m)
                 items[i].n_warn = nesf_domain_check(nesf_model_domain(m), lo, hi, d.s[i], items[i].warn,
                                                     NESF_DOMAIN_MAX_WARNINGS);
@@ -362,6 +446,8 @@ int nesf_cmd_eval(int argc, char **argv)
     }
     domain_report dr;
     domain_tally(&dr, items, n);
+    conf_report cr;
+    conf_tally(&cr, items, n, m ? nesf_model_domain(m) : NULL);
     const double wall = cli_now_s() - t_start;
     long G = n ? total.particles / n : 0;
 
@@ -407,6 +493,7 @@ int nesf_cmd_eval(int argc, char **argv)
         json_object_set_new(o, "wrong", json_integer(wrong));
         json_object_set_new(o, "failed", json_integer(failed));
         if (m) json_object_set_new(o, "outside_domain", domain_json(&dr, items, &d, n));
+        if (m) json_object_set_new(o, "confidence", confidence_json(&cr));
         if (a.list) json_object_set_new(o, "wrong_structures", bad);
         else json_decref(bad);
         char *ot = nesf_decode_opts_to_json(&opts);
@@ -445,6 +532,7 @@ int nesf_cmd_eval(int argc, char **argv)
         printf("reconstructed exactly (count, species, mean position error <= 0.01 Å): %d of %d; "
                "failed to decode: %d\n", n - wrong, n, failed);
         if (m) print_domain(&dr, nesf_model_domain(m) != NULL);
+        if (m) print_confidence(&cr);
         if (a.list)
             for (int i = 0; i < n; i++) {
                 if (!is_wrong(&items[i])) continue;
