@@ -448,3 +448,29 @@ int nesf_structure_standardize(const nesf_structure *s, double symprec, int prim
     *out = cur;
     return NESF_OK;
 }
+
+/* ---- reduced cells for structure comparison ------------------------------ */
+
+int nesf_structure_niggli(const nesf_structure *s, nesf_structure **out, nesf_error *err)
+{
+    *out = NULL;
+    double lat[3][3];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) lat[i][j] = s->lat.m[j][i];
+    pthread_mutex_lock(&spg_lock);
+    spg_niggli_reduce(lat, 1e-5); /* leaves lat as it was when it fails */
+    pthread_mutex_unlock(&spg_lock);
+    nesf_structure *t = nesf_structure_new(s->n);
+    if (!t) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) t->lat.m[i][j] = lat[j][i];
+    int rc = NESF_OK;
+    for (int i = 0; !rc && i < s->n; i++) rc = nesf_structure_add_site_cart(t, s->z[i], s->cart + 3 * i, err);
+    if (!rc) nesf_structure_wrap(t);
+    if (rc) {
+        nesf_structure_free(t);
+        return rc;
+    }
+    *out = t;
+    return NESF_OK;
+}

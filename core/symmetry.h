@@ -54,4 +54,9 @@ int nesf_structure_standardize(const nesf_structure *s, double symprec, int prim
 int nesf_spacegroup_ops(const char *hm, const char *hall, int number, const nesf_cellpar *cell,
                         int rot[192][3][3], double trans[192][3], int *n_ops, nesf_error *err);
 
+/* A copy of s in its Niggli-reduced cell (spglib; the cell itself when
+ * spglib cannot reduce it), fractional coordinates wrapped: a step of
+ * comparing two structures (match.h).  *out is the caller's. */
+int nesf_structure_niggli(const nesf_structure *s, nesf_structure **out, nesf_error *err);
+
 #endif

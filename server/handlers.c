@@ -9,6 +9,7 @@
 #include "domain.h"
 #include "elements.h"
 #include "interp.h"
+#include "match.h"
 #include "sio.h"
 #include "sjson.h"
 #include "static.h"
@@ -43,6 +44,7 @@ typedef struct op_state {
     nesfd_ticket *dec_ticket;
     int cycle_done;
     double *cycle;             /* [n] cycle distances |E(D(z)) - z| */
+    nesf_structure **inputs;   /* reconstruct: the input structures (n), for "match" */
     json_t *warn;              /* input structures' domain warnings, one list each */
     json_t *warn_ends;         /* interpolate: {"from"|"to": list} of structure ends */
 } op_state;
@@ -54,6 +56,7 @@ static void op_free(void *p)
     nesfd_ticket_release(st->ticket);
     nesfd_ticket_release(st->dec_ticket);
     free(st->cycle);
+    if (st->inputs) nesf_structure_list_free(st->inputs, st->n);
     json_decref(st->warn);
     json_decref(st->warn_ends);
     free(st->latents);
@@ -633,6 +636,24 @@ static void h_encode(nesfd_req *r, void *ctx)
     json_decref(root);
 }
 
+/* "match": is the reconstruction the input's crystal (match.h, the
+ * benchmarks' tolerances)? */
+static json_t *match_json(const nesf_structure *in, const nesf_structure *out)
+{
+    nesf_match_opts o;
+    nesf_match_opts_default(&o);
+    nesf_match_result r;
+    nesf_error err;
+    if (nesf_structure_match(in, out, &o, &r, &err))
+        return json_pack("{s:n, s:s}", "match", "error", err.msg);
+    json_t *m = json_pack("{s:b, s:o, s:o, s:f, s:f, s:f}", "match", r.match,
+                          "rms", isfinite(r.rms) ? json_real(r.rms) : json_null(),
+                          "max_dist", isfinite(r.max_dist) ? json_real(r.max_dist) : json_null(),
+                          "ltol", o.ltol, "stol", o.stol, "angle_tol", o.angle_tol);
+    if (!r.match) json_object_set_new(m, "reason", json_string(r.reason));
+    return m;
+}
+
 /* ---- POST /reconstruct: encode, then decode ---- */
 
 static void h_reconstruct(nesfd_req *r, void *ctx)
@@ -666,6 +687,9 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
         }
         memcpy(dec->z, job->z, bytes);
         memcpy(st->latents, job->z, bytes);
+        /* the inputs stay for the answer's "match" blocks */
+        if ((st->inputs = calloc((size_t)job->n, sizeof *st->inputs)))
+            for (int i = 0; i < job->n; i++) st->inputs[i] = job->s[i], job->s[i] = NULL;
         dec->opts = st->opts;
         submit(st, dec);
         if (st->submit_rc == -1) ticket_failed(st);
@@ -674,8 +698,11 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
     if (cycle_stage(st)) return;
     job = nesfd_ticket_data(st->ticket);
     json_t *ans = answer_base(st), *list = decoded_json(st, job);
-    for (int i = 0; i < job->n; i++) /* what the input's domain check found */
-        json_object_set(json_array_get(list, (size_t)i), "warnings", json_array_get(st->warn, (size_t)i));
+    for (int i = 0; i < job->n; i++) { /* what the input's domain check found; input vs answer */
+        json_t *o = json_array_get(list, (size_t)i);
+        json_object_set(o, "warnings", json_array_get(st->warn, (size_t)i));
+        if (job->s[i] && st->inputs && st->inputs[i]) json_object_set_new(o, "match", match_json(st->inputs[i], job->s[i]));
+    }
     json_object_set_new(ans, "structures", list);
     json_object_set_new(ans, "latents", latents_json(st->latents, job->n, st->me->latent));
     nesfd_reply_json(r, 200, ans);

@@ -15,6 +15,7 @@
 #include "fileio.h"
 #include "domain.h"
 #include "latent_cli.h"
+#include "match.h"
 #include "metrics.h"
 
 static void usage(FILE *f)
@@ -60,6 +61,8 @@ typedef struct item {
     nesf_domain_warning warn[NESF_DOMAIN_MAX_WARNINGS];
     int lacks;     /* an element the model does not know: never encoded */
     double cycle;  /* cycle distance |E(D(z)) - z| (NAN: not measured) */
+    int matched;   /* the same crystal as the truth (match.h) */
+    double rms;    /* its normalised RMS displacement */
 } item;
 
 /* How well the cycle distance separates reconstructions with the wrong atom
@@ -362,6 +365,8 @@ int nesf_cmd_eval(int argc, char **argv)
         bbox_src = a.bbox_from;
     }
 
+    nesf_match_opts mopts;
+    nesf_match_opts_default(&mopts);
     nesf_decode_stats total;
     memset(&total, 0, sizeof total);
     double t_encode = 0;
@@ -427,6 +432,10 @@ int nesf_cmd_eval(int argc, char **argv)
                 if (!keep[i - b0].code) nesf_metrics_add_lattice(&items[i].m, d.s[i], &p);
             }
             if (ierr[i].code) snprintf(items[i].why, sizeof items[i].why, "%s", ierr[i].msg);
+            items[i].rms = NAN;
+            nesf_match_result mr;
+            if (rec[i] && !nesf_structure_match(d.s[i], rec[i], &mopts, &mr, NULL))
+                items[i].matched = mr.match, items[i].rms = mr.rms;
             if (rec[i]) snprintf(rec[i]->id, sizeof rec[i]->id, "%s", d.s[i]->id);
         }
         cli_progress_update(&bar, b0 + S);
@@ -444,6 +453,11 @@ int nesf_cmd_eval(int argc, char **argv)
         wrong += is_wrong(&items[i]);
         failed += items[i].why[0] != 0 && !items[i].lacks;
     }
+    int matched = 0;
+    double rms_sum = 0;
+    for (int i = 0; i < n; i++)
+        if (items[i].matched) matched++, rms_sum += items[i].rms;
+    const double match_pct = n ? 100.0 * matched / n : 0.0, mean_rms = matched ? rms_sum / matched : NAN;
     domain_report dr;
     domain_tally(&dr, items, n);
     conf_report cr;
@@ -492,6 +506,10 @@ int nesf_cmd_eval(int argc, char **argv)
         }
         json_object_set_new(o, "wrong", json_integer(wrong));
         json_object_set_new(o, "failed", json_integer(failed));
+        json_object_set_new(o, "match_rate_pct", json_real(match_pct));
+        json_object_set_new(o, "match", json_pack("{s:i, s:i, s:o, s:f, s:f, s:f}", "matched", matched,
+                                                  "structures", n, "mean_rms", num(mean_rms), "ltol",
+                                                  mopts.ltol, "stol", mopts.stol, "angle_tol", mopts.angle_tol));
         if (m) json_object_set_new(o, "outside_domain", domain_json(&dr, items, &d, n));
         if (m) json_object_set_new(o, "confidence", confidence_json(&cr));
         if (a.list) json_object_set_new(o, "wrong_structures", bad);
@@ -531,6 +549,9 @@ int nesf_cmd_eval(int argc, char **argv)
                all.true_atoms, all.det_atoms, all.undetected_atoms, "structures");
         printf("reconstructed exactly (count, species, mean position error <= 0.01 Å): %d of %d; "
                "failed to decode: %d\n", n - wrong, n, failed);
+        printf("match rate (StructureMatcher-like, ltol %g, stol %g, angle_tol %g): %d of %d = %.2f %%, "
+               "mean RMS of the matches %.4f\n", mopts.ltol, mopts.stol, mopts.angle_tol, matched, n,
+               match_pct, mean_rms);
         if (m) print_domain(&dr, nesf_model_domain(m) != NULL);
         if (m) print_confidence(&cr);
         if (a.list)
