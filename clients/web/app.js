@@ -341,7 +341,7 @@ function trustHTML(s) {
   if (c && typeof c.percentile === 'number')
     h += `<span class="confidence" title="cycle distance |E(D(z)) − z| = ${fmt(c.cycle_distance, 2)}; ` +
       `higher percentiles of the training set's distances mean less trustworthy">` +
-      `<span class="k">cycle distance</span>${fmt(c.percentile, 0)}th pct</span>`;
+      `<span class="k">cycle-distance percentile</span>${fmt(c.percentile, 0)}</span>`;
   for (const w of s.warnings || [])
     h += `<span class="warning" data-code="${escapeHTML(w.code || '')}">⚠ ${escapeHTML(w.message || w.code || '')}</span>`;
   return h;
@@ -497,9 +497,13 @@ async function interpolate() {
     renderStrip();
     selectFrame(0, true);
     const ms = performance.now() - t0;
+    // the ends the model was not trained for (outside its training domain)
+    const ends = Object.entries(res.warnings || {}).flatMap(([end, list]) =>
+      (list || []).map((w) => `${end === 'from' ? 'A' : 'B'}: ${w.message || w.code}`));
     setMessage(`${frames.length} frames in ${(ms / 1000).toFixed(2)} s` +
                (res.model ? ` · model ${res.model}` : '') +
-               (res.request_id ? ` · request ${res.request_id}` : ''));
+               (res.request_id ? ` · request ${res.request_id}` : '') +
+               (ends.length ? ` · ⚠ outside the training domain: ${ends.join('; ')}` : ''));
     document.body.dataset.state = 'done';
   } catch (e) {
     setMessage(e.message, true);
