@@ -619,10 +619,8 @@ void nesf__free_outputs(nesf_structure **out, int n) { free_outputs(out, n); }
 
 int nesf__sane_cell(const nesf_cellpar *p, nesf_lattice *lat) { return sane_cell(p, lat); }
 
-/* The symmetrize option on decoded structures: a failed refinement keeps
- * the structure as decoded (a decode answer is never lost to spglib). */
-static void symmetrize_outputs(const nesf_decode_opts *o, nesf_structure **out, int n,
-                               nesf_decode_stats *st)
+void nesf_decode_symmetrize(const nesf_decode_opts *o, nesf_structure **out, int n,
+                            nesf_decode_stats *st)
 {
     for (int i = 0; i < n; i++) {
         if (!out[i] || out[i]->n == 0) continue;
@@ -663,7 +661,7 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     if (rc) return rc;
     if (o->symmetrize) {
         double t0 = now_ms();
-        symmetrize_outputs(o, out, f->n, &stats);
+        nesf_decode_symmetrize(o, out, f->n, &stats);
         stats.ms += now_ms() - t0;
     }
     if (st) *st = stats;

@@ -173,6 +173,15 @@ int nesf_decode(nesf_model *m, int n, const float *z, const nesf_decode_opts *o,
                 nesf_structure **out, nesf_error *item_err, nesf_decode_stats *st,
                 nesf_error *err);
 
+/* The symmetrize option (o->symmetrize, symprec, cell) applied to n
+ * decoded structures in place, as every decode does when it is set:
+ * out[i] is replaced by its refined cell; a structure spglib cannot refine
+ * (or NULL, or empty) is left as it is, and counted in
+ * st->symmetrize_failed (refined ones in st->symmetrized).  For callers
+ * that need the structures as decoded first (nesfd's confidence). */
+void nesf_decode_symmetrize(const nesf_decode_opts *o, nesf_structure **out, int n,
+                            nesf_decode_stats *st);
+
 /* The cycle distance |E(D(z)) - z| (Euclidean, latent units) of n latents
  * z (host, n x latent) given their decoded structures dec[i]: how far the
  * decoded structure's own latent lies from the one it came from; small

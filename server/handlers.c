@@ -432,6 +432,32 @@ static json_t *answer_base(const op_state *st)
                      "batch", nesfd_ticket_max_batch(st->ticket));
 }
 
+/* The options a decode job runs with: the request's, but symmetrized
+ * only after the confidence stage (the cycle distance is the decoder's
+ * own answer's, the one the training sample was measured on), and the
+ * symmetrize fields at their defaults so that such requests still share
+ * backend calls with the others. */
+static nesf_decode_opts decode_opts(const op_state *st)
+{
+    nesf_decode_opts o = st->opts, def;
+    nesf_decode_opts_default(&def);
+    o.symmetrize = 0;
+    o.symprec = def.symprec;
+    o.cell = def.cell;
+    return o;
+}
+
+/* After the confidence stage: the symmetrize option on the answer. */
+static void finish_decode(op_state *st)
+{
+    st->cycle_done = 1;
+    if (!st->opts.symmetrize) return;
+    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    nesf_decode_stats stats;
+    memset(&stats, 0, sizeof stats);
+    nesf_decode_symmetrize(&st->opts, job->s, job->n, &stats);
+}
+
 /* "confidence" of decoded item i: its cycle distance and that distance's
  * percentile in the training sample the model file records. */
 static json_t *confidence_json(const op_state *st, int i)
@@ -464,7 +490,7 @@ static int cycle_stage(op_state *st)
         for (int i = 0; st->cycle && i < job->n; i++) st->cycle[i] = INFINITY;
         if (!enc) { /* nothing to encode (or no memory for it): no figures */
             if (k) free(st->cycle), st->cycle = NULL;
-            st->cycle_done = 1;
+            finish_decode(st);
             return 0;
         }
         st->dec_ticket = st->ticket;
@@ -487,7 +513,7 @@ static int cycle_stage(op_state *st)
     nesfd_ticket_release(st->ticket);
     st->ticket = st->dec_ticket;
     st->dec_ticket = NULL;
-    st->cycle_done = 1;
+    finish_decode(st);
     return 0;
 }
 
@@ -548,7 +574,7 @@ static void h_decode(nesfd_req *r, void *ctx)
         snprintf(where, sizeof where, "latents[%d]", i);
         if (parse_latent(r, json_array_get(lat, (size_t)i), L, job->z + (size_t)i * L, where)) goto out;
     }
-    job->opts = st->opts;
+    job->opts = decode_opts(st);
     st->n = n;
     submit(st, job);
     job = NULL;
@@ -690,7 +716,7 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
         /* the inputs stay for the answer's "match" blocks */
         if ((st->inputs = calloc((size_t)job->n, sizeof *st->inputs)))
             for (int i = 0; i < job->n; i++) st->inputs[i] = job->s[i], job->s[i] = NULL;
-        dec->opts = st->opts;
+        dec->opts = decode_opts(st);
         submit(st, dec);
         if (st->submit_rc == -1) ticket_failed(st);
         return;
@@ -742,7 +768,7 @@ static void interpolate_decode(op_state *st)
         return;
     }
     nesf_interp_latents(st->za, st->zb, L, st->n, dec->z);
-    dec->opts = st->opts;
+    dec->opts = decode_opts(st);
     submit(st, dec);
     if (st->submit_rc == -1) ticket_failed(st);
 }
