@@ -241,6 +241,22 @@ def reconstruct_symmetrized():
 
 
 @check
+def domain_warnings_on_stderr():
+    """A structure far outside the model's training domain: the daemon's warnings reach stderr."""
+    big = dict(EXAMPLES["NaCl"])
+    big["lattice"] = {"matrix": [[3 * x for x in row] for row in EXAMPLES["NaCl"]["lattice"]["matrix"]]}
+    big.pop("cart_coords", None)
+    with open(W("big.json"), "w") as f:
+        json.dump(big, f)
+    r = client("encode", W("big.json"), "-o", W("big-lat.json"), url=URL)
+    need(r.returncode == 0, r.stderr)
+    want = daemon.post("/encode", {"structures": [big]})["warnings"][0]
+    need(want, "the daemon found nothing outside the domain: %s" % want)
+    for w in want:
+        need("warning %s: %s" % (w["code"], w["message"]) in r.stderr, "%s not on stderr: %r" % (w["code"], r.stderr))
+
+
+@check
 def server_errors_are_reported():
     with open(W("broken.cif"), "w") as f:
         f.write("data_x\n_cell_length_a 4\n_cell_length_b nope\n")

@@ -196,6 +196,13 @@ static void test_domain(void **state)
     free(dump);
     assert_int_equal(args(&c, &err, "--domain", "warn", NULL), NESF_OK);
     assert_int_equal(c.domain_refuse, 0);
+    /* the symmetrize decode options validate like the others */
+    const char *sym = write_file("sym.json", "{\"decode_options\": {\"symmetrize\": true, \"cell\": \"primitive\"}}");
+    assert_int_equal(nesfd_config_load_file(&c, sym, &err), NESF_OK);
+    assert_true(c.decode.symmetrize && c.decode.cell == NESF_CELL_PRIMITIVE);
+    const char *badsym = write_file("badsym.json", "{\"decode_options\": {\"cell\": \"niggli\"}}");
+    assert_int_not_equal(nesfd_config_load_file(&c, badsym, &err), NESF_OK);
+    assert_non_null(strstr(err.msg, "decode_options"));
     assert_int_not_equal(args(&c, &err, "--domain", "ignore", NULL), NESF_OK);
     assert_non_null(strstr(err.msg, "warn or refuse"));
     const char *bad = write_file("domain-bad.json", "{\"domain\": true}");
