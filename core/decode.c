@@ -2,6 +2,7 @@
  * options, NMS and the ground-truth field.  See decode.h. */
 #include "decode.h"
 #include "decode_internal.h"
+#include "symmetry.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -35,6 +36,9 @@ void nesf_decode_opts_default(nesf_decode_opts *o)
     o->fast_margin = 1.0f;
     o->fast_tol = 1e-3f;
     o->fast_merge = 0.01f;
+    o->symmetrize = 0;
+    o->symprec = 0.1f;
+    o->cell = NESF_CELL_CONVENTIONAL;
 }
 
 void nesf_decode_stats_add(nesf_decode_stats *sum, const nesf_decode_stats *st)
@@ -52,16 +56,24 @@ void nesf_decode_stats_add(nesf_decode_stats *sum, const nesf_decode_stats *st)
     sum->ms_species += st->ms_species;
     sum->steps += st->steps;
     sum->merged += st->merged;
+    sum->symmetrized += st->symmetrized;
+    sum->symmetrize_failed += st->symmetrize_failed;
 }
 
 typedef struct opt_desc {
     const char *key;
-    char type; /* 'f' float, 'i' int, 'l' long, 'm' mode (an int named in JSON) */
+    char type; /* 'f' float, 'i' int, 'l' long, 'm' an int named in JSON (names),
+                  'b' a flag (JSON true/false, or 0/1) */
     size_t off;
     double lo, hi;
+    const char *const *names; /* 'm': the JSON words for lo..hi */
 } opt_desc;
 
-#define OPT(k, t, lo, hi) {#k, t, offsetof(nesf_decode_opts, k), lo, hi}
+static const char *const mode_names[] = {"paper", "fast"};
+static const char *const cell_names[] = {"conventional", "primitive"};
+
+#define OPT(k, t, lo, hi) {#k, t, offsetof(nesf_decode_opts, k), lo, hi, NULL}
+#define OPT_NAMED(k, lo, hi, names) {#k, 'm', offsetof(nesf_decode_opts, k), lo, hi, names}
 static const opt_desc opt_table[] = {
     OPT(grid_step, 'f', 0.05, 5.0),
     OPT(grid_pad, 'f', 0.0, 20.0),
@@ -76,13 +88,16 @@ static const opt_desc opt_table[] = {
     OPT(max_particles, 'i', 1, 1 << 24),
     OPT(batch_particles, 'l', 1, 1L << 28),
     OPT(repair_lattice, 'i', 0, 1),
-    OPT(mode, 'm', NESF_DECODE_PAPER, NESF_DECODE_FAST),
+    OPT_NAMED(mode, NESF_DECODE_PAPER, NESF_DECODE_FAST, mode_names),
     OPT(fast_margin, 'f', 0.0, 20.0),
     OPT(fast_tol, 'f', 1e-6, 1.0),
     OPT(fast_merge, 'f', 0.0, 1.0),
+    OPT(symmetrize, 'b', 0, 1),
+    OPT(symprec, 'f', 1e-5, 1.0),
+    OPT_NAMED(cell, NESF_CELL_CONVENTIONAL, NESF_CELL_PRIMITIVE, cell_names),
 };
-static const char *const mode_names[] = {"paper", "fast"};
 #undef OPT
+#undef OPT_NAMED
 #define N_OPTS ((int)(sizeof opt_table / sizeof opt_table[0]))
 
 /* Most points per atom of the species vote (32³). */
@@ -93,7 +108,7 @@ static double opt_get(const nesf_decode_opts *o, const opt_desc *d)
     const char *p = (const char *)o + d->off;
     switch (d->type) {
     case 'f': return *(const float *)p;
-    case 'i': case 'm': return *(const int *)p;
+    case 'i': case 'm': case 'b': return *(const int *)p;
     default: return (double)*(const long *)p;
     }
 }
@@ -103,7 +118,7 @@ static void opt_set(nesf_decode_opts *o, const opt_desc *d, double v)
     char *p = (char *)o + d->off;
     switch (d->type) {
     case 'f': *(float *)p = (float)v; break;
-    case 'i': case 'm': *(int *)p = (int)v; break;
+    case 'i': case 'm': case 'b': *(int *)p = (int)v; break;
     default: *(long *)p = (long)v; break;
     }
 }
@@ -142,18 +157,21 @@ int nesf_decode_opts_from_json(nesf_decode_opts *o, const struct json_t *obj, ne
         if (!d) return nesf_fail(err, NESF_ERR_INVALID, "unknown decode option \"%.64s\"", key);
         double v = -1;
         if (d->type == 'm') {
-            for (int m = 0; json_is_string(val) && m <= NESF_DECODE_FAST; m++)
-                if (!strcmp(json_string_value(val), mode_names[m])) v = m;
+            for (int m = (int)d->lo; json_is_string(val) && m <= (int)d->hi; m++)
+                if (!strcmp(json_string_value(val), d->names[m - (int)d->lo])) v = m;
             if (v < 0)
-                return nesf_fail(err, NESF_ERR_INVALID,
-                                 "decode option %s must be \"paper\" or \"fast\"", key);
+                return nesf_fail(err, NESF_ERR_INVALID, "decode option %s must be \"%s\" or \"%s\"",
+                                 key, d->names[0], d->names[1]);
+        } else if (d->type == 'b' && json_is_boolean(val)) {
+            v = json_is_true(val);
         } else if (d->type == 'f') {
             if (!json_is_number(val))
                 return nesf_fail(err, NESF_ERR_INVALID, "decode option %s must be a number", key);
             v = json_number_value(val);
         } else {
             if (!json_is_integer(val))
-                return nesf_fail(err, NESF_ERR_INVALID, "decode option %s must be an integer", key);
+                return nesf_fail(err, NESF_ERR_INVALID, "decode option %s must be %s", key,
+                                 d->type == 'b' ? "true or false" : "an integer");
             v = (double)json_integer_value(val);
         }
         if (!(v >= d->lo && v <= d->hi))
@@ -184,9 +202,11 @@ char *nesf_decode_opts_to_json(const nesf_decode_opts *o)
     if (!obj) return NULL;
     for (int i = 0; i < N_OPTS; i++) {
         double v = opt_get(o, &opt_table[i]);
-        json_t *jv = opt_table[i].type == 'f'   ? json_real(v)
-                     : opt_table[i].type == 'm' ? json_string(mode_names[(int)v])
-                                                : json_integer((json_int_t)v);
+        const opt_desc *d = &opt_table[i];
+        json_t *jv = d->type == 'f'   ? json_real(v)
+                     : d->type == 'm' ? json_string(d->names[(int)v - (int)d->lo])
+                     : d->type == 'b' ? json_boolean(v != 0)
+                                      : json_integer((json_int_t)v);
         json_object_set_new(obj, opt_table[i].key, jv);
     }
     char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(7));
@@ -609,10 +629,29 @@ void nesf__free_outputs(nesf_structure **out, int n) { free_outputs(out, n); }
 
 int nesf__sane_cell(const nesf_cellpar *p, nesf_lattice *lat) { return sane_cell(p, lat); }
 
+void nesf_decode_symmetrize(const nesf_decode_opts *o, nesf_structure **out, int n,
+                            nesf_decode_stats *st)
+{
+    for (int i = 0; i < n; i++) {
+        if (!out[i] || out[i]->n == 0) continue;
+        nesf_structure *t;
+        if (nesf_structure_standardize(out[i], o->symprec, o->cell == NESF_CELL_PRIMITIVE, &t,
+                                       NULL, NULL)) {
+            st->symmetrize_failed++;
+            continue;
+        }
+        nesf_structure_free(out[i]);
+        out[i] = t;
+        st->symmetrized++;
+    }
+}
+
+static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
+                        nesf_error *item_err, nesf_decode_stats *st, nesf_error *err);
+
 int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
                       nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
 {
-    double t0 = now_ms();
     nesf_decode_opts def;
     if (!o) {
         nesf_decode_opts_default(&def);
@@ -622,16 +661,32 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     memset(&stats, 0, sizeof stats);
     int rc = nesf_decode_opts_check(o, err);
     if (rc) return rc;
-    const int n = f->n, A = f->num_species;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < f->n; i++) {
         out[i] = NULL;
         if (item_err) nesf_error_clear(&item_err[i]);
     }
-    if (n <= 0) {
-        if (st) *st = stats;
-        return NESF_OK;
+    if (f->n > 0)
+        rc = o->mode == NESF_DECODE_FAST ? nesf__decode_fast(f, o, out, item_err, &stats, err)
+                                         : decode_paper(f, o, out, item_err, &stats, err);
+    if (rc) return rc;
+    if (o->symmetrize) {
+        double t0 = now_ms();
+        nesf_decode_symmetrize(o, out, f->n, &stats);
+        stats.ms += now_ms() - t0;
     }
-    if (o->mode == NESF_DECODE_FAST) return nesf__decode_fast(f, o, out, item_err, st, err);
+    if (st) *st = stats;
+    return NESF_OK;
+}
+
+/* spec §5 on the options' grid; out and item_err cleared by the caller. */
+static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
+                        nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
+{
+    double t0 = now_ms();
+    nesf_decode_stats stats;
+    memset(&stats, 0, sizeof stats);
+    int rc;
+    const int n = f->n, A = f->num_species;
 
     /* the particle grid, shared by every structure */
     int gn[3];

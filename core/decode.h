@@ -67,9 +67,19 @@ typedef struct nesf_decode_opts {
     float fast_margin;   /* (1.0) */
     float fast_tol;      /* (0.001) */
     float fast_merge;    /* (0.01) */
+    /* Symmetrized output: with symmetrize = 1 (JSON true) every decoded
+     * structure is refined to the space group spglib finds at symprec Å
+     * (nesf_structure_standardize) and returned as its standardized cell,
+     * "conventional" or "primitive" (JSON "cell").  A structure spglib
+     * cannot refine is returned as decoded and counted in
+     * stats.symmetrize_failed. */
+    int symmetrize;      /* (0) */
+    float symprec;       /* (0.1) */
+    int cell;            /* NESF_CELL_CONVENTIONAL (0) or NESF_CELL_PRIMITIVE */
 } nesf_decode_opts;
 
 enum { NESF_DECODE_PAPER = 0, NESF_DECODE_FAST = 1 };
+enum { NESF_CELL_CONVENTIONAL = 0, NESF_CELL_PRIMITIVE = 1 };
 
 /* The paper's settings (spec §5). */
 void nesf_decode_opts_default(nesf_decode_opts *o);
@@ -98,6 +108,8 @@ typedef struct nesf_decode_stats {
     double ms_species;   /* species field and vote */
     long steps;          /* sum over structures of the flow steps they ran */
     long merged;         /* particles merged into others (fast mode) */
+    int symmetrized;     /* structures refined to their space group */
+    int symmetrize_failed; /* structures spglib could not refine */
 } nesf_decode_stats;
 
 /* sum += st, field by field (the counts and times of several calls). */
@@ -160,6 +172,24 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
 int nesf_decode(nesf_model *m, int n, const float *z, const nesf_decode_opts *o,
                 nesf_structure **out, nesf_error *item_err, nesf_decode_stats *st,
                 nesf_error *err);
+
+/* The symmetrize option (o->symmetrize, symprec, cell) applied to n
+ * decoded structures in place, as every decode does when it is set:
+ * out[i] is replaced by its refined cell; a structure spglib cannot refine
+ * (or NULL, or empty) is left as it is, and counted in
+ * st->symmetrize_failed (refined ones in st->symmetrized).  For callers
+ * that need the structures as decoded first (nesfd's confidence). */
+void nesf_decode_symmetrize(const nesf_decode_opts *o, nesf_structure **out, int n,
+                            nesf_decode_stats *st);
+
+/* The cycle distance |E(D(z)) - z| (Euclidean, latent units) of n latents
+ * z (host, n x latent) given their decoded structures dec[i]: how far the
+ * decoded structure's own latent lies from the one it came from; small
+ * when the decoder's answer is one the encoder recognises.  A NULL or
+ * empty dec[i] gets INFINITY.  The confidence of a decoded structure is
+ * this distance as a percentile of the training set's (domain.h). */
+int nesf_cycle_distances(nesf_model *m, int n, const float *z, nesf_structure *const *dec,
+                         double *dist, nesf_error *err);
 
 /* Non-max suppression of one structure's particles (spec §5 step 5):
  * pos (n x 3) and squared scores s (n) of the particles that passed the

@@ -127,3 +127,32 @@ int nesf_decode(nesf_model *m, int n, const float *z, const nesf_decode_opts *o,
     free(bad);
     return rc;
 }
+
+int nesf_cycle_distances(nesf_model *m, int n, const float *z, nesf_structure *const *dec,
+                         double *dist, nesf_error *err)
+{
+    const int L = nesf_model_latent_size(m);
+    nesf_structure **ok = malloc((size_t)(n ? n : 1) * sizeof *ok);
+    int *idx = malloc((size_t)(n ? n : 1) * sizeof *idx);
+    float *ze = malloc((size_t)(n ? n : 1) * L * sizeof *ze);
+    if (!ok || !idx || !ze) {
+        free(ok), free(idx), free(ze);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    }
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        dist[i] = INFINITY; /* nothing decoded: as far from the latent as it gets */
+        if (dec[i] && dec[i]->n > 0) ok[k] = dec[i], idx[k++] = i;
+    }
+    int rc = k ? nesf_model_encode(m, ok, k, ze, err) : NESF_OK;
+    for (int j = 0; !rc && j < k; j++) {
+        const float *a = ze + (size_t)j * L, *b = z + (size_t)idx[j] * L;
+        double s = 0;
+        for (int c = 0; c < L; c++) s += ((double)a[c] - b[c]) * ((double)a[c] - b[c]);
+        dist[idx[j]] = sqrt(s);
+    }
+    free(ok);
+    free(idx);
+    free(ze);
+    return rc;
+}

@@ -449,6 +449,11 @@ static int load_from(nesf_st *st, const char *path, nesf_backend *be, nesf_model
     const char *tc = nesf_st_meta(st, "training_config");
     if (!tc) tc = nesf_st_meta(st, "train_config");  /* the PyTorch reference's key */
     if (tc) m->train_config = strdup(tc);
+    const char *dm = nesf_st_meta(st, "domain");
+    if (dm && (rc = nesf_domain_from_json(dm, &m->domain, err))) {
+        nesf_model_free(m);
+        return rc;
+    }
     rc = alloc_net(m, be, err);
     float *P = calloc(m->net.nparams, sizeof *P), *B = calloc(m->net.nbuffers + 1, sizeof *B);
     if (!rc && (!P || !B)) rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
@@ -558,6 +563,10 @@ int nesf_model_write(nesf_model *m, nesf_st_writer *w, const char *path,
     if (!rc) rc = nesf_st_writer_meta(w, "bbox_max", hi, err);
     if (!rc) rc = nesf_st_writer_meta(w, "model_config", mc, err);
     if (!rc && tc) rc = nesf_st_writer_meta(w, "training_config", tc, err);
+    char *dj = m->domain.structures > 0 ? nesf_domain_to_json(&m->domain) : NULL;
+    if (!rc && m->domain.structures > 0)
+        rc = dj ? nesf_st_writer_meta(w, "domain", dj, err) : nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    free(dj);
     if (!rc) rc = nesf_st_writer_write(w, path, err);
     if (!rc && tc && tc != m->train_config) {
         free(m->train_config);
@@ -579,6 +588,8 @@ int nesf_model_latent_size(const nesf_model *m) { return m->cfg.latent; }
 int nesf_model_num_species(const nesf_model *m) { return m->A; }
 int nesf_model_species_z(const nesf_model *m, int cls) { return cls >= 0 && cls < m->A ? m->species_z[cls] : 0; }
 size_t nesf_model_param_count(const nesf_model *m) { return m->net.nparams; }
+const nesf_domain *nesf_model_domain(const nesf_model *m) { return m->domain.structures > 0 ? &m->domain : NULL; }
+void nesf_model_set_domain(nesf_model *m, const nesf_domain *d) { m->domain = *d; }
 const char *nesf_model_train_config(const nesf_model *m) { return m->train_config ? m->train_config : ""; }
 
 int nesf_model_class_of(const nesf_model *m, int z)

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "domain.h"
 #include "error.h"
 #include "structure.h"
 
@@ -85,6 +86,12 @@ void nesf_model_bbox(const nesf_model *m, float bbox_min[3], float bbox_max[3]);
 /* Replaces the stored training box, for a model trained further on other
  * data (spec §2: the box is that of the atoms the model is trained on). */
 void nesf_model_set_bbox(nesf_model *m, const float bbox_min[3], const float bbox_max[3]);
+/* The training domain recorded in the file (metadata "domain", domain.h),
+ * or NULL when the file has none; owned by the model. */
+const nesf_domain *nesf_model_domain(const nesf_model *m);
+/* Replaces it (saved with the model): training records the domain of its
+ * training set. */
+void nesf_model_set_domain(nesf_model *m, const nesf_domain *d);
 size_t nesf_model_param_count(const nesf_model *m);
 /* Training configuration JSON stored with the weights ("" if none). */
 const char *nesf_model_train_config(const nesf_model *m);

@@ -3,6 +3,7 @@
 #ifndef NESF_MODEL_INTERNAL_H
 #define NESF_MODEL_INTERNAL_H
 
+#include "domain.h"
 #include "mlp.h"
 #include "model.h"
 #include "safetensors.h"
@@ -28,6 +29,7 @@ struct nesf_model {
     nesf_tensor_info *tensors;
     int ntensors;
     char *train_config;   /* JSON text or NULL */
+    nesf_domain domain;   /* training domain; domain.structures = 0: none recorded */
 };
 
 /* Host-side inputs of the encoder for a batch of structures (canonical

@@ -546,3 +546,24 @@ out:
     free(order);
     return rc;
 }
+
+int nesf_st_rewrite_meta(const char *in, const char *out, const char *key, const char *value,
+                         nesf_error *err)
+{
+    nesf_st *st;
+    int rc = nesf_st_read(in, &st, err);
+    if (rc) return rc;
+    nesf_st_writer *w = nesf_st_writer_new();
+    if (!w) rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < st->n; i++) {
+        const nesf_st_tensor *t = &st->t[i];
+        rc = nesf_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data, err);
+    }
+    for (int i = 0; !rc && i < st->nmeta; i++)
+        if (strcmp(st->meta_key[i], key)) rc = nesf_st_writer_meta(w, st->meta_key[i], st->meta_val[i], err);
+    if (!rc) rc = nesf_st_writer_meta(w, key, value, err);
+    if (!rc) rc = nesf_st_writer_write(w, out, err);
+    nesf_st_writer_free(w);
+    nesf_st_free(st);
+    return rc;
+}

@@ -62,4 +62,10 @@ int nesf_st_writer_meta(nesf_st_writer *w, const char *key, const char *value,
 /* Writes path atomically: path.tmp.<pid>, fsync, rename. */
 int nesf_st_writer_write(nesf_st_writer *w, const char *path, nesf_error *err);
 
+/* Copies file in to out (atomically; in == out allowed) with metadata key
+ * set to value: every tensor keeps its name, dtype, shape and bytes, every
+ * other metadata entry its value.  For records added to finished models. */
+int nesf_st_rewrite_meta(const char *in, const char *out, const char *key, const char *value,
+                         nesf_error *err);
+
 #endif

@@ -374,3 +374,127 @@ int nesf_spacegroup_ops(const char *hm, const char *hall, int number, const nesf
     *n_ops = n;
     return NESF_OK;
 }
+
+/* ---- standardized (refined) cells ---------------------------------------- */
+
+/* spglib's output into a new structure in the datasets' orientation. */
+static int standardized_structure(double lat[3][3], double (*pos)[3], const int *zs, int n,
+                                  nesf_structure **out, nesf_error *err)
+{
+    nesf_structure *t = nesf_structure_new(n);
+    if (!t) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) t->lat.m[i][j] = lat[j][i];
+    int rc = NESF_OK;
+    for (int i = 0; i < n && !rc; i++) rc = nesf_structure_add_site(t, zs[i], pos[i], err);
+    if (!rc) rc = nesf_structure_canonicalize(t, err);
+    if (!rc) {
+        nesf_structure_wrap(t);
+        rc = nesf_structure_validate(t, err);
+    }
+    if (rc) {
+        nesf_structure_free(t);
+        return rc;
+    }
+    *out = t;
+    return NESF_OK;
+}
+
+/* One pass of spglib's standardization; info receives the group of s. */
+static int standardize_once(const nesf_structure *s, double symprec, int primitive,
+                            nesf_structure **out, nesf_symmetry_info *info, nesf_error *err)
+{
+    int rc;
+    double lat[3][3], (*in)[3];
+    int *tin;
+    if (spg_input(s, lat, &in, &tin)) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    /* a conventional cell holds up to 4 times the atoms of a primitive input */
+    size_t cap = 4 * (size_t)s->n;
+    double(*pos)[3] = malloc(cap * sizeof *pos);
+    int *zs = malloc(cap * sizeof *zs);
+    if (!pos || !zs) {
+        free(in), free(tin), free(pos), free(zs);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    }
+    memcpy(pos, in, (size_t)s->n * sizeof *pos);
+    memcpy(zs, tin, (size_t)s->n * sizeof *zs);
+    char sym[11] = "";
+    pthread_mutex_lock(&spg_lock);
+    int number = spg_get_international(sym, lat, in, tin, s->n, symprec);
+    int n = number > 0 ? spg_standardize_cell(lat, pos, zs, s->n, primitive, 0, symprec) : 0;
+    const char *why = n > 0 ? NULL : spg_get_error_message(spg_get_error_code());
+    pthread_mutex_unlock(&spg_lock);
+    free(in);
+    free(tin);
+    if (n <= 0 || (size_t)n > cap)
+        rc = nesf_fail(err, NESF_ERR_INVALID, "spglib cannot standardize the cell at symprec %g: %s",
+                       symprec, why ? why : "unknown reason");
+    else
+        rc = standardized_structure(lat, pos, zs, n, out, err);
+    free(pos);
+    free(zs);
+    if (!rc) {
+        info->number = number;
+        snprintf(info->symbol, sizeof info->symbol, "%s", sym);
+    }
+    return rc;
+}
+
+/* Passes until the result's group at symprec is the one it was refined
+ * to: idealizing can bring atoms within symprec of a higher group. */
+#define STANDARDIZE_PASSES 4
+
+int nesf_structure_standardize(const nesf_structure *s, double symprec, int primitive,
+                               nesf_structure **out, nesf_symmetry_info *info, nesf_error *err)
+{
+    *out = NULL;
+    int rc = nesf_structure_validate(s, err);
+    if (rc) return rc;
+    if (s->n <= 0) return nesf_fail(err, NESF_ERR_INVALID, "structure has no sites");
+    if (!(symprec > 0) || !isfinite(symprec))
+        return nesf_fail(err, NESF_ERR_INVALID, "symprec must be positive (got %g)", symprec);
+    nesf_structure *cur = NULL;
+    nesf_symmetry_info got = {0};
+    for (int pass = 0; pass < STANDARDIZE_PASSES; pass++) {
+        nesf_structure *next = NULL;
+        if ((rc = standardize_once(cur ? cur : s, symprec, primitive, &next, &got, err))) break;
+        nesf_structure_free(cur);
+        cur = next;
+        int was = got.number;
+        got.number = nesf_structure_spacegroup(cur, symprec, got.symbol, sizeof got.symbol);
+        if (got.number == was) break;
+    }
+    if (rc) {
+        nesf_structure_free(cur);
+        return rc;
+    }
+    if (info) *info = got; /* the group of what is returned, at symprec */
+    *out = cur;
+    return NESF_OK;
+}
+
+/* ---- reduced cells for structure comparison ------------------------------ */
+
+int nesf_structure_niggli(const nesf_structure *s, nesf_structure **out, nesf_error *err)
+{
+    *out = NULL;
+    double lat[3][3];
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) lat[i][j] = s->lat.m[j][i];
+    pthread_mutex_lock(&spg_lock);
+    spg_niggli_reduce(lat, 1e-5); /* leaves lat as it was when it fails */
+    pthread_mutex_unlock(&spg_lock);
+    nesf_structure *t = nesf_structure_new(s->n);
+    if (!t) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) t->lat.m[i][j] = lat[j][i];
+    int rc = NESF_OK;
+    for (int i = 0; !rc && i < s->n; i++) rc = nesf_structure_add_site_cart(t, s->z[i], s->cart + 3 * i, err);
+    if (!rc) nesf_structure_wrap(t);
+    if (rc) {
+        nesf_structure_free(t);
+        return rc;
+    }
+    *out = t;
+    return NESF_OK;
+}

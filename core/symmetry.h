@@ -26,6 +26,23 @@ int nesf_structure_symmetry(const nesf_structure *s, double symprec, nesf_symmet
                             nesf_error *err);
 void nesf_symmetry_free(nesf_symmetry *sym);
 
+typedef struct nesf_symmetry_info {
+    int number;            /* International Tables number, 1..230 */
+    char symbol[16];       /* international short symbol */
+} nesf_symmetry_info;
+
+/* The crystal of s refined to its space group at tolerance symprec (Å):
+ * spglib's standardized cell (conventional, or primitive when primitive
+ * is 1) with idealized lattice and positions, so that any tolerance finds
+ * that group again; returned in the datasets' orientation (a along +x)
+ * with fractional coordinates wrapped into [0, 1).  This is how decoded
+ * structures are published symmetric.  *out is the caller's
+ * (nesf_structure_free); info (may be NULL) receives the group.
+ * NESF_ERR_INVALID when spglib finds no group (e.g. atoms closer than
+ * symprec). */
+int nesf_structure_standardize(const nesf_structure *s, double symprec, int primitive,
+                               nesf_structure **out, nesf_symmetry_info *info, nesf_error *err);
+
 /* Operations of a space group from spglib's database, for CIFs that name
  * the group instead of listing its operations.  hm is the Hermann-Mauguin
  * symbol as CIFs write it ("P 21/c", "P 1 21/n 1", "F d -3 m :2",
@@ -37,5 +54,10 @@ void nesf_symmetry_free(nesf_symmetry *sym);
  * Writes *n_ops <= 192 operations on fractional coordinates. */
 int nesf_spacegroup_ops(const char *hm, const char *hall, int number, const nesf_cellpar *cell,
                         int rot[192][3][3], double trans[192][3], int *n_ops, nesf_error *err);
+
+/* A copy of s in its Niggli-reduced cell (spglib; the cell itself when
+ * spglib cannot reduce it), fractional coordinates wrapped: a step of
+ * comparing two structures (match.h).  *out is the caller's. */
+int nesf_structure_niggli(const nesf_structure *s, nesf_structure **out, nesf_error *err);
 
 #endif

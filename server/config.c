@@ -82,6 +82,14 @@ static int parse_seconds(const char *what, const char *s, double *out, nesf_erro
     return NESF_OK;
 }
 
+static int set_domain(nesfd_config *c, const char *what, const char *s, nesf_error *err)
+{
+    if (strcmp(s, "warn") && strcmp(s, "refuse"))
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected warn or refuse, got '%s'", what, s);
+    c->domain_refuse = !strcmp(s, "refuse");
+    return NESF_OK;
+}
+
 static int set_backend(nesfd_config *c, const char *what, const char *s, nesf_error *err)
 {
     if (strcmp(s, "auto") && strcmp(s, "cpu") && strcmp(s, "cuda"))
@@ -253,6 +261,10 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
         if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         return set_backend(c, key, s, err);
     }
+    if (!strcmp(key, "domain")) {
+        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
+        return set_domain(c, key, s, err);
+    }
     if (!strcmp(key, "log_requests") || !strcmp(key, "invariant")) {
         if (!json_is_boolean(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected true or false", key);
         *(key[0] == 'l' ? &c->log_requests : &c->invariant) = json_is_true(v);
@@ -394,6 +406,8 @@ static const flag_info flags[] = {
     {"--fused-batches", 0, NULL, "let the structures of a batch share GEMMs: faster on a GPU, but\n"
                                  "answers may then differ from unbatched ones in the last bits\n"
                                  "(default: each item in GEMMs of its own, answers bit-identical)"},
+    {"--domain", 1, "warn|refuse", "inputs outside a model's training domain: answer with \"warnings\"\n"
+                                   "(default) or refuse them with 422 (docs/trust.md)"},
     {"--queue-limit", 1, "N", "queued items per model before answering 503 (default 4096)"},
     {"--body-limit", 1, "BYTES", "largest request body, k/m/g suffixes allowed (default 8M)"},
     {"--max-items", 1, "N", "latents, structures or steps per request (default 512)"},
@@ -434,6 +448,7 @@ void nesfd_config_usage(FILE *f)
             "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit,\n"
             "invariant}, body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
             "auth_token | auth_token_file, cors_origins [..], log_requests, web_root,\n"
+            "domain (\"warn\" | \"refuse\"),\n"
             "decode_options {mode, grid_step, iterations, ...} (default {\"mode\": \"fast\"}).\n"
             "Model paths in the file are relative to the file; on the command line, to the\n"
             "current directory.  SIGTERM/SIGINT: stop accepting, finish in-flight requests,\n"
@@ -469,6 +484,7 @@ static int apply_flag(nesfd_config *c, const char *name, const char *val, int *o
     if (!strcmp(name, "--config")) return NESF_OK; /* read before the other flags */
     if (!strcmp(name, "--listen")) return nesfd_config_parse_listen(c, val, err);
     if (!strcmp(name, "--backend")) return set_backend(c, name, val, err);
+    if (!strcmp(name, "--domain")) return set_domain(c, name, val, err);
     if (!strcmp(name, "--body-limit")) return parse_size(name, val, &c->body_limit, err);
     if (!strcmp(name, "--request-timeout")) return parse_seconds(name, val, &c->request_timeout_s, err);
     if (!strcmp(name, "--shutdown-grace")) return parse_seconds(name, val, &c->shutdown_grace_s, err);
@@ -575,6 +591,7 @@ char *nesfd_config_dump(const nesfd_config *c)
         "auth_token", c->token[0] ? json_string("<redacted>") : json_null(),
         "cors_origins", origins, "log_requests", c->log_requests, "web_root", c->web_root);
     if (o) json_object_set_new(json_object_get(o, "batching"), "invariant", json_boolean(c->invariant));
+    if (o) json_object_set_new(o, "domain", json_string(c->domain_refuse ? "refuse" : "warn"));
     char *dj = nesf_decode_opts_to_json(&c->decode);
     if (o && dj) json_object_set_new(o, "decode_options", json_loads(dj, 0, NULL));
     free(dj);

@@ -48,6 +48,8 @@ typedef struct nesfd_config {
     int n_origins;
     int log_requests;          /* one JSON line per request on stderr */
     char web_root[4096];       /* static files (the web viewer) served at /; "" = none */
+    int domain_refuse;         /* inputs outside a model's training domain (domain.h):
+                                  0 "warn": answered with "warnings", 1 "refuse": 422 */
     nesf_decode_opts decode;   /* decode options of a request that sets none; a request's
                                   "options" override them key by key.  Built in: the fast
                                   mode (it qualified against the paper's algorithm, see

@@ -6,9 +6,11 @@
 #include <string.h>
 
 #include "cif.h"
+#include "domain.h"
 #include "elements.h"
 #include "interp.h"
 #include "oip.h"
+#include "match.h"
 #include "sio.h"
 #include "sjson.h"
 #include "static.h"
@@ -38,6 +40,14 @@ typedef struct op_state {
     /* interpolate: endpoints given as latents, or encode job slots */
     float *za, *zb;
     int a_slot, b_slot;        /* index in the encode job, -1 when a latent */
+    /* confidence: after the decode ticket, the decoded structures are
+     * encoded again (E(D(z))); the decode ticket waits in dec_ticket */
+    nesfd_ticket *dec_ticket;
+    int cycle_done;
+    double *cycle;             /* [n] cycle distances |E(D(z)) - z| */
+    nesf_structure **inputs;   /* reconstruct: the input structures (n), for "match" */
+    json_t *warn;              /* input structures' domain warnings, one list each */
+    json_t *warn_ends;         /* interpolate: {"from"|"to": list} of structure ends */
 } op_state;
 
 static void op_free(void *p)
@@ -45,6 +55,11 @@ static void op_free(void *p)
     op_state *st = p;
     if (!st) return;
     nesfd_ticket_release(st->ticket);
+    nesfd_ticket_release(st->dec_ticket);
+    free(st->cycle);
+    if (st->inputs) nesf_structure_list_free(st->inputs, st->n);
+    json_decref(st->warn);
+    json_decref(st->warn_ends);
     free(st->latents);
     free(st->za);
     free(st->zb);
@@ -239,6 +254,12 @@ static int parse_output(op_state *st, json_t *root)
             return -1;
         }
     }
+    /* a symmetrized structure reports the group it was refined to */
+    if (st->opts.symmetrize && !sp) { /* the float option as the number the client sent */
+        char num[32];
+        snprintf(num, sizeof num, "%.7g", st->opts.symprec);
+        st->symprec = strtod(num, NULL);
+    }
     return 0;
 }
 
@@ -349,6 +370,30 @@ static nesf_structure *parse_structure(nesfd_req *r, nesfd_model_entry *me, json
     return s;
 }
 
+/* An input structure against the model's training domain (domain.h):
+ * its warnings into *list (a new JSON array), or, when the daemon refuses
+ * such inputs, a 422 answer and -1. */
+static int domain_gate(op_state *st, const nesf_structure *s, const char *where, json_t **list)
+{
+    nesf_domain_warning w[NESF_DOMAIN_MAX_WARNINGS];
+    float lo[3], hi[3];
+    nesf_model_bbox(st->me->model, lo, hi);
+    int n = nesf_domain_check(nesf_model_domain(st->me->model), lo, hi, s, w, NESF_DOMAIN_MAX_WARNINGS);
+    if (n && st->app->cfg->domain_refuse) {
+        char msg[1024] = "";
+        for (int i = 0; i < n; i++)
+            snprintf(msg + strlen(msg), sizeof msg - strlen(msg), "%s%s: %s", i ? "; " : "", w[i].code,
+                     w[i].message);
+        nesfd_reply_error(st->req, 422, "outside_domain", "%s lies outside model '%s''s training "
+                          "domain: %s", where, st->me->name, msg);
+        return -1;
+    }
+    *list = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(*list, json_pack("{s:s, s:s}", "code", w[i].code, "message", w[i].message));
+    return 0;
+}
+
 /* ---- answers ---- */
 
 static json_t *structure_json(const op_state *st, const nesf_structure *s)
@@ -388,14 +433,100 @@ static json_t *answer_base(const op_state *st)
                      "batch", nesfd_ticket_max_batch(st->ticket));
 }
 
+/* The options a decode job runs with: the request's, but symmetrized
+ * only after the confidence stage (the cycle distance is the decoder's
+ * own answer's, the one the training sample was measured on), and the
+ * symmetrize fields at their defaults so that such requests still share
+ * backend calls with the others. */
+static nesf_decode_opts decode_opts(const op_state *st)
+{
+    nesf_decode_opts o = st->opts, def;
+    nesf_decode_opts_default(&def);
+    o.symmetrize = 0;
+    o.symprec = def.symprec;
+    o.cell = def.cell;
+    return o;
+}
+
+/* After the confidence stage: the symmetrize option on the answer. */
+static void finish_decode(op_state *st)
+{
+    st->cycle_done = 1;
+    if (!st->opts.symmetrize) return;
+    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    nesf_decode_stats stats;
+    memset(&stats, 0, sizeof stats);
+    nesf_decode_symmetrize(&st->opts, job->s, job->n, &stats);
+}
+
+/* "confidence" of decoded item i: its cycle distance and that distance's
+ * percentile in the training sample the model file records. */
+static json_t *confidence_json(const op_state *st, int i)
+{
+    double d = st->cycle ? st->cycle[i] : NAN;
+    double p = isnan(d) ? -1 : nesf_domain_percentile(nesf_model_domain(st->me->model), d);
+    return json_pack("{s:o, s:o}", "cycle_distance", isfinite(d) ? json_real(d) : json_null(),
+                     "percentile", p >= 0 ? json_real(p) : json_null());
+}
+
+/* The confidence stage between a finished decode ticket and the answer.
+ * Returns 1 while the encode of the decoded structures is under way (or
+ * its submission failed and was answered), 0 when the answer can be
+ * given: st->ticket is the decode ticket again and st->cycle is filled. */
+static int cycle_stage(op_state *st)
+{
+    if (st->cycle_done) return 0;
+    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    const int L = st->me->latent;
+    if (!st->dec_ticket) { /* the decode just ended: encode its structures */
+        int k = 0;
+        for (int i = 0; i < job->n; i++) k += job->s[i] && job->s[i]->n > 0;
+        st->cycle = malloc((size_t)job->n * sizeof *st->cycle);
+        nesfd_job *enc = k && st->cycle ? nesfd_job_new(NESFD_JOB_ENCODE, st->me, k) : NULL;
+        for (int i = 0, j = 0; enc && i < job->n; i++)
+            if (job->s[i] && job->s[i]->n > 0 && !(enc->s[j++] = nesf_structure_copy(job->s[i]))) {
+                nesfd_job_free(enc);
+                enc = NULL;
+            }
+        for (int i = 0; st->cycle && i < job->n; i++) st->cycle[i] = INFINITY;
+        if (!enc) { /* nothing to encode (or no memory for it): no figures */
+            if (k) free(st->cycle), st->cycle = NULL;
+            finish_decode(st);
+            return 0;
+        }
+        st->dec_ticket = st->ticket;
+        st->ticket = NULL;
+        submit(st, enc);
+        if (st->submit_rc == -1) ticket_failed(st);
+        return 1;
+    }
+    nesfd_job *dec = nesfd_ticket_data(st->dec_ticket);
+    for (int i = 0, j = 0; i < dec->n; i++) {
+        if (!dec->s[i] || dec->s[i]->n == 0) continue;
+        if (!nesfd_ticket_item(st->ticket, j)->status) {
+            const float *a = job->z + (size_t)j * L, *b = dec->z + (size_t)i * L;
+            double sum = 0;
+            for (int c = 0; c < L; c++) sum += ((double)a[c] - b[c]) * ((double)a[c] - b[c]);
+            st->cycle[i] = sqrt(sum);
+        }
+        j++;
+    }
+    nesfd_ticket_release(st->ticket);
+    st->ticket = st->dec_ticket;
+    st->dec_ticket = NULL;
+    finish_decode(st);
+    return 0;
+}
+
 /* Structures of a finished decode job, each or its error in place. */
 static json_t *decoded_json(const op_state *st, const nesfd_job *job)
 {
     json_t *list = json_array();
     for (int i = 0; i < job->n; i++) {
         nesfd_item *it = nesfd_ticket_item(st->ticket, i);
-        json_array_append_new(list, it->status ? item_error_json(&job->item_err[i])
-                                               : structure_json(st, job->s[i]));
+        json_t *o = it->status ? item_error_json(&job->item_err[i]) : structure_json(st, job->s[i]);
+        if (!it->status) json_object_set_new(o, "confidence", confidence_json(st, i));
+        json_array_append_new(list, o);
     }
     return list;
 }
@@ -413,8 +544,8 @@ static void h_decode(nesfd_req *r, void *ctx)
 {
     nesfd_app *app = ctx;
     op_state *st = nesfd_req_state(r);
-    if (st) { /* resumed: the decode ticket ended */
-        if (ticket_failed(st)) return;
+    if (st) { /* resumed: the decode ticket ended, or the confidence stage */
+        if (ticket_failed(st) || cycle_stage(st)) return;
         nesfd_job *job = nesfd_ticket_data(st->ticket);
         json_t *ans = answer_base(st);
         json_object_set_new(ans, "structures", decoded_json(st, job));
@@ -444,7 +575,7 @@ static void h_decode(nesfd_req *r, void *ctx)
         snprintf(where, sizeof where, "latents[%d]", i);
         if (parse_latent(r, json_array_get(lat, (size_t)i), L, job->z + (size_t)i * L, where)) goto out;
     }
-    job->opts = st->opts;
+    job->opts = decode_opts(st);
     st->n = n;
     submit(st, job);
     job = NULL;
@@ -471,13 +602,17 @@ static nesfd_job *structures_job(op_state *st, json_t *root)
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         return NULL;
     }
+    st->warn = json_array();
     for (int i = 0; i < n; i++) {
         char where[32];
+        json_t *w = NULL;
         snprintf(where, sizeof where, "structures[%d]", i);
-        if (!(job->s[i] = parse_structure(r, st->me, json_array_get(list, (size_t)i), where))) {
+        if (!(job->s[i] = parse_structure(r, st->me, json_array_get(list, (size_t)i), where)) ||
+            domain_gate(st, job->s[i], where, &w)) {
             nesfd_job_free(job);
             return NULL;
         }
+        json_array_append_new(st->warn, w);
     }
     st->n = n;
     return job;
@@ -512,6 +647,7 @@ static void h_encode(nesfd_req *r, void *ctx)
         json_t *ans = answer_base(st);
         json_object_set_new(ans, "latent_size", json_integer(st->me->latent));
         json_object_set_new(ans, "latents", latents_json(job->z, job->n, st->me->latent));
+        json_object_set(ans, "warnings", st->warn);
         nesfd_reply_json(r, 200, ans);
         return;
     }
@@ -525,6 +661,24 @@ static void h_encode(nesfd_req *r, void *ctx)
         if (st->submit_rc == -1) ticket_failed(st);
     }
     json_decref(root);
+}
+
+/* "match": is the reconstruction the input's crystal (match.h, the
+ * benchmarks' tolerances)? */
+static json_t *match_json(const nesf_structure *in, const nesf_structure *out)
+{
+    nesf_match_opts o;
+    nesf_match_opts_default(&o);
+    nesf_match_result r;
+    nesf_error err;
+    if (nesf_structure_match(in, out, &o, &r, &err))
+        return json_pack("{s:n, s:s}", "match", "error", err.msg);
+    json_t *m = json_pack("{s:b, s:o, s:o, s:f, s:f, s:f}", "match", r.match,
+                          "rms", isfinite(r.rms) ? json_real(r.rms) : json_null(),
+                          "max_dist", isfinite(r.max_dist) ? json_real(r.max_dist) : json_null(),
+                          "ltol", o.ltol, "stol", o.stol, "angle_tol", o.angle_tol);
+    if (!r.match) json_object_set_new(m, "reason", json_string(r.reason));
+    return m;
 }
 
 /* ---- POST /reconstruct: encode, then decode ---- */
@@ -560,13 +714,23 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
         }
         memcpy(dec->z, job->z, bytes);
         memcpy(st->latents, job->z, bytes);
-        dec->opts = st->opts;
+        /* the inputs stay for the answer's "match" blocks */
+        if ((st->inputs = calloc((size_t)job->n, sizeof *st->inputs)))
+            for (int i = 0; i < job->n; i++) st->inputs[i] = job->s[i], job->s[i] = NULL;
+        dec->opts = decode_opts(st);
         submit(st, dec);
         if (st->submit_rc == -1) ticket_failed(st);
         return;
     }
-    json_t *ans = answer_base(st);
-    json_object_set_new(ans, "structures", decoded_json(st, job));
+    if (cycle_stage(st)) return;
+    job = nesfd_ticket_data(st->ticket);
+    json_t *ans = answer_base(st), *list = decoded_json(st, job);
+    for (int i = 0; i < job->n; i++) { /* what the input's domain check found; input vs answer */
+        json_t *o = json_array_get(list, (size_t)i);
+        json_object_set(o, "warnings", json_array_get(st->warn, (size_t)i));
+        if (job->s[i] && st->inputs && st->inputs[i]) json_object_set_new(o, "match", match_json(st->inputs[i], job->s[i]));
+    }
+    json_object_set_new(ans, "structures", list);
     json_object_set_new(ans, "latents", latents_json(st->latents, job->n, st->me->latent));
     nesfd_reply_json(r, 200, ans);
 }
@@ -589,6 +753,10 @@ static int parse_endpoint(op_state *st, json_t *v, const char *where, float **z,
     }
     if (!(enc[*n_enc] = parse_structure(st->req, st->me, v, where))) return -1;
     *slot = (*n_enc)++;
+    json_t *w = NULL;
+    if (domain_gate(st, enc[*slot], where, &w)) return -1;
+    if (!st->warn_ends) st->warn_ends = json_object();
+    json_object_set_new(st->warn_ends, where, w);
     return 0;
 }
 
@@ -601,7 +769,7 @@ static void interpolate_decode(op_state *st)
         return;
     }
     nesf_interp_latents(st->za, st->zb, L, st->n, dec->z);
-    dec->opts = st->opts;
+    dec->opts = decode_opts(st);
     submit(st, dec);
     if (st->submit_rc == -1) ticket_failed(st);
 }
@@ -657,7 +825,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
     }
     if (ticket_failed(st)) return;
     nesfd_job *job = nesfd_ticket_data(st->ticket);
-    if (job->kind == NESFD_JOB_ENCODE) {
+    if (job->kind == NESFD_JOB_ENCODE && !st->dec_ticket) { /* the ends were encoded */
         int L = st->me->latent;
         if (encode_failed(st, job, "endpoints")) return;
         float **dst[2] = {&st->za, &st->zb};
@@ -673,6 +841,8 @@ static void h_interpolate(nesfd_req *r, void *ctx)
         interpolate_decode(st);
         return;
     }
+    if (cycle_stage(st)) return;
+    job = nesfd_ticket_data(st->ticket);
     json_t *frames = json_array();
     for (int k = 0; k < job->n; k++) {
         nesfd_item *it = nesfd_ticket_item(st->ticket, k);
@@ -687,6 +857,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
             json_object_set_new(f, "formula", json_string(formula));
             json_object_set_new(f, "num_atoms", json_integer(job->s[k]->n));
             json_object_set_new(f, "structure", structure_json(st, job->s[k]));
+            json_object_set_new(json_object_get(f, "structure"), "confidence", confidence_json(st, k));
         }
         json_array_append_new(frames, f);
     }
@@ -694,6 +865,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
     json_object_set_new(ans, "steps", json_integer(job->n));
     json_object_set_new(ans, "frames", frames);
     json_object_set_new(ans, "decoded", json_integer(decoded_count(job)));
+    if (st->warn_ends) json_object_set(ans, "warnings", st->warn_ends);
     nesfd_reply_json(r, 200, ans);
 }
 
@@ -738,12 +910,18 @@ static void h_models(nesfd_req *r, void *ctx)
         char *dj = nesf_decode_opts_to_json(&app->cfg->decode);
         json_t *defaults = dj ? json_loads(dj, 0, NULL) : NULL;
         free(dj);
+        const nesf_domain *dom = nesf_model_domain(me->model);
+        char *domj = dom ? nesf_domain_to_json(dom) : NULL;
+        json_t *domain = domj ? json_loads(domj, 0, NULL) : NULL;
+        free(domj);
         json_array_append_new(list, json_pack(
             "{s:s, s:s, s:b, s:i, s:i, s:o, s:s, s:s, s:I, s:[fff], s:[fff], s:o}",
             "name", me->name, "id", me->id, "default", i == 0, "latent_size", me->latent,
             "num_species", A, "species", species, "backend", me->be->name, "device", me->be->device,
             "parameters", (json_int_t)me->params, "bbox_min", lo[0], lo[1], lo[2],
             "bbox_max", hi[0], hi[1], hi[2], "decode_defaults", defaults ? defaults : json_object()));
+        json_object_set_new(json_array_get(list, json_array_size(list) - 1), "domain",
+                            domain ? domain : json_null());
     }
     nesfd_reply_json(r, 200, json_pack("{s:o}", "models", list));
 }

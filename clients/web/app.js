@@ -333,6 +333,20 @@ function spaceGroup(s) {
   return [g.symbol, g.number ? `(#${g.number})` : ''].filter(Boolean).join(' ') || '–';
 }
 
+/* What the daemon says about how far to trust a frame: its confidence
+ * (cycle distance as a percentile of the training set's) and warnings. */
+function trustHTML(s) {
+  let h = '';
+  const c = s.confidence;
+  if (c && typeof c.percentile === 'number')
+    h += `<span class="confidence" title="cycle distance |E(D(z)) − z| = ${fmt(c.cycle_distance, 2)}; ` +
+      `higher percentiles of the training set's distances mean less trustworthy">` +
+      `<span class="k">cycle-distance percentile</span>${fmt(c.percentile, 0)}</span>`;
+  for (const w of s.warnings || [])
+    h += `<span class="warning" data-code="${escapeHTML(w.code || '')}">⚠ ${escapeHTML(w.message || w.code || '')}</span>`;
+  return h;
+}
+
 function natoms(frame) {
   const s = frame.structure || {};
   return s.natoms ?? s.num_atoms ?? (s.species ? s.species.length : 0);
@@ -368,7 +382,7 @@ function selectFrame(i, resetView) {
       `<span><span class="k">space group</span>${escapeHTML(spaceGroup(s))}</span>` +
       `<span><span class="k">a b c</span>${fmt(p.a, 3)} ${fmt(p.b, 3)} ${fmt(p.c, 3)} Å</span>` +
       `<span><span class="k">α β γ</span>${fmt(p.alpha, 1)} ${fmt(p.beta, 1)} ${fmt(p.gamma, 1)}°</span>` +
-      `<span><span class="k">V</span>${fmt(volume(s), 1)} Å³</span>`;
+      `<span><span class="k">V</span>${fmt(volume(s), 1)} Å³</span>` + trustHTML(s);
   }
   document.querySelectorAll('#strip li').forEach((li, k) => li.classList.toggle('current', k === i));
   // scroll the strip only (scrollIntoView would scroll the page too)
@@ -463,7 +477,12 @@ async function interpolate() {
   const steps = parseInt($('#steps').value, 10);
   if (!(steps >= 2 && steps <= 64)) { setMessage('steps must be between 2 and 64', true); return; }
   const body = { from: from.payload, to: to.payload, steps, format: ['json', 'cif'] };
-  if ($('#quality').value === 'paper') body.options = PAPER_OPTIONS;
+  if ($('#quality').value === 'paper') body.options = { ...PAPER_OPTIONS };
+  if ($('#symmetrize').checked) {
+    const symprec = parseFloat($('#symprec').value);
+    if (!(symprec > 0 && symprec <= 1)) { setMessage('symprec must be in (0, 1] Å', true); return; }
+    body.options = { ...(body.options || {}), symmetrize: true, symprec };
+  }
   const model = $('#model').value;
   if (model) body.model = model;
   setBusy(true);
@@ -478,9 +497,13 @@ async function interpolate() {
     renderStrip();
     selectFrame(0, true);
     const ms = performance.now() - t0;
+    // the ends the model was not trained for (outside its training domain)
+    const ends = Object.entries(res.warnings || {}).flatMap(([end, list]) =>
+      (list || []).map((w) => `${end === 'from' ? 'A' : 'B'}: ${w.message || w.code}`));
     setMessage(`${frames.length} frames in ${(ms / 1000).toFixed(2)} s` +
                (res.model ? ` · model ${res.model}` : '') +
-               (res.request_id ? ` · request ${res.request_id}` : ''));
+               (res.request_id ? ` · request ${res.request_id}` : '') +
+               (ends.length ? ` · ⚠ outside the training domain: ${ends.join('; ')}` : ''));
     document.body.dataset.state = 'done';
   } catch (e) {
     setMessage(e.message, true);

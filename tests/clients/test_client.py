@@ -217,6 +217,46 @@ def reconstruct():
 
 
 @check
+def reconstruct_symmetrized():
+    """--symmetrize: the bundled NaCl and ZnS come back as Fm-3m and F-43m at
+    the daemon's default decoding (not TEST_OPTIONS' coarse grid), given the
+    model reconstructs their atom count; symprec 0.5 Å because decoded
+    positions are a few tenths of an Å off (docs/trust.md)."""
+    with open(W("ZnS-NaCl.jsonl"), "w") as f:
+        f.write(json.dumps(EXAMPLES["NaCl"]) + "\n" + json.dumps(EXAMPLES["ZnS"]) + "\n")
+    e = {k: v for k, v in os.environ.items() if k not in ("NESF_URL", "NESF_TOKEN")}
+    r = subprocess.run([sys.executable, CLIENT, "--url", URL, "reconstruct", W("ZnS-NaCl.jsonl"), "--format",
+                        "json", "--symmetrize", "--symprec", "0.5"], capture_output=True, text=True, env=e,
+                       timeout=300)
+    need(r.returncode == 0, r.stderr)
+    got = json.loads(r.stdout)["structures"]
+    plain = daemon.post("/reconstruct", {"structures": [EXAMPLES["NaCl"], EXAMPLES["ZnS"]]})["structures"]
+    for name, sym, s, p in zip(("NaCl", "ZnS"), ("Fm-3m", "F-43m"), got, plain):
+        need(p["num_atoms"] == len(EXAMPLES[name]["species"]),
+             "%s: the model reconstructs %d atoms of %d" % (name, p["num_atoms"], len(EXAMPLES[name]["species"])))
+        need(s["spacegroup"]["symbol"] == sym and s["num_atoms"] == 8, "%s: %s" % (name, s["spacegroup"]))
+        need("%s, 8 atoms, %s" % (s["formula"], sym) in r.stderr, "summary line: %r" % r.stderr)
+    r = client("reconstruct", W("NaCl.cif"), "--symprec", "0.2", url=URL)
+    need(r.returncode == 2 and "--symmetrize" in r.stderr, r.stderr)
+
+
+@check
+def domain_warnings_on_stderr():
+    """A structure far outside the model's training domain: the daemon's warnings reach stderr."""
+    big = dict(EXAMPLES["NaCl"])
+    big["lattice"] = {"matrix": [[3 * x for x in row] for row in EXAMPLES["NaCl"]["lattice"]["matrix"]]}
+    big.pop("cart_coords", None)
+    with open(W("big.json"), "w") as f:
+        json.dump(big, f)
+    r = client("encode", W("big.json"), "-o", W("big-lat.json"), url=URL)
+    need(r.returncode == 0, r.stderr)
+    want = daemon.post("/encode", {"structures": [big]})["warnings"][0]
+    need(want, "the daemon found nothing outside the domain: %s" % want)
+    for w in want:
+        need("warning %s: %s" % (w["code"], w["message"]) in r.stderr, "%s not on stderr: %r" % (w["code"], r.stderr))
+
+
+@check
 def server_errors_are_reported():
     with open(W("broken.cif"), "w") as f:
         f.write("data_x\n_cell_length_a 4\n_cell_length_b nope\n")

@@ -60,7 +60,8 @@ jq -e '.all.structures == 3 and .lattice_repaired >= 0 and .timing.particles_per
     > "$tmp/three.jsonl"
 "$nesf" eval --model "$tmp/m.safetensors" --data "$tmp/three.jsonl" --threads 1 --options "$coarse" \
     --json --out "$tmp/ev.jsonl" > "$tmp/ev.json"
-jq -e '.failed == 1' "$tmp/ev.json" > /dev/null || fail "eval failed count: $(cat "$tmp/ev.json")"
+jq -e '.outside_domain.not_encodable == 1 and .outside_domain.codes.model_lacks_element == 1' "$tmp/ev.json" > /dev/null \
+    || fail "eval not encodable: $(cat "$tmp/ev.json")"
 [ "$(wc -l < "$tmp/ev.jsonl")" -eq 3 ] || fail "eval --out lines: $(cat "$tmp/ev.jsonl")"
 jq -e -s '.[2].id == "he-1" and .[2].index == 2 and (.[2].error | test("He")) and (.[0].lattice | type) == "object"' \
     "$tmp/ev.jsonl" > /dev/null || fail "eval --out error record: $(cat "$tmp/ev.jsonl")"
@@ -74,6 +75,21 @@ set -e
 jq -e -s '(.[0].lattice | type) == "object" and .[1].index == 1 and (.[1].error | length) > 0' \
     "$tmp/huge.jsonl" > /dev/null || fail "decode error record: $(cat "$tmp/huge.jsonl")"
 ls "$tmp" | grep -q '\.tmp\.' && fail "temporary files left: $(ls "$tmp")"
+# the training domain (nesf domain) and eval's report of the inputs outside it
+"$nesf" domain --model "$tmp/m.safetensors" --data "$tmp/six.jsonl" --sample 2 --threads 1 \
+    --options '{"mode": "fast", "grid_step": 1.5, "iterations": 4, "repair_lattice": 1}' \
+    --out "$tmp/dom.safetensors" > "$tmp/dom.txt" 2> "$tmp/dom.err" || fail "domain: $(cat "$tmp/dom.err")"
+grep -q '"structures":6' "$tmp/dom.txt" && grep -q '"sample":2' "$tmp/dom.txt" || fail "domain: $(cat "$tmp/dom.txt")"
+{ head -n 2 "$tmp/six.jsonl"
+  head -n 1 "$tmp/six.jsonl" | jq -c '.lattice.matrix |= map(map(. * 3)) | .cart_coords |= map(map(. * 3))
+                                      | del(.frac_coords, .lattice.a)'; } > "$tmp/mixed.jsonl"
+"$nesf" eval --model "$tmp/dom.safetensors" --data "$tmp/mixed.jsonl" --threads 1 --options "$coarse" \
+    --json > "$tmp/eval2.json"
+jq -e '.outside_domain.structures == 1 and .outside_domain.codes.cell_length_out_of_range == 1
+       and .outside_domain.inside.structures == 2 and .outside_domain.outside.structures == 1
+       and (.confidence.thresholds | length) == 5
+       and .confidence.right_count.structures + .confidence.wrong_count.structures + .failed == 3' \
+    "$tmp/eval2.json" > /dev/null || fail "eval outside domain: $(jq -c .outside_domain "$tmp/eval2.json")"
 
 # bad input: clear errors, no crash
 echo '[1, 2, 3]' > "$tmp/short.json"

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """nesfd over real HTTP on a free loopback port.
 
-    test_nesfd.py NESFD MKMODEL
+    test_nesfd.py NESFD MKMODEL NESF
 
 Starts the daemon on models written by MKMODEL (a fixture whose decoded
 structures are known: two atoms at (1, 2.25, 2.5) and (3.5, 2.25, 2.5) Å)
@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 
-NESFD, MKMODEL = sys.argv[1], sys.argv[2]
+NESFD, MKMODEL, NESF = sys.argv[1], sys.argv[2], sys.argv[3]
 SRC = os.environ.get("NESF_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
 SHARED = os.environ.get("NESF_SHARED", os.path.join(SRC, "..", "shared"))
 TOKEN = "t0k-" + "%08x" % random.getrandbits(32)
@@ -200,6 +200,72 @@ def test_decode_fields(d, ctx):
     # the second model by name
     st, _, body = d.call("POST", "/decode", {"model": "rnd", "latents": z[:1], "options": FAST})
     assert st == 200 and body["model"] == "rnd"
+
+
+def test_decode_symmetrize(d, _):
+    """"symmetrize": the answer is refined to its group, reported at the option's symprec."""
+    z = latents(2, 11)
+    opts = dict(FAST, symmetrize=True, symprec=0.2, cell="primitive")
+    st, _, body = d.call("POST", "/decode", {"latents": z, "options": opts})
+    assert st == 200, body
+    st, _, tight = d.call("POST", "/decode", {"latents": z, "options": opts, "symprec": 1e-5})
+    assert st == 200, tight
+    for s, t in zip(body["structures"], tight["structures"]):
+        assert s["spacegroup"]["symprec"] == 0.2, s["spacegroup"]
+        # refined exactly: a tolerance of 1e-5 Å finds the same group
+        assert t["spacegroup"]["number"] == s["spacegroup"]["number"], (s["spacegroup"], t["spacegroup"])
+    st, _, plain = d.call("POST", "/decode", {"latents": z, "options": FAST, "symprec": 1e-5})
+    assert st == 200 and plain["structures"][0]["spacegroup"]["number"] < tight["structures"][0]["spacegroup"]["number"], plain
+    err = expect_error(d.call("POST", "/decode", {"latents": z, "options": {"cell": "niggli"}}), 400,
+                       "invalid_options")
+    assert "conventional" in err["message"], err
+    err = expect_error(d.call("POST", "/decode", {"latents": z, "options": {"symmetrize": "yes"}}), 400,
+                       "invalid_options")
+    assert "symmetrize" in err["message"], err
+
+
+def scaled(s, f):
+    """s with its cell and atoms stretched by f: beyond the training ranges."""
+    return dict(s, lattice={"matrix": [[f * x for x in row] for row in s["lattice"]["matrix"]]},
+                cart_coords=[[f * x for x in c] for c in s["cart_coords"]])
+
+
+def test_domain(d, ctx):
+    """Inputs outside the recorded training domain get "warnings"; --domain refuse answers 422."""
+    inside, = dataset_structures(1)
+    big = scaled(inside, 3.0)
+    codes = lambda ws: {w["code"] for w in ws}  # noqa: E731
+    st, _, body = d.call("GET", "/models")
+    dom = body["models"][0]["domain"]
+    assert dom["structures"] == 40 and dom["max_atoms"] >= 1 and len(dom["a"]) == 2, dom
+    assert dom["cycle_distance"]["sample"] == 8 and len(dom["cycle_distance"]["quantiles"]) == 101, dom
+    st, _, body = d.call("POST", "/encode", {"structures": [inside, big]})
+    assert st == 200, body
+    assert body["warnings"][0] == [], body["warnings"]
+    assert {"cell_length_out_of_range", "outside_bbox"} <= codes(body["warnings"][1]), body["warnings"]
+    assert all(w["message"] for w in body["warnings"][1])
+    st, _, body = d.call("POST", "/reconstruct", {"structures": [big, inside], "options": FAST})
+    assert st == 200 and "cell_length_out_of_range" in codes(body["structures"][0]["warnings"]), body
+    assert body["structures"][1]["warnings"] == [], body["structures"][1]
+    # every decoded structure carries its confidence: the fixture's calibration gives percentiles
+    for x in body["structures"]:
+        c = x["confidence"]
+        assert c["cycle_distance"] >= 0 and 0 <= c["percentile"] <= 100, c
+    st, _, body = d.call("POST", "/decode", {"model": "rnd", "latents": latents(1, 4), "options": FAST})
+    assert st == 200, body
+    c = body["structures"][0].get("confidence") if "error" not in body["structures"][0] else {"percentile": None}
+    assert c["percentile"] is None, c  # no calibration recorded in that file
+    st, _, body = d.call("POST", "/interpolate", {"from": inside, "to": big, "steps": 2, "options": FAST})
+    assert st == 200 and body["warnings"]["from"] == [] and "outside_bbox" in codes(body["warnings"]["to"]), body
+    assert all("percentile" in f["structure"]["confidence"] for f in body["frames"] if "structure" in f), body
+    b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--domain", "refuse")
+    err = expect_error(b.call("POST", "/encode", {"structures": [inside, big]}, auth=False), 422, "outside_domain")
+    assert "structures[1]" in err["message"] and "cell_length_out_of_range" in err["message"], err
+    st, _, body = b.call("POST", "/encode", {"structures": [inside]}, auth=False)
+    assert st == 200 and body["warnings"] == [[]], body
+    expect_error(b.call("POST", "/interpolate", {"from": big, "to": inside, "steps": 2}, auth=False), 422,
+                 "outside_domain")
+    b.kill()
 
 
 def test_decode_paper_settings(d, _):
@@ -519,7 +585,9 @@ def test_openapi(d, _):
     assert codes_seen <= documented, codes_seen - documented
 
 
-TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_paper_settings,
+TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_symmetrize,
+         test_domain,
+         test_decode_paper_settings,
          test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
          test_queue_full_and_deadline, test_degenerate_cell, test_openapi, test_graceful_shutdown]
@@ -532,6 +600,13 @@ def main():
     meta = os.path.join(SHARED, "datasets", "lcs6", "meta.json")
     subprocess.run([MKMODEL, ctx["fixture"], meta, "7"], check=True)
     subprocess.run([MKMODEL, rnd, meta, "8", "--random"], check=True)
+    # the fixture's training domain: 40 val structures, cycle distances of 8
+    train = os.path.join(tmp, "train.jsonl")
+    with open(train, "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in dataset_structures(40))
+    subprocess.run([NESF, "domain", "--model", ctx["fixture"], "--data", train, "--sample", "8",
+                    "--threads", "1", "--options", json.dumps(dict(FAST, mode="fast"))],
+                   check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(tmp, "token"), "w") as f:
         f.write(TOKEN + "\n")
     failed = 0

@@ -181,6 +181,35 @@ static void test_errors(void **state)
     assert_int_not_equal(args(&c, &err, "--cors-origin", "a, b", NULL), NESF_OK);
 }
 
+static void test_domain(void **state)
+{
+    (void)state;
+    nesfd_config c;
+    nesf_error err;
+    nesfd_config_defaults(&c);
+    assert_int_equal(c.domain_refuse, 0);
+    const char *f = write_file("domain.json", "{\"domain\": \"refuse\"}");
+    assert_int_equal(nesfd_config_load_file(&c, f, &err), NESF_OK);
+    assert_int_equal(c.domain_refuse, 1);
+    char *dump = nesfd_config_dump(&c);
+    assert_non_null(strstr(dump, "\"domain\": \"refuse\""));
+    free(dump);
+    assert_int_equal(args(&c, &err, "--domain", "warn", NULL), NESF_OK);
+    assert_int_equal(c.domain_refuse, 0);
+    /* the symmetrize decode options validate like the others */
+    const char *sym = write_file("sym.json", "{\"decode_options\": {\"symmetrize\": true, \"cell\": \"primitive\"}}");
+    assert_int_equal(nesfd_config_load_file(&c, sym, &err), NESF_OK);
+    assert_true(c.decode.symmetrize && c.decode.cell == NESF_CELL_PRIMITIVE);
+    const char *badsym = write_file("badsym.json", "{\"decode_options\": {\"cell\": \"niggli\"}}");
+    assert_int_not_equal(nesfd_config_load_file(&c, badsym, &err), NESF_OK);
+    assert_non_null(strstr(err.msg, "decode_options"));
+    assert_int_not_equal(args(&c, &err, "--domain", "ignore", NULL), NESF_OK);
+    assert_non_null(strstr(err.msg, "warn or refuse"));
+    const char *bad = write_file("domain-bad.json", "{\"domain\": true}");
+    assert_int_not_equal(nesfd_config_load_file(&c, bad, &err), NESF_OK);
+    assert_non_null(strstr(err.msg, "domain"));
+}
+
 static void test_repo_config(void **state)
 {
     (void)state;
@@ -204,6 +233,7 @@ int main(void)
         cmocka_unit_test(test_token_sources),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_decode_options),
+        cmocka_unit_test(test_domain),
         cmocka_unit_test(test_repo_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

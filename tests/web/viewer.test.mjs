@@ -163,6 +163,11 @@ await check('3-D view, legend and screenshot', async () => {
   await page.click(`#strip li:nth-child(${k + 1})`);
   const info = await page.textContent('#frame-info .formula');
   assert.equal(info, shown[k].text);
+  // its confidence beside it, as the API gives it
+  const conf = apiFrames[k].structure.confidence;
+  if (conf && typeof conf.percentile === 'number')
+    assert.equal((await page.textContent('#frame-info .confidence')).trim(),
+                 `cycle-distance percentile${conf.percentile.toFixed(0)}`);
   const legend = await page.$$eval('#legend .el', (els) => els.map((e) => e.dataset.element));
   const species = (apiFrames[k].structure.species || []).map((x) => (typeof x === 'string' ? x : x.element));
   assert.deepEqual([...new Set(species)].sort(), [...legend].sort(), 'legend lists the frame\'s elements');
@@ -233,6 +238,24 @@ await check('a server error is shown with its request id', async () => {
   assert.match(msg, /HTTP 4\d\d/);
   assert.match(msg, /request id \S+/);
   rmSync(dir, { recursive: true });
+});
+
+await check('symmetrized frames show their space group', async () => {
+  // ZnS to itself, refined at 0.5 Å: the shipped model's ZnS comes back as F-43m (docs/trust.md)
+  await page.selectOption('#from-example', 'ZnS');
+  await page.selectOption('#to-example', 'ZnS');
+  await page.fill('#steps', '2');
+  await page.check('#symmetrize');
+  await page.fill('#symprec', '0.5');
+  await page.click('#run');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state) && !document.querySelector('#run').disabled);
+  assert.equal(await page.getAttribute('body', 'data-state'), 'done', await page.textContent('#message'));
+  const api = await post('/interpolate', { from: example('ZnS'), to: example('ZnS'), steps: 2,
+                                           options: { symmetrize: true, symprec: 0.5 } });
+  const sg = api.frames[0].structure.spacegroup;
+  assert.ok((await page.textContent('#frame-info')).includes(`${sg.symbol} (#${sg.number})`), 'space group shown');
+  if (api.frames[0].structure.num_atoms === 8) assert.equal(sg.symbol, 'F-43m');
+  await page.uncheck('#symmetrize');
 });
 
 await check('no script errors in the page', async () => {

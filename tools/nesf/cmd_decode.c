@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "commands.h"
+#include "decode.h"
+#include "domain.h"
 #include "fileio.h"
 #include "latent_cli.h"
 #include "sio.h"
@@ -18,8 +20,29 @@ static void usage(FILE *f)
         "batched pass and prints the structures.\n\n"
         "  --format FMT       json (default: formula, space group), cif or jsonl\n"
         "  --out FILE         write there instead of stdout\n"
-        "  --options JSON     decode options (or @FILE), e.g. '{\"grid_step\": 0.4}'\n"
-        "  --backend KIND     cpu, cuda or auto;  --threads N\n");
+        "  --options JSON     decode options (or @FILE), e.g. '{\"grid_step\": 0.4}';\n"
+        "                     '{\"symmetrize\": true}' refines each structure to its space\n"
+        "                     group (\"symprec\" 0.1 Å, \"cell\": \"conventional\"|\"primitive\")\n"
+        "  --backend KIND     cpu, cuda or auto;  --threads N\n"
+        "stderr lists each structure's cycle distance |E(D(z)) - z| and its percentile on\n"
+        "the model's training sample (-1 when the file has none: nesf domain).\n");
+}
+
+/* Each decoded structure's cycle distance and its training percentile. */
+static void print_confidence(nesf_model *m, int n, const float *z, nesf_structure *const *s)
+{
+    nesf_error err;
+    double *cyc = malloc((size_t)(n ? n : 1) * sizeof *cyc);
+    if (cyc && nesf_cycle_distances(m, n, z, s, cyc, &err)) {
+        fprintf(stderr, "nesf decode: confidence: %s\n", err.msg);
+        free(cyc);
+        return;
+    }
+    for (int i = 0; cyc && i < n; i++)
+        if (s[i])
+            fprintf(stderr, "nesf decode: latent %d: %d atoms, cycle distance %.3f (percentile %.0f of "
+                    "training)\n", i, s[i]->n, cyc[i], nesf_domain_percentile(nesf_model_domain(m), cyc[i]));
+    free(cyc);
 }
 
 int nesf_cmd_decode(int argc, char **argv)
@@ -80,10 +103,16 @@ int nesf_cmd_decode(int argc, char **argv)
         goto done;
     }
     nesf_decode_stats st;
-    if (nesf_decode(m, n, z, &o, s, ierr, &st, &err)) {
+    nesf_decode_opts plain = o;
+    plain.symmetrize = 0;
+    if (nesf_decode(m, n, z, &plain, s, ierr, &st, &err)) {
         fprintf(stderr, "nesf decode: %s\n", err.msg);
         goto done;
     }
+    /* confidence on the structures as decoded (the kind the training
+     * sample was measured on), then the symmetrize option */
+    print_confidence(m, n, z, s);
+    if (o.symmetrize) nesf_decode_symmetrize(&o, s, n, &st);
     int failed = 0;
     for (int i = 0; i < n; i++)
         if (!s[i]) {
@@ -99,8 +128,12 @@ int nesf_cmd_decode(int argc, char **argv)
         goto done;
     }
     free(res);
-    fprintf(stderr, "nesf decode: %d latents -> %ld atoms in %.1f ms (%s)\n", n, st.atoms, st.ms,
+    fprintf(stderr, "nesf decode: %d latents -> %ld atoms in %.1f ms (%s)", n, st.atoms, st.ms,
             be->device);
+    if (o.symmetrize)
+        fprintf(stderr, "; %d symmetrized, %d left as decoded (spglib found no group)",
+                st.symmetrized, st.symmetrize_failed);
+    fputc('\n', stderr);
     status = failed ? 1 : 0;
 done:
     nesf_structure_list_free(s, s ? n : 0);

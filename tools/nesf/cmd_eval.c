@@ -13,7 +13,9 @@
 #include "dataset.h"
 #include "decode.h"
 #include "fileio.h"
+#include "domain.h"
 #include "latent_cli.h"
+#include "match.h"
 #include "metrics.h"
 #include "refine.h"
 
@@ -42,7 +44,7 @@ static void usage(FILE *f)
         "                     with --truth)\n"
         "  --options JSON     decode options, e.g. '{\"iterations\": 32}' (or @FILE)\n"
         "  --refine JSON      refine each latent on its structure before decoding:\n"
-        "                     a step count or {\"steps\", \"lr\", \"seed\"} (core/refine.h)\n"
+        "                     true, a step count or {\"steps\", \"lr\", ...} (core/refine.h)\n"
         "  --batch N          structures per batched decode (default 64)\n"
         "  --limit N          only the first N structures\n"
         "  --backend KIND     cpu, cuda or auto (default auto)\n"
@@ -58,7 +60,104 @@ typedef struct eval_args {
 typedef struct item {
     nesf_metrics m;
     char why[160]; /* decode/encode failure */
+    int n_warn;    /* domain warnings of the input (domain.h) */
+    nesf_domain_warning warn[NESF_DOMAIN_MAX_WARNINGS];
+    int lacks;     /* an element the model does not know: never encoded */
+    double cycle;  /* cycle distance |E(D(z)) - z| (NAN: not measured) */
+    int matched;   /* the same crystal as the truth (match.h) */
+    double rms;    /* its normalised RMS displacement */
 } item;
+
+/* How well the cycle distance separates reconstructions with the wrong atom
+ * count from the right ones: the median of each, and at thresholds set by
+ * percentiles of the training sample the model file records, how many of
+ * each it flags (the right ones flagged are false alarms). */
+static const int flag_pct[] = {50, 80, 90, 95, 99};
+#define N_FLAG ((int)(sizeof flag_pct / sizeof flag_pct[0]))
+
+typedef struct conf_report {
+    int n[2];                 /* [0] right count, [1] wrong count */
+    double median[2];
+    int flagged[N_FLAG][2];
+    double thr[N_FLAG];
+    int calibrated;
+} conf_report;
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void conf_tally(conf_report *r, const item *items, int n, const nesf_domain *dom)
+{
+    memset(r, 0, sizeof *r);
+    double *v[2] = {malloc((size_t)(n ? n : 1) * sizeof(double)), malloc((size_t)(n ? n : 1) * sizeof(double))};
+    r->calibrated = dom && dom->cycle_n > 0;
+    for (int f = 0; f < N_FLAG; f++) r->thr[f] = r->calibrated ? dom->cycle_q[flag_pct[f]] : NAN;
+    for (int i = 0; v[0] && v[1] && i < n; i++) {
+        if (isnan(items[i].cycle) || items[i].why[0]) continue;
+        int w = items[i].m.count_wrong > 0;
+        v[w][r->n[w]++] = items[i].cycle;
+        for (int f = 0; f < N_FLAG && r->calibrated; f++) r->flagged[f][w] += items[i].cycle > r->thr[f];
+    }
+    for (int w = 0; w < 2; w++) {
+        r->median[w] = NAN;
+        if (!v[w] || !r->n[w]) continue;
+        qsort(v[w], (size_t)r->n[w], sizeof(double), cmp_dbl);
+        int k = r->n[w];
+        r->median[w] = k % 2 ? v[w][k / 2] : 0.5 * (v[w][k / 2 - 1] + v[w][k / 2]);
+    }
+    free(v[0]);
+    free(v[1]);
+}
+
+/* The inputs outside the model's training domain, reported apart from the
+ * rest (their errors say what the model was not trained for). */
+typedef struct domain_report {
+    int outside, lacks;
+    nesf_metrics in, out;
+    char codes[8][32];
+    int code_n[8], n_codes;
+} domain_report;
+
+static json_t *summary_json(const nesf_metrics *m);
+
+static void count_code(domain_report *r, const char *code)
+{
+    int k = 0;
+    while (k < r->n_codes && strcmp(r->codes[k], code)) k++;
+    if (k == 8) return;
+    if (k == r->n_codes) snprintf(r->codes[r->n_codes++], sizeof r->codes[0], "%s", code);
+    r->code_n[k]++;
+}
+
+static void domain_tally(domain_report *r, const item *items, int n)
+{
+    memset(r, 0, sizeof *r);
+    nesf_metrics_init(&r->in);
+    nesf_metrics_init(&r->out);
+    for (int i = 0; i < n; i++) {
+        const item *it = &items[i];
+        int out = it->n_warn > 0 || it->lacks;
+        r->outside += out;
+        r->lacks += it->lacks;
+        nesf_metrics_merge(out ? &r->out : &r->in, &it->m);
+        for (int w = 0; w < it->n_warn; w++) count_code(r, it->warn[w].code);
+        if (it->lacks) count_code(r, "model_lacks_element");
+    }
+}
+
+static json_t *domain_json(const domain_report *r, const item *items, const nesf_dataset *d, int n)
+{
+    json_t *codes = json_object(), *ids = json_array();
+    for (int k = 0; k < r->n_codes; k++) json_object_set_new(codes, r->codes[k], json_integer(r->code_n[k]));
+    for (int i = 0; i < n; i++)
+        if (items[i].n_warn || items[i].lacks) json_array_append_new(ids, json_string(d->s[i]->id));
+    return json_pack("{s:i, s:i, s:o, s:o, s:o, s:o}", "structures", r->outside, "not_encodable", r->lacks,
+                     "codes", codes, "ids", ids, "outside", summary_json(&r->out), "inside",
+                     summary_json(&r->in));
+}
 
 static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
@@ -88,6 +187,56 @@ static void print_row(const char *label, const nesf_metrics *m)
     printf("%-14s %6ld %8.2f %10.4f %10.4f %10.2f %10.2f %8.4f %8.3f\n", label, m->structures,
            s.count_err_pct, s.pos_act, s.pos_det, s.spec_act_pct, s.spec_det_pct, s.len_mae,
            s.ang_mae);
+}
+
+/* Cycle distances of one decoded batch into its items. */
+static int batch_cycle(nesf_model *m, int S, const float *z, nesf_structure *const *rec, item *it,
+                       nesf_error *err)
+{
+    double *d = malloc((size_t)S * sizeof *d);
+    if (!d) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    int rc = nesf_cycle_distances(m, S, z, rec, d, err);
+    for (int i = 0; !rc && i < S; i++) it[i].cycle = d[i];
+    free(d);
+    return rc;
+}
+
+static void print_confidence(const conf_report *r)
+{
+    printf("confidence (cycle distance |E(D(z)) - z|): median %.3f for %d with the right atom count, "
+           "%.3f for %d with the wrong one\n", r->median[0], r->n[0], r->median[1], r->n[1]);
+    for (int f = 0; f < N_FLAG && r->calibrated; f++)
+        printf("  above the training sample's %2dth percentile (%.3f): flags %d of %d wrong, %d of %d "
+               "right (false alarms %.1f %%)\n", flag_pct[f], r->thr[f], r->flagged[f][1], r->n[1],
+               r->flagged[f][0], r->n[0], r->n[0] ? 100.0 * r->flagged[f][0] / r->n[0] : 0.0);
+    if (!r->calibrated) printf("  (the model file records no training sample: see nesf domain)\n");
+}
+
+static json_t *confidence_json(const conf_report *r)
+{
+    json_t *o = json_pack("{s:{s:i, s:o}, s:{s:i, s:o}}", "right_count", "structures", r->n[0],
+                          "median_cycle_distance", num(r->median[0]), "wrong_count", "structures", r->n[1],
+                          "median_cycle_distance", num(r->median[1]));
+    json_t *t = json_array();
+    for (int f = 0; f < N_FLAG && r->calibrated; f++)
+        json_array_append_new(t, json_pack("{s:i, s:o, s:i, s:i}", "training_percentile", flag_pct[f],
+                                           "cycle_distance", num(r->thr[f]), "wrong_flagged", r->flagged[f][1],
+                                           "right_flagged", r->flagged[f][0]));
+    json_object_set_new(o, "thresholds", t);
+    return o;
+}
+
+static void print_domain(const domain_report *r, int recorded)
+{
+    printf("outside the model's training domain%s: %d structures", recorded ? "" : " (only its bounding "
+           "box is recorded: see nesf domain)", r->outside);
+    for (int k = 0; k < r->n_codes; k++) printf("%s%s %d", k ? ", " : " (", r->codes[k], r->code_n[k]);
+    printf("%s\n", r->n_codes ? ")" : "");
+    if (r->lacks) printf("  of which not encodable (an element the model lacks): %d\n", r->lacks);
+    if (r->out.structures) {
+        print_row("outside", &r->out);
+        print_row("inside", &r->in);
+    }
 }
 
 /* Wrong in any way: count, species, or a mean position error over 0.01 Å. */
@@ -144,290 +293,387 @@ static int parse_args(int argc, char **argv, eval_args *a)
     return -1;
 }
 
-int nesf_cmd_eval(int argc, char **argv)
-{
+/* Everything one evaluation run holds, shared by its steps below. */
+typedef struct eval_run {
     eval_args a;
-    int rc = parse_args(argc, argv, &a);
-    if (rc >= 0) return rc;
-    const double t_start = cli_now_s();
-    nesf_error err;
     nesf_decode_opts opts;
-    nesf_decode_opts_default(&opts);
-    opts.repair_lattice = !a.strict;
-    if (cli_decode_options("eval", "options", a.options, &opts)) return 2;
     nesf_refine_opts ropts;
-    nesf_refine_opts_default(&ropts);
-    if (a.refine) {
-        json_error_t je;
-        json_t *rj = json_loads(a.refine, JSON_DECODE_ANY, &je);
-        int bad = !rj || nesf_refine_opts_from_json(&ropts, rj, &err);
-        json_decref(rj);
-        if (bad) {
-            fprintf(stderr, "nesf eval: --refine: %s\n", rj ? err.msg : je.text);
-            return 2;
-        }
-    }
-    nesf_refine_stats rstats = {0};
-    nesf_dataset d = {0};
-    if (nesf_dataset_load(a.data, &d, &err)) {
-        fprintf(stderr, "nesf eval: %s\n", err.msg);
-        return 1;
-    }
-    const int n = a.limit >= 0 && a.limit < d.n ? a.limit : d.n;
-
-    nesf_backend *be = NULL;
-    nesf_model *m = NULL;
-    int species_z[NESF_MAX_SPECIES], ns = 0;
+    nesf_refine_stats rstats;
+    nesf_match_opts mopts;
+    nesf_dataset d;
+    int n, maxn;
+    nesf_backend *be;
+    nesf_model *m;
+    int species_z[NESF_MAX_SPECIES], ns;
     float lo[3], hi[3];
     const char *bbox_src;
-    int status = 1;
-    nesf_structure **rec = calloc((size_t)(n ? n : 1), sizeof *rec);
-    item *items = calloc((size_t)(n ? n : 1), sizeof *items);
-    nesf_error *ierr = calloc((size_t)(n ? n : 1), sizeof *ierr);
-    int maxn = 0;
-    for (int i = 0; i < n; i++) maxn = d.s[i]->n > maxn ? d.s[i]->n : maxn;
-    nesf_metrics *by_n = calloc((size_t)maxn + 1, sizeof *by_n);
-    float *z = NULL, *cell = NULL; /* latents, raw lattice heads (len | ang) */
-    nesf_error *keep = malloc((size_t)a.batch * sizeof *keep);
-    if (!rec || !items || !ierr || !by_n || !keep) {
-        fprintf(stderr, "nesf eval: out of memory\n");
-        goto done;
-    }
-    if (a.model) {
-        if (cli_open_model("eval", a.model, a.backend, a.threads, &be, &m)) goto done;
-        ns = nesf_model_num_species(m);
-        for (int c = 0; c < ns; c++) species_z[c] = nesf_model_species_z(m, c);
-        nesf_model_bbox(m, lo, hi);
-        bbox_src = "the model's";
-        z = malloc((size_t)a.batch * nesf_model_latent_size(m) * sizeof *z);
-        cell = malloc((size_t)a.batch * 6 * sizeof *cell);
-        if (!z || !cell) {
+    nesf_structure **rec;   /* [n] reconstructions */
+    item *items;            /* [n] */
+    nesf_error *ierr;       /* [n] */
+    nesf_metrics *by_n;     /* [maxn + 1] */
+    float *z, *cell;        /* a batch's latents, raw lattice heads (len | ang) */
+    nesf_error *keep;       /* a batch's encoder errors */
+    nesf_decode_stats total;
+    double t_start, t_encode;
+    /* tallies, after the batches */
+    nesf_metrics all;
+    int wrong, failed, matched;
+    double match_pct, mean_rms;
+    domain_report dr;
+    conf_report cr;
+} eval_run;
+
+/* The model (or, for --truth, the species list and the data's box) and
+ * the bounding box the run decodes in. */
+static int eval_setup(eval_run *r)
+{
+    nesf_error err;
+    const eval_args *a = &r->a;
+    if (a->model) {
+        if (cli_open_model("eval", a->model, a->backend, a->threads, &r->be, &r->m)) return -1;
+        r->ns = nesf_model_num_species(r->m);
+        for (int c = 0; c < r->ns; c++) r->species_z[c] = nesf_model_species_z(r->m, c);
+        nesf_model_bbox(r->m, r->lo, r->hi);
+        r->bbox_src = "the model's";
+        r->z = malloc((size_t)a->batch * nesf_model_latent_size(r->m) * sizeof *r->z);
+        r->cell = malloc((size_t)a->batch * 6 * sizeof *r->cell);
+        if (!r->z || !r->cell) {
             fprintf(stderr, "nesf eval: out of memory\n");
-            goto done;
+            return -1;
         }
     } else {
         nesf_vocab v;
-        if (nesf_vocab_load(a.meta, &v, &err) ||
-            nesf_backend_create(a.backend ? a.backend : "auto", a.threads, &be, &err)) {
+        if (nesf_vocab_load(a->meta, &v, &err) ||
+            nesf_backend_create(a->backend ? a->backend : "auto", a->threads, &r->be, &err)) {
             fprintf(stderr, "nesf eval: %s\n", err.msg);
-            goto done;
+            return -1;
         }
-        ns = v.n;
-        memcpy(species_z, v.z, (size_t)v.n * sizeof *v.z);
-        nesf_structures_bbox(d.s, n, lo, hi);
-        bbox_src = "the data's own";
+        r->ns = v.n;
+        memcpy(r->species_z, v.z, (size_t)v.n * sizeof *v.z);
+        nesf_structures_bbox(r->d.s, r->n, r->lo, r->hi);
+        r->bbox_src = "the data's own";
     }
-    if (a.bbox_from) {
+    if (a->bbox_from) {
         nesf_dataset bd;
-        if (nesf_dataset_load(a.bbox_from, &bd, &err)) {
+        if (nesf_dataset_load(a->bbox_from, &bd, &err)) {
             fprintf(stderr, "nesf eval: %s\n", err.msg);
-            goto done;
+            return -1;
         }
-        nesf_structures_bbox(bd.s, bd.n, lo, hi);
+        nesf_structures_bbox(bd.s, bd.n, r->lo, r->hi);
         nesf_dataset_free(&bd);
-        bbox_src = a.bbox_from;
+        r->bbox_src = a->bbox_from;
     }
+    return 0;
+}
 
-    nesf_decode_stats total;
-    memset(&total, 0, sizeof total);
-    double t_encode = 0;
+/* Encodes (structures the model cannot take fail alone) and decodes the S
+ * structures from b0, with each one's cycle distance. */
+static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_error *err)
+{
+    nesf_structure **s = r->d.s + b0;
+    double t0 = cli_now_s();
+    const int L = nesf_model_latent_size(r->m);
+    float *z = r->z;
+    int rc = nesf_model_encode(r->m, s, S, z, err);
+    if (rc == NESF_ERR_NOTFOUND || rc == NESF_ERR_INVALID) {
+        for (int i = 0; i < S; i++)
+            if (nesf_model_encode(r->m, s + i, 1, z + (size_t)i * L, &r->ierr[b0 + i])) {
+                r->items[b0 + i].lacks = r->ierr[b0 + i].code == NESF_ERR_NOTFOUND;
+                nesf_error_prefix(&r->ierr[b0 + i], "encode: ");
+                memset(z + (size_t)i * L, 0, (size_t)L * sizeof *z);
+            }
+        rc = NESF_OK;
+    }
+    for (int i = 0; !rc && r->ropts.steps > 0 && i < S; i++)
+        if (!r->ierr[b0 + i].code)
+            rc = nesf_refine_latents(r->m, s + i, 1, z + (size_t)i * L, &r->ropts, &r->rstats, err);
+    r->t_encode += cli_now_s() - t0;
+    if (!rc) rc = nesf_model_lattice(r->m, S, z, r->cell, r->cell + 3 * S, err);
+    if (rc) return rc;
+    /* nesf_decode clears item errors: keep the encoder's */
+    memcpy(r->keep, r->ierr + b0, (size_t)S * sizeof *r->keep);
+    rc = nesf_decode(r->m, S, z, &r->opts, r->rec + b0, r->ierr + b0, st, err);
+    for (int i = 0; i < S && !rc; i++)
+        if (r->keep[i].code) {
+            nesf_structure_free(r->rec[b0 + i]);
+            r->rec[b0 + i] = NULL;
+            r->ierr[b0 + i] = r->keep[i];
+        }
+    return rc ? rc : batch_cycle(r->m, S, z, r->rec + b0, r->items + b0, err);
+}
+
+/* One structure's outcome: metrics, domain check, match, failure. */
+static void score_item(eval_run *r, int i, int b0, int S)
+{
+    item *it = &r->items[i];
+    const nesf_structure *t = r->d.s[i];
+    nesf_structure *rec = r->rec[i];
+    nesf_metrics_init(&it->m);
+    if (!r->m) it->cycle = NAN;
+    if (r->m)
+        it->n_warn = nesf_domain_check(nesf_model_domain(r->m), r->lo, r->hi, t, it->warn,
+                                       NESF_DOMAIN_MAX_WARNINGS);
+    if (r->a.truth) {
+        nesf_metrics_add(&it->m, t, rec);
+    } else {
+        nesf_metrics_add_atoms(&it->m, t, rec);
+        const float *l = r->cell + 3 * (i - b0), *g = r->cell + 3 * S + 3 * (i - b0);
+        const double deg = 180.0 / M_PI;
+        nesf_cellpar p = {l[0], l[1], l[2], g[0] * deg, g[1] * deg, g[2] * deg};
+        if (!r->keep[i - b0].code) nesf_metrics_add_lattice(&it->m, t, &p);
+    }
+    if (r->ierr[i].code) snprintf(it->why, sizeof it->why, "%s", r->ierr[i].msg);
+    it->rms = NAN;
+    nesf_match_result mr;
+    if (rec && !nesf_structure_match(t, rec, &r->mopts, &mr, NULL)) it->matched = mr.match, it->rms = mr.rms;
+    if (rec) snprintf(rec->id, sizeof rec->id, "%s", t->id);
+}
+
+/* Every batch, with a progress bar. */
+static int eval_batches(eval_run *r)
+{
+    nesf_error err;
     cli_progress bar;
-    cli_progress_start(&bar, a.truth ? "eval (truth)" : "eval", n);
-    for (int b0 = 0; b0 < n; b0 += a.batch) {
-        const int S = n - b0 < a.batch ? n - b0 : a.batch;
-        nesf_structure **s = d.s + b0;
+    cli_progress_start(&bar, r->a.truth ? "eval (truth)" : "eval", r->n);
+    for (int b0 = 0; b0 < r->n; b0 += r->a.batch) {
+        const int S = r->n - b0 < r->a.batch ? r->n - b0 : r->a.batch;
         nesf_decode_stats st;
-        if (a.truth) {
+        int rc;
+        if (r->a.truth) {
             nesf_field f;
-            rc = nesf_field_truth(be, s, S, species_z, ns, lo, hi, &f, &err);
-            if (!rc) rc = nesf_decode_field(&f, &opts, rec + b0, ierr + b0, &st, &err);
+            rc = nesf_field_truth(r->be, r->d.s + b0, S, r->species_z, r->ns, r->lo, r->hi, &f, &err);
+            if (!rc) rc = nesf_decode_field(&f, &r->opts, r->rec + b0, r->ierr + b0, &st, &err);
             nesf_field_release(&f);
         } else {
-            double t0 = cli_now_s();
-            const int L = nesf_model_latent_size(m);
-            rc = nesf_model_encode(m, s, S, z, &err);
-            if (rc == NESF_ERR_NOTFOUND || rc == NESF_ERR_INVALID) {
-                /* find the structures the model cannot take; decode the rest */
-                for (int i = 0; i < S; i++)
-                    if (nesf_model_encode(m, s + i, 1, z + (size_t)i * L, &ierr[b0 + i])) {
-                        nesf_error_prefix(&ierr[b0 + i], "encode: ");
-                        memset(z + (size_t)i * L, 0, (size_t)L * sizeof *z);
-                    }
-                rc = NESF_OK;
-            }
-            for (int i = 0; !rc && ropts.steps > 0 && i < S; i++)
-                if (!ierr[b0 + i].code)
-                    rc = nesf_refine_latents(m, s + i, 1, z + (size_t)i * L, &ropts, &rstats, &err);
-            t_encode += cli_now_s() - t0;
-            if (!rc) rc = nesf_model_lattice(m, S, z, cell, cell + 3 * S, &err);
-            if (!rc) {
-                /* nesf_decode clears item errors: keep the encoder's */
-                memcpy(keep, ierr + b0, (size_t)S * sizeof *keep);
-                rc = nesf_decode(m, S, z, &opts, rec + b0, ierr + b0, &st, &err);
-                for (int i = 0; i < S && !rc; i++)
-                    if (keep[i].code) {
-                        nesf_structure_free(rec[b0 + i]);
-                        rec[b0 + i] = NULL;
-                        ierr[b0 + i] = keep[i];
-                    }
-            }
+            rc = model_batch(r, b0, S, &st, &err);
         }
         if (rc) {
             cli_progress_end(&bar);
             fprintf(stderr, "nesf eval: structures %d..%d: %s\n", b0, b0 + S - 1, err.msg);
-            goto done;
+            return -1;
         }
-        nesf_decode_stats_add(&total, &st);
-        for (int i = b0; i < b0 + S; i++) {
-            nesf_metrics_init(&items[i].m);
-            if (a.truth) {
-                nesf_metrics_add(&items[i].m, d.s[i], rec[i]);
-            } else {
-                nesf_metrics_add_atoms(&items[i].m, d.s[i], rec[i]);
-                const float *l = cell + 3 * (i - b0), *g = cell + 3 * S + 3 * (i - b0);
-                const double deg = 180.0 / M_PI;
-                nesf_cellpar p = {l[0], l[1], l[2], g[0] * deg, g[1] * deg, g[2] * deg};
-                if (!keep[i - b0].code) nesf_metrics_add_lattice(&items[i].m, d.s[i], &p);
-            }
-            if (ierr[i].code) snprintf(items[i].why, sizeof items[i].why, "%s", ierr[i].msg);
-            if (rec[i]) snprintf(rec[i]->id, sizeof rec[i]->id, "%s", d.s[i]->id);
-        }
+        nesf_decode_stats_add(&r->total, &st);
+        for (int i = b0; i < b0 + S; i++) score_item(r, i, b0, S);
         cli_progress_update(&bar, b0 + S);
     }
     cli_progress_end(&bar);
+    return 0;
+}
 
-    nesf_metrics all;
-    nesf_metrics_init(&all);
-    for (int i = 0; i < n; i++) {
-        nesf_metrics_merge(&all, &items[i].m);
-        nesf_metrics_merge(&by_n[d.s[i]->n], &items[i].m);
+static void eval_tally(eval_run *r)
+{
+    nesf_metrics_init(&r->all);
+    double rms_sum = 0;
+    for (int i = 0; i < r->n; i++) {
+        const item *it = &r->items[i];
+        nesf_metrics_merge(&r->all, &it->m);
+        nesf_metrics_merge(&r->by_n[r->d.s[i]->n], &it->m);
+        r->wrong += is_wrong(it);
+        r->failed += it->why[0] != 0 && !it->lacks;
+        if (it->matched) r->matched++, rms_sum += it->rms;
     }
-    int wrong = 0, failed = 0;
-    for (int i = 0; i < n; i++) {
-        wrong += is_wrong(&items[i]);
-        failed += items[i].why[0] != 0;
-    }
-    const double wall = cli_now_s() - t_start;
-    long G = n ? total.particles / n : 0;
+    r->match_pct = r->n ? 100.0 * r->matched / r->n : 0.0;
+    r->mean_rms = r->matched ? rms_sum / r->matched : NAN;
+    domain_tally(&r->dr, r->items, r->n);
+    conf_tally(&r->cr, r->items, r->n, r->m ? nesf_model_domain(r->m) : NULL);
+}
 
-    if (a.out) {
+/* The structures reconstructed wrongly (--list), as JSON. */
+static json_t *wrong_json(const eval_run *r)
+{
+    json_t *bad = json_array();
+    for (int i = 0; i < r->n; i++) {
+        if (!is_wrong(&r->items[i])) continue;
+        nesf_metrics_summary s;
+        nesf_metrics_summarize(&r->items[i].m, &s);
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_string(r->d.s[i]->id));
+        json_object_set_new(o, "true_atoms", json_integer(r->d.s[i]->n));
+        json_object_set_new(o, "detected_atoms", json_integer(r->rec[i] ? r->rec[i]->n : 0));
+        json_object_set_new(o, "position_error_actual", num(s.pos_act));
+        json_object_set_new(o, "species_error_actual_pct", num(s.spec_act_pct));
+        if (r->items[i].why[0]) json_object_set_new(o, "error", json_string(r->items[i].why));
+        json_array_append_new(bad, o);
+    }
+    return bad;
+}
+
+static void report_json(const eval_run *r, double wall)
+{
+    const eval_args *a = &r->a;
+    const nesf_decode_stats *t = &r->total;
+    json_t *o = json_object();
+    json_object_set_new(o, "data", json_string(a->data));
+    json_object_set_new(o, "mode", json_string(a->truth ? "truth" : "model"));
+    json_object_set_new(o, "model", a->model ? json_string(a->model) : json_null());
+    json_object_set_new(o, "backend", json_string(r->be->device));
+    json_object_set_new(o, "all", summary_json(&r->all));
+    json_t *rows = json_array();
+    for (int k = 0; k <= r->maxn; k++) {
+        if (!r->by_n[k].structures) continue;
+        json_t *row = summary_json(&r->by_n[k]);
+        json_object_set_new(row, "atoms", json_integer(k));
+        json_array_append_new(rows, row);
+    }
+    json_object_set_new(o, "by_atom_count", rows);
+    json_object_set_new(o, "wrong", json_integer(r->wrong));
+    json_object_set_new(o, "failed", json_integer(r->failed));
+    json_object_set_new(o, "match_rate_pct", json_real(r->match_pct));
+    json_object_set_new(o, "match", json_pack("{s:i, s:i, s:o, s:f, s:f, s:f}", "matched", r->matched,
+                                              "structures", r->n, "mean_rms", num(r->mean_rms), "ltol",
+                                              r->mopts.ltol, "stol", r->mopts.stol, "angle_tol",
+                                              r->mopts.angle_tol));
+    if (r->m) json_object_set_new(o, "outside_domain", domain_json(&r->dr, r->items, &r->d, r->n));
+    if (r->m) json_object_set_new(o, "confidence", confidence_json(&r->cr));
+    if (a->list) json_object_set_new(o, "wrong_structures", wrong_json(r));
+    char *ot = nesf_decode_opts_to_json(&r->opts);
+    json_object_set_new(o, "options", ot ? json_loads(ot, 0, NULL) : json_null());
+    free(ot);
+    json_object_set_new(o, "bbox", json_pack("{s:[f,f,f], s:[f,f,f], s:s}", "min", r->lo[0], r->lo[1], r->lo[2],
+                                             "max", r->hi[0], r->hi[1], r->hi[2], "source", r->bbox_src));
+    long G = r->n ? t->particles / r->n : 0;
+    json_object_set_new(o, "timing", json_pack(
+        "{s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:i}", "wall_s", wall, "encode_s", r->t_encode,
+        "decode_s", t->ms / 1e3, "decode_ms_per_structure", r->n ? t->ms / r->n : 0.0,
+        "flow_s", t->ms_flow / 1e3, "nms_s", t->ms_nms / 1e3,
+        "particles_per_structure", (json_int_t)G, "field_evals", (json_int_t)t->field_evals,
+        "truncated", t->truncated));
+    json_object_set_new(o, "lattice_repaired", json_integer(t->lattice_repaired));
+    char *text = json_dumps(o, JSON_INDENT(1) | JSON_REAL_PRECISION(8));
+    if (text) printf("%s\n", text);
+    free(text);
+    json_decref(o);
+}
+
+static void report_text(const eval_run *r, double wall)
+{
+    const eval_args *a = &r->a;
+    const nesf_decode_stats *t = &r->total;
+    const int n = r->n;
+    printf("nesf eval: %d structures of %s, %s\n", n, a->data, a->truth ? "exact (ground-truth) field" : a->model);
+    printf("backend: %s; bounding box %s: [%.3f %.3f %.3f] .. [%.3f %.3f %.3f]\n", r->be->device,
+           r->bbox_src, r->lo[0], r->lo[1], r->lo[2], r->hi[0], r->hi[1], r->hi[2]);
+    printf("\n%-14s %6s %8s %10s %10s %10s %10s %8s %8s\n", "", "n", "atoms%", "pos act A",
+           "pos det A", "spec act%", "spec det%", "len A", "ang deg");
+    print_row("all", &r->all);
+    for (int k = 0; k <= r->maxn; k++) {
+        if (!r->by_n[k].structures) continue;
+        char label[32];
+        snprintf(label, sizeof label, "%d atoms", k);
+        print_row(label, &r->by_n[k]);
+    }
+    printf("\natoms: %ld true, %ld detected, %ld in %s without any detection\n",
+           r->all.true_atoms, r->all.det_atoms, r->all.undetected_atoms, "structures");
+    printf("reconstructed exactly (count, species, mean position error <= 0.01 Å): %d of %d; "
+           "failed to decode: %d\n", n - r->wrong, n, r->failed);
+    printf("match rate (StructureMatcher-like, ltol %g, stol %g, angle_tol %g): %d of %d = %.2f %%, "
+           "mean RMS of the matches %.4f\n", r->mopts.ltol, r->mopts.stol, r->mopts.angle_tol, r->matched, n,
+           r->match_pct, r->mean_rms);
+    if (r->m) print_domain(&r->dr, nesf_model_domain(r->m) != NULL);
+    if (r->m) print_confidence(&r->cr);
+    for (int i = 0; a->list && i < n; i++) {
+        if (!is_wrong(&r->items[i])) continue;
+        nesf_metrics_summary s;
+        nesf_metrics_summarize(&r->items[i].m, &s);
+        printf("  wrong: %-14s %2d atoms -> %2d, pos act %.4f Å, species act %.1f%%%s%s\n",
+               r->d.s[i]->id, r->d.s[i]->n, r->rec[i] ? r->rec[i]->n : 0, s.pos_act, s.spec_act_pct,
+               r->items[i].why[0] ? ", " : "", r->items[i].why);
+    }
+    long G = n ? t->particles / n : 0;
+    printf("\ndecode: %.2f s for %d structures = %.1f ms per structure "
+           "(%ld particles x %d iterations each; flow %.2f s, NMS %.2f s, species %.2f s)\n",
+           t->ms / 1e3, n, n ? t->ms / n : 0.0, G, r->opts.iterations,
+           t->ms_flow / 1e3, t->ms_nms / 1e3, t->ms_species / 1e3);
+    if (!a->truth) printf("encode: %.2f s%s\n", r->t_encode, r->ropts.steps > 0 ? " (with refinement)" : "");
+    if (r->ropts.steps > 0)
+        printf("refine: %d steps, lr %g: loss %.4f -> %.4f (mean over structures), %ld field rows\n",
+               r->ropts.steps, (double)r->ropts.lr, r->rstats.loss_before / n, r->rstats.loss_after / n,
+               r->rstats.field_rows);
+    if (t->truncated) printf("max_atoms reached in %d structures\n", t->truncated);
+    if (t->lattice_repaired)
+        printf("predicted cell was no cell, decoded in a repaired one: %d structures\n", t->lattice_repaired);
+    printf("wall time: %.2f s\n", wall);
+}
+
+static void eval_free(eval_run *r)
+{
+    for (int i = 0; r->rec && i < r->n; i++) nesf_structure_free(r->rec[i]);
+    free(r->rec);
+    free(r->items);
+    free(r->ierr);
+    free(r->by_n);
+    free(r->z);
+    free(r->cell);
+    free(r->keep);
+    if (r->m) nesf_model_free(r->m);
+    if (r->be) nesf_backend_free(r->be);
+    nesf_dataset_free(&r->d);
+    free(r);
+}
+
+int nesf_cmd_eval(int argc, char **argv)
+{
+    eval_run *r = calloc(1, sizeof *r);
+    if (!r) {
+        fprintf(stderr, "nesf eval: out of memory\n");
+        return 1;
+    }
+    int rc = parse_args(argc, argv, &r->a);
+    if (rc >= 0) {
+        free(r);
+        return rc;
+    }
+    const eval_args *a = &r->a;
+    r->t_start = cli_now_s();
+    nesf_error err;
+    nesf_decode_opts_default(&r->opts);
+    r->opts.repair_lattice = !a->strict;
+    nesf_match_opts_default(&r->mopts);
+    int status = 2;
+    if (cli_decode_options("eval", "options", a->options, &r->opts)) goto done;
+    nesf_refine_opts_default(&r->ropts);
+    if (a->refine && cli_refine_options("eval", a->refine, &r->ropts)) goto done;
+    if (r->opts.symmetrize) { /* the metrics pair atoms of one cell with those of the other */
+        fprintf(stderr, "nesf eval: --options: symmetrize changes the cell (and its atom count) the "
+                        "metrics compare with the truth; evaluate without it\n");
+        goto done;
+    }
+    status = 1;
+    if (nesf_dataset_load(a->data, &r->d, &err)) {
+        fprintf(stderr, "nesf eval: %s\n", err.msg);
+        goto done;
+    }
+    const int n = r->n = a->limit >= 0 && a->limit < r->d.n ? a->limit : r->d.n;
+    for (int i = 0; i < n; i++) r->maxn = r->d.s[i]->n > r->maxn ? r->d.s[i]->n : r->maxn;
+    r->rec = calloc((size_t)(n ? n : 1), sizeof *r->rec);
+    r->items = calloc((size_t)(n ? n : 1), sizeof *r->items);
+    r->ierr = calloc((size_t)(n ? n : 1), sizeof *r->ierr);
+    r->by_n = calloc((size_t)r->maxn + 1, sizeof *r->by_n);
+    r->keep = calloc((size_t)a->batch, sizeof *r->keep);
+    if (!r->rec || !r->items || !r->ierr || !r->by_n || !r->keep) {
+        fprintf(stderr, "nesf eval: out of memory\n");
+        goto done;
+    }
+    if (eval_setup(r) || eval_batches(r)) goto done;
+    eval_tally(r);
+    const double wall = cli_now_s() - r->t_start;
+    if (a->out) {
         /* line i is structure i: a failure is a record with its error */
         const char **ids = malloc((size_t)(n ? n : 1) * sizeof *ids);
-        for (int i = 0; ids && i < n; i++) ids[i] = d.s[i]->id;
-        char *text = ids ? cli_format_structures(rec, n, "jsonl", ids, ierr) : NULL;
+        for (int i = 0; ids && i < n; i++) ids[i] = r->d.s[i]->id;
+        char *text = ids ? cli_format_structures(r->rec, n, "jsonl", ids, r->ierr) : NULL;
         free(ids);
-        if (!text || nesf_write_file(a.out, text, strlen(text), &err)) {
+        if (!text || nesf_write_file(a->out, text, strlen(text), &err)) {
             fprintf(stderr, "nesf eval: %s\n", text ? err.msg : "out of memory");
             free(text);
             goto done;
         }
         free(text);
     }
-
-    if (a.json) {
-        json_t *o = json_object();
-        json_object_set_new(o, "data", json_string(a.data));
-        json_object_set_new(o, "mode", json_string(a.truth ? "truth" : "model"));
-        json_object_set_new(o, "model", a.model ? json_string(a.model) : json_null());
-        json_object_set_new(o, "backend", json_string(be->device));
-        json_object_set_new(o, "all", summary_json(&all));
-        json_t *rows = json_array();
-        for (int k = 0; k <= maxn; k++) {
-            if (!by_n[k].structures) continue;
-            json_t *r = summary_json(&by_n[k]);
-            json_object_set_new(r, "atoms", json_integer(k));
-            json_array_append_new(rows, r);
-        }
-        json_object_set_new(o, "by_atom_count", rows);
-        json_t *bad = json_array();
-        for (int i = 0; i < n && a.list; i++) {
-            if (!is_wrong(&items[i])) continue;
-            nesf_metrics_summary s;
-            nesf_metrics_summarize(&items[i].m, &s);
-            json_t *r = json_object();
-            json_object_set_new(r, "id", json_string(d.s[i]->id));
-            json_object_set_new(r, "true_atoms", json_integer(d.s[i]->n));
-            json_object_set_new(r, "detected_atoms", json_integer(rec[i] ? rec[i]->n : 0));
-            json_object_set_new(r, "position_error_actual", num(s.pos_act));
-            json_object_set_new(r, "species_error_actual_pct", num(s.spec_act_pct));
-            if (items[i].why[0]) json_object_set_new(r, "error", json_string(items[i].why));
-            json_array_append_new(bad, r);
-        }
-        json_object_set_new(o, "wrong", json_integer(wrong));
-        json_object_set_new(o, "failed", json_integer(failed));
-        if (a.list) json_object_set_new(o, "wrong_structures", bad);
-        else json_decref(bad);
-        char *ot = nesf_decode_opts_to_json(&opts);
-        json_object_set_new(o, "options", ot ? json_loads(ot, 0, NULL) : json_null());
-        free(ot);
-        json_t *bb = json_pack("{s:[f,f,f], s:[f,f,f], s:s}", "min", lo[0], lo[1], lo[2], "max",
-                               hi[0], hi[1], hi[2], "source", bbox_src);
-        json_object_set_new(o, "bbox", bb);
-        json_object_set_new(o, "timing", json_pack(
-            "{s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:i}", "wall_s", wall, "encode_s", t_encode,
-            "decode_s", total.ms / 1e3, "decode_ms_per_structure", n ? total.ms / n : 0.0,
-            "flow_s", total.ms_flow / 1e3, "nms_s", total.ms_nms / 1e3,
-            "particles_per_structure", (json_int_t)G, "field_evals", (json_int_t)total.field_evals,
-            "truncated", total.truncated));
-        json_object_set_new(o, "lattice_repaired", json_integer(total.lattice_repaired));
-        char *t = json_dumps(o, JSON_INDENT(1) | JSON_REAL_PRECISION(8));
-        if (t) printf("%s\n", t);
-        free(t);
-        json_decref(o);
-    } else {
-        printf("nesf eval: %d structures of %s, %s\n", n, a.data,
-               a.truth ? "exact (ground-truth) field" : a.model);
-        printf("backend: %s; bounding box %s: [%.3f %.3f %.3f] .. [%.3f %.3f %.3f]\n", be->device,
-               bbox_src, lo[0], lo[1], lo[2], hi[0], hi[1], hi[2]);
-        printf("\n%-14s %6s %8s %10s %10s %10s %10s %8s %8s\n", "", "n", "atoms%", "pos act A",
-               "pos det A", "spec act%", "spec det%", "len A", "ang deg");
-        print_row("all", &all);
-        for (int k = 0; k <= maxn; k++) {
-            if (!by_n[k].structures) continue;
-            char label[32];
-            snprintf(label, sizeof label, "%d atoms", k);
-            print_row(label, &by_n[k]);
-        }
-        printf("\natoms: %ld true, %ld detected, %ld in %s without any detection\n",
-               all.true_atoms, all.det_atoms, all.undetected_atoms, "structures");
-        printf("reconstructed exactly (count, species, mean position error <= 0.01 Å): %d of %d; "
-               "failed to decode: %d\n", n - wrong, n, failed);
-        if (a.list)
-            for (int i = 0; i < n; i++) {
-                if (!is_wrong(&items[i])) continue;
-                nesf_metrics_summary s;
-                nesf_metrics_summarize(&items[i].m, &s);
-                printf("  wrong: %-14s %2d atoms -> %2d, pos act %.4f Å, species act %.1f%%%s%s\n",
-                       d.s[i]->id, d.s[i]->n, rec[i] ? rec[i]->n : 0, s.pos_act, s.spec_act_pct,
-                       items[i].why[0] ? ", " : "", items[i].why);
-            }
-        printf("\ndecode: %.2f s for %d structures = %.1f ms per structure "
-               "(%ld particles x %d iterations each; flow %.2f s, NMS %.2f s, species %.2f s)\n",
-               total.ms / 1e3, n, n ? total.ms / n : 0.0, G, opts.iterations,
-               total.ms_flow / 1e3, total.ms_nms / 1e3, total.ms_species / 1e3);
-        if (!a.truth) printf("encode: %.2f s%s\n", t_encode, ropts.steps > 0 ? " (with refinement)" : "");
-        if (ropts.steps > 0)
-            printf("refine: %d steps, lr %g: loss %.4f -> %.4f (mean over structures), %ld field rows\n",
-                   ropts.steps, (double)ropts.lr, rstats.loss_before / n, rstats.loss_after / n,
-                   rstats.field_rows);
-        if (total.truncated) printf("max_atoms reached in %d structures\n", total.truncated);
-        if (total.lattice_repaired)
-            printf("predicted cell was no cell, decoded in a repaired one: %d structures\n",
-                   total.lattice_repaired);
-        printf("wall time: %.2f s\n", wall);
-    }
+    if (a->json) report_json(r, wall);
+    else report_text(r, wall);
     status = 0;
 done:
-    for (int i = 0; rec && i < n; i++) nesf_structure_free(rec[i]);
-    free(rec);
-    free(items);
-    free(ierr);
-    free(by_n);
-    free(z);
-    free(cell);
-    free(keep);
-    if (m) nesf_model_free(m);
-    if (be) nesf_backend_free(be);
-    nesf_dataset_free(&d);
+    eval_free(r);
     return status;
 }

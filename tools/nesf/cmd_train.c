@@ -213,6 +213,13 @@ int nesf_cmd_train(int argc, char **argv)
         if (nesf_train_config_load(config, &tc, &err)) goto fail;
         if (nesf_model_create(&mc, vocab.z, vocab.n, lo, hi, be, tc.seed, &m, &err)) goto fail;
     }
+    {
+        /* every saved file records what it was trained on (domain.h); a
+         * cycle-distance calibration of earlier weights no longer holds */
+        nesf_domain dom;
+        nesf_domain_from_structures(train.s, train.n, &dom);
+        nesf_model_set_domain(m, &dom);
+    }
     if (resuming) {
         /* the checkpoint's training configuration wins over the file's */
         const char *saved = nesf_model_train_config(m);

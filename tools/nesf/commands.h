@@ -15,6 +15,8 @@ int nesf_cmd_decode(int argc, char **argv);
 int nesf_cmd_interpolate(int argc, char **argv);
 int nesf_cmd_latents(int argc, char **argv);
 int nesf_cmd_init(int argc, char **argv);
+int nesf_cmd_domain(int argc, char **argv);
+int nesf_cmd_match(int argc, char **argv);
 int nesf_bench_decode(int argc, char **argv);
 int nesf_bench_field(int argc, char **argv);
 int nesf_bench_train(int argc, char **argv);

@@ -164,6 +164,18 @@ int cli_decode_options(const char *cmd, const char *flag, const char *arg, nesf_
     return 2;
 }
 
+int cli_refine_options(const char *cmd, const char *arg, nesf_refine_opts *o)
+{
+    nesf_error err;
+    json_error_t je;
+    json_t *v = json_loads(arg, JSON_DECODE_ANY, &je);
+    int rc = v ? nesf_refine_opts_from_json(o, v, &err) : nesf_fail(&err, NESF_ERR_INVALID, "%s", je.text);
+    json_decref(v);
+    if (!rc) return 0;
+    fprintf(stderr, "nesf %s: --refine: %s\n", cmd, err.msg);
+    return 2;
+}
+
 /* Appends t and, when missing, a newline to *all (length *len). */
 static int append(char **all, size_t *len, const char *t)
 {

@@ -6,6 +6,7 @@
 
 #include "decode.h"
 #include "model.h"
+#include "refine.h"
 #include "structure.h"
 
 /* A one-line progress bar on stderr, drawn only when stderr is a terminal. */
@@ -40,6 +41,9 @@ int cli_parse_latents(const char *text, int latent, float **z, int *n, nesf_erro
  * over *o; arg NULL leaves *o.  On failure prints "nesf CMD: --FLAG: ..."
  * and returns 2 (the usage exit code), else 0. */
 int cli_decode_options(const char *cmd, const char *flag, const char *arg, nesf_decode_opts *o);
+/* Latent refinement options from --refine's argument (true, a step count
+ * or a JSON object, refine.h); prints the error and returns 2 on failure. */
+int cli_refine_options(const char *cmd, const char *arg, nesf_refine_opts *o);
 
 /* Structures as one text: "cif" (data blocks one after another), "json"
  * (an array of full structure objects: formula, space group) or "jsonl"

@@ -18,6 +18,8 @@ static const command commands[] = {
     {"bench", nesf_cmd_bench, "benchmarks (load, field, train, decode)"},
     {"init", nesf_cmd_init, "write a freshly initialised model (untrained baseline)"},
     {"eval", nesf_cmd_eval, "reconstruct a dataset and print the paper's error table"},
+    {"match", nesf_cmd_match, "compare structures like pymatgen's StructureMatcher"},
+    {"domain", nesf_cmd_domain, "record a model's training domain and confidence calibration in its file"},
     {"decode", nesf_cmd_decode, "decode latent vectors to structures (CIF/JSON)"},
     {"interpolate", nesf_cmd_interpolate, "decode the latent line between two structures"},
     {"latents", nesf_cmd_latents, "encode a dataset; t-SNE map as SVG"},

@@ -16,6 +16,11 @@ Examples:
   nesf-client decode latents.json -o decoded/            # one CIF per latent
   nesf-client interpolate ZnS.cif CdS.cif --steps 8 -o path/
   nesf-client reconstruct NaCl.cif --format json
+  nesf-client reconstruct NaCl.cif --symmetrize --symprec 0.3   # refined to Fm-3m
+
+decode and reconstruct list each structure on stderr: formula, atoms, space
+group, whether a reconstruction matches its input, its confidence, and any
+warnings the daemon attached.
 """
 import argparse
 import json
@@ -138,6 +143,12 @@ def decode_options(args, body):
     opts = {}
     if getattr(args, "paper", False):
         opts.update(PAPER_OPTIONS)
+    if getattr(args, "symmetrize", None):
+        opts.update(symmetrize=True, cell=args.symmetrize)
+        if args.symprec is not None:
+            opts["symprec"] = args.symprec
+    elif getattr(args, "symprec", None) is not None:
+        raise ClientError("--symprec goes with --symmetrize")
     for kv in getattr(args, "option", None) or []:
         key, eq, val = kv.partition("=")
         if not eq or not key:
@@ -194,6 +205,10 @@ def cmd_encode(api, args):
     if not isinstance(lat, list) or len(lat) != len(structs):
         raise ClientError("/encode answered %s latents for %d structures" % (
             len(lat) if isinstance(lat, list) else "no", len(structs)), EXIT_SERVER)
+    for i, ws in enumerate(ans.get("warnings") or []):  # the daemon's domain check of each input
+        for w in ws or []:
+            print("nesf-client: structure %d (%s): warning %s: %s" % (i, names[i], w.get("code", "?"), w.get("message", "")),
+                  file=sys.stderr)
     if args.output and args.output.lower().endswith(".txt"):
         text = "".join(" ".join(repr(float(x)) for x in z) + "\n" for z in lat)
     else:
@@ -216,11 +231,33 @@ def _structures_answer(ans, want, what):
     return items
 
 
+def summary(items):
+    """One stderr line per decoded structure: formula, atoms, space group, warnings."""
+    for i, it in enumerate(items):
+        if isinstance(it.get("error"), dict):
+            continue
+        sg = it.get("spacegroup") or {}
+        line = "%d: %s, %s atoms, %s" % (i, formula_of(it) or "(no atoms)", it.get("num_atoms", "?"),
+                                        sg.get("symbol", "no space group"))
+        m = it.get("match")
+        if isinstance(m, dict) and "match" in m:
+            line += ", %s the input" % ("matches (rms %.3f)" % m["rms"] if m["match"] and m.get("rms") is not None
+                                        else "matches" if m["match"] else "does not match (%s)" % m.get("reason", "?"))
+        conf = it.get("confidence")
+        if isinstance(conf, dict) and "percentile" in conf:
+            line += ", cycle distance %.2f (percentile %.0f of training)" % (conf.get("cycle_distance") or float("inf"),
+                                                                            conf["percentile"])
+        print(line, file=sys.stderr)
+        for w in it.get("warnings") or []:
+            print("   warning %s: %s" % (w.get("code", "?"), w.get("message", "")), file=sys.stderr)
+
+
 def cmd_decode(api, args):
     lat = read_latents(args.latents)
     body = decode_options(args, with_model(args, {"latents": lat, "format": formats(args.format)}))
     ans = api.call("POST", "/decode", body)
     items = _structures_answer(ans, len(lat), "/decode")
+    summary(items)
     names = ["%03d_%s" % (i, safe_name(formula_of(s))) for i, s in enumerate(items)]
     emit(ans, items, args.output, args.format, names)
 
@@ -232,6 +269,7 @@ def cmd_reconstruct(api, args):
     body = decode_options(args, with_model(args, {"structures": structs, "format": formats(args.format)}))
     ans = api.call("POST", "/reconstruct", body)
     items = _structures_answer(ans, len(structs), "/reconstruct")
+    summary(items)
     names = ["%03d_%s" % (i, safe_name(formula_of(s))) for i, s in enumerate(items)]
     emit(ans, items, args.output, args.format, names)
 
@@ -259,6 +297,11 @@ def decode_flags(s):
     s.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="decoding option sent as \"options\" (repeatable), e.g. iterations=96, mode=paper, "
                         "repair_lattice=1")
+    s.add_argument("--symmetrize", nargs="?", const="conventional", choices=["conventional", "primitive"],
+                   help="refine each decoded structure to its space group (spglib) and return its "
+                        "conventional (default) or primitive standardized cell")
+    s.add_argument("--symprec", type=float, metavar="ANGSTROM",
+                   help="tolerance of --symmetrize (the daemon's default 0.1 A)")
     s.add_argument("--paper", action="store_true",
                    help="decode with the paper's algorithm (spec section 5) instead of the daemon's default "
                         "(fast decoding, the same structures at ~2%% of the cost)")

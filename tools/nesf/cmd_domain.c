@@ -1,0 +1,137 @@
+/* nesf domain - records a model's training domain and cycle-distance
+ * calibration (domain.h) in its file, for files written before training
+ * did so.  Only the metadata changes: every tensor is copied byte for byte
+ * (nesf_st_rewrite_meta). */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "dataset.h"
+#include "decode.h"
+#include "domain.h"
+#include "latent_cli.h"
+#include "safetensors.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: nesf domain --model M.safetensors --data DIR|TRAIN.jsonl [options]\n"
+        "Measures the training domain of M on its training set (DIR/train.jsonl):\n"
+        "largest atom count, elements, ranges of a, b, c and of the angles, and the\n"
+        "distribution of the cycle distance |E(D(z)) - z| over a sample of it, and\n"
+        "writes M again with that record in its metadata (\"domain\"); the weights\n"
+        "are copied unchanged.  nesfd and nesf eval then warn about inputs outside\n"
+        "the domain and give each decoded structure a confidence percentile.\n\n"
+        "  --out FILE         write there instead of replacing M (atomically either way)\n"
+        "  --sample N         training structures for the cycle distance (default 300;\n"
+        "                     0: domain only), evenly spaced through the file\n"
+        "  --options JSON     decode options for the sample (default {\"mode\": \"fast\"})\n"
+        "  --backend KIND     cpu, cuda or auto;  --threads N\n");
+}
+
+/* Cycle distances of `count` structures spread evenly over d. */
+static int sample_cycle(nesf_model *m, const nesf_dataset *d, int count, const nesf_decode_opts *o,
+                        double *dist, nesf_error *err)
+{
+    const int L = nesf_model_latent_size(m);
+    nesf_structure **s = malloc((size_t)count * sizeof *s), **dec = calloc((size_t)count, sizeof *dec);
+    nesf_error *ie = calloc((size_t)count, sizeof *ie);
+    float *z = malloc((size_t)count * L * sizeof *z);
+    int rc = !s || !dec || !ie || !z ? nesf_fail(err, NESF_ERR_NOMEM, "out of memory") : NESF_OK;
+    for (int i = 0; !rc && i < count; i++) s[i] = d->s[(long)i * d->n / count];
+    if (!rc) rc = nesf_model_encode(m, s, count, z, err);
+    if (!rc) rc = nesf_decode(m, count, z, o, dec, ie, NULL, err);
+    if (!rc) rc = nesf_cycle_distances(m, count, z, dec, dist, err);
+    if (dec) nesf_structure_list_free(dec, count);
+    free(s);
+    free(ie);
+    free(z);
+    return rc;
+}
+
+int nesf_cmd_domain(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},   {"data", required_argument, 0, 'd'},
+        {"out", required_argument, 0, 'o'},     {"sample", required_argument, 0, 'n'},
+        {"options", required_argument, 0, 'O'}, {"backend", required_argument, 0, 'k'},
+        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *model = NULL, *data = NULL, *out = NULL, *options = NULL, *backend = NULL;
+    int threads = 0, sample = 300, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'd': data = optarg; break;
+        case 'o': out = optarg; break;
+        case 'n': sample = atoi(optarg); break;
+        case 'O': options = optarg; break;
+        case 'k': backend = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!model || !data || optind != argc || sample < 0) {
+        usage(stderr);
+        return 2;
+    }
+    nesf_decode_opts o;
+    nesf_decode_opts_default(&o);
+    o.mode = NESF_DECODE_FAST;
+    if (cli_decode_options("domain", "options", options, &o)) return 2;
+    char path[4096];
+    size_t dl = strlen(data);
+    snprintf(path, sizeof path, dl > 6 && !strcmp(data + dl - 6, ".jsonl") ? "%s" : "%s/train.jsonl", data);
+    nesf_error err;
+    nesf_dataset d = {0};
+    if (nesf_dataset_load(path, &d, &err)) {
+        fprintf(stderr, "nesf domain: %s\n", err.msg);
+        return 1;
+    }
+    nesf_backend *be = NULL;
+    nesf_model *m = NULL;
+    int status = 1;
+    double *dist = NULL;
+    char *text = NULL;
+    if (d.n == 0) {
+        fprintf(stderr, "nesf domain: %s holds no structures\n", path);
+        goto done;
+    }
+    if (cli_open_model("domain", model, backend, threads, &be, &m)) goto done;
+    nesf_domain dom;
+    nesf_domain_from_structures(d.s, d.n, &dom);
+    if (sample > d.n) sample = d.n;
+    if (sample > 0) {
+        double t0 = cli_now_s();
+        if (!(dist = malloc((size_t)sample * sizeof *dist))) {
+            fprintf(stderr, "nesf domain: out of memory\n");
+            goto done;
+        }
+        if (sample_cycle(m, &d, sample, &o, dist, &err)) {
+            fprintf(stderr, "nesf domain: %s\n", err.msg);
+            goto done;
+        }
+        nesf_domain_set_cycle(&dom, dist, sample, o.mode == NESF_DECODE_FAST ? "fast" : "paper");
+        fprintf(stderr, "nesf domain: cycle distance of %d training structures in %.1f s: median "
+                "%.3f, 80th percentile %.3f, 95th %.3f\n", sample, cli_now_s() - t0, dom.cycle_q[50],
+                dom.cycle_q[80], dom.cycle_q[95]);
+    }
+    if (!(text = nesf_domain_to_json(&dom)) ||
+        nesf_st_rewrite_meta(model, out ? out : model, "domain", text, &err)) {
+        fprintf(stderr, "nesf domain: %s\n", text ? err.msg : "out of memory");
+        goto done;
+    }
+    printf("%s: domain of %d structures of %s recorded\n%s\n", out ? out : model, d.n, path, text);
+    status = 0;
+done:
+    free(text);
+    free(dist);
+    cli_close_model(be, m);
+    nesf_dataset_free(&d);
+    return status;
+}
