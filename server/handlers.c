@@ -586,6 +586,27 @@ out:
 }
 
 /* Parses the "structures" list into an encode job. */
+/* "refine": latent refinement of the structures encoded (refine.h): true,
+ * a step count or an object; bounded so that one request's cost stays
+ * within seconds per structure.  Absent: none. */
+#define NESFD_REFINE_MAX_STEPS 200
+static int parse_refine(nesfd_req *r, json_t *root, nesf_refine_opts *o)
+{
+    json_t *v = json_object_get(root, "refine");
+    nesf_refine_opts_default(o);
+    if (!v) return 0;
+    nesf_error err;
+    if (nesf_refine_opts_from_json(o, v, &err)) {
+        nesfd_reply_error(r, 400, "invalid_refine", "%s", err.msg);
+        return -1;
+    }
+    if (o->steps > NESFD_REFINE_MAX_STEPS) {
+        nesfd_reply_error(r, 400, "invalid_refine", "refine: at most %d steps", NESFD_REFINE_MAX_STEPS);
+        return -1;
+    }
+    return 0;
+}
+
 static nesfd_job *structures_job(op_state *st, json_t *root)
 {
     nesfd_req *r = st->req;
@@ -597,11 +618,14 @@ static nesfd_job *structures_job(op_state *st, json_t *root)
     }
     if (parse_count(r, json_array_size(list), "structures", st->app->cfg)) return NULL;
     int n = (int)json_array_size(list);
+    nesf_refine_opts ro;
+    if (parse_refine(r, root, &ro)) return NULL;
     nesfd_job *job = nesfd_job_new(NESFD_JOB_ENCODE, st->me, n);
     if (!job) {
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         return NULL;
     }
+    job->refine = ro;
     st->warn = json_array();
     for (int i = 0; i < n; i++) {
         char where[32];
@@ -653,7 +677,7 @@ static void h_encode(nesfd_req *r, void *ctx)
     }
     json_t *root = parse_body(r);
     if (!root) return;
-    static const char *const keys[] = {"model", "structures", NULL};
+    static const char *const keys[] = {"model", "structures", "refine", NULL};
     nesfd_job *job;
     if (!check_keys(r, root, keys) && (st = new_state(app, r, OP_ENCODE, root)) &&
         (job = structures_job(st, root))) {
@@ -690,7 +714,8 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
     if (!st) {
         json_t *root = parse_body(r);
         if (!root) return;
-        static const char *const keys[] = {"model", "structures", "format", "options", "symprec", NULL};
+        static const char *const keys[] = {"model", "structures", "format", "options", "symprec",
+                                           "refine", NULL};
         nesfd_job *job;
         if (!check_keys(r, root, keys) && (st = new_state(app, r, OP_RECONSTRUCT, root)) &&
             !parse_output(st, root) && (job = structures_job(st, root))) {
@@ -782,7 +807,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
         json_t *root = parse_body(r);
         if (!root) return;
         static const char *const keys[] = {"model", "from", "to", "steps", "format", "options",
-                                           "symprec", NULL};
+                                           "symprec", "refine", NULL};
         nesf_structure *enc[2] = {NULL, NULL};
         int n_enc = 0;
         if (check_keys(r, root, keys) || !(st = new_state(app, r, OP_INTERPOLATE, root)) ||
@@ -802,6 +827,8 @@ static void h_interpolate(nesfd_req *r, void *ctx)
             goto out;
         }
         st->n = (int)json_integer_value(steps);
+        nesf_refine_opts ro;
+        if (parse_refine(r, root, &ro)) goto out;
         if (parse_endpoint(st, from, "from", &st->za, &st->a_slot, enc, &n_enc) ||
             parse_endpoint(st, to, "to", &st->zb, &st->b_slot, enc, &n_enc))
             goto out;
@@ -815,6 +842,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
             goto out;
         }
         for (int i = 0; i < n_enc; i++) job->s[i] = enc[i], enc[i] = NULL;
+        job->refine = ro;
         submit(st, job);
         if (st->submit_rc == -1) ticket_failed(st);
     out:

@@ -392,6 +392,32 @@ def test_encode_errors(d, _):
     expect_error(d.call("POST", "/encode", {"structures": [{"cif": "garbage"}]}), 400, "invalid_structure")
 
 
+def test_refine(d, ctx):
+    """Latent refinement (refine.h): other latents than the encoder's, the
+    same in a batch as alone and on every call; /reconstruct and
+    /interpolate take it too; bad values are 400 invalid_refine."""
+    structs = dataset_structures(2)
+    ref = {"steps": 3, "global_fraction": 0.05, "species_fraction": 0.05, "cell_points": 16}
+    st, _, a = d.call("POST", "/encode", {"structures": structs, "refine": ref})
+    assert st == 200, a
+    assert a["latents"][0] != ctx["enc"][0] and a["latents"][1] != ctx["enc"][1]
+    assert not close(a["latents"][0], ctx["enc"][0], 1e-6)
+    for s, want in zip(structs, a["latents"]):
+        st, _, one = d.call("POST", "/encode", {"structures": [s], "refine": ref})
+        assert st == 200 and one["latents"][0] == want, "refined alone differs from refined in a batch"
+    st, _, b = d.call("POST", "/reconstruct", {"structures": structs[:1], "options": FAST, "refine": ref})
+    assert st == 200 and b["latents"][0] == a["latents"][0], b
+    st, _, c = d.call("POST", "/encode", {"structures": structs[:1], "refine": 0})
+    assert st == 200 and c["latents"][0] == ctx["enc"][0]
+    st, _, f = d.call("POST", "/interpolate", {"from": structs[0], "to": structs[1], "steps": 2,
+                                               "options": FAST, "refine": ref})
+    assert st == 200 and len(f["frames"]) == 2, f
+    for bad in ({"stpes": 3}, -1, 1000, "yes", {"lr": 0}):
+        err = expect_error(d.call("POST", "/encode", {"structures": structs[:1], "refine": bad}),
+                           400, "invalid_refine")
+        assert "refine" in err["message"], err
+
+
 def test_reconstruct(d, ctx):
     structs = dataset_structures(2)
     st, _, body = d.call("POST", "/reconstruct", {"structures": structs, "options": FAST, "format": "cif"})
@@ -588,7 +614,7 @@ def test_openapi(d, _):
 TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_symmetrize,
          test_domain,
          test_decode_paper_settings,
-         test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors,
+         test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors, test_refine,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
          test_queue_full_and_deadline, test_degenerate_cell, test_openapi, test_graceful_shutdown]
 
