@@ -88,6 +88,9 @@ check("decode one vector", len(c.decode(z[0])) == 1)
 
 rec, lat = c.reconstruct([pmg, atoms], return_latents=True)
 check("reconstruct", all(isinstance(s, Structure) for s in rec) and len(lat) == 2 and near(lat[0], z[0], 1e-5))
+zr = c.encode([pmg], refine={"steps": 2, "global_fraction": 0.05, "species_fraction": 0.05})
+check("encode refine", len(zr) == 1 and not near(zr[0], z[0], 1e-7))
+check("encode refine=False", near(c.encode([pmg], refine=False)[0], z[0], 1e-5))
 frames = c.interpolate(pmg, z[0], steps=3, as_="ase")
 check("interpolate", [round(t, 6) for t, _ in frames] == [0.0, 0.5, 1.0] and isinstance(frames[0][1], ase.Atoms), frames)
 

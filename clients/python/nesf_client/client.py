@@ -173,26 +173,37 @@ class Client:
         ans = self._call("POST", "/decode", self._body({"latents": z}, model, options, as_))
         return self._results(ans["structures"], as_, strict, "latent")
 
-    def encode(self, structures, model=None):
-        """Structures (one or a list; files may hold several) -> latents (lists of floats)."""
-        ans = self._call("POST", "/encode", self._body({"structures": _structures(structures)}, model, None,
-                                                           decodes=False))
+    @staticmethod
+    def _refine(body, refine):
+        """refine: None (the encoder's latents), True (40 steps), a step count
+        or a dict of options (the API's "refine", docs/training.md)."""
+        if refine is not None and refine is not False:
+            body["refine"] = refine
+        return body
+
+    def encode(self, structures, model=None, refine=None):
+        """Structures (one or a list; files may hold several) -> latents (lists of floats).
+        refine=True refines each latent on its structure (slower, closer species)."""
+        body = self._body({"structures": _structures(structures)}, model, None, decodes=False)
+        ans = self._call("POST", "/encode", self._refine(body, refine))
         return ans["latents"]
 
     def reconstruct(self, structures, as_="pymatgen", options=None, model=None, strict=False,
-                    return_latents=False):
+                    return_latents=False, refine=None):
         """Encode then decode (the autoencoder's round trip); with
-        return_latents, (structures, latents)."""
-        body = self._body({"structures": _structures(structures)}, model, options, as_)
+        return_latents, (structures, latents); refine as for encode."""
+        body = self._refine(self._body({"structures": _structures(structures)}, model, options, as_), refine)
         ans = self._call("POST", "/reconstruct", body)
         out = self._results(ans["structures"], as_, strict, "structure")
         return (out, ans["latents"]) if return_latents else out
 
-    def interpolate(self, start, end, steps=8, as_="pymatgen", options=None, model=None, strict=False):
+    def interpolate(self, start, end, steps=8, as_="pymatgen", options=None, model=None, strict=False,
+                    refine=None):
         """The straight latent path from start to end (each a structure-like
         input or a latent vector), decoded at steps points including both
         ends -> [(t, structure), ...]."""
         body = self._body({"from": _endpoint(start), "to": _endpoint(end), "steps": int(steps)}, model, options, as_)
+        body = self._refine(body, refine)  # structure ends only
         frames = self._call("POST", "/interpolate", body)["frames"]
         items = [f if isinstance(f.get("error"), dict) else f["structure"] for f in frames]
         return list(zip([f["t"] for f in frames], self._results(items, as_, strict, "frame")))
