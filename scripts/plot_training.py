@@ -31,7 +31,7 @@ def main():
     pts = json.load(open(a.data))
     plain = sorted((p for p in pts if not p.get("refined")), key=lambda p: p["hours"])
     refined = sorted((p for p in pts if p.get("refined")), key=lambda p: p["hours"])
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
     series = [("atoms_pct", "atom-count error %", "tab:red"),
               ("species_pct", "species error (actual) %", "tab:orange"),
               ("match_pct", "StructureMatcher match %", "tab:blue")]
@@ -54,7 +54,7 @@ def main():
     ax.set_ylim(0, 100)
     ax.set_title("models/lcs6.safetensors over its training (fast decoder); dotted: the bars")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     fig.tight_layout()
     tmp = a.out + ".tmp"
     fig.savefig(tmp, format="svg", metadata={"Date": None})
