@@ -7,8 +7,10 @@ int nesf_backend_create(const char *kind, int threads, nesf_backend **out, nesf_
 {
     *out = NULL;
     if (!kind || !strcmp(kind, "auto")) {
+#ifndef NESF_CUDA_EMULATION /* the host emulation is a test harness: never chosen for work */
         if (nesf_backend_cuda_available() && nesf_backend_cuda_create(0, out, NULL) == NESF_OK)
             return NESF_OK;
+#endif
         return nesf_backend_cpu_create(threads, out, err);
     }
     if (!strcmp(kind, "cpu"))
