@@ -188,13 +188,14 @@ static int is_device_range(const void *p, size_t bytes)
 
 int nesf_emu_device_ptr(const void *p) { return !p || is_device_range(p, 0); }
 
+static size_t tail_bytes(const Alloc &a) { return (a.bytes + 255) / 256 * 256 - a.bytes + GUARD; }
+
 static int guards_intact(const Alloc &a)
 {
     const char *end = a.raw + GUARD + a.bytes;
-    size_t tail = (a.bytes + 255) / 256 * 256 - a.bytes + GUARD;
     for (size_t i = 0; i < GUARD; i++)
         if ((unsigned char)a.raw[i] != GUARD_BYTE) return 0;
-    for (size_t i = 0; i < tail; i++)
+    for (size_t i = 0, n = tail_bytes(a); i < n; i++)
         if ((unsigned char)end[i] != GUARD_BYTE) return 0;
     return 1;
 }
@@ -206,11 +207,11 @@ static cudaError_t check_guards(const char *what)
     std::lock_guard<std::mutex> g(g_mem_mu);
     for (auto &kv : g_mem)
         if (!guards_intact(kv.second)) {
-            size_t bytes = kv.second.bytes;
-            kv.second.pinned = 2; /* reported once */
-            memset(kv.second.raw, GUARD_BYTE, GUARD);
+            Alloc &a = kv.second; /* guards restored: reported once */
+            memset(a.raw, GUARD_BYTE, GUARD);
+            memset(a.raw + GUARD + a.bytes, GUARD_BYTE, tail_bytes(a));
             return fault(cudaErrorIllegalAddress, "%s wrote outside an allocation of %zu bytes",
-                         what, bytes);
+                         what, a.bytes);
         }
     return cudaSuccess;
 }
