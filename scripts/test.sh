@@ -26,12 +26,13 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
   meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 || fail=1
 
 # the CUDA backend's own sources on the host emulation (cuda/emu, a test
-# harness): the cuda and cuda_model suites run unskipped against the CPU
-# backend; NESF_REQUIRE_CUDA=1 makes a skip a failure
+# harness): the emulation's self-test, then the cuda and cuda_model suites
+# against the CPU backend and parity against the PyTorch fixtures, all on
+# the emulated device; NESF_REQUIRE_CUDA=1 makes a skip a failure
 setup build-cuemu -Dwerror=true -Demulate_cuda=true -Dcuda=disabled -Dserver=false || exit 1
-ninja -C build-cuemu tests/test_cuda tests/test_cuda_model || exit 1
-NESF_REQUIRE_CUDA=1 meson test -C build-cuemu --no-rebuild --print-errorlogs --num-processes 1 \
-  cuda cuda_model || fail=1
+ninja -C build-cuemu tests/test_cuda_emu tests/test_cuda tests/test_cuda_model tests/test_parity || exit 1
+NESF_REQUIRE_CUDA=1 NESF_PARITY_BACKEND=cuda meson test -C build-cuemu --no-rebuild --print-errorlogs \
+  --num-processes 1 cuda_emu cuda cuda_model parity || fail=1
 
 python3 scripts/test_summary.py build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
   build-cuemu/meson-logs/testlog.json
