@@ -31,7 +31,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
 # the emulated device; NESF_REQUIRE_CUDA=1 makes a skip a failure
 setup build-cuemu -Dwerror=true -Demulate_cuda=true -Dcuda=disabled -Dserver=false || exit 1
 ninja -C build-cuemu tests/test_cuda_emu tests/test_cuda tests/test_cuda_model tests/test_parity || exit 1
-NESF_REQUIRE_CUDA=1 NESF_PARITY_BACKEND=cuda meson test -C build-cuemu --no-rebuild --print-errorlogs \
+NESF_REQUIRE_CUDA=1 NESF_PARITY_BACKEND=cuda NESF_CUDA_EMULATION=1 meson test -C build-cuemu --no-rebuild --print-errorlogs \
   --num-processes 1 cuda_emu cuda cuda_model parity || fail=1
 
 python3 scripts/test_summary.py build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \

@@ -228,7 +228,8 @@ static cudaError_t mem_free(void *p, int pinned)
         a = it->second;
         g_mem.erase(it);
     }
-    if (!guards_intact(a)) fault(cudaErrorIllegalAddress, "an allocation of %zu bytes was overrun", a.bytes);
+    if (!guards_intact(a))
+        fault(cudaErrorIllegalAddress, "an allocation of %zu bytes was overrun", a.bytes);
     free(a.raw);
     return enter();
 }
@@ -679,7 +680,6 @@ void nesf_emu_run(const char *name, dim3 grid, dim3 block, size_t shmem, cudaStr
     std::atomic<const char *> bad{nullptr};
     int fibers = 1;
     auto work = [&](int w) {
-        (void)w;
         Sched *s = sched();
         gridDim = grid;
         blockDim = block;
@@ -697,14 +697,11 @@ void nesf_emu_run(const char *name, dim3 grid, dim3 block, size_t shmem, cudaStr
             if (const char *why = run_block(s, b, fibers)) bad = why;
     };
     work(-1);
-    Sched *s0 = tl_sched;
     if (!bad.load() && nb > 1) {
         std::function<void(int)> f = work;
         if (nb < 8) f(0);
         else pool()->run(pool_size(), f);
     }
-    s0->body = nullptr;
-    tl_sched = s0;
     if (bad.load()) {
         fault(cudaErrorLaunchFailure, "kernel %s: %s", name, bad.load());
         return;
