@@ -63,9 +63,12 @@ static double tol_math(void)
 
 static double tol_atoms(void) { return tol_math() * 10; }
 
-/* Gradients through BatchNorm over a few latents amplify input rounding:
- * 1e-3 at fp32, 50x the mode's tolerance under tf32 / bf16. */
-static double tol_grad(void) { return tol_math() > 1e-4 ? 50 * tol_math() : 1e-3; }
+/* Gradients amplify rounding where BatchNorm cancels: encoder.pos.0's is
+ * a sum over all atoms of dY xyz where dY's column mean is zero up to
+ * rounding and xyz has a mean of several Å (1.8e-3 at fp32 for a batch of
+ * 16 on the emulation; the original bound of 1e-3 would have failed the
+ * first GPU run); under tf32 / bf16 50x the mode's tolerance. */
+static double tol_grad(void) { return tol_math() > 1e-4 ? 50 * tol_math() : 5e-3; }
 
 /* Under tf32 / bf16 a particle near a threshold may flow to another atom
  * or vote for another species: decodes are compared in totals only (the
