@@ -1,20 +1,32 @@
 /* Backend selection and the arena, shared by every backend. */
 #include "backend.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 int nesf_backend_create(const char *kind, int threads, nesf_backend **out, nesf_error *err)
 {
     *out = NULL;
     if (!kind || !strcmp(kind, "auto")) {
+#ifndef NESF_CUDA_EMULATION /* the host emulation is a test harness: never chosen for work */
         if (nesf_backend_cuda_available() && nesf_backend_cuda_create(0, out, NULL) == NESF_OK)
             return NESF_OK;
+#endif
         return nesf_backend_cpu_create(threads, out, err);
     }
     if (!strcmp(kind, "cpu"))
         return nesf_backend_cpu_create(threads, out, err);
-    if (!strcmp(kind, "cuda"))
+    if (!strcmp(kind, "cuda")) {
+#ifdef NESF_CUDA_EMULATION
+        const char *ok = getenv("NESF_CUDA_EMULATION");
+        if (!ok || strcmp(ok, "1"))
+            return nesf_fail(err, NESF_ERR_UNSUPPORTED,
+                             "this build's CUDA backend is the host emulation test harness "
+                             "(-Demulate_cuda=true), not a GPU; NESF_CUDA_EMULATION=1 selects it "
+                             "for tests");
+#endif
         return nesf_backend_cuda_create(0, out, err);
+    }
     return nesf_fail(err, NESF_ERR_INVALID, "unknown backend '%s' (expected auto, cpu or cuda)", kind);
 }
 

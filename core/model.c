@@ -301,12 +301,15 @@ int nesf_model_refold(nesf_model *m, nesf_error *err)
         rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory folding BatchNorm");
         goto out;
     }
-    be->ops->download(be, P, net->params, net->nparams * sizeof *P);
-    be->ops->download(be, B, net->buffers, net->nbuffers * sizeof *B);
+    if ((rc = be->ops->download(be, P, net->params, net->nparams * sizeof *P)) ||
+        (rc = be->ops->download(be, B, net->buffers, net->nbuffers * sizeof *B))) {
+        nesf_fail(err, rc, "backend failed downloading weights to fold BatchNorm");
+        goto out;
+    }
     memcpy(F, P, net->nparams * sizeof *F);
     for (int k = 0; k < NESF_NUM_MLPS; k++) nesf_mlp_fold(net, &m->mlp[k], P, B, F);
-    be->ops->upload(be, net->folded, F, net->nparams * sizeof *F);
-    rc = be->ops->sync(be);
+    rc = be->ops->upload(be, net->folded, F, net->nparams * sizeof *F);
+    if (!rc) rc = be->ops->sync(be);
     if (rc) nesf_fail(err, rc, "backend failed uploading folded weights");
 out:
     free(P);
@@ -356,11 +359,12 @@ int nesf_model_create(const nesf_model_config *cfg, const int *species_z, int nu
                     B[L->rvar + i] = 1;
                 }
         }
-    be->ops->upload(be, m->net.params, P, m->net.nparams * sizeof *P);
-    be->ops->upload(be, m->net.buffers, B, m->net.nbuffers * sizeof *B);
+    if ((rc = be->ops->upload(be, m->net.params, P, m->net.nparams * sizeof *P)) ||
+        (rc = be->ops->upload(be, m->net.buffers, B, m->net.nbuffers * sizeof *B)))
+        nesf_fail(err, rc, "backend failed uploading initial weights");
     free(P);
     free(B);
-    rc = nesf_model_refold(m, err);
+    if (!rc) rc = nesf_model_refold(m, err);
     if (rc) {
         nesf_model_free(m);
         return rc;
@@ -480,9 +484,11 @@ static int load_from(nesf_st *st, const char *path, nesf_backend *be, nesf_model
                         break;
                     }
     if (!rc) {
-        be->ops->upload(be, m->net.params, P, m->net.nparams * sizeof *P);
-        be->ops->upload(be, m->net.buffers, B, m->net.nbuffers * sizeof *B);
-        rc = nesf_model_refold(m, err);
+        if ((rc = be->ops->upload(be, m->net.params, P, m->net.nparams * sizeof *P)) ||
+            (rc = be->ops->upload(be, m->net.buffers, B, m->net.nbuffers * sizeof *B)))
+            nesf_fail(err, rc, "backend failed uploading weights");
+        else
+            rc = nesf_model_refold(m, err);
     }
     free(P);
     free(B);
@@ -537,9 +543,9 @@ int nesf_model_write(nesf_model *m, nesf_st_writer *w, const char *path,
         rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory saving the model");
         goto out;
     }
-    be->ops->download(be, P, net->params, net->nparams * sizeof *P);
-    be->ops->download(be, B, net->buffers, net->nbuffers * sizeof *B);
-    if ((rc = be->ops->sync(be))) {
+    if ((rc = be->ops->download(be, P, net->params, net->nparams * sizeof *P)) ||
+        (rc = be->ops->download(be, B, net->buffers, net->nbuffers * sizeof *B)) ||
+        (rc = be->ops->sync(be))) {
         nesf_fail(err, rc, "backend failed downloading weights");
         goto out;
     }
@@ -699,10 +705,13 @@ int nesf_model_encode(nesf_model *m, nesf_structure *const *s, int n, float *z, 
     float *latf = nesf_arena_floats(ar, (size_t)n * 6);
     int *off = nesf_arena_alloc(ar, (size_t)(n + 1) * sizeof(int));
     TRY_ALLOC(xyz && oh && latf && off);
-    be->ops->upload(be, xyz, hb.xyz, (size_t)N * 3 * sizeof(float));
-    be->ops->upload(be, oh, hb.onehot, (size_t)N * m->A * sizeof(float));
-    be->ops->upload(be, latf, hb.latf, (size_t)n * 6 * sizeof(float));
-    be->ops->upload(be, off, hb.off, (size_t)(n + 1) * sizeof(int));
+    if ((rc = be->ops->upload(be, xyz, hb.xyz, (size_t)N * 3 * sizeof(float))) ||
+        (rc = be->ops->upload(be, oh, hb.onehot, (size_t)N * m->A * sizeof(float))) ||
+        (rc = be->ops->upload(be, latf, hb.latf, (size_t)n * 6 * sizeof(float))) ||
+        (rc = be->ops->upload(be, off, hb.off, (size_t)(n + 1) * sizeof(int)))) {
+        nesf_fail(err, rc, "backend failure uploading the encoder's inputs");
+        goto out;
+    }
 
     nesf_mlp_in in = {.rows = N, .x = xyz, .ldx = 3};
     float *hp = nesf_mlp_forward_infer(net, &m->mlp[NESF_ENC_POS], &in);
@@ -727,8 +736,8 @@ int nesf_model_encode(nesf_model *m, nesf_structure *const *s, int n, float *z, 
     in = (nesf_mlp_in){.rows = n, .x = head, .ldx = headw};
     float *zd = nesf_mlp_forward_infer(net, &m->mlp[NESF_ENC_HEAD], &in);
     TRY_ALLOC(zd);
-    be->ops->download(be, z, zd, (size_t)n * c->latent * sizeof(float));
-    rc = be->ops->sync(be);
+    rc = be->ops->download(be, z, zd, (size_t)n * c->latent * sizeof(float));
+    if (!rc) rc = be->ops->sync(be);
     if (rc) nesf_fail(err, rc, "backend failure during encode");
 out:
     nesf_enc_batch_free(&hb);
@@ -748,14 +757,15 @@ int nesf_model_lattice(nesf_model *m, int n, const float *z, float *lengths, flo
     nesf_arena_reset(ar);
     float *zd = nesf_arena_floats(ar, (size_t)n * m->cfg.latent);
     TRY_ALLOC(zd);
-    be->ops->upload(be, zd, z, (size_t)n * m->cfg.latent * sizeof(float));
+    if ((rc = be->ops->upload(be, zd, z, (size_t)n * m->cfg.latent * sizeof(float))))
+        return nesf_fail(err, rc, "backend failure uploading latents");
     nesf_mlp_in in = {.rows = n, .x = zd, .ldx = m->cfg.latent};
     float *len = nesf_mlp_forward_infer(net, &m->mlp[NESF_DEC_LENGTH], &in);
     float *ang = nesf_mlp_forward_infer(net, &m->mlp[NESF_DEC_ANGLE], &in);
     TRY_ALLOC(len && ang);
-    be->ops->download(be, lengths, len, (size_t)n * 3 * sizeof(float));
-    be->ops->download(be, angles, ang, (size_t)n * 3 * sizeof(float));
-    rc = be->ops->sync(be);
+    if (!(rc = be->ops->download(be, lengths, len, (size_t)n * 3 * sizeof(float))) &&
+        !(rc = be->ops->download(be, angles, ang, (size_t)n * 3 * sizeof(float))))
+        rc = be->ops->sync(be);
     if (rc) nesf_fail(err, rc, "backend failure in the lattice heads");
 out:
     return rc;
@@ -808,7 +818,10 @@ static int eval_field(nesf_model *m, int which, int S, const float *z_dev, const
             break;
         }
         for (int p = 0; p < np; p++) be->ops->copy(be, zc + (size_t)p * L, z_dev + (size_t)zrow[p] * L, L * sizeof(float));
-        be->ops->upload(be, offd, loff, (size_t)(np + 1) * sizeof(int));
+        if ((rc = be->ops->upload(be, offd, loff, (size_t)(np + 1) * sizeof(int)))) {
+            nesf_fail(err, rc, "backend failure uploading chunk offsets");
+            break;
+        }
         nesf_mlp_in in = {.rows = r1 - r0, .S = np, .off = offd, .z = zc, .ldz = L, .xyz = xyz_dev + (size_t)r0 * 3};
         float *o = nesf_mlp_forward_infer(net, &m->mlp[which], &in);
         if (!o) {
@@ -852,12 +865,15 @@ static int field_host(nesf_model *m, int which, int S, const float *z, const int
     if (!zd || !xd || !od) {
         rc = nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
     } else {
-        be->ops->upload(be, zd, z, (size_t)S * L * sizeof(float));
-        be->ops->upload(be, xd, xyz, (size_t)Q * 3 * sizeof(float));
-        rc = eval_field(m, which, S, zd, off, xd, od, outw, err);
+        if ((rc = be->ops->upload(be, zd, z, (size_t)S * L * sizeof(float))) ||
+            (rc = be->ops->upload(be, xd, xyz, (size_t)Q * 3 * sizeof(float))))
+            nesf_fail(err, rc, "backend failure uploading field queries");
+        else
+            rc = eval_field(m, which, S, zd, off, xd, od, outw, err);
         if (!rc) {
-            be->ops->download(be, out, od, (size_t)Q * outw * sizeof(float));
-            rc = be->ops->sync(be);
+            rc = be->ops->download(be, out, od, (size_t)Q * outw * sizeof(float));
+            if (!rc) rc = be->ops->sync(be);
+            if (rc) nesf_fail(err, rc, "backend failure downloading field values");
         }
     }
     be->ops->free(be, zd);

@@ -194,6 +194,8 @@ int nesf_trainer_sample(nesf_trainer *t, nesf_structure *const *s, int n, uint64
     return rc;
 }
 
+/* Arena copy of a host array for one step; sets *fail to 1 when the arena
+ * is out of memory, 2 when the upload failed (callers report once). */
 static void *up(nesf_arena *ar, const void *src, size_t bytes, int *fail)
 {
     void *d = nesf_arena_alloc(ar, bytes ? bytes : 4);
@@ -201,7 +203,7 @@ static void *up(nesf_arena *ar, const void *src, size_t bytes, int *fail)
         *fail = 1;
         return NULL;
     }
-    if (bytes) ar->be->ops->upload(ar->be, d, src, bytes);
+    if (bytes && ar->be->ops->upload(ar->be, d, src, bytes)) *fail = 2;
     return d;
 }
 
@@ -236,6 +238,7 @@ int nesf_trainer_forward_backward(nesf_trainer *t, nesf_structure *const *s, int
     int *slbl = up(ar, q->spec_lbl, (size_t)Q * sizeof(int), &fail);
     int *soff = up(ar, q->spec_off, (size_t)(n + 1) * sizeof(int), &fail);
     nesf_enc_batch_free(&hb);
+    if (fail == 2) return nesf_fail(err, NESF_ERR_BACKEND, "backend failure uploading a batch");
     if (fail) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
 
     /* encoder */
@@ -395,8 +398,10 @@ static int fetch(nesf_trainer *t, const char *name, const float *base, float *ds
     if (!ti || ti->buffer) return nesf_fail(err, NESF_ERR_NOTFOUND, "no parameter named '%s'", name);
     size_t n = (size_t)ti->shape[0] * (ti->ndim == 2 ? (size_t)ti->shape[1] : 1);
     nesf_backend *be = t->m->net.be;
-    be->ops->download(be, dst, base + ti->off, n * sizeof(float));
-    return be->ops->sync(be);
+    int rc = be->ops->download(be, dst, base + ti->off, n * sizeof(float));
+    if (!rc) rc = be->ops->sync(be);
+    if (rc) nesf_fail(err, rc, "backend failure reading '%s'", name);
+    return rc;
 }
 
 int nesf_trainer_grad(nesf_trainer *t, const char *name, float *dst, nesf_error *err)
@@ -425,9 +430,12 @@ int nesf_trainer_save(nesf_trainer *t, const nesf_train_state *st, const char *p
         rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory writing a checkpoint");
         goto out;
     }
-    be->ops->download(be, mh, t->adam_m, net->nparams * sizeof *mh);
-    be->ops->download(be, vh, t->adam_v, net->nparams * sizeof *vh);
-    be->ops->sync(be);
+    if ((rc = be->ops->download(be, mh, t->adam_m, net->nparams * sizeof *mh)) ||
+        (rc = be->ops->download(be, vh, t->adam_v, net->nparams * sizeof *vh)) ||
+        (rc = be->ops->sync(be))) {
+        nesf_fail(err, rc, "backend failed downloading the optimiser state");
+        goto out;
+    }
     int64_t shape[1] = {(int64_t)net->nparams};
     snprintf(state, sizeof state,
              "{\"epoch\":%d,\"batch\":%d,\"step\":%ld,\"adam_t\":%ld,\"best_val\":%.17g,"
@@ -482,9 +490,10 @@ int nesf_trainer_load(nesf_trainer *t, nesf_train_state *st, const char *path, n
         json_decref(o);
     }
     if (!rc) {
-        be->ops->upload(be, t->adam_m, mh, net->nparams * sizeof *mh);
-        be->ops->upload(be, t->adam_v, vh, net->nparams * sizeof *vh);
-        rc = be->ops->sync(be);
+        if ((rc = be->ops->upload(be, t->adam_m, mh, net->nparams * sizeof *mh)) ||
+            (rc = be->ops->upload(be, t->adam_v, vh, net->nparams * sizeof *vh)) ||
+            (rc = be->ops->sync(be)))
+            nesf_fail(err, rc, "backend failed uploading the optimiser state");
     }
     free(mh);
     free(vh);

@@ -168,6 +168,9 @@ static int cu_sync(nesf_backend *be)
     return rc;
 }
 
+/* Waits for the copy and reports any failure since the last sync() without
+ * clearing it: a caller that ignores download's result still gets the
+ * error from its next sync(), so a failed kernel never reads as OK. */
 static int cu_download(nesf_backend *be, void *dst, const void *src, size_t bytes)
 {
     nesf_cuda *c = nesf_cuda_of(be);
@@ -175,7 +178,8 @@ static int cu_download(nesf_backend *be, void *dst, const void *src, size_t byte
     if (bytes)
         nesf_cuda_check(c, "download",
                         cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
-    return cu_sync(be);
+    nesf_cuda_check(c, "download", cudaStreamSynchronize(c->stream));
+    return c->failed;
 }
 
 static int cu_copy(nesf_backend *be, void *dst, const void *src, size_t bytes)
@@ -305,7 +309,7 @@ static void cu_group_linear(nesf_backend *be, int S, const int *off, int cols, c
     if (S <= 0 || cols <= 0) return;
     nesf_cuda_bind(c);
     dim3 grid(group_blocks(c, S), group_grid_y(S));
-    k_group_linear<<<grid, dim3(32, 8), 0, c->stream>>>(S, off, cols, G, ldg, E, lde, ne, Wx,
+    NESF_LAUNCH(k_group_linear, grid, dim3(32, 8), 0, c->stream, S, off, cols, G, ldg, E, lde, ne, Wx,
                                                         ldw, b, relu, out, ldo);
     nesf_cuda_launched(c, "group_linear");
 }
@@ -340,7 +344,7 @@ static void cu_group_sum(nesf_backend *be, int S, const int *off, int cols, cons
     if (S <= 0 || cols <= 0) return;
     nesf_cuda_bind(c);
     dim3 grid((cols + 31) / 32, group_grid_y(S));
-    k_group_sum<<<grid, dim3(32, 8), 0, c->stream>>>(S, off, cols, X, ldx, out, ldo, acc);
+    NESF_LAUNCH(k_group_sum, grid, dim3(32, 8), 0, c->stream, S, off, cols, X, ldx, out, ldo, acc);
     nesf_cuda_launched(c, "group_sum");
 }
 
@@ -381,7 +385,7 @@ static void cu_group_max(nesf_backend *be, int S, const int *off, int cols, cons
     if (S <= 0 || cols <= 0) return;
     nesf_cuda_bind(c);
     dim3 grid((cols + 31) / 32, group_grid_y(S));
-    k_group_max<<<grid, dim3(32, 8), 0, c->stream>>>(S, off, cols, X, ldx, out, arg);
+    NESF_LAUNCH(k_group_max, grid, dim3(32, 8), 0, c->stream, S, off, cols, X, ldx, out, arg);
     nesf_cuda_launched(c, "group_max");
 }
 
@@ -440,7 +444,7 @@ template <int NV, class F>
 static void col_partial(nesf_cuda *c, const char *what, ColPlan p, F f, double *part)
 {
     dim3 grid((p.cols + 31) / 32, p.nchunk);
-    k_col_partial<NV><<<grid, dim3(32, 8), 0, c->stream>>>(p, f, part);
+    NESF_LAUNCH(k_col_partial<NV NESF_COMMA F>, grid, dim3(32, 8), 0, c->stream, p, f, part);
     nesf_cuda_launched(c, what);
 }
 
@@ -611,7 +615,7 @@ __global__ void k_sum_partials(const double *part, int n, double *out)
 /* Sums nb partials on the device and returns the total (synchronises). */
 static double finish_sum(nesf_cuda *c, const char *what, double *part, int nb)
 {
-    k_sum_partials<<<1, RED_THREADS, 0, c->stream>>>(part, nb, part + nb);
+    NESF_LAUNCH(k_sum_partials, 1, RED_THREADS, 0, c->stream, part, nb, part + nb);
     if (nesf_cuda_launched(c, what)) return NAN;
     if (nesf_cuda_check(c, what, cudaMemcpyAsync(c->host_scalar, part + nb, sizeof(double),
                                                  cudaMemcpyDeviceToHost, c->stream)))
@@ -643,7 +647,7 @@ static float cu_mse(nesf_backend *be, size_t n, const float *P, const float *T, 
     unsigned nb = nesf_blocks_1d(n, RED_THREADS * 8, 1024);
     double *part = (double *)nesf_cuda_scratch(c, (nb + 1) * sizeof(double));
     if (!part) return NAN;
-    k_mse<<<nb, RED_THREADS, 0, c->stream>>>(n, P, T, (float)(2.0 * scale / (double)n), dP, part);
+    NESF_LAUNCH(k_mse, nb, RED_THREADS, 0, c->stream, n, P, T, (float)(2.0 * scale / (double)n), dP, part);
     if (nesf_cuda_launched(c, "mse")) return NAN;
     return (float)(finish_sum(c, "mse", part, (int)nb) / (double)n);
 }
@@ -685,7 +689,7 @@ static float cu_cross_entropy(nesf_backend *be, int rows, int ncls, const float 
     unsigned nb = nesf_blocks_1d((size_t)rows, RED_THREADS / 32, 2048);
     double *part = (double *)nesf_cuda_scratch(c, (nb + 1) * sizeof(double));
     if (!part) return NAN;
-    k_cross_entropy<<<nb, RED_THREADS, 0, c->stream>>>(rows, ncls, L, label,
+    NESF_LAUNCH(k_cross_entropy, nb, RED_THREADS, 0, c->stream, rows, ncls, L, label,
                                                        (float)(scale / (double)rows), dL, part);
     if (nesf_cuda_launched(c, "cross_entropy")) return NAN;
     return (float)(finish_sum(c, "cross_entropy", part, (int)nb) / rows);
@@ -740,7 +744,7 @@ static void cu_linear(nesf_backend *be, int rows, int N, int K, const float *X, 
  * its vote in shared memory (integer counts: the order does not matter). */
 __global__ void k_vote(int n, int P, int A, const float *L, int *cls)
 {
-    extern __shared__ int votes[];
+    NESF_DYNAMIC_SHARED(int, votes);
     for (int i = blockIdx.x; i < n; i += gridDim.x) {
         for (int c = threadIdx.x; c < A; c += blockDim.x) votes[c] = 0;
         __syncthreads();
@@ -768,7 +772,7 @@ static void cu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *
     if (n <= 0 || A <= 0) return;
     nesf_cuda_bind(c);
     unsigned grid = (unsigned)(n < 65535 ? n : 65535);
-    k_vote<<<grid, 256, (size_t)A * sizeof(int), c->stream>>>(n, P, A, L, cls);
+    NESF_LAUNCH(k_vote, grid, 256, (size_t)A * sizeof(int), c->stream, n, P, A, L, cls);
     nesf_cuda_launched(c, "vote");
 }
 

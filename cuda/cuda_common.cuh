@@ -17,6 +17,20 @@ extern "C" {
 #include "error.h"
 }
 
+/* Kernel launches and dynamic shared memory go through these so that the
+ * same sources also build as host code for the emulation harness
+ * (cuda/emu, meson -Demulate_cuda=true), where <<< >>> does not exist. */
+/* a template kernel's argument list: k<A NESF_COMMA B> */
+#define NESF_COMMA ,
+#ifdef NESF_CUDA_EMULATION
+#define NESF_LAUNCH(k, grid, block, shmem, stream, ...) \
+    nesf_emu_launch(#k, grid, block, shmem, stream, k, __VA_ARGS__)
+#define NESF_DYNAMIC_SHARED(T, name) T *name = (T *)nesf_emu_dynamic_shared()
+#else
+#define NESF_LAUNCH(k, grid, block, shmem, stream, ...) k<<<grid, block, shmem, stream>>>(__VA_ARGS__)
+#define NESF_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 /* NESF_CUDA_MATH selects the GEMM arithmetic: fp32 (default, exact FP32),
  * tf32 or bf16 (tensor cores, FP32 in and out, inputs rounded). */
 enum { NESF_CUDA_FP32 = 0, NESF_CUDA_TF32, NESF_CUDA_BF16 };
@@ -62,6 +76,8 @@ typedef struct nesf_cuda {
     cublasLtHandle_t lt;      /* NULL: fused Linear disabled (NESF_CUDA_LT=0) */
     void *lt_ws;              /* cuBLASLt workspace */
     size_t lt_ws_bytes;
+    float *lt_bias;           /* 16-byte aligned copy of a misaligned bias */
+    size_t lt_bias_floats;
     nesf_lt_plan plans[NESF_LT_PLANS];
     int plan_next;
     int failed;               /* NESF_ERR_BACKEND once something failed */
@@ -131,7 +147,7 @@ static inline void nesf_each2d(nesf_cuda *c, const char *what, int rows, int col
 {
     if (rows <= 0 || cols <= 0) return;
     nesf_shape2d s = nesf_shape_2d(rows, cols);
-    nesf_k_each2d<<<s.grid, s.block, 0, c->stream>>>(rows, cols, f);
+    NESF_LAUNCH(nesf_k_each2d<F>, s.grid, s.block, 0, c->stream, rows, cols, f);
     nesf_cuda_launched(c, what);
 }
 
@@ -157,7 +173,7 @@ template <class F>
 static inline void nesf_each1d(nesf_cuda *c, const char *what, size_t n, F f)
 {
     if (n == 0) return;
-    nesf_k_each1d<<<nesf_blocks_1d(n, 256, 65535), 256, 0, c->stream>>>(n, f);
+    NESF_LAUNCH(nesf_k_each1d<F>, nesf_blocks_1d(n, 256, 65535), 256, 0, c->stream, n, f);
     nesf_cuda_launched(c, what);
 }
 

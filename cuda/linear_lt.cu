@@ -11,6 +11,8 @@
 #include "cuda_common.cuh"
 
 #define LT_WORKSPACE ((size_t)32 << 20)
+/* widest bias staged (floats): every layer of the network is narrower */
+#define LT_BIAS_FLOATS 4096
 
 enum { NESF_LT_OK = 1, NESF_LT_NONE = 2 }; /* nesf_lt_plan.valid */
 
@@ -25,6 +27,12 @@ int nesf_cuda_lt_init(nesf_cuda *c)
         c->lt_ws = NULL; /* heuristics then pick workspace-free algorithms */
     } else {
         c->lt_ws_bytes = LT_WORKSPACE;
+    }
+    if (cudaMalloc((void **)&c->lt_bias, LT_BIAS_FLOATS * sizeof(float)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        c->lt_bias = NULL; /* then a misaligned bias takes the GEMM + bias_act path */
+    } else {
+        c->lt_bias_floats = LT_BIAS_FLOATS;
     }
     return NESF_OK;
 }
@@ -42,9 +50,11 @@ void nesf_cuda_lt_free(nesf_cuda *c)
 {
     for (int i = 0; i < NESF_LT_PLANS; i++) plan_clear(&c->plans[i]);
     if (c->lt_ws) cudaFree(c->lt_ws);
+    if (c->lt_bias) cudaFree(c->lt_bias);
     if (c->lt) cublasLtDestroy(c->lt);
     c->lt = NULL;
     c->lt_ws = NULL;
+    c->lt_bias = NULL;
 }
 
 /* Largest power of two (<= 16 bytes) dividing every address the matmul
@@ -55,8 +65,11 @@ static int alignment(const void *p, int ld)
     return (int)(v & (~v + 1));
 }
 
+/* The heuristic is told the true alignment of X, W and out (it assumes 256
+ * bytes otherwise); the bias is always 16-byte aligned here (the caller
+ * stages a misaligned one), as the bias epilogue's vector loads need. */
 static int plan_build(nesf_cuda *c, nesf_lt_plan *p, const float *b, int align_x, int align_w,
-                      int align_o, int align_b)
+                      int align_o)
 {
     /* Row-major out (rows x n) = X W^T is column-major out^T (n x rows) =
      * W' X' where W' is W (stored as column-major k x n) transposed and X'
@@ -86,7 +99,6 @@ static int plan_build(nesf_cuda *c, nesf_lt_plan *p, const float *b, int align_x
                                              &ao, sizeof ao) ||
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                              &ao, sizeof ao);
-    (void)align_b; /* the heuristic reads the bias pointer itself */
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     if (!bad &&
@@ -104,12 +116,21 @@ int nesf_cuda_lt_linear(nesf_cuda *c, int rows, int n, int k, const float *X, in
                         const float *W, int ldw, const float *b, int relu, float *out, int ldo)
 {
     if (!c->lt) return -1;
+    if (b && ((uintptr_t)b & 15)) {
+        /* a misaligned epilogue bias faults (misaligned address, a sticky
+         * error that ends the context): copy it to aligned memory, queued
+         * before the matmul on the same stream */
+        if ((size_t)n > c->lt_bias_floats ||
+            nesf_cuda_check(c, "linear bias", cudaMemcpyAsync(c->lt_bias, b, (size_t)n * sizeof(float),
+                                                              cudaMemcpyDeviceToDevice, c->stream)))
+            return -1;
+        b = c->lt_bias;
+    }
     int epi = b ? (relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                 : (relu ? CUBLASLT_EPILOGUE_RELU : CUBLASLT_EPILOGUE_DEFAULT);
     int ax = alignment(X, ldx), aw = alignment(W, ldw), ao = alignment(out, ldo);
-    int ab = b ? alignment(b, 0) : 16;
     /* one byte per alignment: they are 4, 8 or 16 */
-    int align = ax | aw << 8 | ao << 16 | ab << 24;
+    int align = ax | aw << 8 | ao << 16;
     nesf_lt_plan *p = NULL;
     for (int i = 0; i < NESF_LT_PLANS && !p; i++) {
         nesf_lt_plan *q = &c->plans[i];
@@ -123,7 +144,7 @@ int nesf_cuda_lt_linear(nesf_cuda *c, int rows, int n, int k, const float *X, in
         plan_clear(p);
         p->rows = rows, p->n = n, p->k = k, p->ldx = ldx, p->ldw = ldw, p->ldo = ldo;
         p->epi = epi, p->align = align;
-        if (plan_build(c, p, b, ax, aw, ao, ab)) {
+        if (plan_build(c, p, b, ax, aw, ao)) {
             plan_clear(p);
             p->rows = rows, p->n = n, p->k = k, p->ldx = ldx, p->ldw = ldw, p->ldo = ldo;
             p->epi = epi, p->align = align;
