@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "commands.h"
@@ -25,6 +26,15 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds of this process so far (all threads), user and system. */
+static void cpu_seconds(double *user, double *sys)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    *user = u.ru_utime.tv_sec + u.ru_utime.tv_usec * 1e-6;
+    *sys = u.ru_stime.tv_sec + u.ru_stime.tv_usec * 1e-6;
 }
 
 static int parse(int argc, char **argv, bench_opts *o, const char *what)
@@ -174,6 +184,59 @@ int nesf_bench_field(int argc, char **argv)
     return 0;
 }
 
+/* FLOPs of one training step as the C code executes them (forward, and
+ * backward's weight and input gradients; a grouped first layer does the
+ * latent part once per structure): rows[k] = the rows MLP k runs on. */
+static double train_flops(const nesf_model *m, const double *rows, int S)
+{
+    double f = 0;
+    for (int k = 0; k < NESF_NUM_MLPS; k++) {
+        const nesf_mlp *p = &m->mlp[k];
+        const int grouped = k == NESF_DEC_POSITION || k == NESF_DEC_SPECIES;
+        const int dx0 = k == NESF_ENC_MIX || k == NESF_ENC_HEAD || k == NESF_DEC_LENGTH || k == NESF_DEC_ANGLE;
+        for (int l = 0; l < p->n; l++) {
+            const nesf_layer *L = &p->L[l];
+            const double R = rows[k], feat = L->in - L->extra, o = L->out;
+            if (l == 0 && grouped)
+                f += 2 * (2 * R * L->extra * o + 3 * S * feat * o);
+            else
+                f += 2 * (2 * R * L->in * o + (l > 0 || dx0 ? R * feat * o : 0));
+        }
+    }
+    return f;
+}
+
+/* The machine's FLOP/s on a large square sgemm through the backend (its
+ * threads), best of three: *wall over wall time, *core per CPU-second
+ * (all threads), which a machine shared with other work still measures. */
+static void measured_peak(nesf_backend *be, double *wall, double *core)
+{
+    const int n = 2048;
+    float *a = be->ops->alloc(be, (size_t)n * n * sizeof *a), *c = be->ops->alloc(be, (size_t)n * n * sizeof *c);
+    *wall = *core = 0;
+    if (a && c) {
+        for (size_t i = 0; i < (size_t)n * n; i++) a[i] = (float)(i % 7) * 0.25f;
+        for (int rep = 0; rep < 3; rep++) {
+            double t0 = now(), u0, s0, u1, s1;
+            cpu_seconds(&u0, &s0);
+            be->ops->gemm(be, 0, 1, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
+            be->ops->sync(be);
+            double t1 = now(), f = 2.0 * n * n * n;
+            cpu_seconds(&u1, &s1);
+            if (f / (t1 - t0) > *wall) *wall = f / (t1 - t0);
+            if (f / (u1 - u0 + s1 - s0) > *core) *core = f / (u1 - u0 + s1 - s0);
+        }
+    }
+    be->ops->free(be, a);
+    be->ops->free(be, c);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 int nesf_bench_train(int argc, char **argv)
 {
     bench_opts o;
@@ -195,28 +258,40 @@ int nesf_bench_train(int argc, char **argv)
         return 1;
     }
     nesf_structure **bs = malloc((size_t)o.batch * sizeof *bs);
-    double step_t = 0, sample_t = 0;
+    double *walls = calloc((size_t)o.steps, sizeof *walls);
+    double step_t = 0, sample_t = 0, cpu_t = 0, sys_t = 0, flops = 0;
     long nq = 0;
     uint64_t st = 1;
     nesf_losses l = {0};
     for (int step = 0; step <= o.steps; step++) {
+        double rows[NESF_NUM_MLPS], N = 0;
         for (int i = 0; i < o.batch; i++) {
             st = nesf_seed_mix(st, (uint64_t)i);
             bs[i] = train.s[st % (uint64_t)train.n];
             nesf_structure_canonicalize(bs[i], NULL);
+            N += bs[i]->n;
         }
         nesf_queries q;
-        double t0 = now();
+        double t0 = now(), u0, s0, u1, s1;
         if (nesf_trainer_sample(t, bs, o.batch, st, &q, &err)) break;
         double t1 = now();
+        cpu_seconds(&u0, &s0);
         if (nesf_trainer_forward_backward(t, bs, o.batch, &q, st, &l, &err) || nesf_trainer_step(t, 1e-3f, &err)) {
             nesf_queries_free(&q);
             break;
         }
         double t2 = now();
+        cpu_seconds(&u1, &s1);
+        for (int k = 0; k < NESF_NUM_MLPS; k++) rows[k] = k <= NESF_ENC_MIX ? N : o.batch;
+        rows[NESF_DEC_POSITION] = l.pos_queries;
+        rows[NESF_DEC_SPECIES] = l.spec_queries;
         if (step > 0) {  /* the first step is a warm-up */
             sample_t += t1 - t0;
             step_t += t2 - t1;
+            walls[step - 1] = t2 - t1;
+            cpu_t += (u1 - u0) + (s1 - s0);
+            sys_t += s1 - s0;
+            flops += train_flops(m, rows, o.batch);
             nq += l.pos_queries + l.spec_queries;
         }
         nesf_queries_free(&q);
@@ -225,21 +300,35 @@ int nesf_bench_train(int argc, char **argv)
         fprintf(stderr, "nesf bench train: %s\n", err.msg);
         return 1;
     }
-    double sps = o.batch * o.steps / step_t, qps = nq / step_t;
+    double peak, core;
+    measured_peak(be, &peak, &core);
+    qsort(walls, (size_t)o.steps, sizeof *walls, cmp_double);
+    double sps = o.batch * o.steps / step_t, qps = nq / step_t, gf = flops / step_t;
     printf("nesf bench train: batch %d, paper sampling (%ld queries/step), %d threads, %d timed steps\n",
            o.batch, nq / o.steps, o.threads, o.steps);
-    printf("  C     : %6.2f structures/s  %9.0f queries/s  step %.3f s (+ sampling %.3f s)\n", sps, qps,
-           step_t / o.steps, sample_t / o.steps);
+    printf("  peak  : %6.1f GFLOP/s per core (sgemm 2048^3, FLOPs per CPU-second); %.1f GFLOP/s wall on %d threads\n",
+           core / 1e9, peak / 1e9, o.threads);
+    printf("  C     : %6.2f structures/s  %9.0f queries/s  step %.3f s (median %.3f; + sampling %.3f s)\n"
+           "          %.1f GFLOP/step: %.1f GFLOP/s wall = %.0f%% of the %d-thread peak; cpu %.3f s/step (sys %.3f),\n"
+           "          %.1f GFLOP per CPU-second = %.0f%% of the per-core peak\n",
+           sps, qps, step_t / o.steps, walls[(o.steps - 1) / 2], sample_t / o.steps, flops / o.steps / 1e9,
+           gf / 1e9, peak > 0 ? 100 * gf / peak : 0, o.threads, cpu_t / o.steps, sys_t / o.steps,
+           flops / cpu_t / 1e9, core > 0 ? 100 * flops / cpu_t / core : 0);
     if (!o.no_torch) {
         char line[4096], args[64];
         snprintf(args, sizeof args, "--batch %d --steps %d", o.batch, o.steps);
         double ts = torch_value(&o, "torch_train.py", args, "structures_per_s", line, sizeof line);
-        double tq = NAN;
+        double tq = NAN, tcpu = NAN;
         char *k = strstr(line, "queries_per_s=");
         if (k) tq = atof(k + 14);
-        printf("  torch : %6.2f structures/s  %9.0f queries/s   [%s]\n", ts, tq, strtok(line, "\n"));
-        printf("  ratio : %.2fx PyTorch (structures/s)\n", sps / ts);
+        if ((k = strstr(line, "cpu_s="))) tcpu = atof(k + 6);
+        printf("  torch : %6.2f structures/s  %9.0f queries/s  cpu %.3f s/step  [%s]\n", ts, tq, tcpu,
+               strtok(line, "\n"));
+        /* same batch size on both sides: CPU seconds per step compare directly */
+        printf("  ratio : %.2fx PyTorch (structures/s); %.2fx by CPU time per step\n", sps / ts,
+               tcpu / (cpu_t / o.steps));
     }
+    free(walls);
     free(bs);
     nesf_trainer_free(t);
     nesf_model_free(m);
