@@ -30,6 +30,10 @@
 /* GEMM jobs: row blocks of C when M is large, else column blocks. */
 #define GEMM_ROWS 2048
 #define GEMM_COLS 64
+/* Weight-gradient GEMMs (K = all rows of a batch, C small) are cut along
+ * K into jobs of GEMM_KROWS with a private C each, added in job order:
+ * every operand is packed once, whatever the width of C. */
+#define GEMM_KROWS 8192
 #define MAX_THREADS 64
 
 /* The hot loops are compiled for AVX-512 and AVX2 too and picked at load
@@ -58,6 +62,8 @@ typedef struct cpu_impl {
     int quit;
     double *part;                 /* per-job partial sums, grown on demand */
     size_t npart;
+    float *fpart;                 /* per-job partial GEMM results, likewise */
+    size_t nfpart;
 } cpu_impl;
 
 static cpu_impl *impl_of(nesf_backend *be) { return be->impl; }
@@ -216,6 +222,7 @@ static void cpu_destroy(nesf_backend *be)
         pthread_cond_destroy(&p->go);
         pthread_cond_destroy(&p->done);
         free(p->part);
+        free(p->fpart);
         free(p);
     }
     free(be);
@@ -273,8 +280,10 @@ static void cpu_copy2d(nesf_backend *be, int rows, int cols, const float *src, i
 
 /* ---- GEMM ---- */
 
+enum { BY_ROWS, BY_COLS, BY_K };
+
 typedef struct {
-    int tA, tB, M, N, K, by_rows;
+    int tA, tB, M, N, K, by;
     float alpha, beta;
     const float *A, *B;
     int lda, ldb, ldc;
@@ -283,6 +292,7 @@ typedef struct {
      * still in cache (by_rows only); relu < 0: none */
     const float *bias;
     int relu;
+    float *part;                  /* BY_K: njobs x M x N */
 } gemm_ctx;
 
 HOT static void bias_act_rows(int r0, int r1, int cols, const float *Y, int ldy, const float *b,
@@ -305,24 +315,45 @@ HOT static void bias_act_rows(int r0, int r1, int cols, const float *Y, int ldy,
 static void gemm_job(void *ctx, int j)
 {
     const gemm_ctx *g = ctx;
-    if (g->by_rows) {
+    const CBLAS_TRANSPOSE ta = g->tA ? CblasTrans : CblasNoTrans, tb = g->tB ? CblasTrans : CblasNoTrans;
+    if (g->by == BY_ROWS) {
         const int m0 = j * GEMM_ROWS, m = g->M - m0 < GEMM_ROWS ? g->M - m0 : GEMM_ROWS;
         const float *A = g->tA ? g->A + m0 : g->A + (size_t)m0 * g->lda;
         float *C = g->C + (size_t)m0 * g->ldc;
-        cblas_sgemm(CblasRowMajor, g->tA ? CblasTrans : CblasNoTrans, g->tB ? CblasTrans : CblasNoTrans,
-                    m, g->N, g->K, g->alpha, A, g->lda, g->B, g->ldb, g->beta, C, g->ldc);
+        cblas_sgemm(CblasRowMajor, ta, tb, m, g->N, g->K, g->alpha, A, g->lda, g->B, g->ldb, g->beta, C, g->ldc);
         if (g->relu >= 0) bias_act_rows(0, m, g->N, C, g->ldc, g->bias, g->relu, C, g->ldc);
-        return;
+    } else if (g->by == BY_COLS) {
+        const int n0 = j * GEMM_COLS, n = g->N - n0 < GEMM_COLS ? g->N - n0 : GEMM_COLS;
+        const float *B = g->tB ? g->B + (size_t)n0 * g->ldb : g->B + n0;
+        cblas_sgemm(CblasRowMajor, ta, tb, g->M, n, g->K, g->alpha, g->A, g->lda, B, g->ldb, g->beta,
+                    g->C + n0, g->ldc);
+    } else {
+        const int k0 = j * GEMM_KROWS, k = g->K - k0 < GEMM_KROWS ? g->K - k0 : GEMM_KROWS;
+        const float *A = g->tA ? g->A + (size_t)k0 * g->lda : g->A + k0;
+        const float *B = g->tB ? g->B + k0 : g->B + (size_t)k0 * g->ldb;
+        cblas_sgemm(CblasRowMajor, ta, tb, g->M, g->N, k, g->alpha, A, g->lda, B, g->ldb, 0.0f,
+                    g->part + (size_t)j * g->M * g->N, g->N);
     }
-    const int n0 = j * GEMM_COLS, n = g->N - n0 < GEMM_COLS ? g->N - n0 : GEMM_COLS;
-    const float *B = g->tB ? g->B + (size_t)n0 * g->ldb : g->B + n0;
-    cblas_sgemm(CblasRowMajor, g->tA ? CblasTrans : CblasNoTrans, g->tB ? CblasTrans : CblasNoTrans,
-                g->M, n, g->K, g->alpha, g->A, g->lda, B, g->ldb, g->beta, g->C + n0, g->ldc);
 }
 
-/* Cuts C into row blocks (tall GEMMs: the activations) or column blocks
- * (the weight gradients, M = a layer's width, K = all rows; K is never
- * split, so every element is one dot product in one order). */
+/* C = beta C + the K jobs' partials, added in job order. */
+static void gemm_k_combine(const gemm_ctx *g, int nj)
+{
+    const size_t mn = (size_t)g->M * g->N;
+    for (int i = 0; i < g->M; i++) {
+        float *c = g->C + (size_t)i * g->ldc;
+        for (int n = 0; n < g->N; n++) {
+            const float *p = g->part + (size_t)i * g->N + n;
+            float s = p[0];
+            for (int j = 1; j < nj; j++) s += p[j * mn];
+            c[n] = g->beta == 0 ? s : g->beta * c[n] + s;
+        }
+    }
+}
+
+/* Cuts C into row blocks (tall GEMMs: the activations), or K into blocks
+ * (the weight gradients: M and N a layer's widths, K all rows of the
+ * batch), or C into column blocks.  The cut depends on the shape alone. */
 static void gemm_run(nesf_backend *be, gemm_ctx *g)
 {
     if (g->M <= 0 || g->N <= 0) return;
@@ -337,10 +368,26 @@ static void gemm_run(nesf_backend *be, gemm_ctx *g)
     }
     int nj;
     if (g->M >= 2 * GEMM_ROWS || g->relu >= 0) {
-        g->by_rows = 1;
+        g->by = BY_ROWS;
         nj = (g->M + GEMM_ROWS - 1) / GEMM_ROWS;
+    } else if (g->K >= 2 * GEMM_KROWS) {
+        cpu_impl *p = impl_of(be);
+        nj = (g->K + GEMM_KROWS - 1) / GEMM_KROWS;
+        const size_t need = (size_t)nj * g->M * g->N;
+        if (need > p->nfpart) {
+            float *q = realloc(p->fpart, need * sizeof *q);
+            if (!q) goto by_cols;  /* same product, fewer bytes */
+            p->fpart = q;
+            p->nfpart = need;
+        }
+        g->by = BY_K;
+        g->part = p->fpart;
+        run_jobs(be, nj, gemm_job, g);
+        gemm_k_combine(g, nj);
+        return;
     } else {
-        g->by_rows = 0;
+by_cols:
+        g->by = BY_COLS;
         nj = (g->N + GEMM_COLS - 1) / GEMM_COLS;
     }
     run_jobs(be, nj, gemm_job, g);
