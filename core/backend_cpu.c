@@ -152,10 +152,10 @@ typedef struct {
     double *part;                 /* njobs x (2 cols) */
 } colred_ctx;
 
-/* acc[c] (and acc[cols + c]) += sums over rows [r0, r1), in float over
+/* acc[c] and acc[cols + c] += sums over rows [r0, r1), in float over
  * runs of RUN rows and in double across runs:
- *   SUM_X:   X;
- *   SUM_SQ:  (X - mu)^2;
+ *   SUM_X:   X into acc[c];
+ *   SUM_SQ:  (X - mu)^2 into acc[cols + c];
  *   SUM_BNB: X and X (Y - mu) (ReLU-BN backward: X = dOut, Y = R). */
 HOT static void colred_rows(const colred_ctx *k, int r0, int r1, double *acc, float *part)
 {
@@ -168,7 +168,7 @@ HOT static void colred_rows(const colred_ctx *k, int r0, int r1, double *acc, fl
             if (k->mode == SUM_X) {
                 for (int c = 0; c < cols; c++) part[c] += x[c];
             } else if (k->mode == SUM_SQ) {
-                for (int c = 0; c < cols; c++) part[c] += (x[c] - k->mu[c]) * (x[c] - k->mu[c]);
+                for (int c = 0; c < cols; c++) part[cols + c] += (x[c] - k->mu[c]) * (x[c] - k->mu[c]);
             } else {
                 const float *y = k->Y + (size_t)r * k->ldy;
                 for (int c = 0; c < cols; c++) {
@@ -192,6 +192,30 @@ static void colred_job(void *ctx, int j)
     if (!part) return;  /* cannot happen for the widths of a model (< 65536) */
     colred_rows(k, r0, r1, acc, part);
     if (part != stack) free(part);
+}
+
+/* BN statistics of one job's rows: sum X, then sum (X - a)^2 about the
+ * job's own float mean a while its rows are still in cache (one pass over
+ * memory instead of two); cpu_bn_train combines the jobs. */
+static void moments_job(void *ctx, int j)
+{
+    const colred_ctx *k = ctx;
+    int r0, r1;
+    job_range(j, k->rows, &r0, &r1);
+    const int cols = k->cols;
+    double *acc = k->part + (size_t)j * 2 * cols;
+    float stack[3 * 512], *buf = 3 * cols <= 3 * 512 ? stack : malloc((size_t)3 * cols * sizeof *buf);
+    memset(acc, 0, (size_t)2 * cols * sizeof *acc);
+    if (!buf) return;  /* cannot happen for the widths of a model (< 65536) */
+    colred_ctx q = *k;
+    q.mode = SUM_X;
+    colred_rows(&q, r0, r1, acc, buf);
+    float *a = buf + 2 * cols;
+    for (int c = 0; c < cols; c++) a[c] = (float)(acc[c] / (r1 - r0));
+    q.mode = SUM_SQ;
+    q.mu = a;
+    colred_rows(&q, r0, r1, acc, buf);
+    if (buf != stack) free(buf);
 }
 
 /* out[c] (and out[cols + c] for SUM_BNB) = the column sums of the mode
@@ -567,38 +591,57 @@ HOT static void affine_job(void *ctx, int j)
     }
 }
 
-/* Batch statistics in two passes (mean, then squares about it), each a
- * column reduction over row jobs; then out = X g + bt in a third. */
+/* mean[c] and M2[c] = sum (X - mean)^2 of all rows from the jobs' sums
+ * and squares about their own means a_j (Chan et al.'s combination, in
+ * double and job order): M2 = sum_j q_j - n_j (m_j - a_j)^2 + n_j (m_j - m)^2. */
+static void moments_combine(const double *part, int nj, int rows, int cols, double *mean, double *m2)
+{
+    for (int c = 0; c < cols; c++) {
+        double s = 0, q = 0;
+        for (int j = 0; j < nj; j++) s += part[(size_t)j * 2 * cols + c];
+        const double m = s / rows;
+        for (int j = 0; j < nj; j++) {
+            const int n = (j + 1) * JOB_ROWS < rows ? JOB_ROWS : rows - j * JOB_ROWS;
+            const double mj = part[(size_t)j * 2 * cols + c] / n, aj = (float)mj;
+            q += part[(size_t)j * 2 * cols + cols + c] - n * (mj - aj) * (mj - aj) + n * (mj - m) * (mj - m);
+        }
+        mean[c] = m;
+        m2[c] = q;
+    }
+}
+
+/* Batch statistics in one pass over memory (moments_job), then out = X g
+ * + bt in a second. */
 static void cpu_bn_train(nesf_backend *be, int rows, int cols, const float *X, int ldx,
                          const float *gamma, const float *beta, float eps, float momentum,
                          float *running_mean, float *running_var, float *mean, float *invstd,
                          float *out, int ldo)
 {
-    double *sum = malloc((size_t)4 * (cols > 0 ? cols : 1) * sizeof *sum), *sq = sum + 2 * cols;
-    float *mu = malloc((size_t)3 * (cols > 0 ? cols : 1) * sizeof *mu), *g = mu + cols, *bt = g + cols;
-    colred_ctx k = {.rows = rows, .cols = cols, .mode = SUM_X, .X = X, .ldx = ldx};
-    if (!sum || !mu || col_reduce(be, &k, sum)) goto out;
-    for (int c = 0; c < cols; c++) mu[c] = (float)(sum[c] / rows);
-    k.mode = SUM_SQ;
-    k.mu = mu;
-    if (col_reduce(be, &k, sq)) goto out;
+    const int nj = row_jobs(rows);
+    double *mu = malloc((size_t)2 * (cols > 0 ? cols : 1) * sizeof *mu), *m2 = mu + cols;
+    float *g = malloc((size_t)2 * (cols > 0 ? cols : 1) * sizeof *g), *bt = g + cols;
+    colred_ctx k = {.rows = rows, .cols = cols, .X = X, .ldx = ldx,
+                    .part = partials(be, (size_t)(nj > 0 ? nj : 1) * 2 * cols)};
+    if (!mu || !g || !k.part || rows < 1) goto out;
+    run_jobs(be, nj, moments_job, &k);
+    moments_combine(k.part, nj, rows, cols, mu, m2);
     for (int c = 0; c < cols; c++) {
-        const double var = sq[c] / rows;
-        mean[c] = mu[c];
+        const double var = m2[c] / rows;
+        mean[c] = (float)mu[c];
         invstd[c] = (float)(1.0 / sqrt(var + eps));
         g[c] = gamma[c] * invstd[c];
-        bt[c] = beta[c] - mu[c] * g[c];
+        bt[c] = beta[c] - mean[c] * g[c];
         if (running_mean) {
-            const double unbiased = rows > 1 ? sq[c] / (rows - 1) : var;
-            running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * (sum[c] / rows));
+            const double unbiased = rows > 1 ? m2[c] / (rows - 1) : var;
+            running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * mu[c]);
             running_var[c] = (float)((1 - momentum) * running_var[c] + momentum * unbiased);
         }
     }
     affine_ctx a = {rows, cols, X, g, bt, ldx, ldo, out};
-    run_jobs(be, row_jobs(rows), affine_job, &a);
+    run_jobs(be, nj, affine_job, &a);
 out:
-    free(sum);
     free(mu);
+    free(g);
 }
 
 typedef struct {
