@@ -775,13 +775,15 @@ static void ce_job(void *ctx, int j)
         const float *l = q->L + (size_t)r * q->ncls;
         float mx = l[0];
         for (int c = 1; c < q->ncls; c++) mx = l[c] > mx ? l[c] : mx;
+        /* float exponentials (each within 1 ulp), summed in double */
         double se = 0;
-        for (int c = 0; c < q->ncls; c++) se += exp((double)l[c] - mx);
-        double lse = mx + log(se);
+        for (int c = 0; c < q->ncls; c++) se += expf(l[c] - mx);
+        const double lse = mx + log(se);
         acc += lse - l[q->label[r]];
         if (q->dL) {
             float *d = q->dL + (size_t)r * q->ncls;
-            for (int c = 0; c < q->ncls; c++) d[c] = q->k * (float)exp((double)l[c] - lse);
+            const float ls = (float)(lse - mx);
+            for (int c = 0; c < q->ncls; c++) d[c] = q->k * expf((l[c] - mx) - ls);
             d[q->label[r]] -= q->k;
         }
     }
