@@ -156,18 +156,22 @@ int nesf_bench_field(int argc, char **argv)
     int off[2] = {0, Q};
     for (int w = 0; w < 2; w++) nesf_model_position_field_host(m, 1, z, off, xyz, out, &err);
     int reps = 0;
-    double t0 = now(), dt;
+    double t0 = now(), dt, u0, s0, u1, s1;
+    cpu_seconds(&u0, &s0);
     do {
         nesf_model_position_field_host(m, 1, z, off, xyz, out, &err);
         reps++;
         dt = now() - t0;
     } while (dt < o.min_time || reps < 3);
+    cpu_seconds(&u1, &s1);
     const nesf_mlp *fp = &m->mlp[NESF_DEC_POSITION];
     double qps = (double)Q * reps / dt;
     double dense = (double)nesf_mlp_flops_per_row(fp, 0), done = (double)nesf_mlp_flops_per_row(fp, 1);
     printf("nesf bench field: position field, %d queries (one decode step of one structure), %d threads\n", Q, o.threads);
     printf("  C     : %10.0f queries/s  %7.2f GFLOP/s dense-equivalent (%.0f flop/query; %.0f executed, latent part once per structure)\n",
            qps, dense * qps / 1e9, dense, done);
+    printf("          %10.0f queries per CPU-second (all threads; sys %.0f%%)\n",
+           (double)Q * reps / (u1 - u0 + s1 - s0), 100 * (s1 - s0) / (u1 - u0 + s1 - s0));
     if (!o.no_torch) {
         char line[4096];
         double tq = torch_value(&o, "torch_field.py", "--min-time 3", "queries_per_s", line, sizeof line);
