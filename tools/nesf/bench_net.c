@@ -241,6 +241,23 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Runs tests/bench/torch_train.py with the same batch, steps and threads
+ * and prints it beside C's structures/s (sps) and CPU seconds per step. */
+static void torch_train_side(const bench_opts *o, double sps, double cpu_step)
+{
+    char line[4096], args[64];
+    snprintf(args, sizeof args, "--batch %d --steps %d", o->batch, o->steps);
+    double ts = torch_value(o, "torch_train.py", args, "structures_per_s", line, sizeof line);
+    double tq = NAN, tcpu = NAN;
+    char *k = strstr(line, "queries_per_s=");
+    if (k) tq = atof(k + 14);
+    if ((k = strstr(line, "cpu_s="))) tcpu = atof(k + 6);
+    printf("  torch : %6.2f structures/s  %9.0f queries/s  cpu %.3f s/step  [%s]\n", ts, tq, tcpu,
+           strtok(line, "\n"));
+    /* same batch size on both sides: CPU seconds per step compare directly */
+    printf("  ratio : %.2fx PyTorch (structures/s); %.2fx by CPU time per step\n", sps / ts, tcpu / cpu_step);
+}
+
 int nesf_bench_train(int argc, char **argv)
 {
     bench_opts o;
@@ -318,20 +335,7 @@ int nesf_bench_train(int argc, char **argv)
            sps, qps, step_t / o.steps, walls[(o.steps - 1) / 2], sample_t / o.steps, flops / o.steps / 1e9,
            gf / 1e9, peak > 0 ? 100 * gf / peak : 0, o.threads, cpu_t / o.steps, sys_t / o.steps,
            flops / cpu_t / 1e9, core > 0 ? 100 * flops / cpu_t / core : 0);
-    if (!o.no_torch) {
-        char line[4096], args[64];
-        snprintf(args, sizeof args, "--batch %d --steps %d", o.batch, o.steps);
-        double ts = torch_value(&o, "torch_train.py", args, "structures_per_s", line, sizeof line);
-        double tq = NAN, tcpu = NAN;
-        char *k = strstr(line, "queries_per_s=");
-        if (k) tq = atof(k + 14);
-        if ((k = strstr(line, "cpu_s="))) tcpu = atof(k + 6);
-        printf("  torch : %6.2f structures/s  %9.0f queries/s  cpu %.3f s/step  [%s]\n", ts, tq, tcpu,
-               strtok(line, "\n"));
-        /* same batch size on both sides: CPU seconds per step compare directly */
-        printf("  ratio : %.2fx PyTorch (structures/s); %.2fx by CPU time per step\n", sps / ts,
-               tcpu / (cpu_t / o.steps));
-    }
+    if (!o.no_torch) torch_train_side(&o, sps, cpu_t / o.steps);
     free(walls);
     free(bs);
     nesf_trainer_free(t);
