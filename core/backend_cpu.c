@@ -74,6 +74,7 @@ static void take_jobs(cpu_impl *p)
     while ((j = atomic_fetch_add(&p->next, 1)) < p->njobs) p->fn(p->ctx, j);
 }
 
+/* A pool thread: sleeps until a batch is posted, takes jobs, reports done. */
 static void *worker(void *arg)
 {
     cpu_impl *p = arg;
@@ -181,6 +182,7 @@ HOT static void colred_rows(const colred_ctx *k, int r0, int r1, double *acc, fl
     }
 }
 
+/* One job of col_reduce: its rows' sums into its own partial. */
 static void colred_job(void *ctx, int j)
 {
     const colred_ctx *k = ctx;
@@ -309,6 +311,7 @@ typedef struct {
     float *part;                  /* BY_K: njobs x M x N */
 } gemm_ctx;
 
+/* out = act(Y + b) over rows [r0, r1); out may alias Y (same ld). */
 HOT static void bias_act_rows(int r0, int r1, int cols, const float *Y, int ldy, const float *b,
                               int relu, float *out, int ldo)
 {
@@ -326,6 +329,7 @@ HOT static void bias_act_rows(int r0, int r1, int cols, const float *Y, int ldy,
     }
 }
 
+/* One block of a GEMM: rows or columns of C, or K rows into a partial. */
 static void gemm_job(void *ctx, int j)
 {
     const gemm_ctx *g = ctx;
@@ -433,6 +437,7 @@ typedef struct {
     float *out;
 } bias_ctx;
 
+/* The row jobs of the element-wise ops: job j's rows of the op. */
 static void bias_job(void *ctx, int j)
 {
     const bias_ctx *k = ctx;
@@ -485,6 +490,7 @@ HOT static void glin_rows(const glin_ctx *k, int r0, int r1)
     }
 }
 
+/* group_linear's row job (a job may span several groups). */
 static void glin_job(void *ctx, int j)
 {
     const glin_ctx *k = ctx;
@@ -515,6 +521,7 @@ typedef struct {
     float *out;
 } gsum_ctx;
 
+/* group_sum: one job per group, rows summed in order. */
 HOT static void gsum_job(void *ctx, int s)
 {
     const gsum_ctx *k = ctx;
@@ -765,6 +772,7 @@ typedef struct {
     double *part;
 } ce_ctx;
 
+/* Cross-entropy of job j's rows: its gradient rows and its loss partial. */
 static void ce_job(void *ctx, int j)
 {
     const ce_ctx *q = ctx;
