@@ -7,8 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "dataset.h"
@@ -61,8 +64,8 @@ static int parse(int argc, char **argv, bench_opts *o, const char *what)
         case 'h':
             printf("usage: nesf bench %s [--model M] [--shared DIR] [--source DIR] [--threads N]\n"
                    "       [--no-torch] [--steps N] [--batch N] [--min-time S]\n"
-                   "Runs the C %s benchmark, then tests/bench/torch_%s.py (under --source) with the same\n"
-                   "threads, and prints both and their ratio.\n", what, what, what);
+                   "Runs the C %s benchmark and tests/bench/torch_%s.py (under --source) with the same\n"
+                   "threads (train: their timed steps alternate) and prints both and their ratio.\n", what, what, what);
             return 1;
         default: return 2;
         }
@@ -241,21 +244,114 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Runs tests/bench/torch_train.py with the same batch, steps and threads
- * and prints it beside C's structures/s (sps) and CPU seconds per step. */
-static void torch_train_side(const bench_opts *o, double sps, double cpu_step)
+/* tests/bench/torch_train.py --interleave as a child: C and PyTorch take
+ * turns, one timed step each, so both see the same load on a shared
+ * machine (one run after the other would not). */
+typedef struct {
+    pid_t pid;
+    FILE *to, *from;
+    double wall, cpu;    /* sums over its timed steps */
+    int ok;
+    char last[4096];     /* its last other output line (an error, say) */
+} torch_proc;
+
+/* Starts the script (it loads and runs its warm-up step meanwhile). */
+static void torch_start(const bench_opts *o, torch_proc *t)
 {
-    char line[4096], args[64];
-    snprintf(args, sizeof args, "--batch %d --steps %d", o->batch, o->steps);
-    double ts = torch_value(o, "torch_train.py", args, "structures_per_s", line, sizeof line);
-    double tq = NAN, tcpu = NAN;
+    int in[2], out[2];
+    char script[4096], th[16], b[16], st[16];
+    memset(t, 0, sizeof *t);
+    snprintf(script, sizeof script, "%s/tests/bench/torch_train.py", o->source);
+    snprintf(th, sizeof th, "%d", o->threads);
+    snprintf(b, sizeof b, "%d", o->batch);
+    snprintf(st, sizeof st, "%d", o->steps);
+    char *argv[] = {"/usr/bin/python3", script, "--interleave", "--threads", th, "--batch", b, "--steps", st,
+                    "--shared", (char *)o->shared, o->model ? "--weights" : NULL, (char *)o->model, NULL};
+    if (pipe(in)) return;
+    if (pipe(out)) {
+        close(in[0]);
+        close(in[1]);
+        return;
+    }
+    signal(SIGPIPE, SIG_IGN);  /* a script that died must not kill the bench */
+    t->pid = fork();
+    if (t->pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        dup2(out[1], 2);
+        close(in[1]);
+        close(out[0]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    t->to = fdopen(in[1], "w");
+    t->from = fdopen(out[0], "r");
+    t->ok = t->pid > 0 && t->to && t->from;
+}
+
+/* One timed PyTorch step; a script that ended stops being asked. */
+static void torch_step(torch_proc *t)
+{
+    if (!t->ok) return;
+    fputs("step\n", t->to);
+    fflush(t->to);
+    char buf[4096];
+    while (fgets(buf, sizeof buf, t->from)) {
+        char *k = strstr(buf, "torch_step: step_s="), *c = strstr(buf, "cpu_s=");
+        if (k && c) {
+            t->wall += atof(k + 19);
+            t->cpu += atof(c + 6);
+            return;
+        }
+        snprintf(t->last, sizeof t->last, "%s", buf);
+    }
+    t->ok = 0;
+}
+
+/* Ends the script, reads its summary line and prints it beside C's
+ * structures/s (sps) and CPU seconds per step. */
+static void torch_finish(const bench_opts *o, torch_proc *t, double sps, double cpu_step)
+{
+    char buf[4096], line[4096] = "";
+    if (t->to) fclose(t->to);
+    while (t->from && fgets(buf, sizeof buf, t->from))
+        if (strstr(buf, "torch_train:")) snprintf(line, sizeof line, "%s", buf);
+    if (t->from) fclose(t->from);
+    if (t->pid > 0) waitpid(t->pid, NULL, 0);
+    if (!t->ok || !line[0]) {
+        printf("  torch : no result from torch_train.py (is python3-torch installed?) %s", t->last);
+        return;
+    }
+    double tq = NAN, ts = o->batch * o->steps / t->wall, tcpu = t->cpu / o->steps;
     char *k = strstr(line, "queries_per_s=");
     if (k) tq = atof(k + 14);
-    if ((k = strstr(line, "cpu_s="))) tcpu = atof(k + 6);
     printf("  torch : %6.2f structures/s  %9.0f queries/s  cpu %.3f s/step  [%s]\n", ts, tq, tcpu,
            strtok(line, "\n"));
     /* same batch size on both sides: CPU seconds per step compare directly */
-    printf("  ratio : %.2fx PyTorch (structures/s); %.2fx by CPU time per step\n", sps / ts, tcpu / cpu_step);
+    printf("  ratio : %.2fx PyTorch (structures/s, steps taken in turns); %.2fx by CPU time per step\n",
+           sps / ts, tcpu / cpu_step);
+}
+
+/* Prints C's side of nesf bench train. */
+static void print_c(const bench_opts *o, nesf_backend *be, double *walls, long nq, double step_t,
+                    double sample_t, double cpu_t, double sys_t, double flops)
+{
+    double peak, core;
+    measured_peak(be, &peak, &core);
+    qsort(walls, (size_t)o->steps, sizeof *walls, cmp_double);
+    double sps = o->batch * o->steps / step_t, qps = nq / step_t, gf = flops / step_t;
+    printf("nesf bench train: batch %d, paper sampling (%ld queries/step), %d threads, %d timed steps\n",
+           o->batch, nq / o->steps, o->threads, o->steps);
+    printf("  peak  : %6.1f GFLOP/s per core (sgemm 2048^3, FLOPs per CPU-second); %.1f GFLOP/s wall on %d threads\n",
+           core / 1e9, peak / 1e9, o->threads);
+    printf("  C     : %6.2f structures/s  %9.0f queries/s  step %.3f s (median %.3f; + sampling %.3f s)\n"
+           "          %.1f GFLOP/step: %.1f GFLOP/s wall = %.0f%% of the %d-thread peak; cpu %.3f s/step (sys %.3f),\n"
+           "          %.1f GFLOP per CPU-second = %.0f%% of the per-core peak\n",
+           sps, qps, step_t / o->steps, walls[(o->steps - 1) / 2], sample_t / o->steps, flops / o->steps / 1e9,
+           gf / 1e9, peak > 0 ? 100 * gf / peak : 0, o->threads, cpu_t / o->steps, sys_t / o->steps,
+           flops / cpu_t / 1e9, core > 0 ? 100 * flops / cpu_t / core : 0);
 }
 
 int nesf_bench_train(int argc, char **argv)
@@ -278,6 +374,8 @@ int nesf_bench_train(int argc, char **argv)
         fprintf(stderr, "nesf bench train: %s\n", err.msg);
         return 1;
     }
+    torch_proc tp = {0};
+    if (!o.no_torch) torch_start(&o, &tp);
     nesf_structure **bs = malloc((size_t)o.batch * sizeof *bs);
     double *walls = calloc((size_t)o.steps, sizeof *walls);
     double step_t = 0, sample_t = 0, cpu_t = 0, sys_t = 0, flops = 0;
@@ -303,39 +401,26 @@ int nesf_bench_train(int argc, char **argv)
         }
         double t2 = now();
         cpu_seconds(&u1, &s1);
+        nesf_queries_free(&q);
         for (int k = 0; k < NESF_NUM_MLPS; k++) rows[k] = k <= NESF_ENC_MIX ? N : o.batch;
         rows[NESF_DEC_POSITION] = l.pos_queries;
         rows[NESF_DEC_SPECIES] = l.spec_queries;
-        if (step > 0) {  /* the first step is a warm-up */
-            sample_t += t1 - t0;
-            step_t += t2 - t1;
-            walls[step - 1] = t2 - t1;
-            cpu_t += (u1 - u0) + (s1 - s0);
-            sys_t += s1 - s0;
-            flops += train_flops(m, rows, o.batch);
-            nq += l.pos_queries + l.spec_queries;
-        }
-        nesf_queries_free(&q);
+        if (step == 0) continue;  /* the first step is a warm-up */
+        sample_t += t1 - t0;
+        step_t += t2 - t1;
+        walls[step - 1] = t2 - t1;
+        cpu_t += (u1 - u0) + (s1 - s0);
+        sys_t += s1 - s0;
+        flops += train_flops(m, rows, o.batch);
+        nq += l.pos_queries + l.spec_queries;
+        torch_step(&tp);
     }
     if (err.msg[0]) {
         fprintf(stderr, "nesf bench train: %s\n", err.msg);
         return 1;
     }
-    double peak, core;
-    measured_peak(be, &peak, &core);
-    qsort(walls, (size_t)o.steps, sizeof *walls, cmp_double);
-    double sps = o.batch * o.steps / step_t, qps = nq / step_t, gf = flops / step_t;
-    printf("nesf bench train: batch %d, paper sampling (%ld queries/step), %d threads, %d timed steps\n",
-           o.batch, nq / o.steps, o.threads, o.steps);
-    printf("  peak  : %6.1f GFLOP/s per core (sgemm 2048^3, FLOPs per CPU-second); %.1f GFLOP/s wall on %d threads\n",
-           core / 1e9, peak / 1e9, o.threads);
-    printf("  C     : %6.2f structures/s  %9.0f queries/s  step %.3f s (median %.3f; + sampling %.3f s)\n"
-           "          %.1f GFLOP/step: %.1f GFLOP/s wall = %.0f%% of the %d-thread peak; cpu %.3f s/step (sys %.3f),\n"
-           "          %.1f GFLOP per CPU-second = %.0f%% of the per-core peak\n",
-           sps, qps, step_t / o.steps, walls[(o.steps - 1) / 2], sample_t / o.steps, flops / o.steps / 1e9,
-           gf / 1e9, peak > 0 ? 100 * gf / peak : 0, o.threads, cpu_t / o.steps, sys_t / o.steps,
-           flops / cpu_t / 1e9, core > 0 ? 100 * flops / cpu_t / core : 0);
-    if (!o.no_torch) torch_train_side(&o, sps, cpu_t / o.steps);
+    print_c(&o, be, walls, nq, step_t, sample_t, cpu_t, sys_t, flops);
+    if (!o.no_torch) torch_finish(&o, &tp, o.batch * o.steps / step_t, cpu_t / o.steps);
     free(walls);
     free(bs);
     nesf_trainer_free(t);
