@@ -60,11 +60,15 @@ void *nesf_arena_alloc(nesf_arena *a, size_t bytes)
 {
     bytes = (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
     if (bytes == 0) bytes = ARENA_ALIGN;
-    if (a->nblk) {
-        nesf_arena_block *b = &a->blk[a->nblk - 1];
+    /* the current block, else the first later one that fits: blocks are
+     * kept across resets, so a step no larger than the largest so far
+     * touches only memory that earlier steps touched (no page faults) */
+    for (int i = a->cur; i < a->nblk; i++) {
+        nesf_arena_block *b = &a->blk[i];
         if (b->cap - b->used >= bytes) {
             void *p = b->base + b->used;
             b->used += bytes;
+            a->cur = i;
             return p;
         }
     }
@@ -74,7 +78,8 @@ void *nesf_arena_alloc(nesf_arena *a, size_t bytes)
     if (cap < ((size_t)1 << 20)) cap = (size_t)1 << 20;
     char *base = a->be->ops->alloc(a->be, cap);
     if (!base) return NULL;
-    nesf_arena_block *b = &a->blk[a->nblk++];
+    nesf_arena_block *b = &a->blk[a->nblk];
+    a->cur = a->nblk++;
     b->base = base;
     b->cap = cap;
     b->used = bytes;
@@ -89,20 +94,12 @@ float *nesf_arena_floats(nesf_arena *a, size_t n)
 int nesf_arena_reset(nesf_arena *a)
 {
     size_t used = 0;
-    for (int i = 0; i < a->nblk; i++) used += a->blk[i].used;
-    if (used > a->peak) a->peak = used;
-    if (a->nblk <= 1) {
-        if (a->nblk) a->blk[0].used = 0;
-        return NESF_OK;
+    for (int i = 0; i < a->nblk; i++) {
+        used += a->blk[i].used;
+        a->blk[i].used = 0;
     }
-    /* the last step overflowed into several blocks: merge into one with
-     * headroom, since steps vary in size (batches differ in atom count) */
-    nesf_arena_release(a);
-    size_t cap = a->peak + a->peak / 2;
-    char *base = a->be->ops->alloc(a->be, cap);
-    if (!base) return NESF_ERR_NOMEM;
-    a->blk[0] = (nesf_arena_block){base, cap, 0};
-    a->nblk = 1;
+    if (used > a->peak) a->peak = used;
+    a->cur = 0;
     return NESF_OK;
 }
 
@@ -110,4 +107,5 @@ void nesf_arena_release(nesf_arena *a)
 {
     for (int i = 0; i < a->nblk; i++) a->be->ops->free(a->be, a->blk[i].base);
     a->nblk = 0;
+    a->cur = 0;
 }

@@ -175,9 +175,10 @@ static inline NESF_HOSTDEV float nesf_hash_uniform(uint64_t seed, uint64_t i)
 
 /* Bump allocator over backend memory for the scratch of one forward or
  * training step: allocations live until the next reset.  When a step needs
- * more than the current block another block is added; reset() then merges
- * them into one block of the peak size, so steady state is one block and
- * no allocation. */
+ * more than the blocks hold another block (twice the last) is added;
+ * blocks are kept across resets, so steady state is no allocation and no
+ * fresh page touched (first touches of fresh memory are expensive: page
+ * faults and zeroing). */
 typedef struct nesf_arena_block {
     char *base;
     size_t cap, used;
@@ -187,6 +188,7 @@ typedef struct nesf_arena {
     nesf_backend *be;
     nesf_arena_block blk[32];
     int nblk;
+    int cur;        /* block allocations are taken from */
     size_t peak;
 } nesf_arena;
 

@@ -1,51 +1,264 @@
 /* The CPU backend: OpenBLAS sgemm plus plain C loops.  It is the reference
  * every other backend is tested against, so clarity beats cleverness here;
- * the loops are written so that the compiler vectorises the inner one. */
+ * the loops are written so that the compiler vectorises the inner one.
+ *
+ * Threading: the backend owns a pool of threads (its thread count, the
+ * caller included) and OpenBLAS runs single-threaded inside them.  Every
+ * op that is worth it is cut into jobs of a FIXED size (rows, or GEMM
+ * columns) that do not depend on the thread count; a reduction writes one
+ * partial per job and the partials are combined in job order.  So results
+ * are bit-identical for any thread count and across runs (a resumed run on
+ * another machine reproduces the same numbers), and no thread ever spins
+ * or yields waiting for work. */
 #include "backend.h"
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-/* Column blocks: the per-column reductions run over CB adjacent columns at
- * a time, one block per thread, so results do not depend on the thread
- * count (a resumed run on another machine reproduces the same numbers). */
-#define CB 16
+/* Rows summed in float before a double accumulation (reductions). */
+#define RUN 256
+/* Rows per job of the row-parallel element-wise ops and reductions: a
+ * job's rows of a 259-wide activation (2 MB) stay in L2. */
+#define JOB_ROWS 2048
+/* GEMM jobs: row blocks of C when M is large, else column blocks. */
+#define GEMM_ROWS 2048
+#define GEMM_COLS 64
+/* Weight-gradient GEMMs (K = all rows of a batch, C small) are cut along
+ * K into jobs of GEMM_KROWS with a private C each, added in job order:
+ * every operand is packed once, whatever the width of C. */
+#define GEMM_KROWS 8192
+#define MAX_THREADS 64
 
-/* acc[c] += sum over rows of f(X[r, c]) for c < w, in float over runs of
- * 256 rows and in double across runs:
- *   mode 0: X;  mode 1: (X - mu)^2;  mode 2: X (Y - mu) with Y[r, c] at ldy. */
-static void col_sums(int rows, int w, const float *X, int ldx, double *acc, const float *mu,
-                     const float *Y, int ldy, int mode)
+/* The hot loops are compiled for AVX-512 and AVX2 too and picked at load
+ * time.  C11 mode keeps -ffp-contract=off, so no clone fuses a multiply
+ * and an add: every clone gives the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HOT
+#endif
+
+typedef void (*job_fn)(void *ctx, int job);
+
+typedef struct cpu_impl {
+    int nthreads;                 /* workers + the calling thread */
+    pthread_t tid[MAX_THREADS];
+    int started;                  /* workers created */
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    job_fn fn;                    /* the batch being run */
+    void *ctx;
+    int njobs;
+    atomic_int next;              /* next job index to take */
+    int active;                   /* workers still in the batch */
+    unsigned gen;                 /* batch number, bumped per batch */
+    int quit;
+    double *part;                 /* per-job partial sums, grown on demand */
+    size_t npart;
+    float *fpart;                 /* per-job partial GEMM results, likewise */
+    size_t nfpart;
+} cpu_impl;
+
+static cpu_impl *impl_of(nesf_backend *be) { return be->impl; }
+
+/* Takes jobs until none is left. */
+static void take_jobs(cpu_impl *p)
 {
-    for (int r0 = 0; r0 < rows; r0 += 256) {
-        const int r1 = r0 + 256 < rows ? r0 + 256 : rows;
-        float part[CB] = {0};
-        for (int r = r0; r < r1; r++) {
-            const float *x = X + (size_t)r * ldx;
-            if (mode == 0)
-                for (int c = 0; c < w; c++) part[c] += x[c];
-            else if (mode == 1)
-                for (int c = 0; c < w; c++) part[c] += (x[c] - mu[c]) * (x[c] - mu[c]);
-            else {
-                const float *y = Y + (size_t)r * ldy;
-                for (int c = 0; c < w; c++) part[c] += x[c] * (y[c] - mu[c]);
+    int j;
+    while ((j = atomic_fetch_add(&p->next, 1)) < p->njobs) p->fn(p->ctx, j);
+}
+
+/* A pool thread: sleeps until a batch is posted, takes jobs, reports done. */
+static void *worker(void *arg)
+{
+    cpu_impl *p = arg;
+    unsigned seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->gen == seen && !p->quit) pthread_cond_wait(&p->go, &p->mu);
+        if (p->quit) break;
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        take_jobs(p);
+        pthread_mutex_lock(&p->mu);
+        if (--p->active == 0) pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* Runs fn(ctx, j) for j < njobs on the pool and returns when all are done.
+ * Jobs must write disjoint outputs, so which thread ran a job is
+ * invisible in the result. */
+static void run_jobs(nesf_backend *be, int njobs, job_fn fn, void *ctx)
+{
+    cpu_impl *p = impl_of(be);
+    if (njobs <= 0) return;
+    if (p->started == 0 || njobs == 1) {
+        for (int j = 0; j < njobs; j++) fn(ctx, j);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->njobs = njobs;
+    atomic_store(&p->next, 0);
+    p->active = p->started;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    take_jobs(p);
+    pthread_mutex_lock(&p->mu);
+    while (p->active > 0) pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static int row_jobs(int rows) { return (rows + JOB_ROWS - 1) / JOB_ROWS; }
+
+/* Job j's rows [*r0, *r1) of a row-parallel op. */
+static void job_range(int j, int rows, int *r0, int *r1)
+{
+    *r0 = j * JOB_ROWS;
+    *r1 = *r0 + JOB_ROWS < rows ? *r0 + JOB_ROWS : rows;
+}
+
+/* n doubles of per-job partials (backend scratch, valid until the next
+ * op); NULL only if memory runs out. */
+static double *partials(nesf_backend *be, size_t n)
+{
+    cpu_impl *p = impl_of(be);
+    if (n > p->npart) {
+        double *q = realloc(p->part, n * sizeof *q);
+        if (!q) return NULL;
+        p->part = q;
+        p->npart = n;
+    }
+    return p->part;
+}
+
+/* ---- column reductions ---- */
+
+enum { SUM_X, SUM_SQ, SUM_BNB };
+
+typedef struct {
+    int rows, cols, mode;
+    const float *X, *Y, *mu;
+    int ldx, ldy;
+    double *part;                 /* njobs x (2 cols) */
+} colred_ctx;
+
+/* acc[c] and acc[cols + c] += sums over rows [r0, r1), in float over
+ * runs of RUN rows and in double across runs:
+ *   SUM_X:   X into acc[c];
+ *   SUM_SQ:  (X - mu)^2 into acc[cols + c];
+ *   SUM_BNB: X and X (Y - mu) (ReLU-BN backward: X = dOut, Y = R). */
+HOT static void colred_rows(const colred_ctx *k, int r0, int r1, double *acc, float *part)
+{
+    const int cols = k->cols;
+    for (int a = r0; a < r1; a += RUN) {
+        const int b = a + RUN < r1 ? a + RUN : r1;
+        memset(part, 0, (size_t)2 * cols * sizeof *part);
+        for (int r = a; r < b; r++) {
+            const float *x = k->X + (size_t)r * k->ldx;
+            if (k->mode == SUM_X) {
+                for (int c = 0; c < cols; c++) part[c] += x[c];
+            } else if (k->mode == SUM_SQ) {
+                for (int c = 0; c < cols; c++) part[cols + c] += (x[c] - k->mu[c]) * (x[c] - k->mu[c]);
+            } else {
+                const float *y = k->Y + (size_t)r * k->ldy;
+                for (int c = 0; c < cols; c++) {
+                    part[c] += x[c];
+                    part[cols + c] += x[c] * (y[c] - k->mu[c]);
+                }
             }
         }
-        for (int c = 0; c < w; c++) acc[c] += part[c];
+        for (int c = 0; c < 2 * cols; c++) acc[c] += part[c];
     }
 }
 
-static void cpu_destroy(nesf_backend *be) { free(be); }
+/* One job of col_reduce: its rows' sums into its own partial. */
+static void colred_job(void *ctx, int j)
+{
+    const colred_ctx *k = ctx;
+    int r0, r1;
+    job_range(j, k->rows, &r0, &r1);
+    double *acc = k->part + (size_t)j * 2 * k->cols;
+    float stack[2 * 512], *part = 2 * k->cols <= 1024 ? stack : malloc((size_t)2 * k->cols * sizeof *part);
+    memset(acc, 0, (size_t)2 * k->cols * sizeof *acc);
+    if (!part) return;  /* cannot happen for the widths of a model (< 65536) */
+    colred_rows(k, r0, r1, acc, part);
+    if (part != stack) free(part);
+}
+
+/* BN statistics of one job's rows: sum X, then sum (X - a)^2 about the
+ * job's own float mean a while its rows are still in cache (one pass over
+ * memory instead of two); cpu_bn_train combines the jobs. */
+static void moments_job(void *ctx, int j)
+{
+    const colred_ctx *k = ctx;
+    int r0, r1;
+    job_range(j, k->rows, &r0, &r1);
+    const int cols = k->cols;
+    double *acc = k->part + (size_t)j * 2 * cols;
+    float stack[3 * 512], *buf = 3 * cols <= 3 * 512 ? stack : malloc((size_t)3 * cols * sizeof *buf);
+    memset(acc, 0, (size_t)2 * cols * sizeof *acc);
+    if (!buf) return;  /* cannot happen for the widths of a model (< 65536) */
+    colred_ctx q = *k;
+    q.mode = SUM_X;
+    colred_rows(&q, r0, r1, acc, buf);
+    float *a = buf + 2 * cols;
+    for (int c = 0; c < cols; c++) a[c] = (float)(acc[c] / (r1 - r0));
+    q.mode = SUM_SQ;
+    q.mu = a;
+    colred_rows(&q, r0, r1, acc, buf);
+    if (buf != stack) free(buf);
+}
+
+/* out[c] (and out[cols + c] for SUM_BNB) = the column sums of the mode
+ * over all rows, job partials added in job order.  out: 2 cols doubles. */
+static int col_reduce(nesf_backend *be, colred_ctx *k, double *out)
+{
+    const int nj = row_jobs(k->rows);
+    k->part = partials(be, (size_t)(nj > 0 ? nj : 1) * 2 * k->cols);
+    if (!k->part) return NESF_ERR_NOMEM;
+    memset(out, 0, (size_t)2 * k->cols * sizeof *out);
+    run_jobs(be, nj, colred_job, k);
+    for (int j = 0; j < nj; j++)
+        for (int c = 0; c < 2 * k->cols; c++) out[c] += k->part[(size_t)j * 2 * k->cols + c];
+    return NESF_OK;
+}
+
+static void cpu_destroy(nesf_backend *be)
+{
+    cpu_impl *p = impl_of(be);
+    if (p) {
+        pthread_mutex_lock(&p->mu);
+        p->quit = 1;
+        pthread_cond_broadcast(&p->go);
+        pthread_mutex_unlock(&p->mu);
+        for (int i = 0; i < p->started; i++) pthread_join(p->tid[i], NULL);
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->go);
+        pthread_cond_destroy(&p->done);
+        free(p->part);
+        free(p->fpart);
+        free(p);
+    }
+    free(be);
+}
 
 static void *cpu_alloc(nesf_backend *be, size_t bytes)
 {
     (void)be;
     /* calloc: large blocks come from mmap already zeroed, so no page is
-     * touched before it is used */
+     * touched before it is used.  (Transparent huge pages measured worse:
+     * zeroing fresh 2 MB pages cost more system time than 4 KB faults.) */
     return calloc(1, bytes ? bytes : 64);
 }
 
@@ -59,21 +272,6 @@ static int cpu_copy(nesf_backend *be, void *dst, const void *src, size_t bytes)
 }
 
 static int cpu_sync(nesf_backend *be) { (void)be; return NESF_OK; }
-
-static void cpu_gemm(nesf_backend *be, int tA, int tB, int M, int N, int K, float alpha,
-                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                     int ldc)
-{
-    (void)be;
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * C[(size_t)i * ldc + j];
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, M, N,
-                K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
 
 static void cpu_fill(nesf_backend *be, float *y, size_t n, float v)
 {
@@ -95,66 +293,251 @@ static void cpu_copy2d(nesf_backend *be, int rows, int cols, const float *src, i
         memmove(dst + (size_t)r * ldd, src + (size_t)r * lds, (size_t)cols * sizeof(float));
 }
 
+
+/* ---- GEMM ---- */
+
+enum { BY_ROWS, BY_COLS, BY_K };
+
+typedef struct {
+    int tA, tB, M, N, K, by;
+    float alpha, beta;
+    const float *A, *B;
+    int lda, ldb, ldc;
+    float *C;
+    /* the bias and ReLU of a Linear, applied to a row block while it is
+     * still in cache (by_rows only); relu < 0: none */
+    const float *bias;
+    int relu;
+    float *part;                  /* BY_K: njobs x M x N */
+} gemm_ctx;
+
+/* out = act(Y + b) over rows [r0, r1); out may alias Y (same ld). */
+HOT static void bias_act_rows(int r0, int r1, int cols, const float *Y, int ldy, const float *b,
+                              int relu, float *out, int ldo)
+{
+    for (int r = r0; r < r1; r++) {
+        const float *y = Y + (size_t)r * ldy;
+        float *o = out + (size_t)r * ldo;
+        if (b && relu)
+            for (int c = 0; c < cols; c++) { float v = y[c] + b[c]; o[c] = v > 0 ? v : 0; }
+        else if (b)
+            for (int c = 0; c < cols; c++) o[c] = y[c] + b[c];
+        else if (relu)
+            for (int c = 0; c < cols; c++) o[c] = y[c] > 0 ? y[c] : 0;
+        else if (o != y)
+            for (int c = 0; c < cols; c++) o[c] = y[c];
+    }
+}
+
+/* One block of a GEMM: rows or columns of C, or K rows into a partial. */
+static void gemm_job(void *ctx, int j)
+{
+    const gemm_ctx *g = ctx;
+    const CBLAS_TRANSPOSE ta = g->tA ? CblasTrans : CblasNoTrans, tb = g->tB ? CblasTrans : CblasNoTrans;
+    if (g->by == BY_ROWS) {
+        const int m0 = j * GEMM_ROWS, m = g->M - m0 < GEMM_ROWS ? g->M - m0 : GEMM_ROWS;
+        const float *A = g->tA ? g->A + m0 : g->A + (size_t)m0 * g->lda;
+        float *C = g->C + (size_t)m0 * g->ldc;
+        cblas_sgemm(CblasRowMajor, ta, tb, m, g->N, g->K, g->alpha, A, g->lda, g->B, g->ldb, g->beta, C, g->ldc);
+        if (g->relu >= 0) bias_act_rows(0, m, g->N, C, g->ldc, g->bias, g->relu, C, g->ldc);
+    } else if (g->by == BY_COLS) {
+        const int n0 = j * GEMM_COLS, n = g->N - n0 < GEMM_COLS ? g->N - n0 : GEMM_COLS;
+        const float *B = g->tB ? g->B + (size_t)n0 * g->ldb : g->B + n0;
+        cblas_sgemm(CblasRowMajor, ta, tb, g->M, n, g->K, g->alpha, g->A, g->lda, B, g->ldb, g->beta,
+                    g->C + n0, g->ldc);
+    } else {
+        const int k0 = j * GEMM_KROWS, k = g->K - k0 < GEMM_KROWS ? g->K - k0 : GEMM_KROWS;
+        const float *A = g->tA ? g->A + (size_t)k0 * g->lda : g->A + k0;
+        const float *B = g->tB ? g->B + k0 : g->B + (size_t)k0 * g->ldb;
+        cblas_sgemm(CblasRowMajor, ta, tb, g->M, g->N, k, g->alpha, A, g->lda, B, g->ldb, 0.0f,
+                    g->part + (size_t)j * g->M * g->N, g->N);
+    }
+}
+
+/* C = beta C + the K jobs' partials, added in job order. */
+static void gemm_k_combine(const gemm_ctx *g, int nj)
+{
+    const size_t mn = (size_t)g->M * g->N;
+    for (int i = 0; i < g->M; i++) {
+        float *c = g->C + (size_t)i * g->ldc;
+        for (int n = 0; n < g->N; n++) {
+            const float *p = g->part + (size_t)i * g->N + n;
+            float s = p[0];
+            for (int j = 1; j < nj; j++) s += p[j * mn];
+            c[n] = g->beta == 0 ? s : g->beta * c[n] + s;
+        }
+    }
+}
+
+/* Cuts C into row blocks (tall GEMMs: the activations), or K into blocks
+ * (the weight gradients: M and N a layer's widths, K all rows of the
+ * batch), or C into column blocks.  The cut depends on the shape alone. */
+static void gemm_run(nesf_backend *be, gemm_ctx *g)
+{
+    if (g->M <= 0 || g->N <= 0) return;
+    if (g->K <= 0) {
+        for (int i = 0; i < g->M; i++)
+            for (int j = 0; j < g->N; j++) {
+                float *c = g->C + (size_t)i * g->ldc + j;
+                *c = g->beta == 0 ? 0 : g->beta * *c;
+            }
+        if (g->relu >= 0) bias_act_rows(0, g->M, g->N, g->C, g->ldc, g->bias, g->relu, g->C, g->ldc);
+        return;
+    }
+    int nj;
+    if (g->M >= 2 * GEMM_ROWS || g->relu >= 0) {
+        g->by = BY_ROWS;
+        nj = (g->M + GEMM_ROWS - 1) / GEMM_ROWS;
+    } else if (g->K >= 2 * GEMM_KROWS) {
+        cpu_impl *p = impl_of(be);
+        nj = (g->K + GEMM_KROWS - 1) / GEMM_KROWS;
+        const size_t need = (size_t)nj * g->M * g->N;
+        if (need > p->nfpart) {
+            float *q = realloc(p->fpart, need * sizeof *q);
+            if (!q) goto by_cols;  /* same product, fewer bytes */
+            p->fpart = q;
+            p->nfpart = need;
+        }
+        g->by = BY_K;
+        g->part = p->fpart;
+        run_jobs(be, nj, gemm_job, g);
+        gemm_k_combine(g, nj);
+        return;
+    } else {
+by_cols:
+        g->by = BY_COLS;
+        nj = (g->N + GEMM_COLS - 1) / GEMM_COLS;
+    }
+    run_jobs(be, nj, gemm_job, g);
+}
+
+static void cpu_gemm(nesf_backend *be, int tA, int tB, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc)
+{
+    gemm_ctx g = {.tA = tA, .tB = tB, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta,
+                  .A = A, .B = B, .lda = lda, .ldb = ldb, .ldc = ldc, .C = C, .relu = -1};
+    gemm_run(be, &g);
+}
+
+static void cpu_linear(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
+                       const float *W, int ldw, const float *b, int relu, float *out, int ldo)
+{
+    gemm_ctx g = {.tA = 0, .tB = 1, .M = rows, .N = N, .K = K, .alpha = 1, .beta = 0, .A = X,
+                  .B = W, .lda = ldx, .ldb = ldw, .ldc = ldo, .C = out, .bias = b, .relu = relu != 0};
+    gemm_run(be, &g);
+}
+
+/* ---- element-wise ops (row jobs) ---- */
+
+typedef struct {
+    int rows, cols, relu;
+    const float *Y, *b;
+    int ldy, ldo;
+    float *out;
+} bias_ctx;
+
+/* The row jobs of the element-wise ops: job j's rows of the op. */
+static void bias_job(void *ctx, int j)
+{
+    const bias_ctx *k = ctx;
+    int r0, r1;
+    job_range(j, k->rows, &r0, &r1);
+    bias_act_rows(r0, r1, k->cols, k->Y, k->ldy, k->b, k->relu, k->out, k->ldo);
+}
+
 static void cpu_bias_act(nesf_backend *be, int rows, int cols, const float *Y, int ldy,
                          const float *b, int relu, float *out, int ldo)
 {
-    (void)be;
-#pragma omp parallel for schedule(static) if (rows > 256)
-    for (int r = 0; r < rows; r++) {
-        const float *y = Y + (size_t)r * ldy;
-        float *o = out + (size_t)r * ldo;
-        for (int c = 0; c < cols; c++) {
-            float v = y[c] + (b ? b[c] : 0.0f);
-            o[c] = relu ? (v > 0 ? v : 0) : v;
+    bias_ctx k = {rows, cols, relu, Y, b, ldy, ldo, out};
+    run_jobs(be, row_jobs(rows), bias_job, &k);
+}
+
+typedef struct {
+    int S, cols, ne, relu;
+    const int *off;
+    const float *G, *E, *wt, *b;
+    int ldg, lde, ldo;
+    float *out;
+} glin_ctx;
+
+/* Rows [r0, r1) of group_linear: (G[s] + b) + sum_k E[r, k] wt[k]. */
+HOT static void glin_rows(const glin_ctx *k, int r0, int r1)
+{
+    int lo = 0, hi = k->S;  /* the group of r0: last s with off[s] <= r0 */
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) / 2;
+        if (k->off[mid] <= r0) lo = mid; else hi = mid;
+    }
+    const int cols = k->cols;
+    for (int s = lo; s < k->S && k->off[s] < r1; s++) {
+        const float *g = k->G + (size_t)s * k->ldg;
+        const int a = k->off[s] > r0 ? k->off[s] : r0, e = k->off[s + 1] < r1 ? k->off[s + 1] : r1;
+        for (int r = a; r < e; r++) {
+            float *o = k->out + (size_t)r * k->ldo;
+            const float *x = k->E + (size_t)r * k->lde;
+            if (k->b)
+                for (int c = 0; c < cols; c++) o[c] = g[c] + k->b[c];
+            else
+                for (int c = 0; c < cols; c++) o[c] = g[c];
+            for (int q = 0; q < k->ne; q++) {
+                const float xq = x[q], *w = k->wt + (size_t)q * cols;
+                for (int c = 0; c < cols; c++) o[c] += xq * w[c];
+            }
+            if (k->relu)
+                for (int c = 0; c < cols; c++) o[c] = o[c] > 0 ? o[c] : 0;
         }
     }
+}
+
+/* group_linear's row job (a job may span several groups). */
+static void glin_job(void *ctx, int j)
+{
+    const glin_ctx *k = ctx;
+    int r0, r1;
+    job_range(j, k->off[k->S], &r0, &r1);
+    if (k->S > 0) glin_rows(k, r0, r1);
 }
 
 static void cpu_group_linear(nesf_backend *be, int S, const int *off, int cols, const float *G,
                              int ldg, const float *E, int lde, int ne, const float *Wx, int ldw,
                              const float *b, int relu, float *out, int ldo)
 {
-    (void)be;
     /* Wx columns are strided by ldw: gather them once so the row loop
      * runs over contiguous vectors */
     float *wt = malloc((size_t)(ne > 0 ? ne : 1) * cols * sizeof *wt);
-    float *base = malloc((size_t)cols * sizeof *base);
-    if (!wt || !base) {
-        free(wt); free(base);
-        return;  /* cannot happen for realistic widths; leaves out unset */
-    }
-    for (int k = 0; k < ne; k++)
-        for (int c = 0; c < cols; c++) wt[(size_t)k * cols + c] = Wx[(size_t)c * ldw + k];
-    for (int s = 0; s < S; s++) {
-        for (int c = 0; c < cols; c++) base[c] = G[(size_t)s * ldg + c] + (b ? b[c] : 0.0f);
-        for (int r = off[s]; r < off[s + 1]; r++) {
-            float *o = out + (size_t)r * ldo;
-            const float *e = E + (size_t)r * lde;
-            for (int c = 0; c < cols; c++) o[c] = base[c];
-            for (int k = 0; k < ne; k++) {
-                const float ek = e[k], *w = wt + (size_t)k * cols;
-                for (int c = 0; c < cols; c++) o[c] += ek * w[c];
-            }
-            if (relu)
-                for (int c = 0; c < cols; c++) o[c] = o[c] > 0 ? o[c] : 0;
-        }
-    }
+    if (!wt) return;  /* cannot happen for realistic widths; leaves out unset */
+    for (int q = 0; q < ne; q++)
+        for (int c = 0; c < cols; c++) wt[(size_t)q * cols + c] = Wx[(size_t)c * ldw + q];
+    glin_ctx k = {S, cols, ne, relu, off, G, E, wt, b, ldg, lde, ldo, out};
+    run_jobs(be, S > 0 ? row_jobs(off[S]) : 0, glin_job, &k);
     free(wt);
-    free(base);
+}
+
+typedef struct {
+    const int *off;
+    int cols, ldx, ldo, acc;
+    const float *X;
+    float *out;
+} gsum_ctx;
+
+/* group_sum: one job per group, rows summed in order. */
+HOT static void gsum_job(void *ctx, int s)
+{
+    const gsum_ctx *k = ctx;
+    float *o = k->out + (size_t)s * k->ldo;
+    if (!k->acc) memset(o, 0, (size_t)k->cols * sizeof *o);
+    for (int r = k->off[s]; r < k->off[s + 1]; r++) {
+        const float *x = k->X + (size_t)r * k->ldx;
+        for (int c = 0; c < k->cols; c++) o[c] += x[c];
+    }
 }
 
 static void cpu_group_sum(nesf_backend *be, int S, const int *off, int cols, const float *X, int ldx,
                           float *out, int ldo, int acc)
 {
-    (void)be;
-    for (int s = 0; s < S; s++) {
-        float *o = out + (size_t)s * ldo;
-        if (!acc) memset(o, 0, (size_t)cols * sizeof *o);
-        for (int r = off[s]; r < off[s + 1]; r++) {
-            const float *x = X + (size_t)r * ldx;
-            for (int c = 0; c < cols; c++) o[c] += x[c];
-        }
-    }
+    gsum_ctx k = {off, cols, ldx, ldo, acc, X, out};
+    run_jobs(be, S, gsum_job, &k);
 }
 
 static void cpu_group_max(nesf_backend *be, int S, const int *off, int cols, const float *X, int ldx,
@@ -184,100 +567,164 @@ static void cpu_group_max_backward(nesf_backend *be, int S, int cols, const floa
         if (arg[i] >= 0) dX[(size_t)arg[i] * ldx + i % cols] += dOut[i];
 }
 
+
+/* ---- reductions and BatchNorm ---- */
+
 static void cpu_col_sum(nesf_backend *be, int rows, int cols, const float *X, int ldx, float *b)
 {
-    (void)be;
-    const int nblk = (cols + CB - 1) / CB;
-#pragma omp parallel for schedule(static)
-    for (int k = 0; k < nblk; k++) {
-        const int c0 = k * CB, w = cols - c0 < CB ? cols - c0 : CB;
-        double acc[CB] = {0};
-        col_sums(rows, w, X + c0, ldx, acc, NULL, NULL, 0, 0);
-        for (int c = 0; c < w; c++) b[c0 + c] += (float)acc[c];
+    double *sum = malloc((size_t)2 * (cols > 0 ? cols : 1) * sizeof *sum);
+    colred_ctx k = {.rows = rows, .cols = cols, .mode = SUM_X, .X = X, .ldx = ldx};
+    if (sum && col_reduce(be, &k, sum) == NESF_OK)
+        for (int c = 0; c < cols; c++) b[c] += (float)sum[c];
+    free(sum);
+}
+
+typedef struct {
+    int rows, cols;
+    const float *X, *g, *bt;
+    int ldx, ldo;
+    float *out;
+} affine_ctx;
+
+HOT static void affine_job(void *ctx, int j)
+{
+    const affine_ctx *k = ctx;
+    int r0, r1;
+    job_range(j, k->rows, &r0, &r1);
+    for (int r = r0; r < r1; r++) {
+        const float *x = k->X + (size_t)r * k->ldx;
+        float *o = k->out + (size_t)r * k->ldo;
+        for (int c = 0; c < k->cols; c++) o[c] = x[c] * k->g[c] + k->bt[c];
     }
 }
 
+/* mean[c] and M2[c] = sum (X - mean)^2 of all rows from the jobs' sums
+ * and squares about their own means a_j (Chan et al.'s combination, in
+ * double and job order): M2 = sum_j q_j - n_j (m_j - a_j)^2 + n_j (m_j - m)^2. */
+static void moments_combine(const double *part, int nj, int rows, int cols, double *mean, double *m2)
+{
+    for (int c = 0; c < cols; c++) {
+        double s = 0, q = 0;
+        for (int j = 0; j < nj; j++) s += part[(size_t)j * 2 * cols + c];
+        const double m = s / rows;
+        for (int j = 0; j < nj; j++) {
+            const int n = (j + 1) * JOB_ROWS < rows ? JOB_ROWS : rows - j * JOB_ROWS;
+            const double mj = part[(size_t)j * 2 * cols + c] / n, aj = (float)mj;
+            q += part[(size_t)j * 2 * cols + cols + c] - n * (mj - aj) * (mj - aj) + n * (mj - m) * (mj - m);
+        }
+        mean[c] = m;
+        m2[c] = q;
+    }
+}
+
+/* Batch statistics in one pass over memory (moments_job), then out = X g
+ * + bt in a second. */
 static void cpu_bn_train(nesf_backend *be, int rows, int cols, const float *X, int ldx,
                          const float *gamma, const float *beta, float eps, float momentum,
                          float *running_mean, float *running_var, float *mean, float *invstd,
                          float *out, int ldo)
 {
-    (void)be;
-    const int nblk = (cols + CB - 1) / CB;
-#pragma omp parallel for schedule(static)
-    for (int k = 0; k < nblk; k++) {
-        const int c0 = k * CB, w = cols - c0 < CB ? cols - c0 : CB;
-        double sum[CB] = {0}, sq[CB] = {0};
-        col_sums(rows, w, X + c0, ldx, sum, NULL, NULL, 0, 0);
-        float mu[CB], is[CB], g[CB], bt[CB];
-        for (int c = 0; c < w; c++) mu[c] = (float)(sum[c] / rows);
-        col_sums(rows, w, X + c0, ldx, sq, mu, NULL, 0, 1);
-        for (int c = 0; c < w; c++) {
-            double var = sq[c] / rows;
-            mean[c0 + c] = mu[c];
-            invstd[c0 + c] = is[c] = (float)(1.0 / sqrt(var + eps));
-            g[c] = gamma[c0 + c] * is[c];
-            bt[c] = beta[c0 + c] - mu[c] * g[c];
-            if (running_mean) {
-                double unbiased = rows > 1 ? sq[c] / (rows - 1) : var;
-                running_mean[c0 + c] = (float)((1 - momentum) * running_mean[c0 + c] + momentum * (sum[c] / rows));
-                running_var[c0 + c] = (float)((1 - momentum) * running_var[c0 + c] + momentum * unbiased);
-            }
+    const int nj = row_jobs(rows);
+    double *mu = malloc((size_t)2 * (cols > 0 ? cols : 1) * sizeof *mu), *m2 = mu + cols;
+    float *g = malloc((size_t)2 * (cols > 0 ? cols : 1) * sizeof *g), *bt = g + cols;
+    colred_ctx k = {.rows = rows, .cols = cols, .X = X, .ldx = ldx,
+                    .part = partials(be, (size_t)(nj > 0 ? nj : 1) * 2 * cols)};
+    if (!mu || !g || !k.part || rows < 1) goto out;
+    run_jobs(be, nj, moments_job, &k);
+    moments_combine(k.part, nj, rows, cols, mu, m2);
+    for (int c = 0; c < cols; c++) {
+        const double var = m2[c] / rows;
+        mean[c] = (float)mu[c];
+        invstd[c] = (float)(1.0 / sqrt(var + eps));
+        g[c] = gamma[c] * invstd[c];
+        bt[c] = beta[c] - mean[c] * g[c];
+        if (running_mean) {
+            const double unbiased = rows > 1 ? m2[c] / (rows - 1) : var;
+            running_mean[c] = (float)((1 - momentum) * running_mean[c] + momentum * mu[c]);
+            running_var[c] = (float)((1 - momentum) * running_var[c] + momentum * unbiased);
         }
-        for (int r = 0; r < rows; r++) {
-            const float *x = X + (size_t)r * ldx + c0;
-            float *o = out + (size_t)r * ldo + c0;
-            for (int c = 0; c < w; c++) o[c] = x[c] * g[c] + bt[c];
+    }
+    affine_ctx a = {rows, cols, X, g, bt, ldx, ldo, out};
+    run_jobs(be, nj, affine_job, &a);
+out:
+    free(mu);
+    free(g);
+}
+
+typedef struct {
+    int rows, cols;
+    const float *R, *dO, *mu, *k1, *k2, *k3;
+    int ldr, ldo, ldd;
+    float *dY;
+} bnb_ctx;
+
+HOT static void bnb_job(void *ctx, int j)
+{
+    const bnb_ctx *k = ctx;
+    int r0, r1;
+    job_range(j, k->rows, &r0, &r1);
+    for (int r = r0; r < r1; r++) {
+        const float *x = k->R + (size_t)r * k->ldr, *g = k->dO + (size_t)r * k->ldo;
+        float *d = k->dY + (size_t)r * k->ldd;
+        for (int c = 0; c < k->cols; c++) {
+            const float v = k->k1[c] * (g[c] - k->k2[c] - (x[c] - k->mu[c]) * k->k3[c]);
+            d[c] = x[c] > 0 ? v : 0;
         }
     }
 }
 
+/* One reduction pass (sum g and sum g (x - mean) together), then dx =
+ * gamma invstd (g - sum g / N - xhat sum(g xhat) / N) through the ReLU. */
 static void cpu_relu_bn_backward(nesf_backend *be, int rows, int cols, const float *R, int ldr,
                                  const float *mean, const float *invstd, const float *gamma,
                                  const float *dOut, int ldo, float *dY, int ldd, float *dgamma,
                                  float *dbeta)
 {
-    (void)be;
-    const int nblk = (cols + CB - 1) / CB;
-#pragma omp parallel for schedule(static)
-    for (int k = 0; k < nblk; k++) {
-        const int c0 = k * CB, w = cols - c0 < CB ? cols - c0 : CB;
-        double sdy[CB] = {0}, sdyx[CB] = {0};
-        float mu[CB], k1[CB], k2[CB], k3[CB];
-        for (int c = 0; c < w; c++) mu[c] = mean[c0 + c];
-        /* sum g and sum g (x - mean) */
-        col_sums(rows, w, dOut + c0, ldo, sdy, NULL, NULL, 0, 0);
-        col_sums(rows, w, dOut + c0, ldo, sdyx, mu, R + c0, ldr, 2);
-        /* dx = gamma invstd (g - sum g / N - xhat sum(g xhat) / N) */
-        for (int c = 0; c < w; c++) {
-            const float is = invstd[c0 + c];
-            dbeta[c0 + c] += (float)sdy[c];
-            dgamma[c0 + c] += (float)(sdyx[c] * is);
-            k1[c] = gamma[c0 + c] * is;
-            k2[c] = (float)(sdy[c] / rows);
-            k3[c] = (float)(sdyx[c] / rows) * is * is;
-        }
-        for (int r = 0; r < rows; r++) {
-            const float *x = R + (size_t)r * ldr + c0, *g = dOut + (size_t)r * ldo + c0;
-            float *d = dY + (size_t)r * ldd + c0;
-            for (int c = 0; c < w; c++) {
-                float v = k1[c] * (g[c] - k2[c] - (x[c] - mu[c]) * k3[c]);
-                d[c] = x[c] > 0 ? v : 0;
-            }
-        }
+    double *s = malloc((size_t)2 * (cols > 0 ? cols : 1) * sizeof *s);
+    float *k1 = malloc((size_t)3 * (cols > 0 ? cols : 1) * sizeof *k1), *k2 = k1 + cols, *k3 = k2 + cols;
+    colred_ctx k = {.rows = rows, .cols = cols, .mode = SUM_BNB, .X = dOut, .ldx = ldo, .Y = R,
+                    .ldy = ldr, .mu = mean};
+    if (!s || !k1 || col_reduce(be, &k, s)) goto out;
+    const double *sdy = s, *sdyx = s + cols;
+    for (int c = 0; c < cols; c++) {
+        const float is = invstd[c];
+        dbeta[c] += (float)sdy[c];
+        dgamma[c] += (float)(sdyx[c] * is);
+        k1[c] = gamma[c] * is;
+        k2[c] = (float)(sdy[c] / rows);
+        k3[c] = (float)(sdyx[c] / rows) * is * is;
+    }
+    bnb_ctx b = {rows, cols, R, dOut, mean, k1, k2, k3, ldr, ldo, ldd, dY};
+    run_jobs(be, row_jobs(rows), bnb_job, &b);
+out:
+    free(s);
+    free(k1);
+}
+
+typedef struct {
+    int rows, cols;
+    const float *R, *dO;
+    int ldr, ldo, ldd;
+    float *dY;
+} relub_ctx;
+
+HOT static void relub_job(void *ctx, int j)
+{
+    const relub_ctx *k = ctx;
+    int r0, r1;
+    job_range(j, k->rows, &r0, &r1);
+    for (int r = r0; r < r1; r++) {
+        const float *x = k->R + (size_t)r * k->ldr, *g = k->dO + (size_t)r * k->ldo;
+        float *d = k->dY + (size_t)r * k->ldd;
+        for (int c = 0; c < k->cols; c++) d[c] = x[c] > 0 ? g[c] : 0;
     }
 }
 
 static void cpu_relu_backward(nesf_backend *be, int rows, int cols, const float *R, int ldr,
                               const float *dOut, int ldo, float *dY, int ldd)
 {
-    (void)be;
-#pragma omp parallel for schedule(static) if (rows > 256)
-    for (int r = 0; r < rows; r++) {
-        const float *x = R + (size_t)r * ldr, *g = dOut + (size_t)r * ldo;
-        float *d = dY + (size_t)r * ldd;
-        for (int c = 0; c < cols; c++) d[c] = x[c] > 0 ? g[c] : 0;
-    }
+    relub_ctx k = {rows, cols, R, dOut, ldr, ldo, ldd, dY};
+    run_jobs(be, row_jobs(rows), relub_job, &k);
 }
 
 static void cpu_dropout(nesf_backend *be, int rows, int cols, float p, uint64_t seed, float *X,
@@ -316,41 +763,82 @@ static float cpu_mse(nesf_backend *be, size_t n, const float *P, const float *T,
     return (float)(acc / n);
 }
 
+typedef struct {
+    int rows, ncls;
+    const float *L;
+    const int *label;
+    float k;
+    float *dL;
+    double *part;
+} ce_ctx;
+
+/* Cross-entropy of job j's rows: its gradient rows and its loss partial. */
+static void ce_job(void *ctx, int j)
+{
+    const ce_ctx *q = ctx;
+    int r0, r1;
+    job_range(j, q->rows, &r0, &r1);
+    double acc = 0;
+    for (int r = r0; r < r1; r++) {
+        const float *l = q->L + (size_t)r * q->ncls;
+        float mx = l[0];
+        for (int c = 1; c < q->ncls; c++) mx = l[c] > mx ? l[c] : mx;
+        /* float exponentials (each within 1 ulp), summed in double */
+        double se = 0;
+        for (int c = 0; c < q->ncls; c++) se += expf(l[c] - mx);
+        const double lse = mx + log(se);
+        acc += lse - l[q->label[r]];
+        if (q->dL) {
+            float *d = q->dL + (size_t)r * q->ncls;
+            const float ls = (float)(lse - mx);
+            for (int c = 0; c < q->ncls; c++) d[c] = q->k * expf((l[c] - mx) - ls);
+            d[q->label[r]] -= q->k;
+        }
+    }
+    q->part[j] = acc;
+}
+
 static float cpu_cross_entropy(nesf_backend *be, int rows, int ncls, const float *L,
                                const int *label, float scale, float *dL)
 {
-    (void)be;
     if (rows == 0) return 0;
+    const int nj = row_jobs(rows);
+    ce_ctx q = {rows, ncls, L, label, scale / (float)rows, dL, partials(be, (size_t)nj)};
+    if (!q.part) return NAN;
+    run_jobs(be, nj, ce_job, &q);
     double acc = 0;
-    const float k = scale / (float)rows;
-    for (int r = 0; r < rows; r++) {
-        const float *l = L + (size_t)r * ncls;
-        float mx = l[0];
-        for (int c = 1; c < ncls; c++) mx = l[c] > mx ? l[c] : mx;
-        double se = 0;
-        for (int c = 0; c < ncls; c++) se += exp((double)l[c] - mx);
-        double lse = mx + log(se);
-        acc += lse - l[label[r]];
-        if (dL) {
-            float *d = dL + (size_t)r * ncls;
-            for (int c = 0; c < ncls; c++) d[c] = k * (float)exp((double)l[c] - lse);
-            d[label[r]] -= k;
-        }
-    }
+    for (int j = 0; j < nj; j++) acc += q.part[j];
     return (float)(acc / rows);
+}
+
+/* Adam over jobs of ADAM_N parameters (element-wise, so any split gives
+ * the same bits). */
+#define ADAM_N 65536
+
+typedef struct {
+    size_t n;
+    float *p, *m, *v;
+    const float *g;
+    float beta1, beta2, eps, step, rbc2;
+} adam_ctx;
+
+HOT static void adam_job(void *ctx, int j)
+{
+    const adam_ctx *a = ctx;
+    const size_t i0 = (size_t)j * ADAM_N, i1 = i0 + ADAM_N < a->n ? i0 + ADAM_N : a->n;
+    for (size_t i = i0; i < i1; i++) {
+        a->m[i] = a->beta1 * a->m[i] + (1 - a->beta1) * a->g[i];
+        a->v[i] = a->beta2 * a->v[i] + (1 - a->beta2) * a->g[i] * a->g[i];
+        a->p[i] -= a->step * a->m[i] / (sqrtf(a->v[i]) * a->rbc2 + a->eps);
+    }
 }
 
 static void cpu_adam(nesf_backend *be, size_t n, float *p, const float *g, float *m, float *v,
                      float lr, float beta1, float beta2, float eps, int t)
 {
-    (void)be;
     const float bc1 = 1.0f - powf(beta1, (float)t), bc2 = 1.0f - powf(beta2, (float)t);
-    const float step = lr / bc1, rbc2 = 1.0f / sqrtf(bc2);
-    for (size_t i = 0; i < n; i++) {
-        m[i] = beta1 * m[i] + (1 - beta1) * g[i];
-        v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
-        p[i] -= step * m[i] / (sqrtf(v[i]) * rbc2 + eps);
-    }
+    adam_ctx a = {n, p, m, v, g, beta1, beta2, eps, lr / bc1, 1.0f / sqrtf(bc2)};
+    run_jobs(be, (int)((n + ADAM_N - 1) / ADAM_N), adam_job, &a);
 }
 
 static void cpu_row_sqnorm(nesf_backend *be, int rows, int cols, const float *X, int ldx, float *out)
@@ -362,13 +850,6 @@ static void cpu_row_sqnorm(nesf_backend *be, int rows, int cols, const float *X,
         for (int c = 0; c < cols; c++) s += x[c] * x[c];
         out[r] = s;
     }
-}
-
-static void cpu_linear(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
-                       const float *W, int ldw, const float *b, int relu, float *out, int ldo)
-{
-    cpu_gemm(be, 0, 1, rows, N, K, 1.0f, X, ldx, W, ldw, 0.0f, out, ldo);
-    cpu_bias_act(be, rows, N, out, ldo, b, relu, out, ldo);
 }
 
 static void cpu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *cls)
@@ -424,23 +905,51 @@ static const nesf_backend_ops cpu_ops = {
     .vote = cpu_vote,
 };
 
+/* Starts threads - 1 workers; the calling thread is the last one. */
+static int start_pool(cpu_impl *p, int threads)
+{
+    p->nthreads = threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    for (int i = 0; i < threads - 1; i++) {
+        if (pthread_create(&p->tid[i], NULL, worker, p)) return NESF_ERR_NOMEM;
+        p->started++;
+    }
+    return NESF_OK;
+}
+
 int nesf_backend_cpu_create(int threads, nesf_backend **out, nesf_error *err)
 {
+    *out = NULL;
     nesf_backend *be = calloc(1, sizeof *be);
-    if (!be) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    cpu_impl *p = calloc(1, sizeof *p);
+    if (!be || !p) {
+        free(be);
+        free(p);
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    }
     if (threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (int)n : 1;
     }
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
 #ifdef NESF_HAVE_OPENBLAS_THREADS
-    openblas_set_num_threads(threads);
+    /* our jobs are the parallelism: OpenBLAS's own threads would only
+     * compete with them (and spin in sched_yield between calls) */
+    openblas_set_num_threads(1);
 #endif
     be->name = "cpu";
     be->threads = threads;
     be->chunk_rows = 4096; /* a chunk's activations stay in the last-level cache */
     be->ops = &cpu_ops;
+    be->impl = p;
     snprintf(be->device, sizeof be->device, "CPU, OpenBLAS, %d thread%s", threads,
              threads == 1 ? "" : "s");
+    if (start_pool(p, threads)) {
+        cpu_destroy(be);
+        return nesf_fail(err, NESF_ERR_NOMEM, "cannot start %d compute threads", threads);
+    }
     *out = be;
     return NESF_OK;
 }

@@ -157,6 +157,12 @@ int nesf_mlp_backward(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
     const int rows = in->rows;
     float *g = dout;  /* gradient of layer l's output */
     int ldg = lddout;
+    /* the input gradients of the layers alternate between two buffers: a
+     * layer's output gradient is dead once its input gradient is made */
+    float *buf[2] = {NULL, NULL};
+    int maxfeat = 0, which = 0;
+    for (int l = 1; l < m->n; l++)
+        if (m->L[l].in - m->L[l].extra > maxfeat) maxfeat = m->L[l].in - m->L[l].extra;
     for (int l = m->n - 1; l >= 0; l--) {
         const nesf_layer *L = &m->L[l];
         const int feat = L->in - L->extra;
@@ -195,8 +201,10 @@ int nesf_mlp_backward(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
                 be->ops->gemm(be, 0, 0, rows, feat, L->out, 1.0f, dy, ldy, W, L->in, 1.0f, dx, lddx);
             break;
         }
-        float *dprev = nesf_arena_floats(ar, (size_t)rows * feat);
+        if (!buf[which]) buf[which] = nesf_arena_floats(ar, (size_t)rows * maxfeat);
+        float *dprev = buf[which];
         CHECK(dprev);
+        which ^= 1;
         be->ops->gemm(be, 0, 0, rows, feat, L->out, 1.0f, dy, ldy, W, L->in, 0.0f, dprev, feat);
         g = dprev;
         ldg = feat;

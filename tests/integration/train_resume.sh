@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # nesf train: a run stopped mid-epoch and resumed ends with exactly the
-# weights, BatchNorm statistics and Adam state of an uninterrupted run.
+# weights, BatchNorm statistics and Adam state of an uninterrupted run
+# (which ran on another thread count: results do not depend on it).
 set -euo pipefail
 nesf=${NESF_BUILD_ROOT:?}/tools/nesf/nesf
 src=${NESF_SOURCE_ROOT:?}
@@ -25,7 +26,8 @@ def meta(path):
 check() { /usr/bin/python3 -c "$st_py$(cat)" "$@"; }
 run() { "$nesf" train --config "$cfg" --data "$tmp/data" --threads 1 --quiet "$@" 2>>"$tmp/log"; }
 
-run --out "$tmp/a"                                   # 3 epochs of 5 batches
+run --out "$tmp/a" --threads 2                       # 3 epochs of 5 batches, on 2 threads:
+                                                     # b (1 thread, resumed twice) must match bit for bit
 run --out "$tmp/b" --max-steps 7                     # stops in epoch 2
 test -f "$tmp/b/checkpoint.safetensors"
 run --out "$tmp/b" --resume --max-steps 4            # stops in epoch 3
