@@ -768,6 +768,8 @@ static void h_static(nesfd_req *r, void *ctx)
     const char *path = nesfd_req_path(r);
     int rc = nesf_static_load(app->cfg->web_root, path, &f, &err);
     if (rc == NESF_ERR_NOTFOUND || rc == NESF_ERR_INVALID) {
+        /* the viewer's files are public; what is not one is behind the token */
+        if (nesfd_req_require_token(r)) return;
         nesfd_reply_error(r, 404, "not_found", "no route or file %s", path);
         return;
     }

@@ -20,6 +20,8 @@
 #include "log.h"
 
 #define MAX_EXTRA_HEADERS 6
+/* bytes of an over-limit chunked body read (and dropped) to answer 413 */
+#define DRAIN_MAX ((size_t)64 << 20)
 
 struct nesfd_http {
     struct MHD_Daemon *d;
@@ -47,6 +49,7 @@ struct nesfd_req {
     int metric_route;
     char method[16];
     char path[1024];
+    size_t path_too_long;     /* the request path's length when it did not fit */
     char *body;
     size_t len, cap;
     long long start;
@@ -152,6 +155,33 @@ void nesfd_reply_json(nesfd_req *r, int status, json_t *j)
     nesfd_reply(r, status, "application/json", s, strlen(s));
 }
 
+/* Length of the valid UTF-8 sequence at s (1..4), 0 if none starts there
+ * (a stray or overlong byte, a surrogate, a sequence cut short). */
+static int utf8_seq(const unsigned char *s)
+{
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    int n = c >= 0xc2 && c <= 0xdf ? 2 : (c & 0xf0) == 0xe0 ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    for (int i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80) return 0;
+    if (n == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f))) return 0;
+    if (n == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f))) return 0;
+    return n;
+}
+
+/* Messages quote client bytes (paths, CIF text, model names) and may be
+ * cut anywhere by the buffer: every byte that is not part of valid UTF-8
+ * becomes '?', so the JSON encoder always takes the message. */
+static void utf8_clean(char *msg)
+{
+    unsigned char *p = (unsigned char *)msg;
+    while (*p) {
+        int n = utf8_seq(p);
+        if (n == 0) *p++ = '?';
+        else p += n;
+    }
+}
+
 void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *fmt, ...)
 {
     char msg[1024];
@@ -159,13 +189,16 @@ void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *f
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    utf8_clean(msg);
     snprintf(r->err_code, sizeof r->err_code, "%s", code);
     json_t *j = json_pack("{s:{s:s, s:s, s:s}}", "error", "code", code, "message", msg,
                           "request_id", r->id);
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
-    if (!s) { /* last resort, still the documented shape */
-        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+    if (!s) { /* last resort, still the documented shape (ids are plain ASCII) */
+        char oom[256];
+        snprintf(oom, sizeof oom, "{\"error\":{\"code\":\"internal\",\"message\":\"out of "
+                 "memory\",\"request_id\":\"%s\"}}", r->id);
         s = strdup(oom);
         if (!s) return;
     }
@@ -196,6 +229,26 @@ static const char *allowed_origin(const nesfd_http *h, const char *origin)
     return NULL;
 }
 
+/* A declared body over the limit is refused before it is sent; one under
+ * it gets its buffer now.  Returns 1 if it answered. */
+static int body_precheck(nesfd_http *h, nesfd_req *r)
+{
+    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
+    if (!cl) return 0;
+    char *end;
+    unsigned long long v = strtoull(cl, &end, 10);
+    if (v > h->body_limit) {
+        nesfd_reply_error(r, 413, "body_too_large", "request body of %llu bytes exceeds the "
+                          "limit of %zu bytes", v, h->body_limit);
+        return 1;
+    }
+    if (*end == 0 && v > 0) {
+        r->body = malloc((size_t)v + 1);
+        r->cap = r->body ? (size_t)v + 1 : 0;
+    }
+    return 0;
+}
+
 /* Constant time in the token's length so its prefix cannot be probed. */
 static int token_ok(const nesfd_http *h, const char *auth)
 {
@@ -214,12 +267,55 @@ static int method_allowed(const nesfd_route *rt, const char *method)
     return !strcmp(rt->method, "GET") && !strcmp(method, "HEAD");
 }
 
+/* Is the request's Content-Type JSON?  Only "application/json" (any
+ * parameters): the types a web page may POST without a CORS preflight
+ * (text/plain, forms) and a missing type are refused, so that no page can
+ * make a browser spend this server's time. */
+static int json_content_type(const char *ct)
+{
+    if (!ct) return 0;
+    while (*ct == ' ') ct++;
+    static const char want[] = "application/json";
+    if (strncasecmp(ct, want, sizeof want - 1)) return 0;
+    ct += sizeof want - 1;
+    while (*ct == ' ' || *ct == '\t') ct++;
+    return *ct == 0 || *ct == ';';
+}
+
+int nesfd_req_require_token(nesfd_req *r)
+{
+    nesfd_http *h = r->h;
+    if (!h->token[0] ||
+        token_ok(h, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization")))
+        return 0;
+    nesfd_req_add_header(r, "WWW-Authenticate", "Bearer realm=\"nesfd\"");
+    nesfd_reply_error(r, 401, "unauthorized", "missing or wrong bearer token");
+    return 1;
+}
+
+/* Without the token a client learns nothing, not even which routes exist:
+ * only public routes (and their CORS preflight, which browsers send
+ * without credentials) are answered. */
+static int needs_token(const nesfd_http *h, const nesfd_req *r, const char *method)
+{
+    if (!h->token[0]) return 0;
+    if (!r->route) return 1;
+    if (r->route->prefix) return !method_allowed(r->route, method); /* misses: h_static */
+    return !r->route->public && strcmp(method, "OPTIONS");
+}
+
 /* Answers what can be answered from the headers alone; returns 1 if it did. */
 static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
 {
     if (atomic_load(&h->draining)) {
         nesfd_req_add_header(r, "Retry-After", "1");
         nesfd_reply_error(r, 503, "shutting_down", "the server is shutting down");
+        return 1;
+    }
+    if (needs_token(h, r, method) && nesfd_req_require_token(r)) return 1;
+    if (r->path_too_long) {
+        nesfd_reply_error(r, 414, "uri_too_long", "request path of %zu bytes (at most %zu)",
+                          r->path_too_long, sizeof r->path - 1);
         return 1;
     }
     if (!r->route) {
@@ -253,27 +349,15 @@ static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
                           r->route->method, method);
         return 1;
     }
-    if (h->token[0] && !r->route->public &&
-        !token_ok(h, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"))) {
-        nesfd_req_add_header(r, "WWW-Authenticate", "Bearer realm=\"nesfd\"");
-        nesfd_reply_error(r, 401, "unauthorized", "missing or wrong bearer token");
+    if (!strcmp(method, "POST") &&
+        !json_content_type(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type"))) {
+        const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type");
+        nesfd_req_add_header(r, "Accept", "application/json");
+        nesfd_reply_error(r, 415, "unsupported_media_type", "POST %s takes Content-Type "
+                          "application/json, not %.64s", r->path, ct ? ct : "none");
         return 1;
     }
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
-    if (cl) {
-        char *end;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (v > h->body_limit) {
-            nesfd_reply_error(r, 413, "body_too_large", "request body of %llu bytes exceeds the "
-                              "limit of %zu bytes", v, h->body_limit);
-            return 1;
-        }
-        if (*end == 0 && v > 0) {
-            r->body = malloc((size_t)v + 1);
-            r->cap = r->body ? (size_t)v + 1 : 0;
-        }
-    }
-    return 0;
+    return body_precheck(h, r);
 }
 
 static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char *url,
@@ -285,7 +369,13 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
     r->conn = conn;
     r->start = nesfd_now_ns();
     snprintf(r->method, sizeof r->method, "%s", method);
-    snprintf(r->path, sizeof r->path, "%s", url);
+    if (strlen(url) >= sizeof r->path) {
+        r->path_too_long = strlen(url);
+        snprintf(r->path, sizeof r->path, "%.64s...", url); /* for the log; routes nothing */
+        utf8_clean(r->path);
+    } else {
+        snprintf(r->path, sizeof r->path, "%s", url);
+    }
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (rid && sane_request_id(rid)) {
         snprintf(r->id, sizeof r->id, "%s", rid);
@@ -295,12 +385,12 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
         uuid_unparse_lower(u, r->id);
     }
     r->metric_route = h->other_metric;
-    for (int i = 0; i < h->n_routes && !r->route; i++)
+    for (int i = 0; i < h->n_routes && !r->route && !r->path_too_long; i++)
         if (!strcmp(h->routes[i].path, url)) {
             r->route = &h->routes[i];
             r->metric_route = h->route_metric[i];
         }
-    for (int i = 0; i < h->n_routes && !r->route; i++)
+    for (int i = 0; i < h->n_routes && !r->route && !r->path_too_long; i++)
         if (h->routes[i].prefix && !strncmp(h->routes[i].path, url, strlen(h->routes[i].path))) {
             r->route = &h->routes[i];
             r->metric_route = h->route_metric[i];
@@ -346,12 +436,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (r->replied) return MHD_YES; /* answered from the headers: drop the rest */
         /* libmicrohttpd only sends an answer queued before the body or after
          * all of it, so a body without Content-Length that passes the limit
-         * is drained without being kept and refused at its end; one that
-         * goes on for another limit's worth is cut off. */
+         * is drained without being kept (no memory, only bandwidth) and
+         * refused at its end; one that goes on for DRAIN_MAX more is cut
+         * off. */
         if (r->late_status || r->len + n > h->body_limit) {
             if (!r->late_status) r->late_status = 413;
             r->dropped += n;
-            return r->dropped > h->body_limit ? MHD_NO : MHD_YES;
+            return r->dropped > DRAIN_MAX ? MHD_NO : MHD_YES;
         }
         if (append_body(r, upload_data, n)) r->late_status = 503;
         return MHD_YES;
@@ -398,6 +489,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r);
     nesfd_metrics_inflight(h->metrics, -1);
     atomic_fetch_sub(&h->inflight, 1);
+}
+
+/* libmicrohttpd would percent-decode the path in place, turning "/%00"
+ * into "/" (index.html) and "/%ff" into a byte that is no UTF-8: paths
+ * stay as sent, and the static-file layer decodes them (and refuses NUL).
+ * No route uses query arguments. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    return strlen(s);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -482,6 +584,7 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)c->idle_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, h,
         MHD_OPTION_END);
     if (!h->d) {
         nesfd_http_stop(h);

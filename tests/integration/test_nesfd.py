@@ -255,6 +255,7 @@ def test_body_limit(d, ctx):
         f.write(big)
     out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST",
                           "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
+                          "-H", "Content-Type: application/json",
                           "--data-binary", "@" + path, d.url("/decode")],
                          capture_output=True, text=True, timeout=60)
     body, code = out.stdout.rsplit("\n", 1)
@@ -265,9 +266,72 @@ def test_body_limit(d, ctx):
         json.dump({"latents": latents(1, 2), "options": FAST}, f)
     out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
                           "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
+                          "-H", "Content-Type: application/json",
                           "--data-binary", "@" + path, d.url("/decode")],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout == "200", out
+
+
+def raw_request(d, data, timeout=30):
+    """Sends bytes as they are; (status, headers, parsed JSON body)."""
+    with socket.create_connection(("127.0.0.1", d.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            b = sock.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+    return status, hdrs, json.loads(body.decode("utf-8"))  # must be valid UTF-8 JSON
+
+
+def test_error_shapes(d, ctx):
+    """Every error is JSON with the request id, whatever bytes the client sent."""
+    auth = "Authorization: Bearer %s\r\n" % TOKEN
+    for path, status, code in ((b"/%ff", 404, "not_found"), (b"/%00", 404, "not_found"),
+                               (b"/\xff\xfe\xc3", 404, "not_found"), (b"/" + b"a" * 300, 404, "not_found"),
+                               (b"/" + b"\xc3\xa9" * 600, 414, "uri_too_long")):
+        resp = raw_request(d, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth.encode() +
+                           b"Connection: close\r\n\r\n")
+        expect_error(resp, status, code)
+    # a long model name of non-ASCII characters, cut inside one in the message
+    err = expect_error(d.call("POST", "/decode", {"model": "\u00e9" * 700, "latents": latents(1, 1)}),
+                       404, "unknown_model")
+    assert "\u00e9" in err["message"], err
+    bad_cif = "data_\u00e9\n_cell_length_a \u00e9\u00e9\n" + "\u4e2d" * 400
+    expect_error(d.call("POST", "/encode", {"structures": [{"cif": bad_cif}]}), 400, "invalid_structure")
+    # Content-Type: a browser may send text/plain or forms without a preflight
+    body = json.dumps({"latents": latents(1, 1), "options": FAST}).encode()
+    for ct in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+               "application/jsonx"):
+        expect_error(d.call("POST", "/decode", raw=body, headers={"Content-Type": ct}), 415,
+                     "unsupported_media_type")
+    resp = raw_request(d, b"POST /decode HTTP/1.1\r\nHost: x\r\n" + auth.encode() +
+                       b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    expect_error(resp, 415, "unsupported_media_type")
+    st, _, _ = d.call("POST", "/decode", raw=body, headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert st == 200
+    # without the token nothing tells which routes exist
+    for method, path in (("GET", "/decode"), ("GET", "/no/such/route"), ("DELETE", "/models"),
+                         ("POST", "/nope"), ("OPTIONS", "/nope")):
+        expect_error(d.call(method, path, auth=False), 401, "unauthorized")
+    st, _, _ = d.call("OPTIONS", "/decode", auth=False, headers={"Origin": ORIGIN})
+    assert st == 204  # a CORS preflight carries no token
+    # 20 MiB chunked, four times over any sane limit: a 413, not a cut-off
+    path = os.path.join(ctx["tmp"], "huge.json")
+    with open(path, "wb") as f:
+        f.write(b'{"latents": [' + b"0," * (10 << 20) + b"0]}")
+    out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST",
+                          "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
+                          "-H", "Content-Type: application/json", "--data-binary", "@" + path,
+                          d.url("/decode")], capture_output=True, text=True, timeout=60)
+    os.unlink(path)
+    body, code = out.stdout.rsplit("\n", 1)
+    assert code == "413" and json.loads(body)["error"]["code"] == "body_too_large", (code, body[:200])
 
 
 def test_cors(d, _):
@@ -431,7 +495,9 @@ def test_web_root(d, _):
     assert "<html" in body.lower()
     st, h, _ = d.call("GET", "/app.js", auth=False)
     assert st == 200 and "javascript" in h["content-type"], h
-    expect_error(d.call("GET", "/../../etc/passwd", auth=False), 404, "not_found")
+    expect_error(d.call("GET", "/../../etc/passwd"), 404, "not_found")
+    # what is not a file is behind the token, like every unknown route
+    expect_error(d.call("GET", "/../../etc/passwd", auth=False), 401, "unauthorized")
 
 
 def test_queue_full_and_deadline(_, ctx):
@@ -520,7 +586,7 @@ def test_openapi(d, _):
 
 
 TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_paper_settings,
-         test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors,
+         test_decode_errors, test_body_limit, test_error_shapes, test_cors, test_encode, test_encode_errors,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
          test_queue_full_and_deadline, test_degenerate_cell, test_openapi, test_graceful_shutdown]
 
