@@ -35,6 +35,8 @@ void nesf_decode_opts_default(nesf_decode_opts *o)
     o->fast_margin = 1.0f;
     o->fast_tol = 1e-3f;
     o->fast_merge = 0.01f;
+    o->cancel = NULL;
+    o->cancel_arg = NULL;
 }
 
 void nesf_decode_stats_add(nesf_decode_stats *sum, const nesf_decode_stats *st)
@@ -609,6 +611,12 @@ void nesf__free_outputs(nesf_structure **out, int n) { free_outputs(out, n); }
 
 int nesf__sane_cell(const nesf_cellpar *p, nesf_lattice *lat) { return sane_cell(p, lat); }
 
+int nesf__cancelled(const nesf_decode_opts *o, nesf_error *err)
+{
+    if (!o->cancel || !o->cancel(o->cancel_arg)) return NESF_OK;
+    return nesf_fail(err, NESF_ERR_CANCELLED, "decoding cancelled");
+}
+
 int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
                       nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
 {
@@ -716,6 +724,7 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
             }
         /* step 3: the flow; the score is |f_p|² of the last step */
         for (int it = 0; it < o->iterations; it++) {
+            if ((rc = nesf__cancelled(o, err))) goto fail;
             if ((rc = f->position(f, b0, S, w.off, w.p_d, w.f_d, err))) goto fail;
             be->ops->axpy(be, q * 3, 1.0f, w.f_d, w.p_d);
         }

@@ -67,6 +67,12 @@ typedef struct nesf_decode_opts {
     float fast_margin;   /* (1.0) */
     float fast_tol;      /* (0.001) */
     float fast_merge;    /* (0.01) */
+    /* Not an option (NULL from nesf_decode_opts_default, never read from
+     * JSON): when set, called before every flow step of every batch of
+     * structures; nonzero stops the whole call with NESF_ERR_CANCELLED (no
+     * outputs), so abandoned work ends within one step. */
+    int (*cancel)(void *arg);
+    void *cancel_arg;
 } nesf_decode_opts;
 
 enum { NESF_DECODE_PAPER = 0, NESF_DECODE_FAST = 1 };

@@ -243,6 +243,11 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
         c->body_limit = (size_t)n;
         return NESF_OK;
     }
+    if (!strcmp(key, "max_request_work")) {
+        if ((rc = json_int(key, v, 0, 1L << 50, &n, err))) return rc;
+        c->max_request_work = (double)n;
+        return NESF_OK;
+    }
     if (!strcmp(key, "request_s")) return json_seconds(key, v, &c->request_timeout_s, err);
     if (!strcmp(key, "shutdown_grace_s")) return json_seconds(key, v, &c->shutdown_grace_s, err);
     if (!strcmp(key, "listen")) {
@@ -397,6 +402,9 @@ static const flag_info flags[] = {
     {"--queue-limit", 1, "N", "queued items per model before answering 503 (default 4096)"},
     {"--body-limit", 1, "BYTES", "largest request body, k/m/g suffixes allowed (default 8M)"},
     {"--max-items", 1, "N", "latents, structures or steps per request (default 512)"},
+    {"--max-request-work", 1, "N", "decoding work per request in particle steps (latents x\n"
+                                   "iterations x grid points, x 0.1 in fast mode), else 413;\n"
+                                   "default 0 = 64 latents at the paper's 64 steps"},
     {"--request-timeout", 1, "SEC", "deadline from arrival to answer, else 504 (default 300)"},
     {"--idle-timeout", 1, "SEC", "close keep-alive connections idle this long (default 60)"},
     {"--shutdown-grace", 1, "SEC", "on SIGTERM, wait this long for in-flight requests (default 60)"},
@@ -432,7 +440,7 @@ void nesfd_config_usage(FILE *f)
     fprintf(f,
             "\nconfig file keys: listen, models {name: path}, backend, compute_threads,\n"
             "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit,\n"
-            "invariant}, body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
+            "invariant}, body_limit, max_items, max_request_work, timeouts {request_s, idle_s, shutdown_grace_s},\n"
             "auth_token | auth_token_file, cors_origins [..], log_requests, web_root,\n"
             "decode_options {mode, grid_step, iterations, ...} (default {\"mode\": \"fast\"}).\n"
             "Model paths in the file are relative to the file; on the command line, to the\n"
@@ -470,6 +478,11 @@ static int apply_flag(nesfd_config *c, const char *name, const char *val, int *o
     if (!strcmp(name, "--listen")) return nesfd_config_parse_listen(c, val, err);
     if (!strcmp(name, "--backend")) return set_backend(c, name, val, err);
     if (!strcmp(name, "--body-limit")) return parse_size(name, val, &c->body_limit, err);
+    if (!strcmp(name, "--max-request-work")) {
+        if ((rc = parse_long(name, val, 0, 1L << 50, &n, err))) return rc;
+        c->max_request_work = (double)n;
+        return NESF_OK;
+    }
     if (!strcmp(name, "--request-timeout")) return parse_seconds(name, val, &c->request_timeout_s, err);
     if (!strcmp(name, "--shutdown-grace")) return parse_seconds(name, val, &c->shutdown_grace_s, err);
     if (!strcmp(name, "--idle-timeout")) {
@@ -562,7 +575,7 @@ char *nesfd_config_dump(const nesfd_config *c)
     char listen[300];
     snprintf(listen, sizeof listen, strchr(c->host, ':') ? "[%s]:%d" : "%s:%d", c->host, c->port);
     json_t *o = json_pack(
-        "{s:s, s:o, s:s, s:i, s:i, s:i, s:{s:i, s:I, s:i}, s:I, s:i, s:{s:f, s:i, s:f},"
+        "{s:s, s:o, s:s, s:i, s:i, s:i, s:{s:i, s:I, s:i}, s:I, s:i, s:I, s:{s:f, s:i, s:f},"
         " s:o, s:o, s:b, s:s}",
         "listen", listen, "models", models, "backend", c->backend,
         "compute_threads", c->compute_threads, "http_threads", c->http_threads,
@@ -570,6 +583,7 @@ char *nesfd_config_dump(const nesfd_config *c)
         "batching", "max_batch", c->max_batch, "max_delay_us", (json_int_t)c->max_delay_us,
         "queue_limit", c->queue_limit,
         "body_limit", (json_int_t)c->body_limit, "max_items", c->max_items,
+        "max_request_work", (json_int_t)c->max_request_work,
         "timeouts", "request_s", c->request_timeout_s, "idle_s", c->idle_timeout_s,
         "shutdown_grace_s", c->shutdown_grace_s,
         "auth_token", c->token[0] ? json_string("<redacted>") : json_null(),

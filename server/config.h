@@ -40,6 +40,9 @@ typedef struct nesfd_config {
                                   so answers are bit-identical to unbatched ones */
     size_t body_limit;         /* bytes */
     int max_items;             /* latents/structures/steps per request */
+    double max_request_work;   /* decoding work per request, particle steps (latents x
+                                  iterations x grid points, x 0.1 in fast mode); 0 = 64
+                                  latents at the paper's 64 steps on the default grid */
     double request_timeout_s;  /* deadline from arrival to answer (504) */
     int idle_timeout_s;        /* keep-alive connections idle longer are closed */
     double shutdown_grace_s;   /* longest wait for in-flight requests on SIGTERM */

@@ -522,6 +522,54 @@ def test_queue_full_and_deadline(_, ctx):
     assert b.proc.wait(60) == 0
 
 
+def test_bounded_work(_, ctx):
+    """Work is bounded and cancellable: a request over the work limit is a
+    413 before any work; a batch past its deadline stops (the next request
+    is answered at once, not after it); SIGTERM ends running work after the
+    grace period; signals reach the daemon on every thread."""
+    b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--max-batch", "1",
+               "--max-delay-us", "0")
+    heavy = {"latents": latents(8, 3), "options": {"mode": "paper", "iterations": 4096}}
+    err = expect_error(b.call("POST", "/decode", heavy), 413, "work_too_large")
+    assert "max_request_work" in err["message"], err
+    st, _, _ = b.call("POST", "/decode", {"latents": latents(1, 3), "options": {"mode": "paper"}})
+    assert st == 200
+    # max_items latents in the default fast mode pass the work check (and
+    # then fail at the short last latent, before any work)
+    many = latents(512, 3)
+    many[-1] = many[-1][:5]
+    err = expect_error(b.call("POST", "/decode", {"latents": many}), 400, "invalid_latent")
+    assert "latents[511]" in err["message"], err
+    sig_caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", open("/proc/%d/status" % b.proc.pid).read()).group(1), 16)
+    assert sig_caught & (1 << (signal.SIGTERM - 1)) and sig_caught & (1 << (signal.SIGINT - 1))
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(30) == 0
+
+    # ~15 s of work per latent here; a deadline of 1.5 s must end it
+    heavy = {"latents": latents(8, 3), "options": {"mode": "paper", "iterations": 4096, "grid_step": 0.35}}
+    c = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--max-batch", "1",
+               "--max-delay-us", "0", "--max-request-work", "1000000000000", "--request-timeout", "1.5",
+               "--shutdown-grace", "1")
+    t0 = time.time()
+    expect_error(c.call("POST", "/decode", heavy), 504, "deadline_exceeded")
+    st, _, _ = c.call("POST", "/decode", {"latents": latents(1, 4), "options": FAST})
+    assert st == 200 and time.time() - t0 < 4, "the abandoned batch kept running: %.1f s" % (time.time() - t0)
+    # SIGTERM (twice) while such a batch runs: the grace of 1 s is enforced
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(c.call, "POST", "/decode", dict(heavy, latents=latents(1, 5)))
+        time.sleep(0.5)
+        t0 = time.time()
+        c.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        c.proc.send_signal(signal.SIGTERM)
+        st, _, body = fut.result()
+        assert st in (503, 504), (st, body)
+        assert c.proc.wait(20) == 0
+    assert time.time() - t0 < 8, "shutdown took %.1f s" % (time.time() - t0)
+    stopped = [json.loads(line) for line in c.lines if '"event":"stopped"' in line]
+    assert stopped and stopped[0]["clean"] is False, c.lines[-5:]
+
+
 def test_degenerate_cell(_, ctx):
     """A latent that the trained LCS6 model decodes to a cell 0.0086 Å thick
     (an N(0,1) draw: about 1 in 1000 are like it) killed nesfd in spglib.
@@ -588,7 +636,7 @@ def test_openapi(d, _):
 TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_paper_settings,
          test_decode_errors, test_body_limit, test_error_shapes, test_cors, test_encode, test_encode_errors,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
-         test_queue_full_and_deadline, test_degenerate_cell, test_openapi, test_graceful_shutdown]
+         test_queue_full_and_deadline, test_bounded_work, test_degenerate_cell, test_openapi, test_graceful_shutdown]
 
 
 def main():
