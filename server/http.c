@@ -6,6 +6,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -39,7 +40,25 @@ struct nesfd_http {
     int listen_fd, port;
     atomic_int inflight;
     atomic_int draining;
+    /* connection watch: slow heads and bodies are cut off (sweeper thread) */
+    pthread_mutex_t conns_mu;
+    struct conn_watch *conns;
+    pthread_t sweeper;
+    int sweeper_started, sweeper_stop;
+    pthread_cond_t sweeper_cv;
+    int64_t header_ns, body_ns;
+    /* bytes of request bodies reserved, all connections */
+    atomic_size_t body_bytes;
+    size_t body_memory;
 };
+
+/* A TCP connection's clocks: a request head is due header_ns after connect
+ * or the previous answer, its body body_ns after the head. */
+typedef struct conn_watch {
+    int fd;
+    int64_t head_since, body_since; /* 0: not waiting for that */
+    struct conn_watch *prev, *next;
+} conn_watch;
 
 struct nesfd_req {
     nesfd_http *h;
@@ -57,6 +76,8 @@ struct nesfd_req {
     int late_status;          /* error found while receiving the body */
     int queue_failed;
     size_t dropped;           /* body bytes drained past the limit */
+    size_t reserved;          /* of h->body_bytes, for this body */
+    conn_watch *watch;
     char err_code[32];
     const char *origin;       /* allowed Origin to echo, or NULL */
     struct { char name[40], value[160]; } hdr[MAX_EXTRA_HEADERS];
@@ -229,8 +250,21 @@ static const char *allowed_origin(const nesfd_http *h, const char *origin)
     return NULL;
 }
 
+/* Takes n more bytes of the server's body memory for r; 0 (nothing
+ * taken) when that would pass body_memory.  Given back when r completes. */
+static int body_reserve(nesfd_req *r, size_t n)
+{
+    nesfd_http *h = r->h;
+    size_t cur = atomic_load(&h->body_bytes);
+    do {
+        if (cur + n > h->body_memory) return 0;
+    } while (!atomic_compare_exchange_weak(&h->body_bytes, &cur, cur + n));
+    r->reserved += n;
+    return 1;
+}
+
 /* A declared body over the limit is refused before it is sent; one under
- * it gets its buffer now.  Returns 1 if it answered. */
+ * it gets its buffer now (from body_memory).  Returns 1 if it answered. */
 static int body_precheck(nesfd_http *h, nesfd_req *r)
 {
     const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
@@ -243,6 +277,12 @@ static int body_precheck(nesfd_http *h, nesfd_req *r)
         return 1;
     }
     if (*end == 0 && v > 0) {
+        if (!body_reserve(r, (size_t)v + 1)) {
+            nesfd_req_add_header(r, "Retry-After", "1");
+            nesfd_reply_error(r, 503, "busy", "request bodies in flight fill this server's %zu "
+                              "bytes for them (body_memory); retry later", h->body_memory);
+            return 1;
+        }
         r->body = malloc((size_t)v + 1);
         r->cap = r->body ? (size_t)v + 1 : 0;
     }
@@ -360,6 +400,70 @@ static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
     return body_precheck(h, r);
 }
 
+/* Sets a connection's clocks (0: stopped). */
+static void watch_set(nesfd_http *h, conn_watch *w, int64_t head_since, int64_t body_since)
+{
+    if (!w) return;
+    pthread_mutex_lock(&h->conns_mu);
+    w->head_since = head_since;
+    w->body_since = body_since;
+    pthread_mutex_unlock(&h->conns_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **ctx,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    nesfd_http *h = cls;
+    conn_watch *w = *ctx;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        w = ci ? calloc(1, sizeof *w) : NULL;
+        *ctx = w;
+        if (!w) return; /* unwatched: only the idle timeout applies */
+        w->fd = ci->connect_fd;
+        w->head_since = nesfd_now_ns();
+        pthread_mutex_lock(&h->conns_mu);
+        w->next = h->conns;
+        if (h->conns) h->conns->prev = w;
+        h->conns = w;
+        pthread_mutex_unlock(&h->conns_mu);
+        return;
+    }
+    if (!w) return;
+    pthread_mutex_lock(&h->conns_mu); /* before libmicrohttpd closes the socket */
+    if (w->prev) w->prev->next = w->next;
+    else h->conns = w->next;
+    if (w->next) w->next->prev = w->prev;
+    pthread_mutex_unlock(&h->conns_mu);
+    free(w);
+    *ctx = NULL;
+}
+
+/* libmicrohttpd 0.9.75 has only an idle timeout, which a byte now and then
+ * resets (slowloris): a connection whose head or body is overdue has its
+ * socket shut down, which its thread then sees and closes. */
+static void *sweeper_main(void *arg)
+{
+    nesfd_http *h = arg;
+    pthread_mutex_lock(&h->conns_mu);
+    while (!h->sweeper_stop) {
+        int64_t now = nesfd_now_ns();
+        for (conn_watch *w = h->conns; w; w = w->next)
+            if ((w->head_since && now - w->head_since > h->header_ns) ||
+                (w->body_since && now - w->body_since > h->body_ns)) {
+                shutdown(w->fd, SHUT_RDWR);
+                w->head_since = w->body_since = 0;
+            }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&h->sweeper_cv, &h->conns_mu, &ts);
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+    return NULL;
+}
+
 static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char *url,
                           const char *method)
 {
@@ -396,6 +500,10 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
             r->metric_route = h->route_metric[i];
         }
     r->origin = allowed_origin(h, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin"));
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    r->watch = ci ? ci->socket_context : NULL;
+    watch_set(h, r->watch, 0, r->start); /* the head is in; the body's clock runs */
     return r;
 }
 
@@ -404,6 +512,7 @@ static int append_body(nesfd_req *r, const char *data, size_t n)
     if (r->len + n + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + n + 1) cap *= 2;
+        if (!body_reserve(r, cap - r->cap)) return -1;
         char *p = realloc(r->body, cap);
         if (!p) return -1;
         r->body = p;
@@ -447,6 +556,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (append_body(r, upload_data, n)) r->late_status = 503;
         return MHD_YES;
     }
+    watch_set(h, r->watch, 0, 0); /* the whole body is in */
     if (r->replied) return MHD_YES;
     if (r->late_status == 413)
         nesfd_reply_error(r, 413, "body_too_large", "request body exceeds the limit of %zu bytes",
@@ -485,6 +595,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         nesfd_log_json("info", "request", j);
     }
     if (r->state && r->state_free) r->state_free(r->state);
+    atomic_fetch_sub(&h->body_bytes, r->reserved);
+    watch_set(h, r->watch, nesfd_now_ns(), 0); /* the next head is due from now */
     free(r->body);
     free(r);
     nesfd_metrics_inflight(h->metrics, -1);
@@ -567,6 +679,16 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
     h->log_requests = c->log_requests;
     snprintf(h->token, sizeof h->token, "%s", c->token);
 
+    h->header_ns = (int64_t)(c->header_timeout_s * 1e9);
+    h->body_ns = (int64_t)(c->body_timeout_s * 1e9);
+    h->body_memory = c->body_memory;
+    pthread_mutex_init(&h->conns_mu, NULL);
+    pthread_cond_init(&h->sweeper_cv, NULL);
+    h->sweeper_started = pthread_create(&h->sweeper, NULL, sweeper_main, h) == 0;
+    if (!h->sweeper_started) {
+        nesfd_http_stop(h);
+        return nesf_fail(err, NESF_ERR_NOMEM, "cannot start the connection sweeper thread");
+    }
     h->listen_fd = open_listener(c->host, c->port, &h->port, err);
     if (h->listen_fd < 0) {
         h->listen_fd = -1;
@@ -581,6 +703,8 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
         MHD_OPTION_LISTEN_SOCKET, h->listen_fd,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)c->http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)c->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)c->max_connections_per_client,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)c->idle_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
@@ -612,6 +736,14 @@ void nesfd_http_stop(nesfd_http *h)
 {
     if (!h) return;
     if (h->d) MHD_stop_daemon(h->d);
+    if (h->sweeper_started) {
+        pthread_mutex_lock(&h->conns_mu);
+        h->sweeper_stop = 1;
+        pthread_cond_signal(&h->sweeper_cv);
+        pthread_mutex_unlock(&h->conns_mu);
+        pthread_join(h->sweeper, NULL);
+        h->sweeper_started = 0;
+    }
     if (h->listen_fd >= 0) close(h->listen_fd);
     free(h->routes);
     free(h->route_metric);

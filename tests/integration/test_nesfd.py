@@ -570,6 +570,90 @@ def test_bounded_work(_, ctx):
     assert stopped and stopped[0]["clean"] is False, c.lines[-5:]
 
 
+def rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"VmRSS:\s*(\d+)", f.read()).group(1)) / 1024
+
+
+def test_connection_attacks(_, ctx):
+    """Slowloris and idle connections from one client (127.0.0.2) and
+    uploads of 8 MiB that stall after 6 from another (127.0.0.3) neither
+    starve /health for a third (127.0.0.1) nor grow memory: per-client
+    limit, head/body timeouts, a body memory budget (16 MiB: two uploads;
+    the rest are answered 503 at once)."""
+    b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1",
+               "--max-connections-per-client", "32", "--header-timeout", "2", "--body-timeout", "3",
+               "--body-memory", "16m")
+    rss0 = rss_mb(b.proc.pid)
+    socks, stop = [], threading.Event()
+
+    def attacker(kind):
+        s = socket.socket()
+        s.settimeout(5)
+        s.bind(("127.0.0.3" if kind == "upload" else "127.0.0.2", 0))  # uploads: own limit
+        s.connect(("127.0.0.1", b.port))
+        if kind == "upload":
+            s.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 8388000\r\n\r\n")
+            try:
+                s.sendall(b"[" * (6 << 20))  # then stalls
+            except OSError:
+                pass  # answered 503 busy / closed: the budget is full
+        elif kind == "slow":
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        return s
+
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        futs = [ex.submit(attacker, k) for k in ["slow"] * 100 + ["idle"] * 100 + ["upload"] * 20]
+        for f in futs:
+            try:
+                socks.append(f.result())
+            except OSError:
+                pass
+
+    def drip():  # one header byte per slowloris connection every 0.3 s
+        while not stop.wait(0.3):
+            for s in socks[:100]:
+                try:
+                    s.send(b"X")
+                except OSError:
+                    pass
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    worst, t0 = 0.0, time.time()
+    while time.time() - t0 < 4:
+        t1 = time.time()
+        st, _, _ = b.call("GET", "/health", auth=False, timeout=5)
+        worst = max(worst, time.time() - t1)
+        assert st == 200
+        time.sleep(0.05)
+    rss1 = rss_mb(b.proc.pid)
+    # every attacking connection is closed by now: refused over the limit,
+    # or cut off by the head/body timeouts (2 s, 3 s) despite the drip
+    closed = 0
+    for s in socks:
+        try:
+            s.settimeout(0.5)
+            while s.recv(65536):
+                pass
+            closed += 1
+        except OSError:
+            closed += 1  # reset
+        finally:
+            s.close()
+    stop.set()
+    print("  /health worst %.0f ms under %d attacking connections; RSS %.0f -> %.0f MB; %d closed"
+          % (worst * 1e3, len(socks), rss0, rss1, closed))
+    assert worst < 0.5, worst
+    assert closed == len(socks), (closed, len(socks))
+    assert rss1 - rss0 < 64, (rss0, rss1)
+    st, _, _ = b.call("GET", "/health", auth=False)
+    assert st == 200
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(30) == 0
+
+
 def test_degenerate_cell(_, ctx):
     """A latent that the trained LCS6 model decodes to a cell 0.0086 Å thick
     (an N(0,1) draw: about 1 in 1000 are like it) killed nesfd in spglib.
@@ -636,7 +720,7 @@ def test_openapi(d, _):
 TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_paper_settings,
          test_decode_errors, test_body_limit, test_error_shapes, test_cors, test_encode, test_encode_errors,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
-         test_queue_full_and_deadline, test_bounded_work, test_degenerate_cell, test_openapi, test_graceful_shutdown]
+         test_queue_full_and_deadline, test_bounded_work, test_connection_attacks, test_degenerate_cell, test_openapi, test_graceful_shutdown]
 
 
 def main():
