@@ -24,6 +24,15 @@ ninja -C build-asan || exit 1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 || fail=1
 
+# the libFuzzer targets (CIF, JSON, space groups at the daemon's symprec) for
+# a few seconds each, on top of their corpora (NESF_FUZZ_SECS, 0 = skip;
+# scripts/fuzz.sh for long runs)
+fuzz_secs=${NESF_FUZZ_SECS:-10}
+if [ "$fuzz_secs" != 0 ]; then
+  if scripts/fuzz.sh "$fuzz_secs" > build/fuzz.log 2>&1; then echo "fuzz: ${fuzz_secs}s per target, clean"
+  else echo "fuzz: FAILED (build/fuzz.log)"; tail -n 40 build/fuzz.log; fail=1; fi
+fi
+
 python3 scripts/test_summary.py build/meson-logs/testlog.json build-asan/meson-logs/testlog.json
 s=$?
 [ $fail -eq 0 ] && [ $s -eq 0 ]
