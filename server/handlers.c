@@ -409,8 +409,11 @@ static json_t *structure_json(const op_state *st, const nesf_structure *s)
 
 static json_t *item_error_json(const nesf_error *e)
 {
-    return json_pack("{s:{s:s, s:s}}", "error", "code", "decode_failed", "message",
-                     e->msg[0] ? e->msg : nesf_status_name(e->code));
+    json_t *j = json_pack("{s:{s:s, s:s}}", "error", "code", "decode_failed", "message",
+                          e->msg[0] ? e->msg : nesf_status_name(e->code));
+    /* a message cut inside a character is no UTF-8: the code still says it */
+    return j ? j : json_pack("{s:{s:s, s:s}}", "error", "code", "decode_failed", "message",
+                             nesf_status_name(e->code));
 }
 
 static json_t *latents_json(const float *z, int n, int L)

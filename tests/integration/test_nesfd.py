@@ -224,6 +224,10 @@ def test_decode_errors(d, _):
                        "invalid_latent")
     assert "latents[0][100]" in err["message"], err
     expect_error(d.call("POST", "/decode", {"latents": [z[:5] + ["1"] + z[6:]]}), 400, "invalid_latent")
+    # finite as a float, absurd as a latent: that item's error, never a 1e36 Å cell
+    st, _, body = d.call("POST", "/decode", {"latents": [[3.4e38] * LATENT, z], "options": FAST})
+    assert st == 200 and "error" in body["structures"][0] and "lattice" not in body["structures"][0], body
+    assert body["structures"][1]["num_atoms"] == 2, body["structures"][1]
     expect_error(d.call("POST", "/decode", raw=b'{"latents": [[1e999]]}'), 400, "invalid_json")
     expect_error(d.call("POST", "/decode", {"latents": []}), 400, "invalid_request")
     expect_error(d.call("POST", "/decode", {}), 400, "invalid_request")
