@@ -39,6 +39,8 @@ void nesf_decode_opts_default(nesf_decode_opts *o)
     o->symmetrize = 0;
     o->symprec = 0.1f;
     o->cell = NESF_CELL_CONVENTIONAL;
+    o->cancel = NULL;
+    o->cancel_arg = NULL;
 }
 
 void nesf_decode_stats_add(nesf_decode_stats *sum, const nesf_decode_stats *st)
@@ -649,6 +651,12 @@ void nesf_decode_symmetrize(const nesf_decode_opts *o, nesf_structure **out, int
 static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
                         nesf_error *item_err, nesf_decode_stats *st, nesf_error *err);
 
+int nesf__cancelled(const nesf_decode_opts *o, nesf_error *err)
+{
+    if (!o->cancel || !o->cancel(o->cancel_arg)) return NESF_OK;
+    return nesf_fail(err, NESF_ERR_CANCELLED, "decoding cancelled");
+}
+
 int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
                       nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
 {
@@ -771,6 +779,7 @@ static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure
             }
         /* step 3: the flow; the score is |f_p|² of the last step */
         for (int it = 0; it < o->iterations; it++) {
+            if ((rc = nesf__cancelled(o, err))) goto fail;
             if ((rc = f->position(f, b0, S, w.off, w.p_d, w.f_d, err))) goto fail;
             be->ops->axpy(be, q * 3, 1.0f, w.f_d, w.p_d);
         }

@@ -76,6 +76,12 @@ typedef struct nesf_decode_opts {
     int symmetrize;      /* (0) */
     float symprec;       /* (0.1) */
     int cell;            /* NESF_CELL_CONVENTIONAL (0) or NESF_CELL_PRIMITIVE */
+    /* Not an option (NULL from nesf_decode_opts_default, never read from
+     * JSON): when set, called before every flow step of every batch of
+     * structures; nonzero stops the whole call with NESF_ERR_CANCELLED (no
+     * outputs), so abandoned work ends within one step. */
+    int (*cancel)(void *arg);
+    void *cancel_arg;
 } nesf_decode_opts;
 
 enum { NESF_DECODE_PAPER = 0, NESF_DECODE_FAST = 1 };

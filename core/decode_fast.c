@@ -185,6 +185,7 @@ static int flow(nesf_field *f, const nesf_decode_opts *o, fast_ws *w, int b0, in
     const float tol2 = o->fast_tol * o->fast_tol;
     int rc;
     for (int it = 0; it < o->iterations && w->aoff[S] > 0; it++) {
+        if ((rc = nesf__cancelled(o, err))) return rc;
         const int Pa = w->aoff[S];
         if (be->ops->upload(be, w->p_d, w->ap, (size_t)Pa * 3 * fl))
             return nesf_fail(err, NESF_ERR_BACKEND, "uploading particles failed");

@@ -63,6 +63,8 @@ int nesf__build_batch(const nesf_field *f, const nesf_decode_opts *o, int b0, in
 void nesf__free_outputs(nesf_structure **out, int n);
 /* Whether p is a cell that a repair would keep as it is (then *lat is it). */
 int nesf__sane_cell(const nesf_cellpar *p, nesf_lattice *lat);
+/* NESF_ERR_CANCELLED (with a message) when o->cancel asks to stop. */
+int nesf__cancelled(const nesf_decode_opts *o, nesf_error *err);
 
 /* Fast mode (decode_fast.c): nesf_decode_field's contract, called with
  * checked options, out[] and item_err[] cleared and f->n > 0. */

@@ -45,6 +45,7 @@ const char *nesf_status_name(int code)
     case NESF_ERR_UNSUPPORTED: return "unsupported";
     case NESF_ERR_BACKEND: return "backend";
     case NESF_ERR_NOTFOUND: return "notfound";
+    case NESF_ERR_CANCELLED: return "cancelled";
     default: return "unknown";
     }
 }

@@ -16,6 +16,7 @@ enum {
     NESF_ERR_UNSUPPORTED, /* valid but not handled (partial occupancy) */
     NESF_ERR_BACKEND,     /* compute backend failure (CUDA, BLAS) */
     NESF_ERR_NOTFOUND,    /* unknown element, tensor, model */
+    NESF_ERR_CANCELLED,   /* the caller asked to stop (nesf_decode_opts.cancel) */
 };
 
 typedef struct nesf_error {

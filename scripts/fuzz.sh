@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (tests/fuzz) with clang, ASan and UBSan in
 # build-fuzz and runs each for a bounded time.
-#   scripts/fuzz.sh [SECONDS per target, default 60] [target...]   (targets: cif json)
+#   scripts/fuzz.sh [SECONDS per target, default 60] [target...]   (targets: cif json symmetry)
 # New inputs go to build-fuzz/corpus/<target> (seeded from tests/fuzz/corpus_<target>);
 # a crash leaves build-fuzz/crash-* and a non-zero exit.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(cif json)
+[ ${#targets[@]} -eq 0 ] && targets=(cif json symmetry)
 command -v clang >/dev/null || { echo "fuzz: clang missing (scripts/deps.sh test installs it)" >&2; exit 1; }
 
 args=(-Dfuzz=true -Dtests=false -Dserver=false -Dcuda=disabled -Dbuildtype=debugoptimized

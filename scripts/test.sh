@@ -34,6 +34,15 @@ ninja -C build-cuemu tests/test_cuda_emu tests/test_cuda tests/test_cuda_model t
 NESF_REQUIRE_CUDA=1 NESF_PARITY_BACKEND=cuda NESF_CUDA_EMULATION=1 meson test -C build-cuemu --no-rebuild --print-errorlogs \
   --num-processes 1 cuda_emu cuda cuda_model parity || fail=1
 
+# the libFuzzer targets (CIF, JSON, space groups at the daemon's symprec) for
+# a few seconds each, on top of their corpora (NESF_FUZZ_SECS, 0 = skip;
+# scripts/fuzz.sh for long runs)
+fuzz_secs=${NESF_FUZZ_SECS:-10}
+if [ "$fuzz_secs" != 0 ]; then
+  if scripts/fuzz.sh "$fuzz_secs" > build/fuzz.log 2>&1; then echo "fuzz: ${fuzz_secs}s per target, clean"
+  else echo "fuzz: FAILED (build/fuzz.log)"; tail -n 40 build/fuzz.log; fail=1; fi
+fi
+
 python3 scripts/test_summary.py build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
   build-cuemu/meson-logs/testlog.json
 s=$?

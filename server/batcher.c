@@ -62,6 +62,7 @@ nesfd_ticket *nesfd_ticket_new(int n, const char *key, int64_t deadline_ns, nesf
     for (int i = 0; i < n; i++) {
         t->items[i].data = data;
         t->items[i].index = i;
+        t->items[i].ticket = t;
     }
     return t;
 }
@@ -108,11 +109,13 @@ struct nesfd_batcher {
     nesfd_ticket *qhead, *qtail, *live;
     int queued;
     int stopping, stopped, dog_started, worker_started;
+    atomic_int aborting;
     pthread_t worker, dog;
     /* worker scratch */
     nesfd_item **batch;
     nesfd_ticket **batch_tickets;
     int *batch_counts;
+    int batch_nt;                  /* tickets in the running batch */
 };
 
 /* A ticket to fire (done callback) and/or release once the lock is dropped. */
@@ -269,14 +272,19 @@ static void *worker_main(void *arg)
                 b->batch[i]->status = 0;
             }
         }
+        b->batch_nt = nt;
         b->fn(b->ctx, key, b->batch, n);
+        b->batch_nt = 0;
 
         pthread_mutex_lock(&b->mu);
+        int aborted = atomic_load(&b->aborting);
         for (int j = 0; j < nt; j++) {
             nesfd_ticket *t = b->batch_tickets[j];
             t->running -= b->batch_counts[j];
             int complete = !t->in_queue && t->running == 0 && t->next == t->n;
-            int fire = complete && finish(t, NESFD_TICKET_DONE) ? NESFD_TICKET_DONE : 0;
+            int end = aborted ? NESFD_TICKET_CANCELLED : NESFD_TICKET_DONE;
+            int fire = (complete || aborted) && finish(t, end) ? end : 0;
+            if (aborted && t->in_queue) drop(b, t, &ops);
             ops_add(&ops, t, fire, unlive(b, t));
         }
     }
@@ -395,6 +403,19 @@ int nesfd_batcher_depth(nesfd_batcher *b)
     int n = b->queued;
     pthread_mutex_unlock(&b->mu);
     return n;
+}
+
+int nesfd_batcher_abandoned(nesfd_batcher *b)
+{
+    if (atomic_load(&b->aborting)) return 1;
+    for (int j = 0; j < b->batch_nt; j++) /* worker scratch: this thread's own */
+        if (atomic_load(&b->batch_tickets[j]->state) == NESFD_TICKET_PENDING) return 0;
+    return b->batch_nt > 0;
+}
+
+void nesfd_batcher_abort(nesfd_batcher *b)
+{
+    if (b) atomic_store(&b->aborting, 1);
 }
 
 void nesfd_batcher_stop(nesfd_batcher *b)

@@ -46,6 +46,7 @@ typedef struct nesfd_item {
     int status;          /* set by the batch function; 0 = success */
     double queue_wait;   /* seconds from submit to the start of its batch */
     int batch_size;      /* items in the call that processed it */
+    struct nesfd_ticket *ticket; /* the ticket it belongs to */
 } nesfd_item;
 
 /* Processes n items with the same key; sets each item's status and writes
@@ -81,6 +82,15 @@ nesfd_batcher *nesfd_batcher_new(const nesfd_batcher_opts *o, nesfd_batch_fn fn,
 int nesfd_batcher_submit(nesfd_batcher *b, nesfd_ticket *t);
 /* Items queued and not yet in a batch. */
 int nesfd_batcher_depth(nesfd_batcher *b);
+/* Only from inside the batch function: 1 when nobody waits for the
+ * running batch any more (every ticket in it timed out or was cancelled,
+ * or nesfd_batcher_abort was called), so it may stop early.  A batch that
+ * stops early sets its items' status to nonzero. */
+int nesfd_batcher_abandoned(nesfd_batcher *b);
+/* Makes the running batch abandoned (its tickets end CANCELLED, not DONE,
+ * whatever the batch function left) and every later one too: the enforced
+ * end of a shutdown grace.  Any thread, idempotent; stop still follows. */
+void nesfd_batcher_abort(nesfd_batcher *b);
 /* Refuses new tickets, cancels queued ones, waits for the running batch
  * and joins the threads.  Idempotent. */
 void nesfd_batcher_stop(nesfd_batcher *b);

@@ -16,6 +16,7 @@ void nesfd_config_defaults(nesfd_config *c)
     snprintf(c->backend, sizeof c->backend, "auto");
     c->http_threads = 4;
     c->max_connections = 1024;
+    c->max_connections_per_client = 64;
     c->max_batch = 32;
     c->max_delay_us = 2000;
     c->queue_limit = 4096;
@@ -24,6 +25,9 @@ void nesfd_config_defaults(nesfd_config *c)
     c->max_items = 512;
     c->request_timeout_s = 300;
     c->idle_timeout_s = 60;
+    c->header_timeout_s = 10;
+    c->body_timeout_s = 60;
+    c->body_memory = 256u << 20;
     c->shutdown_grace_s = 60;
     c->log_requests = 1;
     nesf_decode_opts_default(&c->decode);
@@ -240,6 +244,7 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
     INT_KEY("compute_threads", 0, 1024, c->compute_threads)
     INT_KEY("http_threads", 1, 256, c->http_threads)
     INT_KEY("max_connections", 1, 65536, c->max_connections)
+    INT_KEY("max_connections_per_client", 1, 65536, c->max_connections_per_client)
     INT_KEY("max_batch", 1, 65536, c->max_batch)
     INT_KEY("max_delay_us", 0, 10000000, c->max_delay_us)
     INT_KEY("queue_limit", 1, 1 << 24, c->queue_limit)
@@ -251,8 +256,20 @@ static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *ba
         c->body_limit = (size_t)n;
         return NESF_OK;
     }
+    if (!strcmp(key, "max_request_work")) {
+        if ((rc = json_int(key, v, 0, 1L << 50, &n, err))) return rc;
+        c->max_request_work = (double)n;
+        return NESF_OK;
+    }
     if (!strcmp(key, "request_s")) return json_seconds(key, v, &c->request_timeout_s, err);
     if (!strcmp(key, "shutdown_grace_s")) return json_seconds(key, v, &c->shutdown_grace_s, err);
+    if (!strcmp(key, "header_s")) return json_seconds(key, v, &c->header_timeout_s, err);
+    if (!strcmp(key, "body_s")) return json_seconds(key, v, &c->body_timeout_s, err);
+    if (!strcmp(key, "body_memory")) {
+        if ((rc = json_int(key, v, 1, 1L << 40, &n, err))) return rc;
+        c->body_memory = (size_t)n;
+        return NESF_OK;
+    }
     if (!strcmp(key, "listen")) {
         if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
         return nesfd_config_parse_listen(c, s, err);
@@ -335,7 +352,8 @@ static int key_in_section(const char *key, const char *section)
 {
     static const char *const batching[] = {"max_batch", "max_delay_us", "queue_limit", "invariant",
                                            NULL};
-    static const char *const timeouts[] = {"request_s", "idle_s", "shutdown_grace_s", NULL};
+    static const char *const timeouts[] = {"request_s", "idle_s", "shutdown_grace_s", "header_s",
+                                           "body_s", NULL};
     const char *const *list = !strcmp(section, "batching") ? batching
                             : !strcmp(section, "timeouts") ? timeouts : NULL;
     if (!list) { /* top level: everything except the sectioned keys */
@@ -411,9 +429,17 @@ static const flag_info flags[] = {
     {"--queue-limit", 1, "N", "queued items per model before answering 503 (default 4096)"},
     {"--body-limit", 1, "BYTES", "largest request body, k/m/g suffixes allowed (default 8M)"},
     {"--max-items", 1, "N", "latents, structures or steps per request (default 512)"},
+    {"--max-request-work", 1, "N", "decoding work per request in particle steps (latents x\n"
+                                   "iterations x grid points, x 0.1 in fast mode), else 413;\n"
+                                   "default 0 = 64 latents at the paper's 64 steps"},
     {"--request-timeout", 1, "SEC", "deadline from arrival to answer, else 504 (default 300)"},
     {"--idle-timeout", 1, "SEC", "close keep-alive connections idle this long (default 60)"},
     {"--shutdown-grace", 1, "SEC", "on SIGTERM, wait this long for in-flight requests (default 60)"},
+    {"--header-timeout", 1, "SEC", "time for a request head, from connect or the last answer\n"
+                                   "(default 10)"},
+    {"--body-timeout", 1, "SEC", "time for a request body after its head (default 60)"},
+    {"--body-memory", 1, "BYTES", "request bodies held at once, else 503 (default 256M)"},
+    {"--max-connections-per-client", 1, "N", "connections per client address (default 64)"},
     {"--token-file", 1, "FILE", "require 'Authorization: Bearer <first line of FILE>' on every\n"
                                 "route but /health (also: NESFD_TOKEN, config auth_token)"},
     {"--cors-origin", 1, "ORIGIN", "allow browser calls from ORIGIN, e.g. https://viewer.example\n"
@@ -446,7 +472,8 @@ void nesfd_config_usage(FILE *f)
     fprintf(f,
             "\nconfig file keys: listen, models {name: path}, backend, compute_threads,\n"
             "http_threads, max_connections, batching {max_batch, max_delay_us, queue_limit,\n"
-            "invariant}, body_limit, max_items, timeouts {request_s, idle_s, shutdown_grace_s},\n"
+            "invariant}, body_limit, body_memory, max_items, max_request_work, max_connections_per_client,\n"
+            "timeouts {request_s, idle_s, shutdown_grace_s, header_s, body_s},\n"
             "auth_token | auth_token_file, cors_origins [..], log_requests, web_root,\n"
             "domain (\"warn\" | \"refuse\"),\n"
             "decode_options {mode, grid_step, iterations, ...} (default {\"mode\": \"fast\"}).\n"
@@ -476,6 +503,7 @@ static int apply_flag(nesfd_config *c, const char *name, const char *val, int *o
     INT_FLAG("--compute-threads", 0, 1024, c->compute_threads)
     INT_FLAG("--http-threads", 1, 256, c->http_threads)
     INT_FLAG("--max-connections", 1, 65536, c->max_connections)
+    INT_FLAG("--max-connections-per-client", 1, 65536, c->max_connections_per_client)
     INT_FLAG("--max-batch", 1, 65536, c->max_batch)
     INT_FLAG("--max-delay-us", 0, 10000000, c->max_delay_us)
     INT_FLAG("--queue-limit", 1, 1 << 24, c->queue_limit)
@@ -486,8 +514,16 @@ static int apply_flag(nesfd_config *c, const char *name, const char *val, int *o
     if (!strcmp(name, "--backend")) return set_backend(c, name, val, err);
     if (!strcmp(name, "--domain")) return set_domain(c, name, val, err);
     if (!strcmp(name, "--body-limit")) return parse_size(name, val, &c->body_limit, err);
+    if (!strcmp(name, "--max-request-work")) {
+        if ((rc = parse_long(name, val, 0, 1L << 50, &n, err))) return rc;
+        c->max_request_work = (double)n;
+        return NESF_OK;
+    }
     if (!strcmp(name, "--request-timeout")) return parse_seconds(name, val, &c->request_timeout_s, err);
     if (!strcmp(name, "--shutdown-grace")) return parse_seconds(name, val, &c->shutdown_grace_s, err);
+    if (!strcmp(name, "--header-timeout")) return parse_seconds(name, val, &c->header_timeout_s, err);
+    if (!strcmp(name, "--body-timeout")) return parse_seconds(name, val, &c->body_timeout_s, err);
+    if (!strcmp(name, "--body-memory")) return parse_size(name, val, &c->body_memory, err);
     if (!strcmp(name, "--idle-timeout")) {
         double s = 0;
         if ((rc = parse_seconds(name, val, &s, err))) return rc;
@@ -578,7 +614,7 @@ char *nesfd_config_dump(const nesfd_config *c)
     char listen[300];
     snprintf(listen, sizeof listen, strchr(c->host, ':') ? "[%s]:%d" : "%s:%d", c->host, c->port);
     json_t *o = json_pack(
-        "{s:s, s:o, s:s, s:i, s:i, s:i, s:{s:i, s:I, s:i}, s:I, s:i, s:{s:f, s:i, s:f},"
+        "{s:s, s:o, s:s, s:i, s:i, s:i, s:{s:i, s:I, s:i}, s:I, s:i, s:I, s:{s:f, s:i, s:f},"
         " s:o, s:o, s:b, s:s}",
         "listen", listen, "models", models, "backend", c->backend,
         "compute_threads", c->compute_threads, "http_threads", c->http_threads,
@@ -586,12 +622,20 @@ char *nesfd_config_dump(const nesfd_config *c)
         "batching", "max_batch", c->max_batch, "max_delay_us", (json_int_t)c->max_delay_us,
         "queue_limit", c->queue_limit,
         "body_limit", (json_int_t)c->body_limit, "max_items", c->max_items,
+        "max_request_work", (json_int_t)c->max_request_work,
         "timeouts", "request_s", c->request_timeout_s, "idle_s", c->idle_timeout_s,
         "shutdown_grace_s", c->shutdown_grace_s,
         "auth_token", c->token[0] ? json_string("<redacted>") : json_null(),
         "cors_origins", origins, "log_requests", c->log_requests, "web_root", c->web_root);
     if (o) json_object_set_new(json_object_get(o, "batching"), "invariant", json_boolean(c->invariant));
     if (o) json_object_set_new(o, "domain", json_string(c->domain_refuse ? "refuse" : "warn"));
+    if (o) {
+        json_t *t = json_object_get(o, "timeouts");
+        json_object_set_new(t, "header_s", json_real(c->header_timeout_s));
+        json_object_set_new(t, "body_s", json_real(c->body_timeout_s));
+        json_object_set_new(o, "body_memory", json_integer((json_int_t)c->body_memory));
+        json_object_set_new(o, "max_connections_per_client", json_integer(c->max_connections_per_client));
+    }
     char *dj = nesf_decode_opts_to_json(&c->decode);
     if (o && dj) json_object_set_new(o, "decode_options", json_loads(dj, 0, NULL));
     free(dj);

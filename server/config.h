@@ -33,6 +33,7 @@ typedef struct nesfd_config {
     int compute_threads;       /* BLAS threads per backend, 0 = all cores */
     int http_threads;          /* libmicrohttpd thread-pool size */
     int max_connections;
+    int max_connections_per_client; /* per client IP address */
     int max_batch;             /* items (latents or structures) per backend call */
     int64_t max_delay_us;      /* how long the oldest queued item may wait for company */
     int queue_limit;           /* queued items per model before 503 */
@@ -40,8 +41,15 @@ typedef struct nesfd_config {
                                   so answers are bit-identical to unbatched ones */
     size_t body_limit;         /* bytes */
     int max_items;             /* latents/structures/steps per request */
+    double max_request_work;   /* decoding work per request, particle steps (latents x
+                                  iterations x grid points, x 0.1 in fast mode); 0 = 64
+                                  latents at the paper's 64 steps on the default grid */
     double request_timeout_s;  /* deadline from arrival to answer (504) */
     int idle_timeout_s;        /* keep-alive connections idle longer are closed */
+    double header_timeout_s;   /* from connect (or the previous answer) to a complete
+                                  request head; else the connection is closed */
+    double body_timeout_s;     /* from the request head to the end of its body */
+    size_t body_memory;        /* bytes of request bodies held at once, all connections */
     double shutdown_grace_s;   /* longest wait for in-flight requests on SIGTERM */
     char token[256];           /* bearer token; "" = no authentication */
     char origins[NESFD_MAX_ORIGINS][256]; /* CORS origins; "*" allows any */

@@ -92,6 +92,10 @@ static void fail_items(nesfd_item *const *items, int n, const nesf_error *e)
     }
 }
 
+/* The decoder's cancel hook: stop when nobody waits for the batch (its
+ * requests passed their deadline) or the shutdown grace ran out. */
+static int batch_abandoned(void *batcher) { return nesfd_batcher_abandoned(batcher); }
+
 static void run_decode(nesfd_model_entry *me, nesfd_item *const *items, int n)
 {
     const nesfd_job *j0 = items[0]->data;
@@ -110,6 +114,8 @@ static void run_decode(nesfd_model_entry *me, nesfd_item *const *items, int n)
     }
     nesf_decode_opts o = j0->opts;
     if (me->invariant) o.batch_particles = 1; /* one structure per GEMM chain */
+    o.cancel = batch_abandoned;
+    o.cancel_arg = me->batcher;
     int rc = nesf_decode(me->model, n, z, &o, out, ie, NULL, &err);
     if (rc) {
         fail_items(items, n, &err);
@@ -243,6 +249,11 @@ int nesfd_engine_start(const nesfd_config *c, nesfd_metrics *metrics, nesfd_engi
     nesfd_metrics_set_depth_fn(metrics, depth_fn, e);
     *out = e;
     return NESF_OK;
+}
+
+void nesfd_engine_abort(nesfd_engine *e)
+{
+    for (int i = 0; e && i < e->n; i++) nesfd_batcher_abort(e->models[i].batcher);
 }
 
 void nesfd_engine_stop(nesfd_engine *e)

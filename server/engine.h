@@ -56,6 +56,9 @@ typedef struct nesfd_engine nesfd_engine;
  * Fails (naming the model and file) if any model cannot be loaded. */
 int nesfd_engine_start(const nesfd_config *c, nesfd_metrics *metrics, nesfd_engine **out,
                        nesf_error *err);
+/* Ends the running batches at their next flow step (their requests are
+ * answered 503) and every later one: the end of the shutdown grace. */
+void nesfd_engine_abort(nesfd_engine *e);
 /* Cancels queued work and joins the batchers (idempotent). */
 void nesfd_engine_stop(nesfd_engine *e);
 void nesfd_engine_free(nesfd_engine *e);

@@ -263,6 +263,49 @@ static int parse_output(op_state *st, json_t *root)
     return 0;
 }
 
+/* Fast mode's particles start only near the predicted cell and retire
+ * when they stop: measured at 2-3 % of the paper grid's field evaluations
+ * (docs/decoding.md), counted here as 10 %. */
+#define FAST_WORK_SHARE 0.1
+/* The default limit: 64 latents at the paper's 64 steps on the default grid. */
+#define DEFAULT_WORK_LATENTS 64
+#define DEFAULT_WORK_STEPS 64
+
+/* Decoding work of n latents at options o on a model, in particle steps:
+ * latents x iterations x points of the paper's grid (x FAST_WORK_SHARE in
+ * fast mode). */
+static double decode_work(const nesfd_model_entry *me, const nesf_decode_opts *o, int n,
+                          int iterations)
+{
+    float lo[3], hi[3];
+    nesf_model_bbox(me->model, lo, hi);
+    double g = 1;
+    for (int k = 0; k < 3; k++)
+        g *= nesf_arange_count((double)lo[k] - o->grid_pad, (double)hi[k] + o->grid_pad, o->grid_step);
+    return g * iterations * n * (o->mode == NESF_DECODE_FAST ? FAST_WORK_SHARE : 1.0);
+}
+
+/* One request may not cost more than max_request_work (by default 64
+ * latents at the paper's settings: 640 in fast mode, 8 latents at 4096
+ * paper iterations are 8 times too many); 413 otherwise, before any work. */
+static int check_work(op_state *st, int n)
+{
+    const nesfd_config *c = st->app->cfg;
+    nesf_decode_opts paper = c->decode;
+    paper.mode = NESF_DECODE_PAPER;
+    double limit = c->max_request_work > 0
+                       ? c->max_request_work
+                       : decode_work(st->me, &paper, DEFAULT_WORK_LATENTS, DEFAULT_WORK_STEPS);
+    double w = decode_work(st->me, &st->opts, n, st->opts.iterations);
+    if (w <= limit) return 0;
+    nesfd_reply_error(st->req, 413, "work_too_large", "decoding %d latents at %d iterations (%s "
+                      "mode) is %.3g particle steps, more than this server's limit of %.3g "
+                      "(max_request_work): send fewer latents or cheaper options", n,
+                      st->opts.iterations, st->opts.mode == NESF_DECODE_FAST ? "fast" : "paper", w,
+                      limit);
+    return -1;
+}
+
 /* One latent: exactly L finite numbers (finite also as 32-bit floats). */
 static int parse_latent(nesfd_req *r, json_t *v, int L, float *dst, const char *where)
 {
@@ -412,8 +455,11 @@ static json_t *structure_json(const op_state *st, const nesf_structure *s)
 
 static json_t *item_error_json(const nesf_error *e)
 {
-    return json_pack("{s:{s:s, s:s}}", "error", "code", "decode_failed", "message",
-                     e->msg[0] ? e->msg : nesf_status_name(e->code));
+    json_t *j = json_pack("{s:{s:s, s:s}}", "error", "code", "decode_failed", "message",
+                          e->msg[0] ? e->msg : nesf_status_name(e->code));
+    /* a message cut inside a character is no UTF-8: the code still says it */
+    return j ? j : json_pack("{s:{s:s, s:s}}", "error", "code", "decode_failed", "message",
+                             nesf_status_name(e->code));
 }
 
 static json_t *latents_json(const float *z, int n, int L)
@@ -564,7 +610,9 @@ static void h_decode(nesfd_req *r, void *ctx)
         nesfd_reply_error(r, 400, "invalid_request", "'latents' must be an array of latent vectors");
         goto out;
     }
-    if (parse_count(r, json_array_size(lat), "latents", app->cfg)) goto out;
+    if (parse_count(r, json_array_size(lat), "latents", app->cfg) ||
+        check_work(st, (int)json_array_size(lat)))
+        goto out;
     int n = (int)json_array_size(lat), L = st->me->latent;
     if (!(job = nesfd_job_new(NESFD_JOB_DECODE, st->me, n))) {
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
@@ -617,6 +665,7 @@ static nesfd_job *structures_job(op_state *st, json_t *root)
         return NULL;
     }
     if (parse_count(r, json_array_size(list), "structures", st->app->cfg)) return NULL;
+    if (st->kind == OP_RECONSTRUCT && check_work(st, (int)json_array_size(list))) return NULL;
     int n = (int)json_array_size(list);
     nesf_refine_opts ro;
     if (parse_refine(r, root, &ro)) return NULL;
@@ -829,6 +878,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
         st->n = (int)json_integer_value(steps);
         nesf_refine_opts ro;
         if (parse_refine(r, root, &ro)) goto out;
+        if (check_work(st, st->n)) goto out;
         if (parse_endpoint(st, from, "from", &st->za, &st->a_slot, enc, &n_enc) ||
             parse_endpoint(st, to, "to", &st->zb, &st->b_slot, enc, &n_enc))
             goto out;
@@ -975,6 +1025,8 @@ static void h_static(nesfd_req *r, void *ctx)
     const char *path = nesfd_req_path(r);
     int rc = nesf_static_load(app->cfg->web_root, path, &f, &err);
     if (rc == NESF_ERR_NOTFOUND || rc == NESF_ERR_INVALID) {
+        /* the viewer's files are public; what is not one is behind the token */
+        if (nesfd_req_require_token(r)) return;
         nesfd_reply_error(r, 404, "not_found", "no route or file %s", path);
         return;
     }

@@ -6,6 +6,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -20,6 +21,8 @@
 #include "log.h"
 
 #define MAX_EXTRA_HEADERS 6
+/* bytes of an over-limit chunked body read (and dropped) to answer 413 */
+#define DRAIN_MAX ((size_t)64 << 20)
 
 struct nesfd_http {
     struct MHD_Daemon *d;
@@ -37,7 +40,25 @@ struct nesfd_http {
     int listen_fd, port;
     atomic_int inflight;
     atomic_int draining;
+    /* connection watch: slow heads and bodies are cut off (sweeper thread) */
+    pthread_mutex_t conns_mu;
+    struct conn_watch *conns;
+    pthread_t sweeper;
+    int sweeper_started, sweeper_stop;
+    pthread_cond_t sweeper_cv;
+    int64_t header_ns, body_ns;
+    /* bytes of request bodies reserved, all connections */
+    atomic_size_t body_bytes;
+    size_t body_memory;
 };
+
+/* A TCP connection's clocks: a request head is due header_ns after connect
+ * or the previous answer, its body body_ns after the head. */
+typedef struct conn_watch {
+    int fd;
+    int64_t head_since, body_since; /* 0: not waiting for that */
+    struct conn_watch *prev, *next;
+} conn_watch;
 
 struct nesfd_req {
     nesfd_http *h;
@@ -47,6 +68,7 @@ struct nesfd_req {
     int metric_route;
     char method[16];
     char path[1024];
+    size_t path_too_long;     /* the request path's length when it did not fit */
     char *body;
     size_t len, cap;
     long long start;
@@ -54,6 +76,8 @@ struct nesfd_req {
     int late_status;          /* error found while receiving the body */
     int queue_failed;
     size_t dropped;           /* body bytes drained past the limit */
+    size_t reserved;          /* of h->body_bytes, for this body */
+    conn_watch *watch;
     char err_code[32];
     const char *origin;       /* allowed Origin to echo, or NULL */
     struct { char name[40], value[160]; } hdr[MAX_EXTRA_HEADERS];
@@ -153,6 +177,33 @@ void nesfd_reply_json(nesfd_req *r, int status, json_t *j)
     nesfd_reply(r, status, "application/json", s, strlen(s));
 }
 
+/* Length of the valid UTF-8 sequence at s (1..4), 0 if none starts there
+ * (a stray or overlong byte, a surrogate, a sequence cut short). */
+static int utf8_seq(const unsigned char *s)
+{
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    int n = c >= 0xc2 && c <= 0xdf ? 2 : (c & 0xf0) == 0xe0 ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    for (int i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80) return 0;
+    if (n == 3 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] > 0x9f))) return 0;
+    if (n == 4 && ((c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] > 0x8f))) return 0;
+    return n;
+}
+
+/* Messages quote client bytes (paths, CIF text, model names) and may be
+ * cut anywhere by the buffer: every byte that is not part of valid UTF-8
+ * becomes '?', so the JSON encoder always takes the message. */
+static void utf8_clean(char *msg)
+{
+    unsigned char *p = (unsigned char *)msg;
+    while (*p) {
+        int n = utf8_seq(p);
+        if (n == 0) *p++ = '?';
+        else p += n;
+    }
+}
+
 void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *fmt, ...)
 {
     char msg[1024];
@@ -160,6 +211,7 @@ void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *f
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    utf8_clean(msg);
     snprintf(r->err_code, sizeof r->err_code, "%s", code);
     int oip = !strncmp(r->path, "/v2", 3) && (r->path[3] == '/' || !r->path[3]);
     json_t *j = oip ? json_pack("{s:s}", "error", msg)
@@ -167,8 +219,10 @@ void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *f
                                 "request_id", r->id);
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
-    if (!s) { /* last resort, still the documented shape */
-        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+    if (!s) { /* last resort, still the documented shape (ids are plain ASCII) */
+        char oom[256];
+        snprintf(oom, sizeof oom, "{\"error\":{\"code\":\"internal\",\"message\":\"out of "
+                 "memory\",\"request_id\":\"%s\"}}", r->id);
         s = strdup(oom);
         if (!s) return;
     }
@@ -199,6 +253,45 @@ static const char *allowed_origin(const nesfd_http *h, const char *origin)
     return NULL;
 }
 
+/* Takes n more bytes of the server's body memory for r; 0 (nothing
+ * taken) when that would pass body_memory.  Given back when r completes. */
+static int body_reserve(nesfd_req *r, size_t n)
+{
+    nesfd_http *h = r->h;
+    size_t cur = atomic_load(&h->body_bytes);
+    do {
+        if (cur + n > h->body_memory) return 0;
+    } while (!atomic_compare_exchange_weak(&h->body_bytes, &cur, cur + n));
+    r->reserved += n;
+    return 1;
+}
+
+/* A declared body over the limit is refused before it is sent; one under
+ * it gets its buffer now (from body_memory).  Returns 1 if it answered. */
+static int body_precheck(nesfd_http *h, nesfd_req *r)
+{
+    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
+    if (!cl) return 0;
+    char *end;
+    unsigned long long v = strtoull(cl, &end, 10);
+    if (v > h->body_limit) {
+        nesfd_reply_error(r, 413, "body_too_large", "request body of %llu bytes exceeds the "
+                          "limit of %zu bytes", v, h->body_limit);
+        return 1;
+    }
+    if (*end == 0 && v > 0) {
+        if (!body_reserve(r, (size_t)v + 1)) {
+            nesfd_req_add_header(r, "Retry-After", "1");
+            nesfd_reply_error(r, 503, "busy", "request bodies in flight fill this server's %zu "
+                              "bytes for them (body_memory); retry later", h->body_memory);
+            return 1;
+        }
+        r->body = malloc((size_t)v + 1);
+        r->cap = r->body ? (size_t)v + 1 : 0;
+    }
+    return 0;
+}
+
 /* Constant time in the token's length so its prefix cannot be probed. */
 static int token_ok(const nesfd_http *h, const char *auth)
 {
@@ -224,12 +317,55 @@ static int method_allowed(const nesfd_route *rt, const char *method)
     return 0;
 }
 
+/* Is the request's Content-Type JSON?  Only "application/json" (any
+ * parameters): the types a web page may POST without a CORS preflight
+ * (text/plain, forms) and a missing type are refused, so that no page can
+ * make a browser spend this server's time. */
+static int json_content_type(const char *ct)
+{
+    if (!ct) return 0;
+    while (*ct == ' ') ct++;
+    static const char want[] = "application/json";
+    if (strncasecmp(ct, want, sizeof want - 1)) return 0;
+    ct += sizeof want - 1;
+    while (*ct == ' ' || *ct == '\t') ct++;
+    return *ct == 0 || *ct == ';';
+}
+
+int nesfd_req_require_token(nesfd_req *r)
+{
+    nesfd_http *h = r->h;
+    if (!h->token[0] ||
+        token_ok(h, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization")))
+        return 0;
+    nesfd_req_add_header(r, "WWW-Authenticate", "Bearer realm=\"nesfd\"");
+    nesfd_reply_error(r, 401, "unauthorized", "missing or wrong bearer token");
+    return 1;
+}
+
+/* Without the token a client learns nothing, not even which routes exist:
+ * only public routes (and their CORS preflight, which browsers send
+ * without credentials) are answered. */
+static int needs_token(const nesfd_http *h, const nesfd_req *r, const char *method)
+{
+    if (!h->token[0]) return 0;
+    if (!r->route) return 1;
+    if (r->route->prefix) return !method_allowed(r->route, method); /* misses: h_static */
+    return !r->route->public && strcmp(method, "OPTIONS");
+}
+
 /* Answers what can be answered from the headers alone; returns 1 if it did. */
 static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
 {
     if (atomic_load(&h->draining)) {
         nesfd_req_add_header(r, "Retry-After", "1");
         nesfd_reply_error(r, 503, "shutting_down", "the server is shutting down");
+        return 1;
+    }
+    if (needs_token(h, r, method) && nesfd_req_require_token(r)) return 1;
+    if (r->path_too_long) {
+        nesfd_reply_error(r, 414, "uri_too_long", "request path of %zu bytes (at most %zu)",
+                          r->path_too_long, sizeof r->path - 1);
         return 1;
     }
     if (!r->route) {
@@ -263,27 +399,79 @@ static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
                           r->route->method, method);
         return 1;
     }
-    if (h->token[0] && !r->route->public &&
-        !token_ok(h, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization"))) {
-        nesfd_req_add_header(r, "WWW-Authenticate", "Bearer realm=\"nesfd\"");
-        nesfd_reply_error(r, 401, "unauthorized", "missing or wrong bearer token");
+    if (!strcmp(method, "POST") &&
+        !json_content_type(MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type"))) {
+        const char *ct = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Type");
+        nesfd_req_add_header(r, "Accept", "application/json");
+        nesfd_reply_error(r, 415, "unsupported_media_type", "POST %s takes Content-Type "
+                          "application/json, not %.64s", r->path, ct ? ct : "none");
         return 1;
     }
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Content-Length");
-    if (cl) {
-        char *end;
-        unsigned long long v = strtoull(cl, &end, 10);
-        if (v > h->body_limit) {
-            nesfd_reply_error(r, 413, "body_too_large", "request body of %llu bytes exceeds the "
-                              "limit of %zu bytes", v, h->body_limit);
-            return 1;
-        }
-        if (*end == 0 && v > 0) {
-            r->body = malloc((size_t)v + 1);
-            r->cap = r->body ? (size_t)v + 1 : 0;
-        }
+    return body_precheck(h, r);
+}
+
+/* Sets a connection's clocks (0: stopped). */
+static void watch_set(nesfd_http *h, conn_watch *w, int64_t head_since, int64_t body_since)
+{
+    if (!w) return;
+    pthread_mutex_lock(&h->conns_mu);
+    w->head_since = head_since;
+    w->body_since = body_since;
+    pthread_mutex_unlock(&h->conns_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **ctx,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    nesfd_http *h = cls;
+    conn_watch *w = *ctx;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        w = ci ? calloc(1, sizeof *w) : NULL;
+        *ctx = w;
+        if (!w) return; /* unwatched: only the idle timeout applies */
+        w->fd = ci->connect_fd;
+        w->head_since = nesfd_now_ns();
+        pthread_mutex_lock(&h->conns_mu);
+        w->next = h->conns;
+        if (h->conns) h->conns->prev = w;
+        h->conns = w;
+        pthread_mutex_unlock(&h->conns_mu);
+        return;
     }
-    return 0;
+    if (!w) return;
+    pthread_mutex_lock(&h->conns_mu); /* before libmicrohttpd closes the socket */
+    if (w->prev) w->prev->next = w->next;
+    else h->conns = w->next;
+    if (w->next) w->next->prev = w->prev;
+    pthread_mutex_unlock(&h->conns_mu);
+    free(w);
+    *ctx = NULL;
+}
+
+/* libmicrohttpd 0.9.75 has only an idle timeout, which a byte now and then
+ * resets (slowloris): a connection whose head or body is overdue has its
+ * socket shut down, which its thread then sees and closes. */
+static void *sweeper_main(void *arg)
+{
+    nesfd_http *h = arg;
+    pthread_mutex_lock(&h->conns_mu);
+    while (!h->sweeper_stop) {
+        int64_t now = nesfd_now_ns();
+        for (conn_watch *w = h->conns; w; w = w->next)
+            if ((w->head_since && now - w->head_since > h->header_ns) ||
+                (w->body_since && now - w->body_since > h->body_ns)) {
+                shutdown(w->fd, SHUT_RDWR);
+                w->head_since = w->body_since = 0;
+            }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&h->sweeper_cv, &h->conns_mu, &ts);
+    }
+    pthread_mutex_unlock(&h->conns_mu);
+    return NULL;
 }
 
 static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char *url,
@@ -295,7 +483,13 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
     r->conn = conn;
     r->start = nesfd_now_ns();
     snprintf(r->method, sizeof r->method, "%s", method);
-    snprintf(r->path, sizeof r->path, "%s", url);
+    if (strlen(url) >= sizeof r->path) {
+        r->path_too_long = strlen(url);
+        snprintf(r->path, sizeof r->path, "%.64s...", url); /* for the log; routes nothing */
+        utf8_clean(r->path);
+    } else {
+        snprintf(r->path, sizeof r->path, "%s", url);
+    }
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (rid && sane_request_id(rid)) {
         snprintf(r->id, sizeof r->id, "%s", rid);
@@ -305,17 +499,21 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
         uuid_unparse_lower(u, r->id);
     }
     r->metric_route = h->other_metric;
-    for (int i = 0; i < h->n_routes && !r->route; i++)
+    for (int i = 0; i < h->n_routes && !r->route && !r->path_too_long; i++)
         if (!strcmp(h->routes[i].path, url)) {
             r->route = &h->routes[i];
             r->metric_route = h->route_metric[i];
         }
-    for (int i = 0; i < h->n_routes && !r->route; i++)
+    for (int i = 0; i < h->n_routes && !r->route && !r->path_too_long; i++)
         if (h->routes[i].prefix && !strncmp(h->routes[i].path, url, strlen(h->routes[i].path))) {
             r->route = &h->routes[i];
             r->metric_route = h->route_metric[i];
         }
     r->origin = allowed_origin(h, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin"));
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    r->watch = ci ? ci->socket_context : NULL;
+    watch_set(h, r->watch, 0, r->start); /* the head is in; the body's clock runs */
     return r;
 }
 
@@ -324,6 +522,7 @@ static int append_body(nesfd_req *r, const char *data, size_t n)
     if (r->len + n + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + n + 1) cap *= 2;
+        if (!body_reserve(r, cap - r->cap)) return -1;
         char *p = realloc(r->body, cap);
         if (!p) return -1;
         r->body = p;
@@ -356,16 +555,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (r->replied) return MHD_YES; /* answered from the headers: drop the rest */
         /* libmicrohttpd only sends an answer queued before the body or after
          * all of it, so a body without Content-Length that passes the limit
-         * is drained without being kept and refused at its end; one that
-         * goes on for another limit's worth is cut off. */
+         * is drained without being kept (no memory, only bandwidth) and
+         * refused at its end; one that goes on for DRAIN_MAX more is cut
+         * off. */
         if (r->late_status || r->len + n > h->body_limit) {
             if (!r->late_status) r->late_status = 413;
             r->dropped += n;
-            return r->dropped > h->body_limit ? MHD_NO : MHD_YES;
+            return r->dropped > DRAIN_MAX ? MHD_NO : MHD_YES;
         }
         if (append_body(r, upload_data, n)) r->late_status = 503;
         return MHD_YES;
     }
+    watch_set(h, r->watch, 0, 0); /* the whole body is in */
     if (r->replied) return MHD_YES;
     if (r->late_status == 413)
         nesfd_reply_error(r, 413, "body_too_large", "request body exceeds the limit of %zu bytes",
@@ -404,10 +605,23 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         nesfd_log_json("info", "request", j);
     }
     if (r->state && r->state_free) r->state_free(r->state);
+    atomic_fetch_sub(&h->body_bytes, r->reserved);
+    watch_set(h, r->watch, nesfd_now_ns(), 0); /* the next head is due from now */
     free(r->body);
     free(r);
     nesfd_metrics_inflight(h->metrics, -1);
     atomic_fetch_sub(&h->inflight, 1);
+}
+
+/* libmicrohttpd would percent-decode the path in place, turning "/%00"
+ * into "/" (index.html) and "/%ff" into a byte that is no UTF-8: paths
+ * stay as sent, and the static-file layer decodes them (and refuses NUL).
+ * No route uses query arguments. */
+static size_t no_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    (void)c;
+    return strlen(s);
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -475,6 +689,16 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
     h->log_requests = c->log_requests;
     snprintf(h->token, sizeof h->token, "%s", c->token);
 
+    h->header_ns = (int64_t)(c->header_timeout_s * 1e9);
+    h->body_ns = (int64_t)(c->body_timeout_s * 1e9);
+    h->body_memory = c->body_memory;
+    pthread_mutex_init(&h->conns_mu, NULL);
+    pthread_cond_init(&h->sweeper_cv, NULL);
+    h->sweeper_started = pthread_create(&h->sweeper, NULL, sweeper_main, h) == 0;
+    if (!h->sweeper_started) {
+        nesfd_http_stop(h);
+        return nesf_fail(err, NESF_ERR_NOMEM, "cannot start the connection sweeper thread");
+    }
     h->listen_fd = open_listener(c->host, c->port, &h->port, err);
     if (h->listen_fd < 0) {
         h->listen_fd = -1;
@@ -489,9 +713,12 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
         MHD_OPTION_LISTEN_SOCKET, h->listen_fd,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)c->http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)c->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)c->max_connections_per_client,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)c->idle_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_UNESCAPE_CALLBACK, no_unescape, h,
         MHD_OPTION_END);
     if (!h->d) {
         nesfd_http_stop(h);
@@ -519,6 +746,14 @@ void nesfd_http_stop(nesfd_http *h)
 {
     if (!h) return;
     if (h->d) MHD_stop_daemon(h->d);
+    if (h->sweeper_started) {
+        pthread_mutex_lock(&h->conns_mu);
+        h->sweeper_stop = 1;
+        pthread_cond_signal(&h->sweeper_cv);
+        pthread_mutex_unlock(&h->conns_mu);
+        pthread_join(h->sweeper, NULL);
+        h->sweeper_started = 0;
+    }
     if (h->listen_fd >= 0) close(h->listen_fd);
     free(h->routes);
     free(h->route_metric);

@@ -62,6 +62,11 @@ const char *nesfd_req_header(nesfd_req *r, const char *name);
 /* CLOCK_MONOTONIC ns when the request arrived. */
 long long nesfd_req_start_ns(const nesfd_req *r);
 
+/* With a token configured and not sent (or wrong): answers 401 and
+ * returns 1; else 0.  For public routes that must not reveal what exists
+ * (the static-file fallback's misses). */
+int nesfd_req_require_token(nesfd_req *r);
+
 /* Handler state kept across suspend/resume, freed with free_fn when the
  * request completes. */
 void *nesfd_req_state(nesfd_req *r);

@@ -127,7 +127,8 @@ int nesf_static_resolve(const char *root, const char *url_path, char *out, size_
     if ((size_t)snprintf(cand, sizeof cand, "%s/%s", rroot, rel) >= sizeof cand)
         return nesf_fail(err, NESF_ERR_INVALID, "path too long");
     if (!realpath(cand, rfile)) {
-        if (errno == ENOENT || errno == ENOTDIR)
+        /* a segment longer than NAME_MAX or a symlink loop names no file */
+        if (errno == ENOENT || errno == ENOTDIR || errno == ENAMETOOLONG || errno == ELOOP)
             return nesf_fail(err, NESF_ERR_NOTFOUND, "no such file: /%s", rel);
         return nesf_fail(err, NESF_ERR_IO, "/%s: %s", rel, strerror(errno));
     }

@@ -290,6 +290,10 @@ def test_decode_errors(d, _):
                        "invalid_latent")
     assert "latents[0][100]" in err["message"], err
     expect_error(d.call("POST", "/decode", {"latents": [z[:5] + ["1"] + z[6:]]}), 400, "invalid_latent")
+    # finite as a float, absurd as a latent: that item's error, never a 1e36 Å cell
+    st, _, body = d.call("POST", "/decode", {"latents": [[3.4e38] * LATENT, z], "options": FAST})
+    assert st == 200 and "error" in body["structures"][0] and "lattice" not in body["structures"][0], body
+    assert body["structures"][1]["num_atoms"] == 2, body["structures"][1]
     expect_error(d.call("POST", "/decode", raw=b'{"latents": [[1e999]]}'), 400, "invalid_json")
     expect_error(d.call("POST", "/decode", {"latents": []}), 400, "invalid_request")
     expect_error(d.call("POST", "/decode", {}), 400, "invalid_request")
@@ -321,6 +325,7 @@ def test_body_limit(d, ctx):
         f.write(big)
     out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST",
                           "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
+                          "-H", "Content-Type: application/json",
                           "--data-binary", "@" + path, d.url("/decode")],
                          capture_output=True, text=True, timeout=60)
     body, code = out.stdout.rsplit("\n", 1)
@@ -331,9 +336,72 @@ def test_body_limit(d, ctx):
         json.dump({"latents": latents(1, 2), "options": FAST}, f)
     out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
                           "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
+                          "-H", "Content-Type: application/json",
                           "--data-binary", "@" + path, d.url("/decode")],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout == "200", out
+
+
+def raw_request(d, data, timeout=30):
+    """Sends bytes as they are; (status, headers, parsed JSON body)."""
+    with socket.create_connection(("127.0.0.1", d.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            b = sock.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+    return status, hdrs, json.loads(body.decode("utf-8"))  # must be valid UTF-8 JSON
+
+
+def test_error_shapes(d, ctx):
+    """Every error is JSON with the request id, whatever bytes the client sent."""
+    auth = "Authorization: Bearer %s\r\n" % TOKEN
+    for path, status, code in ((b"/%ff", 404, "not_found"), (b"/%00", 404, "not_found"),
+                               (b"/\xff\xfe\xc3", 404, "not_found"), (b"/" + b"a" * 300, 404, "not_found"),
+                               (b"/" + b"\xc3\xa9" * 600, 414, "uri_too_long")):
+        resp = raw_request(d, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + auth.encode() +
+                           b"Connection: close\r\n\r\n")
+        expect_error(resp, status, code)
+    # a long model name of non-ASCII characters, cut inside one in the message
+    err = expect_error(d.call("POST", "/decode", {"model": "\u00e9" * 700, "latents": latents(1, 1)}),
+                       404, "unknown_model")
+    assert "\u00e9" in err["message"], err
+    bad_cif = "data_\u00e9\n_cell_length_a \u00e9\u00e9\n" + "\u4e2d" * 400
+    expect_error(d.call("POST", "/encode", {"structures": [{"cif": bad_cif}]}), 400, "invalid_structure")
+    # Content-Type: a browser may send text/plain or forms without a preflight
+    body = json.dumps({"latents": latents(1, 1), "options": FAST}).encode()
+    for ct in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+               "application/jsonx"):
+        expect_error(d.call("POST", "/decode", raw=body, headers={"Content-Type": ct}), 415,
+                     "unsupported_media_type")
+    resp = raw_request(d, b"POST /decode HTTP/1.1\r\nHost: x\r\n" + auth.encode() +
+                       b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    expect_error(resp, 415, "unsupported_media_type")
+    st, _, _ = d.call("POST", "/decode", raw=body, headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert st == 200
+    # without the token nothing tells which routes exist
+    for method, path in (("GET", "/decode"), ("GET", "/no/such/route"), ("DELETE", "/models"),
+                         ("POST", "/nope"), ("OPTIONS", "/nope")):
+        expect_error(d.call(method, path, auth=False), 401, "unauthorized")
+    st, _, _ = d.call("OPTIONS", "/decode", auth=False, headers={"Origin": ORIGIN})
+    assert st == 204  # a CORS preflight carries no token
+    # 20 MiB chunked, four times over any sane limit: a 413, not a cut-off
+    path = os.path.join(ctx["tmp"], "huge.json")
+    with open(path, "wb") as f:
+        f.write(b'{"latents": [' + b"0," * (10 << 20) + b"0]}")
+    out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST",
+                          "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
+                          "-H", "Content-Type: application/json", "--data-binary", "@" + path,
+                          d.url("/decode")], capture_output=True, text=True, timeout=60)
+    os.unlink(path)
+    body, code = out.stdout.rsplit("\n", 1)
+    assert code == "413" and json.loads(body)["error"]["code"] == "body_too_large", (code, body[:200])
 
 
 def test_cors(d, _):
@@ -523,7 +591,9 @@ def test_web_root(d, _):
     assert "<html" in body.lower()
     st, h, _ = d.call("GET", "/app.js", auth=False)
     assert st == 200 and "javascript" in h["content-type"], h
-    expect_error(d.call("GET", "/../../etc/passwd", auth=False), 404, "not_found")
+    expect_error(d.call("GET", "/../../etc/passwd"), 404, "not_found")
+    # what is not a file is behind the token, like every unknown route
+    expect_error(d.call("GET", "/../../etc/passwd", auth=False), 401, "unauthorized")
 
 
 def test_queue_full_and_deadline(_, ctx):
@@ -546,6 +616,138 @@ def test_queue_full_and_deadline(_, ctx):
     assert st == 200
     b.proc.send_signal(signal.SIGTERM)
     assert b.proc.wait(60) == 0
+
+
+def test_bounded_work(_, ctx):
+    """Work is bounded and cancellable: a request over the work limit is a
+    413 before any work; a batch past its deadline stops (the next request
+    is answered at once, not after it); SIGTERM ends running work after the
+    grace period; signals reach the daemon on every thread."""
+    b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--max-batch", "1",
+               "--max-delay-us", "0")
+    heavy = {"latents": latents(8, 3), "options": {"mode": "paper", "iterations": 4096}}
+    err = expect_error(b.call("POST", "/decode", heavy), 413, "work_too_large")
+    assert "max_request_work" in err["message"], err
+    st, _, _ = b.call("POST", "/decode", {"latents": latents(1, 3), "options": {"mode": "paper"}})
+    assert st == 200
+    # max_items latents in the default fast mode pass the work check (and
+    # then fail at the short last latent, before any work)
+    many = latents(512, 3)
+    many[-1] = many[-1][:5]
+    err = expect_error(b.call("POST", "/decode", {"latents": many}), 400, "invalid_latent")
+    assert "latents[511]" in err["message"], err
+    sig_caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", open("/proc/%d/status" % b.proc.pid).read()).group(1), 16)
+    assert sig_caught & (1 << (signal.SIGTERM - 1)) and sig_caught & (1 << (signal.SIGINT - 1))
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(30) == 0
+
+    # ~15 s of work per latent here; a deadline of 1.5 s must end it
+    heavy = {"latents": latents(8, 3), "options": {"mode": "paper", "iterations": 4096, "grid_step": 0.35}}
+    c = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--max-batch", "1",
+               "--max-delay-us", "0", "--max-request-work", "1000000000000", "--request-timeout", "1.5",
+               "--shutdown-grace", "1")
+    t0 = time.time()
+    expect_error(c.call("POST", "/decode", heavy), 504, "deadline_exceeded")
+    st, _, _ = c.call("POST", "/decode", {"latents": latents(1, 4), "options": FAST})
+    assert st == 200 and time.time() - t0 < 4, "the abandoned batch kept running: %.1f s" % (time.time() - t0)
+    # SIGTERM (twice) while such a batch runs: the grace of 1 s is enforced
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(c.call, "POST", "/decode", dict(heavy, latents=latents(1, 5)))
+        time.sleep(0.5)
+        t0 = time.time()
+        c.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        c.proc.send_signal(signal.SIGTERM)
+        st, _, body = fut.result()
+        assert st in (503, 504), (st, body)
+        assert c.proc.wait(20) == 0
+    assert time.time() - t0 < 8, "shutdown took %.1f s" % (time.time() - t0)
+    stopped = [json.loads(line) for line in c.lines if '"event":"stopped"' in line]
+    assert stopped and stopped[0]["clean"] is False, c.lines[-5:]
+
+
+def rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"VmRSS:\s*(\d+)", f.read()).group(1)) / 1024
+
+
+def test_connection_attacks(_, ctx):
+    """Slowloris and idle connections from one client (127.0.0.2) and
+    uploads of 8 MiB that stall after 6 from another (127.0.0.3) neither
+    starve /health for a third (127.0.0.1) nor grow memory: per-client
+    limit, head/body timeouts, a body memory budget (16 MiB: two uploads;
+    the rest are answered 503 at once)."""
+    b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1",
+               "--max-connections-per-client", "32", "--header-timeout", "2", "--body-timeout", "3",
+               "--body-memory", "16m")
+    rss0 = rss_mb(b.proc.pid)
+    socks, stop = [], threading.Event()
+
+    def attacker(kind):
+        s = socket.socket()
+        s.settimeout(5)
+        s.bind(("127.0.0.3" if kind == "upload" else "127.0.0.2", 0))  # uploads: own limit
+        s.connect(("127.0.0.1", b.port))
+        if kind == "upload":
+            s.sendall(b"POST /decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 8388000\r\n\r\n")
+            try:
+                s.sendall(b"[" * (6 << 20))  # then stalls
+            except OSError:
+                pass  # answered 503 busy / closed: the budget is full
+        elif kind == "slow":
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        return s
+
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        futs = [ex.submit(attacker, k) for k in ["slow"] * 100 + ["idle"] * 100 + ["upload"] * 20]
+        for f in futs:
+            try:
+                socks.append(f.result())
+            except OSError:
+                pass
+
+    def drip():  # one header byte per slowloris connection every 0.3 s
+        while not stop.wait(0.3):
+            for s in socks[:100]:
+                try:
+                    s.send(b"X")
+                except OSError:
+                    pass
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    worst, t0 = 0.0, time.time()
+    while time.time() - t0 < 4:
+        t1 = time.time()
+        st, _, _ = b.call("GET", "/health", auth=False, timeout=5)
+        worst = max(worst, time.time() - t1)
+        assert st == 200
+        time.sleep(0.05)
+    rss1 = rss_mb(b.proc.pid)
+    # every attacking connection is closed by now: refused over the limit,
+    # or cut off by the head/body timeouts (2 s, 3 s) despite the drip
+    closed = 0
+    for s in socks:
+        try:
+            s.settimeout(0.5)
+            while s.recv(65536):
+                pass
+            closed += 1
+        except OSError:
+            closed += 1  # reset
+        finally:
+            s.close()
+    stop.set()
+    print("  /health worst %.0f ms under %d attacking connections; RSS %.0f -> %.0f MB; %d closed"
+          % (worst * 1e3, len(socks), rss0, rss1, closed))
+    assert worst < 0.5, worst
+    assert closed == len(socks), (closed, len(socks))
+    assert rss1 - rss0 < 64, (rss0, rss1)
+    st, _, _ = b.call("GET", "/health", auth=False)
+    assert st == 200
+    b.proc.send_signal(signal.SIGTERM)
+    assert b.proc.wait(30) == 0
 
 
 def test_degenerate_cell(_, ctx):
@@ -614,9 +816,10 @@ def test_openapi(d, _):
 TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, test_decode_symmetrize,
          test_domain,
          test_decode_paper_settings,
-         test_decode_errors, test_body_limit, test_cors, test_encode, test_encode_errors, test_refine,
+         test_decode_errors, test_body_limit, test_error_shapes, test_cors, test_encode, test_encode_errors,
+         test_refine,
          test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
-         test_queue_full_and_deadline, test_degenerate_cell, test_openapi, test_graceful_shutdown]
+         test_queue_full_and_deadline, test_bounded_work, test_connection_attacks, test_degenerate_cell, test_openapi, test_graceful_shutdown]
 
 
 def main():

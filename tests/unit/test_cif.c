@@ -226,6 +226,45 @@ static void test_merge(void **state)
     read_bad(clash, strlen(clash), NESF_ERR_UNSUPPORTED, 6, "'Fe1' (Fe) and 'Co1' (Co)");
 }
 
+/* The GIU zeolite (IZA database via Debian's libavogadro-data,
+ * tests/data/GIU.cif): P63/mmc, 18 sites, coordinates to 4 decimals.  Its
+ * cell holds Si96 O192 (SiO2).  pymatgen's CifParser gives 306 sites,
+ * O210: it merges copies by a fractional tolerance (1e-4) and keeps 18
+ * pairs of O copies 0.0013 Å apart (O5 on a mirror, its x written
+ * rounded).  Merged at 0.01 Å under periodicity, as here, they are one
+ * atom each, and no two atoms are closer than a Si-O bond. */
+static void test_giu_zeolite(void **state)
+{
+    (void)state;
+    const char *src = getenv("NESF_SOURCE_ROOT");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/data/GIU.cif", src ? src : ".");
+    nesf_structure **l;
+    int n;
+    nesf_error err = {0};
+    assert_int_equal(nesf_sio_read_file(path, NESF_FORMAT_AUTO, &l, &n, &err), NESF_OK);
+    assert_int_equal(n, 1);
+    const nesf_structure *s = l[0];
+    int si = 0, o = 0;
+    for (int i = 0; i < s->n; i++) si += s->z[i] == 14, o += s->z[i] == 8;
+    assert_int_equal(s->n, 288);
+    assert_int_equal(si, 96);
+    assert_int_equal(o, 192);
+    double dmin = INFINITY; /* nearest pair under periodicity (the cell is > 12 Å) */
+    for (int i = 0; i < s->n; i++)
+        for (int j = i + 1; j < s->n; j++) {
+            double d[3], c[3];
+            for (int k = 0; k < 3; k++) {
+                d[k] = s->frac[3 * i + k] - s->frac[3 * j + k];
+                d[k] -= nearbyint(d[k]);
+            }
+            nesf_lattice_frac_to_cart(&s->lat, d, c);
+            dmin = fmin(dmin, sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]));
+        }
+    assert_true(dmin > 1.5 && dmin < 1.7); /* a Si-O bond */
+    nesf_structure_list_free(l, n);
+}
+
 #define CELL "_cell_length_a 4 _cell_length_b 4 _cell_length_c 4\n" \
              "_cell_angle_alpha 90 _cell_angle_beta 90 _cell_angle_gamma 90\n"
 #define SITES "loop_ _atom_site_label _atom_site_fract_x _atom_site_fract_y _atom_site_fract_z\n"
@@ -444,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_broken),
         cmocka_unit_test(test_writers),
         cmocka_unit_test(test_sio_cif),
+        cmocka_unit_test(test_giu_zeolite),
         cmocka_unit_test(test_mutations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -257,6 +257,52 @@ static void test_absurd_cell(void **state)
     for (int i = 0; i < 3; i++) nesf_structure_free(s[i]);
 }
 
+/* Counts its calls and stops at call c[1]. */
+static int cancel_at(void *arg)
+{
+    int *c = arg;
+    return ++c[0] >= c[1];
+}
+
+/* A cancel hook stops both modes within a flow step: NESF_ERR_CANCELLED,
+ * no outputs, and no more calls after it said stop. */
+static void test_cancel(void **state)
+{
+    (void)state;
+    nesf_structure *s[2] = {rocksalt(5.64), single()};
+    const float lo[3] = {0, 0, 0}, hi[3] = {5.64f, 5.64f, 5.64f};
+    nesf_field f;
+    nesf_error err;
+    assert_int_equal(nesf_field_truth(be, s, 2, species_z, 3, lo, hi, &f, &err), 0);
+    for (int mode = 0; mode < 2; mode++) {
+        nesf_decode_opts o;
+        nesf_decode_opts_default(&o);
+        o.mode = mode ? NESF_DECODE_FAST : NESF_DECODE_PAPER;
+        o.fast_tol = 1e-5f; /* particles keep moving for a few steps */
+        /* the exact field converges in two fast steps: stop that at once */
+        int calls[2] = {0, mode ? 1 : 3};
+        o.cancel = cancel_at;
+        o.cancel_arg = calls;
+        nesf_structure *out[2] = {NULL, NULL};
+        int rc = nesf_decode_field(&f, &o, out, NULL, NULL, &err);
+        if (rc != NESF_ERR_CANCELLED) fail_msg("mode %d: %d %s", mode, rc, err.msg);
+        assert_int_equal(calls[0], calls[1]);
+        assert_non_null(strstr(err.msg, "cancelled"));
+        assert_null(out[0]);
+        assert_null(out[1]);
+        /* a hook that never fires changes nothing */
+        calls[0] = 0;
+        calls[1] = 1 << 30;
+        assert_int_equal(nesf_decode_field(&f, &o, out, NULL, NULL, &err), 0);
+        assert_same(s[0], out[0], 1e-4);
+        assert_true(calls[0] > 0);
+        nesf_structure_free(out[0]);
+        nesf_structure_free(out[1]);
+    }
+    nesf_field_release(&f);
+    for (int i = 0; i < 2; i++) nesf_structure_free(s[i]);
+}
+
 /* LCS6 val, paper settings, training bounding box: every structure comes
  * back (all 286; every 8th under the sanitizers, which are ~10x slower). */
 static void test_truth_lcs6_val(void **state)
@@ -435,6 +481,7 @@ int main(void)
         cmocka_unit_test(test_truth_small),
         cmocka_unit_test(test_item_errors),
         cmocka_unit_test(test_absurd_cell),
+        cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_truth_lcs6_val),
         cmocka_unit_test(test_model_decode),
         cmocka_unit_test(test_repair),

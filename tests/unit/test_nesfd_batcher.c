@@ -303,6 +303,49 @@ static void test_deadline(void **state)
     assert_int_equal(wr.fired, 1);
 }
 
+/* A batch function that runs until its batch is abandoned (at most 5 s). */
+static nesfd_batcher *spin_batcher;
+static atomic_int spin_saw_abandoned;
+
+static void spin_fn(void *ctx, const char *key, nesfd_item *const *items, int n)
+{
+    (void)ctx;
+    (void)key;
+    for (int i = 0; i < 5000 && !nesfd_batcher_abandoned(spin_batcher); i++) usleep(1000);
+    atomic_store(&spin_saw_abandoned, nesfd_batcher_abandoned(spin_batcher));
+    for (int i = 0; i < n; i++) items[i]->status = 1;
+}
+
+/* The running batch learns that its only ticket timed out, and that abort
+ * was called; an aborted batch's tickets end CANCELLED. */
+static void test_abandoned_and_abort(void **state)
+{
+    (void)state;
+    nesfd_batcher_opts o = {"t", 4, 0, 100};
+    nesfd_batcher *b = spin_batcher = nesfd_batcher_new(&o, spin_fn, NULL);
+    assert_non_null(b);
+    waiter w0, w1;
+    int64_t t0 = nesfd_now_ns();
+    nesfd_ticket *late = make_ticket(1, 1, "k", t0 + 100000000LL, &w0);
+    assert_int_equal(nesfd_batcher_submit(b, late), NESFD_SUBMIT_OK);
+    assert_int_equal(wait_done(&w0), NESFD_TICKET_TIMEOUT);
+    for (int i = 0; i < 2000 && !atomic_load(&spin_saw_abandoned); i++) usleep(1000);
+    assert_true(atomic_load(&spin_saw_abandoned)); /* well before its 5 s */
+    assert_true(nesfd_now_ns() - t0 < 2000000000LL);
+    atomic_store(&spin_saw_abandoned, 0);
+    nesfd_ticket *forever = make_ticket(1, 2, "k", 0, &w1);
+    assert_int_equal(nesfd_batcher_submit(b, forever), NESFD_SUBMIT_OK);
+    usleep(50000);
+    assert_int_equal(nesfd_ticket_state(forever), NESFD_TICKET_PENDING); /* still running */
+    t0 = nesfd_now_ns();
+    nesfd_batcher_abort(b);
+    assert_int_equal(wait_done(&w1), NESFD_TICKET_CANCELLED);
+    assert_true(nesfd_now_ns() - t0 < 1000000000LL);
+    nesfd_ticket_release(late);
+    nesfd_ticket_release(forever);
+    nesfd_batcher_free(b);
+}
+
 static void test_stop_cancels(void **state)
 {
     (void)state;
@@ -397,6 +440,7 @@ int main(void)
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_stop_cancels),
+        cmocka_unit_test(test_abandoned_and_abort),
         cmocka_unit_test(test_stress),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -99,7 +99,9 @@ static void test_file_and_flags(void **state)
     const char *path = write_file("nesfd.json",
         "{\"listen\": \"0.0.0.0:9000\", \"models\": {\"a\": \"m/a.safetensors\", \"b\": \"/abs/b.st\"},"
         " \"backend\": \"cpu\", \"batching\": {\"max_batch\": 7, \"max_delay_us\": 100, \"queue_limit\": 50},"
-        " \"body_limit\": 1000, \"timeouts\": {\"request_s\": 2.5, \"idle_s\": 3},"
+        " \"body_limit\": 1000, \"timeouts\": {\"request_s\": 2.5, \"idle_s\": 3, \"header_s\": 4,"
+        " \"body_s\": 5}, \"body_memory\": 4096, \"max_connections_per_client\": 8,"
+        " \"max_request_work\": 123456,"
         " \"auth_token\": \"s3cret\", \"cors_origins\": [\"https://a.example\"], \"log_requests\": false}");
     nesfd_config c;
     nesf_error err;
@@ -121,6 +123,10 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c.body_limit, 1000);
     assert_true(c.request_timeout_s == 2.5);
     assert_int_equal(c.idle_timeout_s, 3);
+    assert_true(c.header_timeout_s == 4 && c.body_timeout_s == 5);
+    assert_int_equal(c.body_memory, 4096);
+    assert_int_equal(c.max_connections_per_client, 8);
+    assert_true(c.max_request_work == 123456);
     assert_string_equal(c.token, "s3cret");
     assert_int_equal(c.n_origins, 1);
     assert_string_equal(c.origins[0], "*");
@@ -131,6 +137,13 @@ static void test_file_and_flags(void **state)
     assert_non_null(strstr(dump, "\"[::1]:0\""));
     free(dump);
 
+    assert_int_equal(args(&c, &err, "--header-timeout", "0.5", "--body-timeout", "7",
+                          "--body-memory", "1m", "--max-connections-per-client", "3",
+                          "--max-request-work", "99", NULL), NESF_OK);
+    assert_true(c.header_timeout_s == 0.5 && c.body_timeout_s == 7);
+    assert_int_equal(c.body_memory, 1u << 20);
+    assert_int_equal(c.max_connections_per_client, 3);
+    assert_true(c.max_request_work == 99);
     assert_int_equal(args(&c, &err, "--no-batching", "--body-limit", "2M", NULL), NESF_OK);
     assert_int_equal(c.max_batch, 1);
     assert_int_equal(c.max_delay_us, 0);

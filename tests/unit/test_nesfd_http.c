@@ -139,9 +139,11 @@ static int request(const char *method, const char *path, const char *headers, co
                    response *out)
 {
     char raw[4096];
-    snprintf(raw, sizeof raw, "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n%s"
+    /* a POST says it is JSON unless the test sends its own type */
+    int json = !strcmp(method, "POST") && !(headers && strcasestr(headers, "Content-Type:"));
+    snprintf(raw, sizeof raw, "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n%s%s"
              "Content-Length: %zu\r\n\r\n", method, path, headers ? headers : "",
-             body ? strlen(body) : 0);
+             json ? "Content-Type: application/json\r\n" : "", body ? strlen(body) : 0);
     return exchange(raw, body, body ? strlen(body) : 0, out);
 }
 
@@ -247,8 +249,22 @@ static void test_errors(void **state)
     (void)state;
     response r;
     char v[200];
-    assert_int_equal(request("GET", "/nope", NULL, NULL, &r), 0);
+    assert_int_equal(request("GET", "/nope", AUTH, NULL, &r), 0);
     assert_error(&r, 404, "not_found");
+    /* without the token an unknown route or a wrong method says nothing */
+    assert_int_equal(request("GET", "/nope", NULL, NULL, &r), 0);
+    assert_error(&r, 401, "unauthorized");
+    assert_int_equal(request("GET", "/echo", NULL, NULL, &r), 0);
+    assert_error(&r, 401, "unauthorized");
+    /* bytes that are no UTF-8, quoted in the message: still JSON */
+    assert_int_equal(request("GET", "/\xff\xfe%ff\xc3", AUTH, NULL, &r), 0);
+    assert_error(&r, 404, "not_found");
+    /* only JSON is posted */
+    assert_int_equal(request("POST", "/echo", AUTH "Content-Type: text/plain\r\n", "{}", &r), 0);
+    assert_error(&r, 415, "unsupported_media_type");
+    assert_int_equal(request("POST", "/echo", AUTH "Content-Type: application/json; charset=utf-8\r\n",
+                             "{}", &r), 0);
+    assert_int_equal(r.status, 200);
     assert_int_equal(request("GET", "/echo", AUTH, NULL, &r), 0);
     assert_error(&r, 405, "method_not_allowed");
     assert_string_equal(header(&r, "Allow", v, sizeof v), "POST, OPTIONS");
@@ -294,7 +310,7 @@ static void test_body_limit(void **state)
     assert_int_equal(r.status, 200);
     /* chunked: no length up front, refused once the limit is passed */
     const char *raw = "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" AUTH
-                      "Transfer-Encoding: chunked\r\n\r\n";
+                      "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     char chunks[4096];
     size_t n = 0;
     for (int i = 0; i < 6; i++) n += (size_t)sprintf(chunks + n, "c8\r\n%.200s\r\n", big);
