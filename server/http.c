@@ -350,7 +350,9 @@ static int needs_token(const nesfd_http *h, const nesfd_req *r, const char *meth
 {
     if (!h->token[0]) return 0;
     if (!r->route) return 1;
-    if (r->route->prefix) return !method_allowed(r->route, method); /* misses: h_static */
+    /* the public prefix route is the static one: its misses ask for the
+     * token in h_static; a private prefix route (/v2/models/) always does */
+    if (r->route->prefix && r->route->public) return !method_allowed(r->route, method);
     return !r->route->public && strcmp(method, "OPTIONS");
 }
 
