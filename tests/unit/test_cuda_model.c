@@ -670,7 +670,11 @@ static void test_train_adam(void **state)
     nesf_train_config_paper(&tc);
     nesf_trainer *tgpu;
     assert_int_equal(nesf_trainer_create(mg, &tc, &tgpu, &err), NESF_OK);
-    const int n = f->emulated ? 3 : 8;
+    /* 8 structures on the emulation too: over 3 latents the encoder's
+     * BatchNorm cancels so much that CPU and device gradients differ by
+     * ~1e-2 relative (measured after the CPU backend's new job-split sums),
+     * and Adam turns that into updates no tolerance can tell from a bug */
+    const int n = 8;
     int bad = 0;
     for (int t = 0; t < steps; t++) {
         nesf_train_state st = {.step = t, .best_val = INFINITY};
