@@ -163,15 +163,17 @@ int nesf_mlp_backward(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
     int maxfeat = 0, which = 0;
     for (int l = 1; l < m->n; l++)
         if (m->L[l].in - m->L[l].extra > maxfeat) maxfeat = m->L[l].in - m->L[l].extra;
+    const int want_w = net->grads != NULL; /* NULL: input gradients only */
     for (int l = m->n - 1; l >= 0; l--) {
         const nesf_layer *L = &m->L[l];
         const int feat = L->in - L->extra;
-        float *dW = net->grads + L->W, *db = net->grads + L->b;
+        float *dW = want_w ? net->grads + L->W : NULL, *db = want_w ? net->grads + L->b : NULL;
         const float *W = net->params + L->W;
         float *dy = g;
         int ldy = ldg;
         if (l < m->n - 1) {
             if (acts->mask[l]) be->ops->mul(be, rows, L->out, acts->mask[l], g, ldg);
+            if (L->bn && !want_w) return NESF_ERR_INVALID; /* BN's affine needs its gradients */
             if (L->bn)
                 be->ops->relu_bn_backward(be, rows, L->out, acts->r[l], acts->ldr[l], acts->mean[l],
                                           acts->invstd[l], net->params + L->gamma, g, ldg, g, ldg,
@@ -179,14 +181,15 @@ int nesf_mlp_backward(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
             else
                 be->ops->relu_backward(be, rows, L->out, acts->r[l], acts->ldr[l], g, ldg, g, ldg);
         }
-        be->ops->col_sum(be, rows, L->out, dy, ldy, db);
+        if (want_w) be->ops->col_sum(be, rows, L->out, dy, ldy, db);
         if (l == 0 && in->S > 0) {
             float *dG = nesf_arena_floats(ar, (size_t)in->S * L->out);
             CHECK(dG);
             be->ops->group_sum(be, in->S, in->off, L->out, dy, ldy, dG, L->out, 0);
-            be->ops->gemm(be, 1, 0, L->out, feat, in->S, 1.0f, dG, L->out, in->z, in->ldz, 1.0f, dW,
-                          L->in);
-            if (L->extra)
+            if (want_w)
+                be->ops->gemm(be, 1, 0, L->out, feat, in->S, 1.0f, dG, L->out, in->z, in->ldz, 1.0f, dW,
+                              L->in);
+            if (want_w && L->extra)
                 be->ops->gemm(be, 1, 0, L->out, L->extra, rows, 1.0f, dy, ldy, in->xyz, 3, 1.0f,
                               dW + feat, L->in);
             if (dz)
@@ -194,8 +197,9 @@ int nesf_mlp_backward(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
                               lddz);
             break;
         }
-        be->ops->gemm(be, 1, 0, L->out, L->in, rows, 1.0f, dy, ldy, acts->x[l], L->in == feat && l == 0 ? in->ldx : L->in,
-                      1.0f, dW, L->in);
+        if (want_w)
+            be->ops->gemm(be, 1, 0, L->out, L->in, rows, 1.0f, dy, ldy, acts->x[l],
+                          L->in == feat && l == 0 ? in->ldx : L->in, 1.0f, dW, L->in);
         if (l == 0) {
             if (dx)
                 be->ops->gemm(be, 0, 0, rows, feat, L->out, 1.0f, dy, ldy, W, L->in, 1.0f, dx, lddx);

@@ -81,7 +81,8 @@ int nesf_mlp_forward_train(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *
 float *nesf_mlp_forward_infer(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in);
 
 /* Backward: dout (rows x out, ld lddout) is consumed (overwritten).
- * Accumulates parameter gradients into net->grads; accumulates the input
+ * Accumulates parameter gradients into net->grads (NULL: none are made,
+ * only input gradients, for an MLP without BN: latent refinement); accumulates the input
  * gradient into dx (rows x L[0] features, ld lddx) or, for a grouped
  * first layer, into dz (S x features, ld lddz); either may be NULL. */
 int nesf_mlp_backward(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,

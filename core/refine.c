@@ -3,7 +3,8 @@
  * of mlp.c on a view of the network whose parameters are the BN-folded
  * inference weights and whose MLPs have BN and dropout stripped: with BN
  * folded into the following Linear, inference is exactly Linear + ReLU,
- * so the training code differentiates the inference network. */
+ * so the training code differentiates the inference network; without
+ * parameter gradients (net.grads NULL) only dz is computed. */
 #include "refine.h"
 
 #include <jansson.h>
@@ -122,9 +123,7 @@ static int ctx_init(ctx *c, nesf_model *m, nesf_error *err)
     c->v.params = m->net.folded;
     c->v.dropout = 0;
     nesf_arena_init(&c->v.arena, m->net.be);
-    c->v.grads = m->net.be->ops->alloc(m->net.be, m->net.nparams * sizeof(float));
-    if (!c->v.grads) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory for refinement");
-    m->net.be->ops->fill(m->net.be, c->v.grads, m->net.nparams, 0);
+    c->v.grads = NULL; /* only dz: the weight-gradient GEMMs are skipped */
     strip(&c->len, &m->mlp[NESF_DEC_LENGTH]);
     strip(&c->ang, &m->mlp[NESF_DEC_ANGLE]);
     strip(&c->pos, &m->mlp[NESF_DEC_POSITION]);
@@ -132,12 +131,7 @@ static int ctx_init(ctx *c, nesf_model *m, nesf_error *err)
     return NESF_OK;
 }
 
-static void ctx_free(ctx *c)
-{
-    nesf_backend *be = c->m->net.be;
-    if (c->v.grads) be->ops->free(be, c->v.grads);
-    nesf_arena_release(&c->v.arena);
-}
+static void ctx_free(ctx *c) { nesf_arena_release(&c->v.arena); }
 
 /* Device copies of one structure's queries and lattice targets. */
 typedef struct dev_q {
