@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "elements.h"
+#include "jconf.h"
 #include "safetensors.h"
 
 /* Rows per chunk of field evaluation when the backend states no
@@ -41,75 +42,81 @@ void nesf_model_config_paper(nesf_model_config *c)
     c->bn_eps = 1e-5f;
 }
 
-static int json_int_field(json_t *o, const char *key, int *dst, nesf_error *err)
+/* A width list: at most NESF_MAX_LAYERS - 1 hidden widths in 1..65536,
+ * which the fixed arrays of nesf_model_config hold. */
+static int read_widths(int *dst, int *n, const char *path, const json_t *v, nesf_error *err)
 {
-    json_t *v = json_object_get(o, key);
-    if (!v) return NESF_OK;
-    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 65536)
-        return nesf_fail(err, NESF_ERR_FORMAT, "model config: '%s' must be a positive integer", key);
-    *dst = (int)json_integer_value(v);
-    return NESF_OK;
-}
-
-static int json_widths(json_t *o, const char *key, int *dst, int *n, nesf_error *err)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v) return NESF_OK;
     if (!json_is_array(v) || json_array_size(v) > NESF_MAX_LAYERS - 1)
-        return nesf_fail(err, NESF_ERR_FORMAT, "model config: '%s' must be an array of at most %d widths",
-                         key, NESF_MAX_LAYERS - 1);
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an array of at most %d widths", path,
+                         NESF_MAX_LAYERS - 1);
     size_t i;
     json_t *e;
     json_array_foreach(v, i, e) {
         if (!json_is_integer(e) || json_integer_value(e) < 1 || json_integer_value(e) > 65536)
-            return nesf_fail(err, NESF_ERR_FORMAT, "model config: '%s' has a bad width", key);
+            return nesf_fail(err, NESF_ERR_INVALID, "%s[%zu]: expected a width in 1..65536", path, i);
         dst[i] = (int)json_integer_value(e);
     }
     *n = (int)json_array_size(v);
     return NESF_OK;
 }
 
-static int json_float_field(json_t *o, const char *key, float *dst, float lo, float hi,
-                            nesf_error *err)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v) return NESF_OK;
-    if (!json_is_number(v) || !(json_number_value(v) >= lo && json_number_value(v) <= hi))
-        return nesf_fail(err, NESF_ERR_FORMAT, "model config: '%s' must be a number in [%g, %g]", key, lo, hi);
-    *dst = (float)json_number_value(v);
-    return NESF_OK;
-}
+#define WIDTHS(field)                                                                              \
+    static int read_##field(void *dst, const char *path, const json_t *v, void *ctx, nesf_error *err) \
+    {                                                                                              \
+        (void)ctx;                                                                                 \
+        nesf_model_config *c = dst;                                                                \
+        return read_widths(c->field, &c->n_##field, path, v, err);                                 \
+    }
+WIDTHS(enc_pos_hidden)
+WIDTHS(enc_species_hidden)
+WIDTHS(enc_head_hidden)
+WIDTHS(lattice_hidden)
+WIDTHS(pos_hidden)
+WIDTHS(spec_hidden)
+#undef WIDTHS
+
+#define C nesf_model_config
+static const nesf_jfield model_rows[] = {
+    NESF_JF_STRING(C, "name", name),
+    NESF_JF_INT(C, "latent", latent, 1, 65536),
+    NESF_JF_CUSTOM("enc_pos_hidden", read_enc_pos_hidden),
+    NESF_JF_INT(C, "enc_pos_out", enc_pos_out, 1, 65536),
+    NESF_JF_CUSTOM("enc_species_hidden", read_enc_species_hidden),
+    NESF_JF_INT(C, "enc_species_out", enc_species_out, 1, 65536),
+    NESF_JF_INT(C, "enc_mix_out", enc_mix_out, 1, 65536),
+    NESF_JF_CUSTOM("enc_head_hidden", read_enc_head_hidden),
+    NESF_JF_CUSTOM("lattice_hidden", read_lattice_hidden),
+    NESF_JF_CUSTOM("pos_hidden", read_pos_hidden),
+    NESF_JF_CUSTOM("spec_hidden", read_spec_hidden),
+    NESF_JF_FLOAT(C, "dropout", dropout, 0, 0.99),
+    NESF_JF_FLOAT(C, "bn_momentum", bn_momentum, 0, 1),
+    NESF_JF_FLOAT(C, "bn_eps", bn_eps, 0, 1),
+    NESF_JF_END,
+};
+/* A config file: the "training" section is the training reader's (train.c). */
+static const nesf_jfield file_rows[] = {
+    NESF_JF_OBJECT("model", model_rows),
+    NESF_JF_CUSTOM("training", nesf_jconf_skip),
+    NESF_JF_END,
+};
+#undef C
 
 /* Fills cfg from a JSON object (the "model" part); keeps values for absent keys. */
 static int config_from_json(json_t *o, nesf_model_config *c, nesf_error *err)
 {
-    if (!json_is_object(o)) return nesf_fail(err, NESF_ERR_FORMAT, "model config is not a JSON object");
-    json_t *name = json_object_get(o, "name");
-    if (json_is_string(name)) snprintf(c->name, sizeof c->name, "%s", json_string_value(name));
-    int rc = json_int_field(o, "latent", &c->latent, err)
-        || json_widths(o, "enc_pos_hidden", c->enc_pos_hidden, &c->n_enc_pos_hidden, err)
-        || json_int_field(o, "enc_pos_out", &c->enc_pos_out, err)
-        || json_widths(o, "enc_species_hidden", c->enc_species_hidden, &c->n_enc_species_hidden, err)
-        || json_int_field(o, "enc_species_out", &c->enc_species_out, err)
-        || json_int_field(o, "enc_mix_out", &c->enc_mix_out, err)
-        || json_widths(o, "enc_head_hidden", c->enc_head_hidden, &c->n_enc_head_hidden, err)
-        || json_widths(o, "lattice_hidden", c->lattice_hidden, &c->n_lattice_hidden, err)
-        || json_widths(o, "pos_hidden", c->pos_hidden, &c->n_pos_hidden, err)
-        || json_widths(o, "spec_hidden", c->spec_hidden, &c->n_spec_hidden, err)
-        || json_float_field(o, "dropout", &c->dropout, 0, 0.99f, err)
-        || json_float_field(o, "bn_momentum", &c->bn_momentum, 0, 1, err)
-        || json_float_field(o, "bn_eps", &c->bn_eps, 0, 1, err);
-    return rc ? (err ? err->code : NESF_ERR_FORMAT) : NESF_OK;
+    return nesf_jconf_read(model_rows, c, o, "model", NULL, err);
 }
 
+/* A file with a "model" or "training" section, or a bare model config. */
 int nesf_model_config_load(const char *path, nesf_model_config *cfg, nesf_error *err)
 {
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
     if (!root) return nesf_fail(err, NESF_ERR_PARSE, "%s:%d: %s", path, je.line, je.text);
     nesf_model_config_paper(cfg);
-    json_t *m = json_object_get(root, "model");
-    int rc = config_from_json(m ? m : root, cfg, err);
+    int sections = json_object_get(root, "model") || json_object_get(root, "training");
+    int rc = sections ? nesf_jconf_read(file_rows, cfg, root, "", NULL, err)
+                      : config_from_json(root, cfg, err);
     if (rc) nesf_error_prefix(err, "%s: ", path);
     json_decref(root);
     return rc;
@@ -434,7 +441,10 @@ static int load_from(nesf_st *st, const char *path, nesf_backend *be, nesf_model
         if (!o) return nesf_fail(err, NESF_ERR_FORMAT, "metadata 'model_config' is not JSON: %s", je.text);
         int rc = config_from_json(o, &cfg, err);
         json_decref(o);
-        if (rc) return rc;
+        if (rc) {
+            nesf_error_prefix(err, "metadata 'model_config': ");
+            return err ? (err->code = NESF_ERR_FORMAT) : NESF_ERR_FORMAT;
+        }
     }
     const char *sp = nesf_st_meta(st, "species"), *lo = nesf_st_meta(st, "bbox_min"),
                *hi = nesf_st_meta(st, "bbox_max"), *ls = nesf_st_meta(st, "latent_size");

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jconf.h"
 #include "model_internal.h"
 #include "train.h" /* nesf_seed_mix */
 
@@ -31,25 +32,27 @@ void nesf_refine_opts_default(nesf_refine_opts *o)
     o->seed = 1;
 }
 
-/* {"position", "species", "length", "angle"}: non-negative numbers. */
-static int read_weights(nesf_refine_opts *o, const json_t *w, nesf_error *err)
-{
-    static const char *names[] = {"position", "species", "length", "angle"};
-    float *dst[] = {&o->w_pos, &o->w_spec, &o->w_len, &o->w_ang};
-    if (!json_is_object(w)) return nesf_fail(err, NESF_ERR_INVALID, "refine.loss_weights: an object");
-    const char *k;
-    json_t *x;
-    json_object_foreach((json_t *)w, k, x) {
-        int i = 0;
-        while (i < 4 && strcmp(k, names[i])) i++;
-        if (i == 4) return nesf_fail(err, NESF_ERR_INVALID, "refine.loss_weights: unknown key \"%s\"", k);
-        if (!json_is_number(x) || !(json_number_value(x) >= 0) || json_number_value(x) > 1e4)
-            return nesf_fail(err, NESF_ERR_INVALID, "refine.loss_weights.%s: a number in [0, 1e4]", k);
-        *dst[i] = (float)json_number_value(x);
-    }
-    return NESF_OK;
-}
+#define R nesf_refine_opts
+static const nesf_jfield weight_rows[] = {
+    NESF_JF_FLOAT(R, "position", w_pos, 0, 1e4), NESF_JF_FLOAT(R, "species", w_spec, 0, 1e4),
+    NESF_JF_FLOAT(R, "length", w_len, 0, 1e4), NESF_JF_FLOAT(R, "angle", w_ang, 0, 1e4),
+    NESF_JF_END,
+};
+static const nesf_jfield refine_rows[] = {
+    NESF_JF_INT(R, "steps", steps, 0, 1000),
+    NESF_JF_FLOAT_OPEN(R, "lr", lr, 0, 1),
+    NESF_JF_OBJECT("loss_weights", weight_rows),
+    NESF_JF_FLOAT_OPEN(R, "global_fraction", sampling.global_fraction, 0, 1),
+    NESF_JF_FLOAT_OPEN(R, "species_fraction", sampling.species_fraction, 0, 1),
+    NESF_JF_INT(R, "cell_points", sampling.cell_points, 0, 4096),
+    NESF_JF_INT(R, "boundary_points", sampling.boundary_points, 0, 4096),
+    NESF_JF_U64(R, "seed", seed, 0, 9.2e18),
+    NESF_JF_END,
+};
+#undef R
 
+/* The shorthands (a step count, true/false) keep request bodies short; the
+ * object form goes through the one table reader. */
 int nesf_refine_opts_from_json(nesf_refine_opts *o, const json_t *v, nesf_error *err)
 {
     if (json_is_boolean(v)) {
@@ -64,40 +67,7 @@ int nesf_refine_opts_from_json(nesf_refine_opts *o, const json_t *v, nesf_error 
     }
     if (!json_is_object(v))
         return nesf_fail(err, NESF_ERR_INVALID, "refine: expected a step count or an object");
-    const char *k;
-    json_t *x;
-    json_object_foreach((json_t *)v, k, x) {
-        if (!strcmp(k, "steps")) {
-            if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 1000)
-                return nesf_fail(err, NESF_ERR_INVALID, "refine.steps: an integer in 0..1000");
-            o->steps = (int)json_integer_value(x);
-        } else if (!strcmp(k, "lr")) {
-            double d = json_number_value(x);
-            if (!json_is_number(x) || !(d > 0 && d <= 1))
-                return nesf_fail(err, NESF_ERR_INVALID, "refine.lr: a number in (0, 1]");
-            o->lr = (float)d;
-        } else if (!strcmp(k, "loss_weights")) {
-            int rc = read_weights(o, x, err);
-            if (rc) return rc;
-        } else if (!strcmp(k, "global_fraction") || !strcmp(k, "species_fraction")) {
-            double d = json_number_value(x);
-            if (!json_is_number(x) || !(d > 0 && d <= 1))
-                return nesf_fail(err, NESF_ERR_INVALID, "refine.%s: a number in (0, 1]", k);
-            *(k[0] == 'g' ? &o->sampling.global_fraction : &o->sampling.species_fraction) = (float)d;
-        } else if (!strcmp(k, "cell_points") || !strcmp(k, "boundary_points")) {
-            if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > 4096)
-                return nesf_fail(err, NESF_ERR_INVALID, "refine.%s: an integer in 0..4096", k);
-            *(k[0] == 'c' ? &o->sampling.cell_points : &o->sampling.boundary_points) =
-                (int)json_integer_value(x);
-        } else if (!strcmp(k, "seed")) {
-            if (!json_is_integer(x) || json_integer_value(x) < 0)
-                return nesf_fail(err, NESF_ERR_INVALID, "refine.seed: a non-negative integer");
-            o->seed = (uint64_t)json_integer_value(x);
-        } else {
-            return nesf_fail(err, NESF_ERR_INVALID, "refine: unknown key \"%s\"", k);
-        }
-    }
-    return NESF_OK;
+    return nesf_jconf_read(refine_rows, o, v, "refine", NULL, err);
 }
 
 /* The differentiable inference decoder: the four decoder MLPs, BN and

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "elements.h"
+#include "jconf.h"
 #include "model_internal.h"
 
 struct nesf_trainer {
@@ -38,70 +39,55 @@ float nesf_train_lr(const nesf_train_config *c, int epoch)
     return c->lr * powf(0.5f, (float)halvings);
 }
 
-typedef struct { const char *key; float *dst; float lo, hi; } fkey;
-
-static int read_floats(json_t *o, const fkey *k, int n, const char *where, nesf_error *err)
-{
-    for (int i = 0; i < n; i++) {
-        json_t *v = json_object_get(o, k[i].key);
-        if (!v) continue;
-        double x = json_number_value(v);
-        if (!json_is_number(v) || !(x >= k[i].lo && x <= k[i].hi))
-            return nesf_fail(err, NESF_ERR_FORMAT, "%s.%s must be a number in [%g, %g]", where,
-                             k[i].key, k[i].lo, k[i].hi);
-        *k[i].dst = (float)x;
-    }
-    return NESF_OK;
-}
-
-static int read_int(json_t *o, const char *where, const char *key, int *dst, int lo, int hi, nesf_error *err)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v) return NESF_OK;
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return nesf_fail(err, NESF_ERR_FORMAT, "%s.%s must be an integer in [%d, %d]", where, key, lo, hi);
-    *dst = (int)json_integer_value(v);
-    return NESF_OK;
-}
-
-static int train_config_from_json(json_t *o, nesf_train_config *c, nesf_error *err)
-{
-    int rc = read_int(o, "training", "batch", &c->batch, 1, 1 << 16, err)
-        || read_int(o, "training", "epochs", &c->epochs, 0, 1 << 24, err)
-        || read_int(o, "training", "lr_halve_every", &c->lr_halve_every, 0, 1 << 24, err);
-    if (rc) return NESF_ERR_FORMAT;
-    json_t *seed = json_object_get(o, "seed");
-    if (json_is_integer(seed)) c->seed = (uint64_t)json_integer_value(seed);
-    fkey top[] = {{"lr", &c->lr, 0, 10}};
-    if (read_floats(o, top, 1, "training", err)) return NESF_ERR_FORMAT;
-    json_t *w = json_object_get(o, "loss_weights");
-    fkey wk[] = {{"position", &c->w_pos, 0, 1e6}, {"species", &c->w_spec, 0, 1e6},
-                 {"length", &c->w_len, 0, 1e6}, {"angle", &c->w_ang, 0, 1e6}};
-    if (w && read_floats(w, wk, 4, "training.loss_weights", err)) return NESF_ERR_FORMAT;
-    json_t *s = json_object_get(o, "sampling");
-    nesf_sampling *sp = &c->sampling;
-    fkey sk[] = {{"global_step", &sp->global_step, 0.05f, 100}, {"global_pad", &sp->global_pad, 0, 100},
-                 {"global_sigma", &sp->global_sigma, 0, 100}, {"global_fraction", &sp->global_fraction, 0, 1},
-                 {"local_lo", &sp->local_lo, -10, 10}, {"local_hi", &sp->local_hi, -10, 10},
-                 {"local_step", &sp->local_step, 0.01f, 10}, {"local_sigma", &sp->local_sigma, 0, 10},
-                 {"species_lo", &sp->species_lo, -10, 10}, {"species_hi", &sp->species_hi, -10, 10},
-                 {"species_step", &sp->species_step, 0.01f, 10}, {"species_sigma", &sp->species_sigma, 0, 10},
-                 {"species_fraction", &sp->species_fraction, 0, 1},
-                 {"boundary_width", &sp->boundary_width, 0.01f, 10}};
-    if (s && (read_floats(s, sk, (int)(sizeof sk / sizeof sk[0]), "training.sampling", err)
-              || read_int(s, "training.sampling", "cell_points", &sp->cell_points, 0, 1 << 16, err)
-              || read_int(s, "training.sampling", "boundary_points", &sp->boundary_points, 0, 1 << 16, err)))
-        return NESF_ERR_FORMAT;
-    return NESF_OK;
-}
+#define C nesf_train_config
+static const nesf_jfield weight_rows[] = {
+    NESF_JF_FLOAT(C, "position", w_pos, 0, 1e6), NESF_JF_FLOAT(C, "species", w_spec, 0, 1e6),
+    NESF_JF_FLOAT(C, "length", w_len, 0, 1e6), NESF_JF_FLOAT(C, "angle", w_ang, 0, 1e6),
+    NESF_JF_END,
+};
+static const nesf_jfield sampling_rows[] = {
+    NESF_JF_FLOAT(C, "global_step", sampling.global_step, 0.05, 100),
+    NESF_JF_FLOAT(C, "global_pad", sampling.global_pad, 0, 100),
+    NESF_JF_FLOAT(C, "global_sigma", sampling.global_sigma, 0, 100),
+    NESF_JF_FLOAT(C, "global_fraction", sampling.global_fraction, 0, 1),
+    NESF_JF_FLOAT(C, "local_lo", sampling.local_lo, -10, 10),
+    NESF_JF_FLOAT(C, "local_hi", sampling.local_hi, -10, 10),
+    NESF_JF_FLOAT(C, "local_step", sampling.local_step, 0.01, 10),
+    NESF_JF_FLOAT(C, "local_sigma", sampling.local_sigma, 0, 10),
+    NESF_JF_FLOAT(C, "species_lo", sampling.species_lo, -10, 10),
+    NESF_JF_FLOAT(C, "species_hi", sampling.species_hi, -10, 10),
+    NESF_JF_FLOAT(C, "species_step", sampling.species_step, 0.01, 10),
+    NESF_JF_FLOAT(C, "species_sigma", sampling.species_sigma, 0, 10),
+    NESF_JF_FLOAT(C, "species_fraction", sampling.species_fraction, 0, 1),
+    NESF_JF_FLOAT(C, "boundary_width", sampling.boundary_width, 0.01, 10),
+    NESF_JF_INT(C, "cell_points", sampling.cell_points, 0, 1 << 16),
+    NESF_JF_INT(C, "boundary_points", sampling.boundary_points, 0, 1 << 16),
+    NESF_JF_END,
+};
+static const nesf_jfield training_rows[] = {
+    NESF_JF_INT(C, "batch", batch, 1, 1 << 16),
+    NESF_JF_INT(C, "epochs", epochs, 0, 1 << 24),
+    NESF_JF_INT(C, "lr_halve_every", lr_halve_every, 0, 1 << 24),
+    NESF_JF_U64(C, "seed", seed, 0, 9.2e18),
+    NESF_JF_FLOAT(C, "lr", lr, 0, 10),
+    NESF_JF_OBJECT("loss_weights", weight_rows),
+    NESF_JF_OBJECT("sampling", sampling_rows),
+    NESF_JF_END,
+};
+/* A config file: the "model" section is the model reader's (model.c). */
+static const nesf_jfield file_rows[] = {
+    NESF_JF_OBJECT("training", training_rows),
+    NESF_JF_CUSTOM("model", nesf_jconf_skip),
+    NESF_JF_END,
+};
+#undef C
 
 int nesf_train_config_load(const char *path, nesf_train_config *c, nesf_error *err)
 {
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
     if (!root) return nesf_fail(err, NESF_ERR_PARSE, "%s:%d: %s", path, je.line, je.text);
-    json_t *t = json_object_get(root, "training");
-    int rc = t ? train_config_from_json(t, c, err) : NESF_OK;
+    int rc = nesf_jconf_read(file_rows, c, root, "", NULL, err);
     if (rc) nesf_error_prefix(err, "%s: ", path);
     json_decref(root);
     return rc;

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jconf.h"
+
 void nesfd_config_defaults(nesfd_config *c)
 {
     memset(c, 0, sizeof *c);
@@ -196,28 +198,9 @@ static int set_token(nesfd_config *c, const char *what, const char *t, nesf_erro
 
 /* ---- the JSON file ---- */
 
-/* JSON integers and whole-valued reals are accepted as integers. */
-static int json_int(const char *key, json_t *v, long lo, long hi, long *out, nesf_error *err)
-{
-    double d;
-    if (json_is_integer(v)) d = (double)json_integer_value(v);
-    else if (json_is_real(v)) d = json_real_value(v);
-    else return nesf_fail(err, NESF_ERR_INVALID, "%s: expected a number", key);
-    if (d != floor(d) || d < (double)lo || d > (double)hi)
-        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an integer in [%ld, %ld]", key, lo, hi);
-    *out = (long)d;
-    return NESF_OK;
-}
-
-static int json_seconds(const char *key, json_t *v, double *out, nesf_error *err)
-{
-    if (!json_is_number(v) || !(json_number_value(v) > 0) || json_number_value(v) > 86400 * 7)
-        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected seconds > 0", key);
-    *out = json_number_value(v);
-    return NESF_OK;
-}
-
-static const char *json_str(const char *key, json_t *v, nesf_error *err)
+/* The custom rows: ctx is the config file's folder, which relative paths
+ * in the file are joined to. */
+static const char *json_str(const char *key, const json_t *v, nesf_error *err)
 {
     if (!json_is_string(v)) {
         nesf_fail(err, NESF_ERR_INVALID, "%s: expected a string", key);
@@ -226,159 +209,149 @@ static const char *json_str(const char *key, json_t *v, nesf_error *err)
     return json_string_value(v);
 }
 
-static int apply_section(nesfd_config *c, json_t *obj, const char *section, const char *base_dir,
-                         nesf_error *err);
-
-static int apply_key(nesfd_config *c, const char *key, json_t *v, const char *base_dir,
-                     nesf_error *err)
+static int j_listen(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
 {
-    long n = 0;
-    int rc;
-    const char *s = NULL;
-#define INT_KEY(name, lo, hi, field)                                          \
-    if (!strcmp(key, name)) {                                                 \
-        if ((rc = json_int(name, v, lo, hi, &n, err))) return rc;   \
-        field = n;                                                            \
-        return NESF_OK;                                                       \
-    }
-    INT_KEY("compute_threads", 0, 1024, c->compute_threads)
-    INT_KEY("http_threads", 1, 256, c->http_threads)
-    INT_KEY("max_connections", 1, 65536, c->max_connections)
-    INT_KEY("max_connections_per_client", 1, 65536, c->max_connections_per_client)
-    INT_KEY("max_batch", 1, 65536, c->max_batch)
-    INT_KEY("max_delay_us", 0, 10000000, c->max_delay_us)
-    INT_KEY("queue_limit", 1, 1 << 24, c->queue_limit)
-    INT_KEY("max_items", 1, 1 << 20, c->max_items)
-    INT_KEY("idle_s", 1, 86400, c->idle_timeout_s)
-#undef INT_KEY
-    if (!strcmp(key, "body_limit")) {
-        if ((rc = json_int(key, v, 1, 1L << 40, &n, err))) return rc;
-        c->body_limit = (size_t)n;
-        return NESF_OK;
-    }
-    if (!strcmp(key, "max_request_work")) {
-        if ((rc = json_int(key, v, 0, 1L << 50, &n, err))) return rc;
-        c->max_request_work = (double)n;
-        return NESF_OK;
-    }
-    if (!strcmp(key, "request_s")) return json_seconds(key, v, &c->request_timeout_s, err);
-    if (!strcmp(key, "shutdown_grace_s")) return json_seconds(key, v, &c->shutdown_grace_s, err);
-    if (!strcmp(key, "header_s")) return json_seconds(key, v, &c->header_timeout_s, err);
-    if (!strcmp(key, "body_s")) return json_seconds(key, v, &c->body_timeout_s, err);
-    if (!strcmp(key, "body_memory")) {
-        if ((rc = json_int(key, v, 1, 1L << 40, &n, err))) return rc;
-        c->body_memory = (size_t)n;
-        return NESF_OK;
-    }
-    if (!strcmp(key, "listen")) {
-        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
-        return nesfd_config_parse_listen(c, s, err);
-    }
-    if (!strcmp(key, "backend")) {
-        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
-        return set_backend(c, key, s, err);
-    }
-    if (!strcmp(key, "domain")) {
-        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
-        return set_domain(c, key, s, err);
-    }
-    if (!strcmp(key, "log_requests") || !strcmp(key, "invariant")) {
-        if (!json_is_boolean(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected true or false", key);
-        *(key[0] == 'l' ? &c->log_requests : &c->invariant) = json_is_true(v);
-        return NESF_OK;
-    }
-    if (!strcmp(key, "auth_token")) {
-        if (json_is_null(v)) { c->token[0] = 0; return NESF_OK; }
-        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
-        return set_token(c, key, s, err);
-    }
-    if (!strcmp(key, "web_root")) {
-        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
-        int w = s[0] != '/' && base_dir && *base_dir
-              ? snprintf(c->web_root, sizeof c->web_root, "%s/%s", base_dir, s)
-              : snprintf(c->web_root, sizeof c->web_root, "%s", s);
-        if (w < 0 || (size_t)w >= sizeof c->web_root)
-            return nesf_fail(err, NESF_ERR_INVALID, "web_root: path too long");
-        return NESF_OK;
-    }
-    if (!strcmp(key, "auth_token_file")) {
-        if (!(s = json_str(key, v, err))) return NESF_ERR_INVALID;
-        char p[4096];
-        if (s[0] != '/' && base_dir && *base_dir) snprintf(p, sizeof p, "%s/%s", base_dir, s);
-        else snprintf(p, sizeof p, "%s", s);
-        return read_token_file(c, p, err);
-    }
-    if (!strcmp(key, "decode_options")) {
-        if (!json_is_object(v))
-            return nesf_fail(err, NESF_ERR_INVALID, "decode_options: expected an object");
-        if ((rc = nesf_decode_opts_from_json(&c->decode, v, err)) ||
-            (rc = nesf_decode_opts_check(&c->decode, err)))
-            nesf_error_prefix(err, "decode_options: ");
-        return rc;
-    }
-    if (!strcmp(key, "cors_origins")) {
-        if (!json_is_array(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an array", key);
-        c->n_origins = 0;
-        size_t i;
-        json_t *o;
-        json_array_foreach(v, i, o) {
-            if (!(s = json_str(key, o, err))) return NESF_ERR_INVALID;
-            if ((rc = add_origin(c, s, err))) return rc;
-        }
-        return NESF_OK;
-    }
-    if (!strcmp(key, "models")) {
-        if (!json_is_object(v))
-            return nesf_fail(err, NESF_ERR_INVALID, "models: expected an object {name: path}");
-        c->n_models = 0;
-        const char *name;
-        json_t *p;
-        json_object_foreach(v, name, p) {
-            if (!(s = json_str("models", p, err))) return NESF_ERR_INVALID;
-            if ((rc = set_model(c, name, s, base_dir, err))) return rc;
-        }
-        return NESF_OK;
-    }
-    if (!strcmp(key, "batching") || !strcmp(key, "timeouts")) {
-        if (!json_is_object(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an object", key);
-        return apply_section(c, v, key, base_dir, err);
-    }
-    return nesf_fail(err, NESF_ERR_INVALID, "unknown key '%s'", key);
+    (void)ctx;
+    const char *s = json_str(key, v, err);
+    return s ? nesfd_config_parse_listen(dst, s, err) : NESF_ERR_INVALID;
 }
 
-/* Keys of the nested objects; a key outside its section is refused so that
- * a typo or a misplaced key cannot be silently ignored. */
-static int key_in_section(const char *key, const char *section)
+static int j_backend(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
 {
-    static const char *const batching[] = {"max_batch", "max_delay_us", "queue_limit", "invariant",
-                                           NULL};
-    static const char *const timeouts[] = {"request_s", "idle_s", "shutdown_grace_s", "header_s",
-                                           "body_s", NULL};
-    const char *const *list = !strcmp(section, "batching") ? batching
-                            : !strcmp(section, "timeouts") ? timeouts : NULL;
-    if (!list) { /* top level: everything except the sectioned keys */
-        for (const char *const *l = batching; *l; l++) if (!strcmp(*l, key)) return 0;
-        for (const char *const *l = timeouts; *l; l++) if (!strcmp(*l, key)) return 0;
-        return 1;
-    }
-    for (; *list; list++) if (!strcmp(*list, key)) return 1;
-    return 0;
+    (void)ctx;
+    const char *s = json_str(key, v, err);
+    return s ? set_backend(dst, key, s, err) : NESF_ERR_INVALID;
 }
 
-static int apply_section(nesfd_config *c, json_t *obj, const char *section, const char *base_dir,
-                         nesf_error *err)
+static int j_domain(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
 {
-    const char *key;
-    json_t *v;
-    int rc;
-    json_object_foreach(obj, key, v) {
-        if (!key_in_section(key, section))
-            return nesf_fail(err, NESF_ERR_INVALID, "unknown key '%s'%s%s", key,
-                             *section ? " in " : "", section);
-        if ((rc = apply_key(c, key, v, base_dir, err))) return rc;
+    (void)ctx;
+    const char *s = json_str(key, v, err);
+    return s ? set_domain(dst, key, s, err) : NESF_ERR_INVALID;
+}
+
+static int j_token(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
+{
+    (void)ctx;
+    nesfd_config *c = dst;
+    if (json_is_null(v)) {
+        c->token[0] = 0;
+        return NESF_OK;
+    }
+    const char *s = json_str(key, v, err);
+    return s ? set_token(c, key, s, err) : NESF_ERR_INVALID;
+}
+
+/* out = s joined to the file's folder when relative; -1 when too long. */
+static int file_path(char *out, size_t n, const char *base_dir, const char *s)
+{
+    int w = s[0] != '/' && base_dir && *base_dir ? snprintf(out, n, "%s/%s", base_dir, s)
+                                                : snprintf(out, n, "%s", s);
+    return w < 0 || (size_t)w >= n ? -1 : 0;
+}
+
+static int j_web_root(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
+{
+    nesfd_config *c = dst;
+    const char *s = json_str(key, v, err);
+    if (!s) return NESF_ERR_INVALID;
+    if (file_path(c->web_root, sizeof c->web_root, ctx, s))
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: path too long", key);
+    return NESF_OK;
+}
+
+static int j_token_file(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
+{
+    const char *s = json_str(key, v, err);
+    if (!s) return NESF_ERR_INVALID;
+    char p[4096];
+    if (file_path(p, sizeof p, ctx, s)) return nesf_fail(err, NESF_ERR_INVALID, "%s: path too long", key);
+    return read_token_file(dst, p, err);
+}
+
+static int j_decode(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
+{
+    (void)ctx;
+    nesfd_config *c = dst;
+    if (!json_is_object(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an object", key);
+    int rc = nesf_decode_opts_from_json(&c->decode, v, err);
+    if (!rc) rc = nesf_decode_opts_check(&c->decode, err);
+    if (rc) nesf_error_prefix(err, "%s: ", key);
+    return rc;
+}
+
+static int j_origins(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
+{
+    (void)ctx;
+    nesfd_config *c = dst;
+    if (!json_is_array(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an array", key);
+    c->n_origins = 0;
+    size_t i;
+    json_t *o;
+    json_array_foreach(v, i, o) {
+        const char *s = json_str(key, o, err);
+        int rc = s ? add_origin(c, s, err) : NESF_ERR_INVALID;
+        if (rc) return rc;
     }
     return NESF_OK;
 }
+
+static int j_models(void *dst, const char *key, const json_t *v, void *ctx, nesf_error *err)
+{
+    nesfd_config *c = dst;
+    if (!json_is_object(v))
+        return nesf_fail(err, NESF_ERR_INVALID, "%s: expected an object {name: path}", key);
+    c->n_models = 0;
+    const char *name;
+    json_t *p;
+    json_object_foreach((json_t *)v, name, p) {
+        const char *s = json_str(key, p, err);
+        int rc = s ? set_model(c, name, s, ctx, err) : NESF_ERR_INVALID;
+        if (rc) return rc;
+    }
+    return NESF_OK;
+}
+
+#define C nesfd_config
+static const nesf_jfield batching_rows[] = {
+    NESF_JF_INT(C, "max_batch", max_batch, 1, 65536),
+    NESF_JF_I64(C, "max_delay_us", max_delay_us, 0, 10000000),
+    NESF_JF_INT(C, "queue_limit", queue_limit, 1, 1 << 24),
+    NESF_JF_BOOL(C, "invariant", invariant),
+    NESF_JF_END,
+};
+static const nesf_jfield timeout_rows[] = {
+    NESF_JF_DOUBLE_OPEN(C, "request_s", request_timeout_s, 0, 86400 * 7),
+    NESF_JF_INT(C, "idle_s", idle_timeout_s, 1, 86400),
+    NESF_JF_DOUBLE_OPEN(C, "shutdown_grace_s", shutdown_grace_s, 0, 86400 * 7),
+    NESF_JF_DOUBLE_OPEN(C, "header_s", header_timeout_s, 0, 86400 * 7),
+    NESF_JF_DOUBLE_OPEN(C, "body_s", body_timeout_s, 0, 86400 * 7),
+    NESF_JF_END,
+};
+static const nesf_jfield file_rows[] = {
+    NESF_JF_CUSTOM("listen", j_listen),
+    NESF_JF_CUSTOM("models", j_models),
+    NESF_JF_CUSTOM("backend", j_backend),
+    NESF_JF_INT(C, "compute_threads", compute_threads, 0, 1024),
+    NESF_JF_INT(C, "http_threads", http_threads, 1, 256),
+    NESF_JF_INT(C, "max_connections", max_connections, 1, 65536),
+    NESF_JF_INT(C, "max_connections_per_client", max_connections_per_client, 1, 65536),
+    NESF_JF_OBJECT("batching", batching_rows),
+    NESF_JF_SIZE(C, "body_limit", body_limit, 1, 1099511627776.0),
+    NESF_JF_SIZE(C, "body_memory", body_memory, 1, 1099511627776.0),
+    NESF_JF_INT(C, "max_items", max_items, 1, 1 << 20),
+    NESF_JF_DOUBLE(C, "max_request_work", max_request_work, 0, 1125899906842624.0),
+    NESF_JF_OBJECT("timeouts", timeout_rows),
+    NESF_JF_CUSTOM("auth_token", j_token),
+    NESF_JF_CUSTOM("auth_token_file", j_token_file),
+    NESF_JF_CUSTOM("cors_origins", j_origins),
+    NESF_JF_BOOL(C, "log_requests", log_requests),
+    NESF_JF_CUSTOM("web_root", j_web_root),
+    NESF_JF_CUSTOM("domain", j_domain),
+    NESF_JF_CUSTOM("decode_options", j_decode),
+    NESF_JF_END,
+};
+#undef C
 
 int nesfd_config_load_file(nesfd_config *c, const char *path, nesf_error *err)
 {
@@ -395,7 +368,7 @@ int nesfd_config_load_file(nesfd_config *c, const char *path, nesf_error *err)
     char *slash = strrchr(dir, '/');
     if (slash) *slash = 0;
     else snprintf(dir, sizeof dir, ".");
-    int rc = apply_section(c, root, "", dir, err);
+    int rc = nesf_jconf_read(file_rows, c, root, "", dir, err);
     json_decref(root);
     if (rc) nesf_error_prefix(err, "%s: ", path);
     return rc;

@@ -238,6 +238,39 @@ static void test_repo_config(void **state)
     assert_int_equal(c.decode.mode, NESF_DECODE_FAST);
 }
 
+/* Every key of the file is read by one table: an unknown key anywhere is
+ * an error that names it and its section; "_comment" is allowed. */
+static void test_unknown_keys(void **state)
+{
+    (void)state;
+    nesfd_config c;
+    nesf_error err;
+    static const struct { const char *text, *needle; } bad[] = {
+        {"{\"listne\": \"127.0.0.1:1\"}", "listne"},
+        {"{\"batching\": {\"max_bacth\": 4}}", "batching: unknown key 'max_bacth'"},
+        {"{\"timeouts\": {\"request\": 4}}", "timeouts: unknown key 'request'"},
+        {"{\"decode_options\": {\"mdoe\": \"fast\"}}", "mdoe"},
+        {"{\"timeouts\": {\"max_batch\": 4}}", "timeouts: unknown key 'max_batch'"},
+        {"{\"http_threads\": 2.5}", "http_threads"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        nesfd_config_defaults(&c);
+        const char *f = write_file("unknown.json", bad[i].text);
+        assert_int_equal(nesfd_config_load_file(&c, f, &err), NESF_ERR_INVALID);
+        if (!strstr(err.msg, bad[i].needle)) print_message("%s: %s\n", bad[i].text, err.msg);
+        assert_non_null(strstr(err.msg, bad[i].needle));
+    }
+    nesfd_config_defaults(&c);
+    const char *ok = write_file("comment.json", "{\"_comment\": \"x\", \"batching\": {\"_comment\": 1,"
+                                                " \"max_batch\": 7}, \"max_delay_us\": 5}");
+    assert_int_not_equal(nesfd_config_load_file(&c, ok, &err), NESF_OK); /* max_delay_us is batching's */
+    ok = write_file("comment.json", "{\"_comment\": \"x\", \"batching\": {\"_comment\": 1,"
+                                    " \"max_batch\": 7, \"max_delay_us\": 5}}");
+    assert_int_equal(nesfd_config_load_file(&c, ok, &err), NESF_OK);
+    assert_int_equal(c.max_batch, 7);
+    assert_int_equal(c.max_delay_us, 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -248,6 +281,7 @@ int main(void)
         cmocka_unit_test(test_decode_options),
         cmocka_unit_test(test_domain),
         cmocka_unit_test(test_repo_config),
+        cmocka_unit_test(test_unknown_keys),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
