@@ -12,4 +12,7 @@ int64_t nesf_clock_ns(void);
 /* The same clock in seconds. */
 double nesf_clock_s(void);
 
+/* The same clock in milliseconds (the unit of the decode statistics). */
+double nesf_clock_ms(void);
+
 #endif

@@ -329,15 +329,6 @@ int nesf_nms_weighted(int n, const float *pos, const float *s, const float *wt, 
 
 /* ---- the algorithm ---- */
 
-static double now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-double nesf__now_ms(void) { return now_ms(); }
-
 /* Everything one decode call allocates, sized for its largest batch. */
 typedef struct decode_ws {
     nesf_backend *be;
@@ -678,9 +669,9 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
                                          : decode_paper(f, o, out, item_err, &stats, err);
     if (rc) return rc;
     if (o->symmetrize) {
-        double t0 = now_ms();
+        double t0 = nesf_clock_ms();
         nesf_decode_symmetrize(o, out, f->n, &stats);
-        stats.ms += now_ms() - t0;
+        stats.ms += nesf_clock_ms() - t0;
     }
     if (st) *st = stats;
     return NESF_OK;
@@ -690,7 +681,7 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
 static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
                         nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
 {
-    double t0 = now_ms();
+    double t0 = nesf_clock_ms();
     nesf_decode_stats stats;
     memset(&stats, 0, sizeof stats);
     int rc;
@@ -770,7 +761,7 @@ static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure
     for (int b0 = 0; b0 < n; b0 += Sb) {
         const int S = n - b0 < Sb ? n - b0 : Sb;
         const size_t q = (size_t)S * G;
-        double t1 = now_ms();
+        double t1 = nesf_clock_ms();
         for (int s = 0; s <= S; s++) w.off[s] = (int)(s * G);
         for (int s = 0; s < S; s++)
             if ((rc = be->ops->copy(be, w.p_d + (size_t)s * G * 3, w.grid_d, (size_t)G * 3 * fl))) {
@@ -791,7 +782,7 @@ static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure
         stats.field_evals += (long)q * o->iterations;
         stats.particles += (long)q;
         stats.steps += (long)S * o->iterations;
-        double t2 = now_ms();
+        double t2 = nesf_clock_ms();
         stats.ms_flow += t2 - t1;
 
         /* steps 4-5 on the host */
@@ -816,14 +807,14 @@ static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure
         }
         const int total = w.aoff[S];
         stats.atoms += total;
-        double t3 = now_ms();
+        double t3 = nesf_clock_ms();
         stats.ms_nms += t3 - t2;
 
         /* step 6: species vote */
         if ((rc = nesf__vote_run(&w.vote, f, b0, S, w.aoff, w.atoms_h, w.cls, &stats.field_evals,
                                  err)))
             goto fail;
-        stats.ms_species += now_ms() - t3;
+        stats.ms_species += nesf_clock_ms() - t3;
 
         /* step 1 (the lattice) and the output structures */
         if ((rc = f->lattice(f, b0, S, w.len_h, w.ang_h, err))) goto fail;
@@ -833,7 +824,7 @@ static int decode_paper(nesf_field *f, const nesf_decode_opts *o, nesf_structure
     }
     ws_free(&w);
     stats.structures = n;
-    stats.ms = now_ms() - t0;
+    stats.ms = nesf_clock_ms() - t0;
     if (st) *st = stats;
     return NESF_OK;
 

@@ -235,7 +235,7 @@ static int flow(nesf_field *f, const nesf_decode_opts *o, fast_ws *w, int b0, in
 int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
                       nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
 {
-    double t0 = nesf__now_ms();
+    double t0 = nesf_clock_ms();
     nesf_decode_stats stats;
     memset(&stats, 0, sizeof stats);
     const int n = f->n;
@@ -251,7 +251,7 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    double t1 = nesf__now_ms();
+    double t1 = nesf_clock_ms();
     start_grid g;
     grid_init(&g, f, o);
     if (g.G > o->max_particles) {
@@ -308,14 +308,14 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     }
     if ((rc = nesf__vote_init(&w.vote, be, o, f->num_species, Smax, err))) goto fail;
     const float r2max = o->score_max * o->score_max;
-    stats.ms_flow += nesf__now_ms() - t1;
+    stats.ms_flow += nesf_clock_ms() - t1;
 
     for (int b0 = 0; b0 < n;) {
         int S = 0;
         long Pb = 0;
         while (b0 + S < n && (S == 0 || Pb + w.cnt0[b0 + S] <= o->batch_particles))
             Pb += w.cnt0[b0 + S++];
-        t1 = nesf__now_ms();
+        t1 = nesf_clock_ms();
         w.aoff[0] = w.slot[0] = 0;
         for (int s = 0; s < S; s++) {
             const int i = b0 + s;
@@ -330,7 +330,7 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
         }
         stats.particles += Pb;
         if ((rc = flow(f, o, &w, b0, S, &stats, err))) goto fail;
-        double t2 = nesf__now_ms();
+        double t2 = nesf_clock_ms();
         stats.ms_flow += t2 - t1;
 
         /* steps 4-5: score filter and weighted NMS, per structure */
@@ -357,14 +357,14 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
             w.atoff[s + 1] = w.atoff[s] + na;
         }
         stats.atoms += w.atoff[S];
-        double t3 = nesf__now_ms();
+        double t3 = nesf_clock_ms();
         stats.ms_nms += t3 - t2;
 
         /* step 6 */
         if ((rc = nesf__vote_run(&w.vote, f, b0, S, w.atoff, w.atoms, w.cls, &stats.field_evals,
                                  err)))
             goto fail;
-        stats.ms_species += nesf__now_ms() - t3;
+        stats.ms_species += nesf_clock_ms() - t3;
 
         if ((rc = nesf__build_batch(f, o, b0, S, w.len + 3 * b0, w.ang + 3 * b0, w.atoff, w.atoms,
                                     w.cls, out, item_err, &stats.lattice_repaired, err)))
@@ -373,7 +373,7 @@ int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     }
     fws_free(&w);
     stats.structures = n;
-    stats.ms = nesf__now_ms() - t0;
+    stats.ms = nesf_clock_ms() - t0;
     if (st) *st = stats;
     return NESF_OK;
 

@@ -1,6 +1,6 @@
 /* decode_internal.h - the parts of reconstruction that the paper algorithm
  * (decode.c) and the fast one (decode_fast.c) share: the species vote
- * (spec §5 step 6), building the output structure, a clock.  Not a public
+ * (spec §5 step 6), building the output structure, the clock (clock.h).  Not a public
  * interface. */
 #ifndef NESF_DECODE_INTERNAL_H
 #define NESF_DECODE_INTERNAL_H
@@ -9,7 +9,7 @@
 
 #include "decode.h"
 
-double nesf__now_ms(void);
+#include "clock.h"
 
 /* Spatial hashing on cubic cells (NMS neighbours, fast-mode merging): a
  * cell's key packs three 21-bit coordinates, biased so that negative

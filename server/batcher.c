@@ -7,13 +7,6 @@
 #include <string.h>
 #include <time.h>
 
-int64_t nesfd_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 struct nesfd_ticket {
     atomic_int refs;
     atomic_int state;
@@ -241,7 +234,7 @@ static void *worker_main(void *arg)
     op_list ops = {0};
     pthread_mutex_lock(&b->mu);
     for (;;) {
-        int64_t now = nesfd_now_ns(), wait_until;
+        int64_t now = nesf_clock_ns(), wait_until;
         int nt, n = gather(b, now, &wait_until, &nt, &ops);
         if (ops.n) {
             pthread_mutex_unlock(&b->mu);
@@ -258,7 +251,7 @@ static void *worker_main(void *arg)
         const char *key = b->batch_tickets[0]->key; /* alive: it has running items */
         pthread_mutex_unlock(&b->mu);
 
-        int64_t start = nesfd_now_ns();
+        int64_t start = nesf_clock_ns();
         for (int j = 0, i = 0; j < nt; j++) {
             nesfd_ticket *t = b->batch_tickets[j];
             long long expected = -1;
@@ -301,7 +294,7 @@ static void *watchdog_main(void *arg)
     op_list ops = {0};
     pthread_mutex_lock(&b->mu);
     while (!b->stopping) {
-        int64_t now = nesfd_now_ns(), earliest = 0;
+        int64_t now = nesf_clock_ns(), earliest = 0;
         nesfd_ticket *t = b->live;
         while (t) {
             nesfd_ticket *next = t->lnext;
@@ -378,7 +371,7 @@ int nesfd_batcher_submit(nesfd_batcher *b, nesfd_ticket *t)
         return NESFD_SUBMIT_FULL;
     }
     atomic_fetch_add(&t->refs, 1);
-    t->enqueued = nesfd_now_ns();
+    t->enqueued = nesf_clock_ns();
     t->next = 0;
     t->in_queue = t->live = 1;
     t->qprev = b->qtail;

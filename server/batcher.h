@@ -27,6 +27,8 @@
 
 #include <stdint.h>
 
+#include "clock.h"
+
 enum {
     NESFD_TICKET_PENDING = 0,
     NESFD_TICKET_DONE,
@@ -54,7 +56,7 @@ typedef struct nesfd_item {
 typedef void (*nesfd_batch_fn)(void *ctx, const char *key, nesfd_item *const *items, int n);
 typedef void (*nesfd_done_fn)(void *arg, int state);
 
-/* deadline_ns: CLOCK_MONOTONIC nanoseconds (nesfd_now_ns), 0 = none.
+/* deadline_ns: CLOCK_MONOTONIC nanoseconds (nesf_clock_ns), 0 = none.
  * key is copied.  Returns NULL on allocation failure. */
 nesfd_ticket *nesfd_ticket_new(int n, const char *key, int64_t deadline_ns, nesfd_done_fn done,
                                void *done_arg, void *data, void (*free_data)(void *data));
@@ -97,6 +99,5 @@ void nesfd_batcher_stop(nesfd_batcher *b);
 /* Stops if needed and frees. */
 void nesfd_batcher_free(nesfd_batcher *b);
 
-int64_t nesfd_now_ns(void);
 
 #endif

@@ -433,7 +433,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **ctx,
         *ctx = w;
         if (!w) return; /* unwatched: only the idle timeout applies */
         w->fd = ci->connect_fd;
-        w->head_since = nesfd_now_ns();
+        w->head_since = nesf_clock_ns();
         pthread_mutex_lock(&h->conns_mu);
         w->next = h->conns;
         if (h->conns) h->conns->prev = w;
@@ -459,7 +459,7 @@ static void *sweeper_main(void *arg)
     nesfd_http *h = arg;
     pthread_mutex_lock(&h->conns_mu);
     while (!h->sweeper_stop) {
-        int64_t now = nesfd_now_ns();
+        int64_t now = nesf_clock_ns();
         for (conn_watch *w = h->conns; w; w = w->next)
             if ((w->head_since && now - w->head_since > h->header_ns) ||
                 (w->body_since && now - w->body_since > h->body_ns)) {
@@ -483,7 +483,7 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
     if (!r) return NULL;
     r->h = h;
     r->conn = conn;
-    r->start = nesfd_now_ns();
+    r->start = nesf_clock_ns();
     snprintf(r->method, sizeof r->method, "%s", method);
     if (strlen(url) >= sizeof r->path) {
         r->path_too_long = strlen(url);
@@ -593,7 +593,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     nesfd_req *r = *con_cls;
     if (!r) return;
     *con_cls = NULL;
-    double secs = (double)(nesfd_now_ns() - r->start) * 1e-9;
+    double secs = (double)(nesf_clock_ns() - r->start) * 1e-9;
     /* 499: the client went away before an answer (nginx's convention) */
     int status = r->replied ? r->status : 499;
     nesfd_metrics_request(h->metrics, r->metric_route, status, secs);
@@ -608,7 +608,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (r->state && r->state_free) r->state_free(r->state);
     atomic_fetch_sub(&h->body_bytes, r->reserved);
-    watch_set(h, r->watch, nesfd_now_ns(), 0); /* the next head is due from now */
+    watch_set(h, r->watch, nesf_clock_ns(), 0); /* the next head is due from now */
     free(r->body);
     free(r);
     nesfd_metrics_inflight(h->metrics, -1);

@@ -60,8 +60,8 @@ static int wait_signal(int ms)
  * (0) when another signal arrives. */
 static int drain(nesfd_http *h, double seconds)
 {
-    int64_t until = nesfd_now_ns() + (int64_t)(seconds * 1e9);
-    while (nesfd_http_inflight(h) > 0 && nesfd_now_ns() < until)
+    int64_t until = nesf_clock_ns() + (int64_t)(seconds * 1e9);
+    while (nesfd_http_inflight(h) > 0 && nesf_clock_ns() < until)
         if (wait_signal(20)) return 0;
     return nesfd_http_inflight(h) == 0;
 }

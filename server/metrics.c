@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include "strbuf.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -157,51 +159,23 @@ long nesfd_metrics_batches(nesfd_metrics *m, int model, nesfd_op op)
 
 /* ---- rendering ---- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} buf;
-
-static void bprintf(buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void bprintf(buf *b, const char *fmt, ...)
-{
-    if (b->oom) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) { b->oom = 1; return; }
-        if ((size_t)n < b->cap - b->len) { b->len += (size_t)n; return; }
-        size_t cap = (b->cap + (size_t)n + 1) * 2;
-        char *q = realloc(b->p, cap);
-        if (!q) { b->oom = 1; return; }
-        b->p = q;
-        b->cap = cap;
-    }
-}
-
-static void render_hist(buf *b, const char *name, const char *labels, const histogram *h,
+static void render_hist(nesf_strbuf *b, const char *name, const char *labels, const histogram *h,
                         const double *bounds, int nb)
 {
     long cum = 0;
     const char *sep = *labels ? "," : "";
     for (int i = 0; i < nb; i++) {
         cum += h->bucket[i];
-        bprintf(b, "%s_bucket{%s%sle=\"%g\"} %ld\n", name, labels, sep, bounds[i], cum);
+        nesf_strbuf_printf(b, "%s_bucket{%s%sle=\"%g\"} %ld\n", name, labels, sep, bounds[i], cum);
     }
-    bprintf(b, "%s_bucket{%s%sle=\"+Inf\"} %ld\n", name, labels, sep, h->count);
-    bprintf(b, "%s_sum{%s} %.9g\n", name, labels, h->sum);
-    bprintf(b, "%s_count{%s} %ld\n", name, labels, h->count);
+    nesf_strbuf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %ld\n", name, labels, sep, h->count);
+    nesf_strbuf_printf(b, "%s_sum{%s} %.9g\n", name, labels, h->sum);
+    nesf_strbuf_printf(b, "%s_count{%s} %ld\n", name, labels, h->count);
 }
 
 char *nesfd_metrics_render(nesfd_metrics *m, size_t *len)
 {
-    buf b = {malloc(8192), 0, 8192, 0};
-    if (!b.p) return NULL;
+    nesf_strbuf b = {0};
     char labels[256];
     /* sample gauges before taking the lock: depth_fn takes batcher locks */
     int depth[NESFD_METRICS_MAX_MODELS] = {0};
@@ -213,63 +187,58 @@ char *nesfd_metrics_render(nesfd_metrics *m, size_t *len)
     for (int i = 0; fn && i < n_models; i++) depth[i] = fn(ctx, i);
 
     pthread_mutex_lock(&m->mu);
-    bprintf(&b, "# HELP nesfd_requests_total HTTP requests answered, by route and status.\n"
+    nesf_strbuf_printf(&b, "# HELP nesfd_requests_total HTTP requests answered, by route and status.\n"
                 "# TYPE nesfd_requests_total counter\n");
     for (int r = 0; r < m->n_routes; r++)
         for (int s = 100; s < MAX_STATUS; s++)
             if (m->status[r][s])
-                bprintf(&b, "nesfd_requests_total{route=\"%s\",status=\"%d\"} %ld\n", m->routes[r], s,
+                nesf_strbuf_printf(&b, "nesfd_requests_total{route=\"%s\",status=\"%d\"} %ld\n", m->routes[r], s,
                         m->status[r][s]);
-    bprintf(&b, "# HELP nesfd_errors_total Requests answered with status >= 400, by route and status.\n"
+    nesf_strbuf_printf(&b, "# HELP nesfd_errors_total Requests answered with status >= 400, by route and status.\n"
                 "# TYPE nesfd_errors_total counter\n");
     for (int r = 0; r < m->n_routes; r++)
         for (int s = 400; s < MAX_STATUS; s++)
             if (m->status[r][s])
-                bprintf(&b, "nesfd_errors_total{route=\"%s\",status=\"%d\"} %ld\n", m->routes[r], s,
+                nesf_strbuf_printf(&b, "nesfd_errors_total{route=\"%s\",status=\"%d\"} %ld\n", m->routes[r], s,
                         m->status[r][s]);
-    bprintf(&b, "# HELP nesfd_request_duration_seconds Time from arrival to answer, by route.\n"
+    nesf_strbuf_printf(&b, "# HELP nesfd_request_duration_seconds Time from arrival to answer, by route.\n"
                 "# TYPE nesfd_request_duration_seconds histogram\n");
     for (int r = 0; r < m->n_routes; r++) {
         if (!m->latency[r].count) continue;
         snprintf(labels, sizeof labels, "route=\"%s\"", m->routes[r]);
         render_hist(&b, "nesfd_request_duration_seconds", labels, &m->latency[r], time_bounds, NTIME);
     }
-    bprintf(&b, "# HELP nesfd_in_flight_requests Requests received and not yet answered.\n"
+    nesf_strbuf_printf(&b, "# HELP nesfd_in_flight_requests Requests received and not yet answered.\n"
                 "# TYPE nesfd_in_flight_requests gauge\nnesfd_in_flight_requests %ld\n", m->inflight);
-    bprintf(&b, "# HELP nesfd_queue_wait_seconds Time an item waited in its model's queue.\n"
+    nesf_strbuf_printf(&b, "# HELP nesfd_queue_wait_seconds Time an item waited in its model's queue.\n"
                 "# TYPE nesfd_queue_wait_seconds histogram\n");
     for (int i = 0; i < m->n_models; i++) {
         snprintf(labels, sizeof labels, "model=\"%s\"", m->models[i]);
         render_hist(&b, "nesfd_queue_wait_seconds", labels, &m->queue_wait[i], time_bounds, NTIME);
     }
-    bprintf(&b, "# HELP nesfd_batch_size Items per backend call, by model and operation.\n"
+    nesf_strbuf_printf(&b, "# HELP nesfd_batch_size Items per backend call, by model and operation.\n"
                 "# TYPE nesfd_batch_size histogram\n");
     for (int i = 0; i < m->n_models; i++)
         for (int op = 0; op < NESFD_OP_COUNT; op++) {
             snprintf(labels, sizeof labels, "model=\"%s\",op=\"%s\"", m->models[i], op_names[op]);
             render_hist(&b, "nesfd_batch_size", labels, &m->batch[i][op], size_bounds, NSIZE);
         }
-    bprintf(&b, "# HELP nesfd_items_total Latents decoded and structures encoded, by model.\n"
+    nesf_strbuf_printf(&b, "# HELP nesfd_items_total Latents decoded and structures encoded, by model.\n"
                 "# TYPE nesfd_items_total counter\n");
     for (int i = 0; i < m->n_models; i++)
         for (int op = 0; op < NESFD_OP_COUNT; op++)
-            bprintf(&b, "nesfd_items_total{model=\"%s\",op=\"%s\"} %.0f\n", m->models[i],
+            nesf_strbuf_printf(&b, "nesfd_items_total{model=\"%s\",op=\"%s\"} %.0f\n", m->models[i],
                     op_names[op], m->batch[i][op].sum);
-    bprintf(&b, "# HELP nesfd_rejected_total Requests refused because the model's queue was full.\n"
+    nesf_strbuf_printf(&b, "# HELP nesfd_rejected_total Requests refused because the model's queue was full.\n"
                 "# TYPE nesfd_rejected_total counter\n");
     for (int i = 0; i < m->n_models; i++)
-        bprintf(&b, "nesfd_rejected_total{model=\"%s\"} %ld\n", m->models[i], m->rejected[i]);
+        nesf_strbuf_printf(&b, "nesfd_rejected_total{model=\"%s\"} %ld\n", m->models[i], m->rejected[i]);
     if (fn) {
-        bprintf(&b, "# HELP nesfd_queue_depth Items queued per model, not yet in a batch.\n"
+        nesf_strbuf_printf(&b, "# HELP nesfd_queue_depth Items queued per model, not yet in a batch.\n"
                     "# TYPE nesfd_queue_depth gauge\n");
         for (int i = 0; i < n_models && i < m->n_models; i++)
-            bprintf(&b, "nesfd_queue_depth{model=\"%s\"} %d\n", m->models[i], depth[i]);
+            nesf_strbuf_printf(&b, "nesfd_queue_depth{model=\"%s\"} %d\n", m->models[i], depth[i]);
     }
     pthread_mutex_unlock(&m->mu);
-    if (b.oom) {
-        free(b.p);
-        return NULL;
-    }
-    if (len) *len = b.len;
-    return b.p;
+    return nesf_strbuf_take(&b, len);
 }

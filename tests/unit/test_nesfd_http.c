@@ -374,14 +374,14 @@ static void test_suspend_resume(void **state)
     enum { N = 24 };
     slow_result s[N];
     pthread_t th[N];
-    int64_t t0 = nesfd_now_ns();
+    int64_t t0 = nesf_clock_ns();
     for (int i = 0; i < N; i++) {
         memset(&s[i], 0, sizeof s[i]);
         snprintf(s[i].id, sizeof s[i].id, "slow-%d", i);
         pthread_create(&th[i], NULL, slow_client, &s[i]);
     }
     for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
-    double secs = (double)(nesfd_now_ns() - t0) * 1e-9;
+    double secs = (double)(nesf_clock_ns() - t0) * 1e-9;
     for (int i = 0; i < N; i++) {
         assert_int_equal(s[i].status, 200);
         assert_string_equal(s[i].body_id, s[i].id); /* answers go back to their own request */

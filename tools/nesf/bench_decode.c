@@ -98,27 +98,27 @@ int nesf_bench_decode(int argc, char **argv)
         goto done;
     }
     nesf_decode_stats st;
-    double t0 = cli_now_s();
+    double t0 = nesf_clock_s();
     if (nesf_decode(m, n, z, &o, batched, ierr, &st, &err)) {
         fprintf(stderr, "nesf bench decode: %s\n", err.msg);
         goto done;
     }
-    const double tb = cli_now_s() - t0;
+    const double tb = nesf_clock_s() - t0;
     const long G = st.particles / n;
-    t0 = cli_now_s();
+    t0 = nesf_clock_s();
     for (int i = 0; i < n; i++)
         if (nesf_decode(m, 1, z + (size_t)i * L, &o, single + i, ierr + i, NULL, &err)) {
             fprintf(stderr, "nesf bench decode: %s\n", err.msg);
             goto done;
         }
-    const double ts = cli_now_s() - t0;
+    const double ts = nesf_clock_s() - t0;
     int species_z[NESF_MAX_SPECIES], ns = nesf_model_num_species(m);
     for (int k = 0; k < ns; k++) species_z[k] = nesf_model_species_z(m, k);
     float lo[3], hi[3];
     nesf_model_bbox(m, lo, hi);
     nesf_field f;
     nesf_decode_stats tst;
-    t0 = cli_now_s();
+    t0 = nesf_clock_s();
     if (nesf_field_truth(be, d.s, n, species_z, ns, lo, hi, &f, &err) ||
         nesf_decode_field(&f, &o, truth, ierr, &tst, &err)) {
         fprintf(stderr, "nesf bench decode: exact field: %s\n", err.msg);
@@ -126,7 +126,7 @@ int nesf_bench_decode(int argc, char **argv)
         goto done;
     }
     nesf_field_release(&f);
-    const double tt = cli_now_s() - t0;
+    const double tt = nesf_clock_s() - t0;
     int cdiff;
     double shift = max_shift(batched, single, n, &cdiff);
 

@@ -14,18 +14,12 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "commands.h"
 #include "dataset.h"
 #include "decode.h"
 #include "model.h"
 #include "train.h"
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* FLOPs per query of a field MLP whose first layer is grouped (the latent
  * part costs once per structure, not counted) and whose first xyz_layers
@@ -102,13 +96,13 @@ static void bench_fields(bench *b, nesf_model *m, nesf_backend *be, double pos_f
     int reps = 0;
     double t0 = 0, t = 0;
     for (int r = -1; r < 50; r++) { /* one warm-up, then until ~2 s */
-        if (r == 0) t0 = now();
+        if (r == 0) t0 = nesf_clock_s();
         if (nesf_model_position_field(m, S, zd, off, xd, od, err)) {
             printf("  fields: %s\n", err->msg);
             goto out;
         }
         if (r >= 0) reps++;
-        t = now() - t0;
+        t = nesf_clock_s() - t0;
         if (r >= 0 && t > 2.0) break;
     }
     double qps = (double)Q * reps / t;
@@ -172,7 +166,7 @@ static void bench_decode(bench *b, nesf_model *m, nesf_backend *be, const int *b
         int reps = 0;
         double t0 = 0, t = 0;
         for (int r = -1;; r++) {
-            if (r == 0) t0 = now();
+            if (r == 0) t0 = nesf_clock_s();
             if (nesf_decode(m, B, z, &o, out, ie, &st, err)) {
                 printf("  decode: %s\n", err->msg);
                 goto done;
@@ -184,7 +178,7 @@ static void bench_decode(bench *b, nesf_model *m, nesf_backend *be, const int *b
             if (r < 0) continue;
             reps++;
             nesf_decode_stats_add(&sum, &st);
-            t = now() - t0;
+            t = nesf_clock_s() - t0;
             if (t > b->min_seconds || reps >= 1000) break;
         }
         double dps = (double)B * reps / t;
@@ -266,12 +260,12 @@ static void bench_train(bench *b, nesf_model *m, nesf_backend *be, int steps, ne
     for (int step = -1; step < steps; step++) { /* one warm-up step */
         int first = ((step + 1) * B) % (b->train.n - B);
         nesf_queries q;
-        double t0 = now();
+        double t0 = nesf_clock_s();
         int rc = nesf_trainer_sample(t, b->train.s + first, B, 1000 + step, &q, err);
-        double t1 = now();
+        double t1 = nesf_clock_s();
         if (!rc) rc = nesf_trainer_forward_backward(t, b->train.s + first, B, &q, 7 + step, NULL, err);
         if (!rc) rc = nesf_trainer_step(t, tc.lr, err);
-        double t2 = now();
+        double t2 = nesf_clock_s();
         nesf_queries_free(&q);
         if (rc) {
             printf("  train: %s\n", err->msg);

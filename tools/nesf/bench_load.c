@@ -7,16 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "commands.h"
 #include "dataset.h"
 #include "sio.h"
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static int parse_only(const char *text, size_t len)
 {
@@ -56,22 +50,22 @@ int nesf_bench_load(int argc, char **argv)
     for (int r = 0; r < REPS; r++) {
         nesf_error err = {0};
         char *text;
-        double t0 = now();
+        double t0 = nesf_clock_s();
         if (nesf_sio_slurp(path, &text, &bytes, &err)) {
             fprintf(stderr, "nesf bench load: %s\n", err.msg);
             return 1;
         }
-        double t1 = now();
+        double t1 = nesf_clock_s();
         n_parse = parse_only(text, bytes);
-        double t2 = now();
+        double t2 = nesf_clock_s();
         free(text);
         nesf_dataset d;
-        double t3 = now();
+        double t3 = nesf_clock_s();
         if (nesf_dataset_load(path, &d, &err)) {
             fprintf(stderr, "nesf bench load: %s\n", err.msg);
             return 1;
         }
-        double t4 = now();
+        double t4 = nesf_clock_s();
         n = d.n;
         nesf_dataset_free(&d);
         if (t1 - t0 < t_read) t_read = t1 - t0;

@@ -55,7 +55,7 @@ static int run_chunk(mode_run *r, nesf_model *m, nesf_backend *be, const char *f
     }
     nesf_decode_stats st;
     int rc;
-    double t0 = cli_now_s();
+    double t0 = nesf_clock_s();
     if (!strcmp(field, "truth")) {
         int zs[NESF_MAX_SPECIES], A = nesf_model_num_species(m);
         float lo[3], hi[3];
@@ -68,7 +68,7 @@ static int run_chunk(mode_run *r, nesf_model *m, nesf_backend *be, const char *f
     } else {
         rc = nesf_decode(m, k, z, &r->o, out, ie, &st, err);
     }
-    r->wall += cli_now_s() - t0;
+    r->wall += nesf_clock_s() - t0;
     if (!rc) {
         nesf_decode_stats_add(&r->st, &st);
         for (int i = 0; i < k; i++) {

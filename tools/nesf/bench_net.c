@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "commands.h"
 #include "dataset.h"
 #include "model_internal.h"
@@ -23,13 +24,6 @@ typedef struct {
     int threads, no_torch, steps, batch;
     double min_time;
 } bench_opts;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* CPU seconds of this process so far (all threads), user and system. */
 static void cpu_seconds(double *user, double *sys)
@@ -159,12 +153,12 @@ int nesf_bench_field(int argc, char **argv)
     int off[2] = {0, Q};
     for (int w = 0; w < 2; w++) nesf_model_position_field_host(m, 1, z, off, xyz, out, &err);
     int reps = 0;
-    double t0 = now(), dt, u0, s0, u1, s1;
+    double t0 = nesf_clock_s(), dt, u0, s0, u1, s1;
     cpu_seconds(&u0, &s0);
     do {
         nesf_model_position_field_host(m, 1, z, off, xyz, out, &err);
         reps++;
-        dt = now() - t0;
+        dt = nesf_clock_s() - t0;
     } while (dt < o.min_time || reps < 3);
     cpu_seconds(&u1, &s1);
     const nesf_mlp *fp = &m->mlp[NESF_DEC_POSITION];
@@ -224,11 +218,11 @@ static void measured_peak(nesf_backend *be, double *wall, double *core)
     if (a && c) {
         for (size_t i = 0; i < (size_t)n * n; i++) a[i] = (float)(i % 7) * 0.25f;
         for (int rep = 0; rep < 3; rep++) {
-            double t0 = now(), u0, s0, u1, s1;
+            double t0 = nesf_clock_s(), u0, s0, u1, s1;
             cpu_seconds(&u0, &s0);
             be->ops->gemm(be, 0, 1, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
             be->ops->sync(be);
-            double t1 = now(), f = 2.0 * n * n * n;
+            double t1 = nesf_clock_s(), f = 2.0 * n * n * n;
             cpu_seconds(&u1, &s1);
             if (f / (t1 - t0) > *wall) *wall = f / (t1 - t0);
             if (f / (u1 - u0 + s1 - s0) > *core) *core = f / (u1 - u0 + s1 - s0);
@@ -391,15 +385,15 @@ int nesf_bench_train(int argc, char **argv)
             N += bs[i]->n;
         }
         nesf_queries q;
-        double t0 = now(), u0, s0, u1, s1;
+        double t0 = nesf_clock_s(), u0, s0, u1, s1;
         if (nesf_trainer_sample(t, bs, o.batch, st, &q, &err)) break;
-        double t1 = now();
+        double t1 = nesf_clock_s();
         cpu_seconds(&u0, &s0);
         if (nesf_trainer_forward_backward(t, bs, o.batch, &q, st, &l, &err) || nesf_trainer_step(t, 1e-3f, &err)) {
             nesf_queries_free(&q);
             break;
         }
-        double t2 = now();
+        double t2 = nesf_clock_s();
         cpu_seconds(&u1, &s1);
         nesf_queries_free(&q);
         for (int k = 0; k < NESF_NUM_MLPS; k++) rows[k] = k <= NESF_ENC_MIX ? N : o.batch;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cif.h"
+#include "strbuf.h"
 #include "fileio.h"
 #include "commands.h"
 #include "sio.h"
@@ -36,17 +37,6 @@ static int emit(const char *path, const char *text)
         fprintf(stderr, "nesf convert: %s\n", err.msg);
         return 1;
     }
-    return 0;
-}
-
-static int append(char **acc, size_t *len, const char *s)
-{
-    size_t k = strlen(s);
-    char *p = realloc(*acc, *len + k + 1);
-    if (!p) return -1;
-    memcpy(p + *len, s, k + 1);
-    *acc = p;
-    *len += k;
     return 0;
 }
 
@@ -116,7 +106,7 @@ int nesf_cmd_convert(int argc, char **argv)
         return 1;
     }
     char *text = NULL;
-    size_t len = 0;
+    nesf_strbuf sb = {0};
     int rc = 0;
     if (style == -2) {
         for (int i = 0; i < n && !rc; i++) {
@@ -130,9 +120,11 @@ int nesf_cmd_convert(int argc, char **argv)
             } else {
                 c = nesf_cif_write(list[i]);
             }
-            if (!c || (i && append(&text, &len, "\n")) || append(&text, &len, c)) rc = -1;
+            if (!c) rc = -1;
+            else nesf_strbuf_printf(&sb, "%s%s", i ? "\n" : "", c);
             free(c);
         }
+        if (!rc && !(text = nesf_strbuf_take(&sb, NULL))) rc = -1;
     } else {
         json_t *arr = n > 1 ? json_array() : NULL;
         json_t *one = NULL;
@@ -143,11 +135,14 @@ int nesf_cmd_convert(int argc, char **argv)
             else one = j;
         }
         if (!rc) {
-            text = nesf_sjson_dumps(arr ? arr : one);
-            if (!text || append(&text, &(size_t){strlen(text)}, "\n")) rc = -1;
+            char *j = nesf_sjson_dumps(arr ? arr : one);
+            if (j) nesf_strbuf_printf(&sb, "%s\n", j);
+            free(j);
+            if (!j || !(text = nesf_strbuf_take(&sb, NULL))) rc = -1;
         }
         json_decref(arr ? arr : one);
     }
+    nesf_strbuf_free(&sb);
     nesf_structure_list_free(list, n);
     if (rc < 0) fprintf(stderr, "nesf convert: out of memory\n");
     if (!rc) rc = emit(out, text);

@@ -107,7 +107,7 @@ int nesf_cmd_domain(int argc, char **argv)
     nesf_domain_from_structures(d.s, d.n, &dom);
     if (sample > d.n) sample = d.n;
     if (sample > 0) {
-        double t0 = cli_now_s();
+        double t0 = nesf_clock_s();
         if (!(dist = malloc((size_t)sample * sizeof *dist))) {
             fprintf(stderr, "nesf domain: out of memory\n");
             goto done;
@@ -118,7 +118,7 @@ int nesf_cmd_domain(int argc, char **argv)
         }
         nesf_domain_set_cycle(&dom, dist, sample, o.mode == NESF_DECODE_FAST ? "fast" : "paper");
         fprintf(stderr, "nesf domain: cycle distance of %d training structures in %.1f s: median "
-                "%.3f, 80th percentile %.3f, 95th %.3f\n", sample, cli_now_s() - t0, dom.cycle_q[50],
+                "%.3f, 80th percentile %.3f, 95th %.3f\n", sample, nesf_clock_s() - t0, dom.cycle_q[50],
                 dom.cycle_q[80], dom.cycle_q[95]);
     }
     if (!(text = nesf_domain_to_json(&dom)) ||

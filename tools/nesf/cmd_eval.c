@@ -371,7 +371,7 @@ static int eval_setup(eval_run *r)
 static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_error *err)
 {
     nesf_structure **s = r->d.s + b0;
-    double t0 = cli_now_s();
+    double t0 = nesf_clock_s();
     const int L = nesf_model_latent_size(r->m);
     float *z = r->z;
     int rc = nesf_model_encode(r->m, s, S, z, err);
@@ -387,7 +387,7 @@ static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_e
     for (int i = 0; !rc && r->ropts.steps > 0 && i < S; i++)
         if (!r->ierr[b0 + i].code)
             rc = nesf_refine_latents(r->m, s + i, 1, z + (size_t)i * L, &r->ropts, &r->rstats, err);
-    r->t_encode += cli_now_s() - t0;
+    r->t_encode += nesf_clock_s() - t0;
     if (!rc) rc = nesf_model_lattice(r->m, S, z, r->cell, r->cell + 3 * S, err);
     if (rc) return rc;
     /* nesf_decode clears item errors: keep the encoder's */
@@ -624,7 +624,7 @@ int nesf_cmd_eval(int argc, char **argv)
         return rc;
     }
     const eval_args *a = &r->a;
-    r->t_start = cli_now_s();
+    r->t_start = nesf_clock_s();
     nesf_error err;
     nesf_decode_opts_default(&r->opts);
     r->opts.repair_lattice = !a->strict;
@@ -656,7 +656,7 @@ int nesf_cmd_eval(int argc, char **argv)
     }
     if (eval_setup(r) || eval_batches(r)) goto done;
     eval_tally(r);
-    const double wall = cli_now_s() - r->t_start;
+    const double wall = nesf_clock_s() - r->t_start;
     if (a->out) {
         /* line i is structure i: a failure is a record with its error */
         const char **ids = malloc((size_t)(n ? n : 1) * sizeof *ids);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cif.h"
+#include "strbuf.h"
 #include "commands.h"
 #include "fileio.h"
 #include "interp.h"
@@ -119,7 +120,7 @@ int nesf_cmd_interpolate(int argc, char **argv)
     json_t *arr = NULL;
     char *res = NULL;
     size_t rlen = 0;
-    FILE *mem = NULL;
+    nesf_strbuf mem = {0};
     if (!z || !s || !ierr) {
         fprintf(stderr, "nesf interpolate: out of memory\n");
         goto done;
@@ -152,21 +153,13 @@ int nesf_cmd_interpolate(int argc, char **argv)
             }
             json_array_append_new(arr, fr);
         }
-        res = json_dumps(arr, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
-        if (res) {
-            rlen = strlen(res);
-            char *p = realloc(res, rlen + 2);
-            if (p) {
-                res = p;
-                res[rlen++] = '\n';
-                res[rlen] = 0;
-            }
-        }
+        char *j = json_dumps(arr, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
+        if (j) nesf_strbuf_printf(&mem, "%s\n", j);
+        free(j);
+        res = j ? nesf_strbuf_take(&mem, &rlen) : NULL;
     } else {
-        mem = open_memstream(&res, &rlen);
-        if (!mem) goto oom;
-        fprintf(mem, "# interpolation: %s -> %s, %d frames\n", name[0], name[1], steps);
-        fprintf(mem, "# %5s %6s %-16s %6s %-12s\n", "frame", "t", "formula", "atoms", "spacegroup");
+        nesf_strbuf_printf(&mem, "# interpolation: %s -> %s, %d frames\n", name[0], name[1], steps);
+        nesf_strbuf_printf(&mem, "# %5s %6s %-16s %6s %-12s\n", "frame", "t", "formula", "atoms", "spacegroup");
         for (int k = 0; k < steps; k++) {
             char f[64] = "-", sg[32] = "-";
             if (s[k]) {
@@ -175,7 +168,7 @@ int nesf_cmd_interpolate(int argc, char **argv)
                 int num = nesf_structure_spacegroup(s[k], CLI_SYMPREC, sym, sizeof sym);
                 if (num > 0) snprintf(sg, sizeof sg, "%s (%d)", sym, num);
             }
-            fprintf(mem, "  %5d %6.3f %-16s %6d %-12s%s%s\n", k, nesf_interp_t(k, steps),
+            nesf_strbuf_printf(&mem, "  %5d %6.3f %-16s %6d %-12s%s%s\n", k, nesf_interp_t(k, steps),
                     f[0] ? f : "(empty)", s[k] ? s[k]->n : 0, sg, s[k] ? "" : "  ",
                     s[k] ? "" : ierr[k].msg);
         }
@@ -184,14 +177,10 @@ int nesf_cmd_interpolate(int argc, char **argv)
             snprintf(s[k]->id, sizeof s[k]->id, "frame-%d_t%.3f", k, nesf_interp_t(k, steps));
             char *cif = nesf_cif_write(s[k]);
             if (!cif) goto oom;
-            fprintf(mem, "\n%s", cif);
+            nesf_strbuf_printf(&mem, "\n%s", cif);
             free(cif);
         }
-        if (fclose(mem)) {
-            mem = NULL;
-            goto oom;
-        }
-        mem = NULL;
+        res = nesf_strbuf_take(&mem, &rlen);
     }
     if (!res) goto oom;
     if (nesf_write_file(out, res, rlen, &err)) {
@@ -205,7 +194,7 @@ int nesf_cmd_interpolate(int argc, char **argv)
 oom:
     fprintf(stderr, "nesf interpolate: out of memory\n");
 done:
-    if (mem) fclose(mem);
+    nesf_strbuf_free(&mem);
     free(res);
     json_decref(arr);
     nesf_structure_list_free(s, s ? steps : 0);

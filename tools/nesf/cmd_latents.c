@@ -168,7 +168,7 @@ int nesf_cmd_latents(int argc, char **argv)
         fprintf(stderr, "nesf latents: out of memory\n");
         goto done;
     }
-    double t0 = cli_now_s();
+    double t0 = nesf_clock_s();
     cli_progress bar;
     cli_progress_start(&bar, "encode", n);
     for (int b0 = 0; b0 < n; b0 += 256) {
@@ -181,7 +181,7 @@ int nesf_cmd_latents(int argc, char **argv)
         cli_progress_update(&bar, b0 + S);
     }
     cli_progress_end(&bar);
-    fprintf(stderr, "nesf latents: encoded %d structures in %.2f s\n", n, cli_now_s() - t0);
+    fprintf(stderr, "nesf latents: encoded %d structures in %.2f s\n", n, nesf_clock_s() - t0);
 
     root = json_object();
     json_t *ids = json_array(), *lat = json_array(), *meta = json_array();
@@ -221,7 +221,7 @@ int nesf_cmd_latents(int argc, char **argv)
             fprintf(stderr, "nesf latents: a t-SNE map needs at least 2 structures\n");
             goto done;
         }
-        t0 = cli_now_s();
+        t0 = nesf_clock_s();
         double kl;
         if (nesf_tsne(z, n, L, &to, Y, &kl, &err)) {
             fprintf(stderr, "nesf latents: %s\n", err.msg);
@@ -229,7 +229,7 @@ int nesf_cmd_latents(int argc, char **argv)
         }
         fprintf(stderr, "nesf latents: t-SNE (%s, perplexity %g, %d iterations) in %.2f s",
                 to.theta == 0 ? "exact" : "Barnes-Hut", to.perplexity, to.iterations,
-                cli_now_s() - t0);
+                nesf_clock_s() - t0);
         if (isfinite(kl)) fprintf(stderr, ", KL %.4f", kl);
         fprintf(stderr, "\n");
         json_t *ts = json_array();

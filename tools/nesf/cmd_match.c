@@ -80,7 +80,7 @@ int nesf_cmd_match(int argc, char **argv)
     }
     json_t *list = json_array();
     int matched = 0;
-    double t0 = cli_now_s();
+    double t0 = nesf_clock_s();
     for (int i = 0; i < nb; i++) {
         nesf_match_result r;
         if (nesf_structure_match(a[na == 1 ? 0 : i], b[i], &o, &r, &err)) {
@@ -98,7 +98,7 @@ int nesf_cmd_match(int argc, char **argv)
         else
             printf("%d: no match (%s)\n", i, r.reason);
     }
-    double secs = cli_now_s() - t0;
+    double secs = nesf_clock_s() - t0;
     if (json) {
         json_t *o2 = json_pack("{s:o, s:i, s:i, s:f, s:f, s:{s:f, s:f, s:f}}", "pairs", list, "compared", nb,
                                "matched", matched, "match_rate_pct", nb ? 100.0 * matched / nb : 0.0,

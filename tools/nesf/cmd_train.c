@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "commands.h"
 #include "dataset.h"
 #include "train.h"
@@ -62,13 +63,6 @@ static int prefetch_take(prefetch *p, int epoch, int batch, nesf_queries *q, int
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *f)
 {
@@ -165,7 +159,7 @@ int nesf_cmd_train(int argc, char **argv)
     join(path, sizeof path, data, "meta.json");
     if (nesf_vocab_load(path, &vocab, &err)) goto fail;
     join(path, sizeof path, data, "train.jsonl");
-    double t0 = now();
+    double t0 = nesf_clock_s();
     if (nesf_dataset_load(path, &train, &err)) goto fail;
     join(path, sizeof path, data, "val.jsonl");
     if (nesf_dataset_load(path, &val, &err)) goto fail;
@@ -177,7 +171,7 @@ int nesf_cmd_train(int argc, char **argv)
         for (int i = val_limit; i < val.n; i++) nesf_structure_free(val.s[i]);
         val.n = val_limit;
     }
-    fprintf(stderr, "nesf train: %d train, %d val structures (%.2f s)\n", train.n, val.n, now() - t0);
+    fprintf(stderr, "nesf train: %d train, %d val structures (%.2f s)\n", train.n, val.n, nesf_clock_s() - t0);
 
     nesf_backend *be = NULL;
     if (nesf_backend_create(backend, threads, &be, &err)) goto fail;
@@ -279,11 +273,11 @@ int nesf_cmd_train(int argc, char **argv)
         nesf_fail(&err, NESF_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    const double start = now(), deadline = minutes > 0 ? start + minutes * 60 : INFINITY;
+    const double start = nesf_clock_s(), deadline = minutes > 0 ? start + minutes * 60 : INFINITY;
     double last_ckpt = start, last_print = 0, seconds0 = st.seconds;
     long structs = 0, queries = 0, steps_here = 0;
     int rc = 0;
-    while (st.epoch < tc.epochs && !stop_requested && now() < deadline && steps_here != max_steps) {
+    while (st.epoch < tc.epochs && !stop_requested && nesf_clock_s() < deadline && steps_here != max_steps) {
         /* the epoch's order: Fisher-Yates from (seed, epoch) */
         uint64_t es = nesf_seed_mix(tc.seed, (uint64_t)st.epoch + 1);
         for (int i = 0; i < train.n; i++) perm[i] = i;
@@ -294,7 +288,7 @@ int nesf_cmd_train(int argc, char **argv)
             perm[j] = t;
         }
         const float lr = nesf_train_lr(&tc, st.epoch);
-        while (st.batch < nb && !stop_requested && now() < deadline && steps_here != max_steps) {
+        while (st.batch < nb && !stop_requested && nesf_clock_s() < deadline && steps_here != max_steps) {
             int b0 = st.batch * B, n = b0 + B <= train.n ? B : train.n - b0;
             for (int i = 0; i < n; i++) bs[i] = train.s[perm[b0 + i]];
             uint64_t bseed = nesf_seed_mix(nesf_seed_mix(tc.seed, (uint64_t)st.epoch + 1), (uint64_t)st.batch + 1);
@@ -325,7 +319,7 @@ int nesf_cmd_train(int argc, char **argv)
             st.batch++;
             st.step++;
             steps_here++;
-            double t = now();
+            double t = nesf_clock_s();
             if (!quiet && isatty(2) && t - last_print > 1) {
                 fprintf(stderr, "\repoch %d  batch %d/%d  loss %.4f  %.1f structures/s  %.0f queries/s   ",
                         st.epoch + 1, st.batch, nb, l.total, structs / (t - start), queries / (t - start));
@@ -342,7 +336,7 @@ int nesf_cmd_train(int argc, char **argv)
         st.epoch++;
         st.batch = 0;
         st.acc_loss = 0;
-        st.seconds = seconds0 + (now() - start);
+        st.seconds = seconds0 + (nesf_clock_s() - start);
         char tls[256], vls[256] = "null";
         snprintf(tls, sizeof tls, "{\"total\":%.6g}", tl.total);
         int improved = 0;
@@ -358,7 +352,7 @@ int nesf_cmd_train(int argc, char **argv)
         }
         if (improved && nesf_model_save(m, best, tcj, &err)) goto fail;
         if (nesf_trainer_save(tr, &st, ckpt, &err)) goto fail;
-        last_ckpt = now();
+        last_ckpt = nesf_clock_s();
         FILE *lf = fopen(logp, "a");
         if (lf) {
             fprintf(lf, "{\"epoch\":%d,\"step\":%ld,\"lr\":%g,\"train\":%s,\"val\":%s,\"best\":%s,\"seconds\":%.1f}\n",
@@ -373,7 +367,7 @@ int nesf_cmd_train(int argc, char **argv)
         int urc;
         prefetch_take(&pf, -1, -1, &unused, &urc, &err); /* a batch drawn for nothing */
     }
-    st.seconds = seconds0 + (now() - start);
+    st.seconds = seconds0 + (nesf_clock_s() - start);
     if (nesf_trainer_save(tr, &st, ckpt, &err)) goto fail;
     fprintf(stderr, "nesf train: %s after %d epochs (%ld steps, %.0f s); best val %.4f at epoch %d\n",
             stop_requested ? "stopped" : "done", st.epoch, st.step, st.seconds, st.best_val, st.best_epoch);

@@ -10,21 +10,15 @@
 #include <unistd.h>
 
 #include "cif.h"
+#include "strbuf.h"
 #include "sio.h"
 #include "sjson.h"
-
-double cli_now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 void cli_progress_start(cli_progress *p, const char *label, long total)
 {
     p->label = label;
     p->total = total;
-    p->t0 = cli_now_s();
+    p->t0 = nesf_clock_s();
     p->tty = isatty(STDERR_FILENO);
     p->drawn = -1;
     cli_progress_update(p, 0);
@@ -41,7 +35,7 @@ void cli_progress_update(cli_progress *p, long done)
     int fill = pm * WIDTH / 1000;
     for (int i = 0; i < WIDTH; i++) bar[i] = i < fill ? '#' : '.';
     bar[WIDTH] = 0;
-    double el = cli_now_s() - p->t0;
+    double el = nesf_clock_s() - p->t0;
     fprintf(stderr, "\r%s [%s] %ld/%ld  %.1f s", p->label, bar, done, p->total, el);
     if (done > 0 && done < p->total)
         fprintf(stderr, " (eta %.0f s)  ", el / done * (p->total - done));
@@ -176,18 +170,12 @@ int cli_refine_options(const char *cmd, const char *arg, nesf_refine_opts *o)
     return 2;
 }
 
-/* Appends t and, when missing, a newline to *all (length *len). */
-static int append(char **all, size_t *len, const char *t)
+/* Appends t and, when missing, a newline. */
+static void append_line(nesf_strbuf *b, const char *t)
 {
     size_t k = strlen(t);
-    char *p = realloc(*all, *len + k + 2);
-    if (!p) return -1;
-    memcpy(p + *len, t, k);
-    *len += k;
-    if (*len == 0 || p[*len - 1] != '\n') p[(*len)++] = '\n';
-    p[*len] = 0;
-    *all = p;
-    return 0;
+    nesf_strbuf_append(b, t, k);
+    if (k == 0 || t[k - 1] != '\n') nesf_strbuf_puts(b, "\n");
 }
 
 /* The record of structure i that has none: {"id"?, "index", "error"}. */
@@ -227,17 +215,14 @@ char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt,
 {
     int cif = !strcmp(fmt, "cif");
     if (cif || !strcmp(fmt, "jsonl")) {
-        size_t len = 0;
-        char *all = calloc(1, 1);
-        for (int i = 0; i < n && all; i++) {
+        nesf_strbuf all = {0};
+        for (int i = 0; i < n && !all.failed; i++) {
             char *t = one_text(s, i, cif, ids, ierr);
-            if (!t || append(&all, &len, t)) {
-                free(all);
-                all = NULL;
-            }
+            if (t) append_line(&all, t);
+            else all.failed = 1;
             free(t);
         }
-        return all;
+        return nesf_strbuf_take(&all, NULL);
     }
     if (strcmp(fmt, "json")) return NULL;
     json_t *arr = json_array();
@@ -251,12 +236,8 @@ char *cli_format_structures(nesf_structure *const *s, int n, const char *fmt,
     }
     char *t = arr ? json_dumps(arr, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
     json_decref(arr);
-    char *all = NULL;
-    size_t len = 0;
-    if (t && append(&all, &len, t)) {
-        free(all);
-        all = NULL;
-    }
+    nesf_strbuf all = {0};
+    if (t) append_line(&all, t);
     free(t);
-    return all;
+    return t ? nesf_strbuf_take(&all, NULL) : NULL;
 }

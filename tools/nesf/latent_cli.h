@@ -4,6 +4,7 @@
 #ifndef NESF_LATENT_CLI_H
 #define NESF_LATENT_CLI_H
 
+#include "clock.h"
 #include "decode.h"
 #include "model.h"
 #include "refine.h"
@@ -21,8 +22,6 @@ typedef struct cli_progress {
 void cli_progress_start(cli_progress *p, const char *label, long total);
 void cli_progress_update(cli_progress *p, long done);
 void cli_progress_end(cli_progress *p);
-
-double cli_now_s(void);
 
 /* Backend kind ("cpu", "cuda", "auto") and threads (<= 0: all cores), then
  * the model.  On failure prints "nesf CMD: ..." and returns 1. */
