@@ -168,8 +168,10 @@ int nesf_jconf_read(const nesf_jfield *fields, void *dst, const json_t *obj, con
         if (!f->key) {
             char keys[400];
             key_list(fields, keys, sizeof keys);
-            return nesf_fail(err, NESF_ERR_INVALID, "%s%sunknown key '%.64s' (expected: %s)",
-                             where && *where ? where : "", where && *where ? ": " : "", key, keys);
+            int place = !f->noun && where && *where;
+            return nesf_fail(err, NESF_ERR_INVALID, "%s%sunknown %s \"%.64s\" (expected: %s)",
+                             place ? where : "", place ? ": " : "", f->noun ? f->noun : "key", key,
+                             keys);
         }
         char path[160];
         join_path(path, sizeof path, where, key);
@@ -200,4 +202,37 @@ int nesf_jconf_skip(void *dst, const char *path, const json_t *v, void *ctx, nes
 {
     (void)dst, (void)path, (void)v, (void)ctx, (void)err;
     return NESF_OK;
+}
+
+/* One value of a dumpable row; NULL for custom rows. */
+static json_t *dump_field(const nesf_jfield *f, const void *src)
+{
+    switch (f->kind) {
+    case NESF_JK_OBJECT: return nesf_jconf_dump(f->fields, src);
+    case NESF_JK_CUSTOM: return NULL;
+    case NESF_JK_STRING: return json_string((const char *)src + f->off);
+    case NESF_JK_FLOAT: case NESF_JK_DOUBLE: return json_real(nesf_jconf_get(f, src));
+    case NESF_JK_BOOL: return json_boolean(nesf_jconf_get(f, src) != 0);
+    case NESF_JK_NAMED: {
+        int n = 0, i = (int)(nesf_jconf_get(f, src) - f->lo);
+        while (f->names[n]) n++;
+        return i >= 0 && i < n ? json_string(f->names[i]) : json_integer((json_int_t)(i + f->lo));
+    }
+    case NESF_JK_U64: return json_integer((json_int_t) * (const uint64_t *)((const char *)src + f->off));
+    default: return json_integer((json_int_t)nesf_jconf_get(f, src));
+    }
+}
+
+json_t *nesf_jconf_dump(const nesf_jfield *fields, const void *src)
+{
+    json_t *o = json_object();
+    for (const nesf_jfield *f = fields; o && f->key; f++) {
+        if (f->kind == NESF_JK_CUSTOM) continue;
+        json_t *v = dump_field(f, src);
+        if (!v || json_object_set_new(o, f->key, v)) {
+            json_decref(o);
+            o = NULL;
+        }
+    }
+    return o;
 }

@@ -7,7 +7,7 @@
  * nesf_jconf_read walks the JSON object, not the table: every key must have
  * a row (the key "_comment" excepted, anywhere), so a typo or a misplaced
  * key is an error naming the key and its place ("training.sampling: unknown
- * key 'cell_pionts'"), never a silently ignored setting.  Absent keys keep
+ * key \"cell_pionts\""), never a silently ignored setting.  Absent keys keep
  * the struct's values, so callers fill defaults first.  Numbers are range
  * checked; integers accept JSON integers and whole-valued reals. */
 #ifndef NESF_JCONF_H
@@ -49,26 +49,34 @@ typedef struct nesf_jfield {
     size_t size;                      /* STRING: the buffer's size */
     const struct nesf_jfield *fields; /* OBJECT: the nested object's rows */
     nesf_jconf_fn fn;                 /* CUSTOM */
+    const char *noun;                 /* the END row: what a key is called in the
+                                         unknown-key message ("decode option");
+                                         NULL: "key" after the place */
 } nesf_jfield;
 
 /* Row builders; T is the struct type, m the member (a.b for nested members). */
-#define NESF_JF_FLOAT(T, k, m, l, h) {k, NESF_JK_FLOAT, offsetof(T, m), l, h, 0, NULL, 0, NULL, NULL}
-#define NESF_JF_FLOAT_OPEN(T, k, m, l, h) {k, NESF_JK_FLOAT, offsetof(T, m), l, h, 1, NULL, 0, NULL, NULL}
-#define NESF_JF_DOUBLE(T, k, m, l, h) {k, NESF_JK_DOUBLE, offsetof(T, m), l, h, 0, NULL, 0, NULL, NULL}
-#define NESF_JF_DOUBLE_OPEN(T, k, m, l, h) {k, NESF_JK_DOUBLE, offsetof(T, m), l, h, 1, NULL, 0, NULL, NULL}
-#define NESF_JF_INT(T, k, m, l, h) {k, NESF_JK_INT, offsetof(T, m), l, h, 0, NULL, 0, NULL, NULL}
-#define NESF_JF_LONG(T, k, m, l, h) {k, NESF_JK_LONG, offsetof(T, m), l, h, 0, NULL, 0, NULL, NULL}
-#define NESF_JF_I64(T, k, m, l, h) {k, NESF_JK_I64, offsetof(T, m), l, h, 0, NULL, 0, NULL, NULL}
-#define NESF_JF_U64(T, k, m, l, h) {k, NESF_JK_U64, offsetof(T, m), l, h, 0, NULL, 0, NULL, NULL}
-#define NESF_JF_SIZE(T, k, m, l, h) {k, NESF_JK_SIZE, offsetof(T, m), l, h, 0, NULL, 0, NULL, NULL}
-#define NESF_JF_BOOL(T, k, m) {k, NESF_JK_BOOL, offsetof(T, m), 0, 1, 0, NULL, 0, NULL, NULL}
-#define NESF_JF_NAMED(T, k, m, first, names) \
-    {k, NESF_JK_NAMED, offsetof(T, m), first, 0, 0, names, 0, NULL, NULL}
+#define NESF__JF(k, kind_, T, m, l, h) \
+    {.key = k, .kind = kind_, .off = offsetof(T, m), .lo = l, .hi = h}
+#define NESF_JF_FLOAT(T, k, m, l, h) NESF__JF(k, NESF_JK_FLOAT, T, m, l, h)
+#define NESF_JF_FLOAT_OPEN(T, k, m, l, h) \
+    {.key = k, .kind = NESF_JK_FLOAT, .off = offsetof(T, m), .lo = l, .hi = h, .open_lo = 1}
+#define NESF_JF_DOUBLE(T, k, m, l, h) NESF__JF(k, NESF_JK_DOUBLE, T, m, l, h)
+#define NESF_JF_DOUBLE_OPEN(T, k, m, l, h) \
+    {.key = k, .kind = NESF_JK_DOUBLE, .off = offsetof(T, m), .lo = l, .hi = h, .open_lo = 1}
+#define NESF_JF_INT(T, k, m, l, h) NESF__JF(k, NESF_JK_INT, T, m, l, h)
+#define NESF_JF_LONG(T, k, m, l, h) NESF__JF(k, NESF_JK_LONG, T, m, l, h)
+#define NESF_JF_I64(T, k, m, l, h) NESF__JF(k, NESF_JK_I64, T, m, l, h)
+#define NESF_JF_U64(T, k, m, l, h) NESF__JF(k, NESF_JK_U64, T, m, l, h)
+#define NESF_JF_SIZE(T, k, m, l, h) NESF__JF(k, NESF_JK_SIZE, T, m, l, h)
+#define NESF_JF_BOOL(T, k, m) NESF__JF(k, NESF_JK_BOOL, T, m, 0, 1)
+#define NESF_JF_NAMED(T, k, m, first, words) \
+    {.key = k, .kind = NESF_JK_NAMED, .off = offsetof(T, m), .lo = first, .names = words}
 #define NESF_JF_STRING(T, k, m) \
-    {k, NESF_JK_STRING, offsetof(T, m), 0, 0, 0, NULL, sizeof(((T *)0)->m), NULL, NULL}
-#define NESF_JF_OBJECT(k, rows) {k, NESF_JK_OBJECT, 0, 0, 0, 0, NULL, 0, rows, NULL}
-#define NESF_JF_CUSTOM(k, f) {k, NESF_JK_CUSTOM, 0, 0, 0, 0, NULL, 0, NULL, f}
-#define NESF_JF_END {NULL, NESF_JK_INT, 0, 0, 0, 0, NULL, 0, NULL, NULL}
+    {.key = k, .kind = NESF_JK_STRING, .off = offsetof(T, m), .size = sizeof(((T *)0)->m)}
+#define NESF_JF_OBJECT(k, rows) {.key = k, .kind = NESF_JK_OBJECT, .fields = rows}
+#define NESF_JF_CUSTOM(k, f) {.key = k, .kind = NESF_JK_CUSTOM, .fn = f}
+#define NESF_JF_END {.key = NULL}
+#define NESF_JF_END_NOUN(n) {.key = NULL, .noun = n}
 
 /* Reads the JSON object obj into dst by the rows of `fields`.  `where`
  * names obj's place in messages ("refine", "training"; "" at a file's top
@@ -89,6 +97,11 @@ int nesf_jconf_check(const nesf_jfield *fields, const void *src, const char *whe
  * "model" section seen by the training reader): accepts any value. */
 int nesf_jconf_skip(void *dst, const char *path, const struct json_t *v, void *ctx,
                     nesf_error *err);
+
+/* The values of src's numeric, boolean, named and string rows as a JSON
+ * object in table order (nested objects as objects; custom rows left
+ * out); NULL when out of memory.  The caller owns the result. */
+struct json_t *nesf_jconf_dump(const nesf_jfield *fields, const void *src);
 
 /* The numeric value of a numeric, boolean or named row in src. */
 double nesf_jconf_get(const nesf_jfield *f, const void *src);

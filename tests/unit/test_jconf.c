@@ -93,8 +93,19 @@ static void test_reader(void **state)
     assert_int_equal(nesf_jconf_check(rows, &d, "demo", &err), NESF_ERR_INVALID);
     assert_non_null(strstr(err.msg, "demo.sub.inner"));
 
-    expect_bad("{\"fo\": 1}", "demo: unknown key 'fo'");
-    expect_bad("{\"sub\": {\"iner\": 1}}", "demo.sub: unknown key 'iner'");
+    d.inner = -2;
+    json_t *dumped = nesf_jconf_dump(rows, &d);
+    assert_non_null(dumped);
+    char *text = json_dumps(dumped, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(dumped);
+    demo back = {0};
+    assert_int_equal(read_text(&back, text, &err), NESF_OK); /* the dump reads back */
+    free(text);
+    assert_true(back.d == d.d && back.mode == d.mode && back.seed == d.seed && back.inner == -2);
+    assert_string_equal(back.name, "abc");
+
+    expect_bad("{\"fo\": 1}", "demo: unknown key \"fo\"");
+    expect_bad("{\"sub\": {\"iner\": 1}}", "demo.sub: unknown key \"iner\"");
     expect_bad("{\"f\": 1.5}", "demo.f");
     expect_bad("{\"f\": \"x\"}", "demo.f: expected a number");
     expect_bad("{\"d\": 0}", "demo.d");   /* open at 0 */
@@ -133,7 +144,7 @@ static void test_config_files(void **state)
     nesf_error err;
     const char *p = write_tmp("a.json", "{\"model\": {\"latnet\": 8}}");
     assert_int_equal(nesf_model_config_load(p, &mc, &err), NESF_ERR_INVALID);
-    assert_non_null(strstr(err.msg, "model: unknown key 'latnet'"));
+    assert_non_null(strstr(err.msg, "model: unknown key \"latnet\""));
     p = write_tmp("b.json", "{\"modle\": {}, \"training\": {}}");
     assert_int_not_equal(nesf_model_config_load(p, &mc, &err), NESF_OK);
     assert_non_null(strstr(err.msg, "modle"));
@@ -142,7 +153,7 @@ static void test_config_files(void **state)
     assert_non_null(strstr(err.msg, "modle"));
     p = write_tmp("c.json", "{\"training\": {\"sampling\": {\"cell_pionts\": 8}}}");
     assert_int_equal(nesf_train_config_load(p, &tc, &err), NESF_ERR_INVALID);
-    assert_non_null(strstr(err.msg, "training.sampling: unknown key 'cell_pionts'"));
+    assert_non_null(strstr(err.msg, "training.sampling: unknown key \"cell_pionts\""));
     p = write_tmp("d.json", "{\"training\": {\"loss_weights\": {\"postion\": 1}}}");
     assert_int_equal(nesf_train_config_load(p, &tc, &err), NESF_ERR_INVALID);
     assert_non_null(strstr(err.msg, "postion"));
@@ -157,7 +168,7 @@ static void test_config_files(void **state)
     nesf_refine_opts ro;
     nesf_refine_opts_default(&ro);
     assert_int_equal(nesf_refine_opts_from_json(&ro, v, &err), NESF_ERR_INVALID);
-    assert_non_null(strstr(err.msg, "refine.loss_weights: unknown key 'spec'"));
+    assert_non_null(strstr(err.msg, "refine.loss_weights: unknown key \"spec\""));
     json_decref(v);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

@@ -247,10 +247,10 @@ static void test_unknown_keys(void **state)
     nesf_error err;
     static const struct { const char *text, *needle; } bad[] = {
         {"{\"listne\": \"127.0.0.1:1\"}", "listne"},
-        {"{\"batching\": {\"max_bacth\": 4}}", "batching: unknown key 'max_bacth'"},
-        {"{\"timeouts\": {\"request\": 4}}", "timeouts: unknown key 'request'"},
+        {"{\"batching\": {\"max_bacth\": 4}}", "batching: unknown key \"max_bacth\""},
+        {"{\"timeouts\": {\"request\": 4}}", "timeouts: unknown key \"request\""},
         {"{\"decode_options\": {\"mdoe\": \"fast\"}}", "mdoe"},
-        {"{\"timeouts\": {\"max_batch\": 4}}", "timeouts: unknown key 'max_batch'"},
+        {"{\"timeouts\": {\"max_batch\": 4}}", "timeouts: unknown key \"max_batch\""},
         {"{\"http_threads\": 2.5}", "http_threads"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
