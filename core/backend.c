@@ -1,33 +1,99 @@
 /* Backend selection and the arena, shared by every backend. */
 #include "backend.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-int nesf_backend_create(const char *kind, int threads, nesf_backend **out, nesf_error *err)
+void nesf_backend_params_default(nesf_backend_params *p)
 {
+    memset(p, 0, sizeof *p);
+    p->cuda_lt = 1;
+}
+
+int nesf_backend_params_set(nesf_backend_params *p, const char *name, const char *value,
+                            nesf_error *err)
+{
+    if (!value || !*value) return NESF_OK;
+    if (!strcmp(name, "NESF_CUDA_MATH")) {
+        static const char *const modes[] = {"fp32", "tf32", "bf16"};
+        for (int i = 0; i < 3; i++)
+            if (!strcmp(value, modes[i])) {
+                p->cuda_math = i;
+                return NESF_OK;
+            }
+        return nesf_fail(err, NESF_ERR_INVALID, "NESF_CUDA_MATH=%s: expected fp32, tf32 or bf16", value);
+    }
+    if (!strcmp(name, "NESF_CUDA_LT")) {
+        p->cuda_lt = strcmp(value, "0") != 0;
+        return NESF_OK;
+    }
+    if (!strcmp(name, "NESF_CUDA_CHUNK")) {
+        char *end;
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (errno || *end || v < 256 || v > (1L << 24))
+            return nesf_fail(err, NESF_ERR_INVALID, "NESF_CUDA_CHUNK=%s: expected rows in 256..16777216",
+                             value);
+        p->cuda_chunk = (int)v;
+        return NESF_OK;
+    }
+    if (!strcmp(name, "NESF_CUDA_EMULATION")) {
+        p->allow_emulation = !strcmp(value, "1");
+        return NESF_OK;
+    }
+    return nesf_fail(err, NESF_ERR_INVALID, "unknown backend parameter %s", name);
+}
+
+int nesf_backend_params_lookup(nesf_backend_params *p, char *(*lookup)(const char *name),
+                               nesf_error *err)
+{
+    static const char *const names[] = {"NESF_CUDA_MATH", "NESF_CUDA_LT", "NESF_CUDA_CHUNK",
+                                        "NESF_CUDA_EMULATION"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        int rc = nesf_backend_params_set(p, names[i], lookup(names[i]), err);
+        if (rc) return rc;
+    }
+    return NESF_OK;
+}
+
+int nesf_backend_open(const char *kind, const nesf_backend_params *p, nesf_backend **out,
+                      nesf_error *err)
+{
+    nesf_backend_params dflt;
+    if (!p) {
+        nesf_backend_params_default(&dflt);
+        p = &dflt;
+    }
     *out = NULL;
     if (!kind || !strcmp(kind, "auto")) {
 #ifndef NESF_CUDA_EMULATION /* the host emulation is a test harness: never chosen for work */
-        if (nesf_backend_cuda_available() && nesf_backend_cuda_create(0, out, NULL) == NESF_OK)
+        if (nesf_backend_cuda_available() && nesf_backend_cuda_create(p, out, NULL) == NESF_OK)
             return NESF_OK;
 #endif
-        return nesf_backend_cpu_create(threads, out, err);
+        return nesf_backend_cpu_create(p->threads, out, err);
     }
     if (!strcmp(kind, "cpu"))
-        return nesf_backend_cpu_create(threads, out, err);
+        return nesf_backend_cpu_create(p->threads, out, err);
     if (!strcmp(kind, "cuda")) {
 #ifdef NESF_CUDA_EMULATION
-        const char *ok = getenv("NESF_CUDA_EMULATION");
-        if (!ok || strcmp(ok, "1"))
+        if (!p->allow_emulation)
             return nesf_fail(err, NESF_ERR_UNSUPPORTED,
                              "this build's CUDA backend is the host emulation test harness "
                              "(-Demulate_cuda=true), not a GPU; NESF_CUDA_EMULATION=1 selects it "
                              "for tests");
 #endif
-        return nesf_backend_cuda_create(0, out, err);
+        return nesf_backend_cuda_create(p, out, err);
     }
     return nesf_fail(err, NESF_ERR_INVALID, "unknown backend '%s' (expected auto, cpu or cuda)", kind);
+}
+
+int nesf_backend_create(const char *kind, int threads, nesf_backend **out, nesf_error *err)
+{
+    nesf_backend_params p;
+    nesf_backend_params_default(&p);
+    p.threads = threads;
+    return nesf_backend_open(kind, &p, out, err);
 }
 
 void nesf_backend_free(nesf_backend *be)
@@ -35,10 +101,15 @@ void nesf_backend_free(nesf_backend *be)
     if (be) be->ops->destroy(be);
 }
 
-#ifndef NESF_HAVE_CUDA
-int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
+const char *nesf_backend_error(const nesf_backend *be)
 {
-    (void)device;
+    return be && be->ops->error ? be->ops->error(be) : "";
+}
+
+#ifndef NESF_HAVE_CUDA
+int nesf_backend_cuda_create(const nesf_backend_params *p, nesf_backend **out, nesf_error *err)
+{
+    (void)p;
     *out = NULL;
     return nesf_fail(err, NESF_ERR_UNSUPPORTED, "this build has no CUDA backend (rebuild with -Dcuda=enabled)");
 }

@@ -132,6 +132,10 @@ typedef struct nesf_backend_ops {
      * group i have as their argmax (first maximum, NaN never wins), ties to
      * the lowest class.  cls: n ints in backend memory. */
     void (*vote)(nesf_backend *be, int n, int P, int A, const float *L, int *cls);
+
+    /* The message of the first failure since the last sync(), else of the
+     * last one reported, "" if none (nesf_backend_error). */
+    const char *(*error)(const nesf_backend *be);
 } nesf_backend_ops;
 
 struct nesf_backend {
@@ -145,15 +149,57 @@ struct nesf_backend {
     void *impl;            /* backend private state */
 };
 
+/* The parameters a backend is created with.  The library never reads the
+ * environment: a tool or the daemon fills these (from flags, a config
+ * file, or the documented variables through nesf_backend_params_lookup)
+ * and passes them in. */
+enum { NESF_CUDA_MATH_FP32 = 0, NESF_CUDA_MATH_TF32, NESF_CUDA_MATH_BF16 };
+typedef struct nesf_backend_params {
+    int threads;         /* CPU threads; <= 0: all cores */
+    int device;          /* CUDA device index */
+    int cuda_math;       /* NESF_CUDA_MATH_*: the GEMMs' arithmetic (FP32) */
+    int cuda_lt;         /* the fused cuBLASLt Linear (1); 0: GEMM + bias_act */
+    int cuda_chunk;      /* field rows per pass on CUDA; 0: the backend's 65536 */
+    int allow_emulation; /* "cuda" may select the host emulation test harness
+                            of an -Demulate_cuda build (0: refused) */
+} nesf_backend_params;
+
+/* threads 0, device 0, FP32, cuBLASLt on, the default chunk, no emulation. */
+void nesf_backend_params_default(nesf_backend_params *p);
+
+/* Sets the parameter a documented variable name stands for from its text:
+ * NESF_CUDA_MATH (fp32 | tf32 | bf16), NESF_CUDA_LT ("0" turns the fused
+ * Linear off), NESF_CUDA_CHUNK (rows, 256 .. 16777216), NESF_CUDA_EMULATION
+ * ("1" allows the emulation).  An empty or NULL value leaves p as it is.
+ * NESF_ERR_INVALID names the variable and the value it refuses. */
+int nesf_backend_params_set(nesf_backend_params *p, const char *name, const char *value,
+                            nesf_error *err);
+
+/* Calls nesf_backend_params_set for each documented name with lookup(name)
+ * (the caller's getenv, or a table of its own). */
+int nesf_backend_params_lookup(nesf_backend_params *p, char *(*lookup)(const char *name),
+                               nesf_error *err);
+
 /* Backend selection: kind is "cpu", "cuda" or "auto" (CUDA when built in
- * and a device is present, else CPU).  threads <= 0 means all cores. */
+ * and a device is present, else CPU); p NULL means the defaults. */
+int nesf_backend_open(const char *kind, const nesf_backend_params *p, nesf_backend **out,
+                      nesf_error *err);
+/* nesf_backend_open with the default parameters and `threads` (<= 0: all
+ * cores). */
 int nesf_backend_create(const char *kind, int threads, nesf_backend **out, nesf_error *err);
 void nesf_backend_free(nesf_backend *be);
 
 int nesf_backend_cpu_create(int threads, nesf_backend **out, nesf_error *err);
-/* Defined only in CUDA builds; returns NESF_ERR_UNSUPPORTED otherwise. */
-int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err);
+/* Device p->device with p's CUDA parameters (p NULL: the defaults).
+ * Defined only in CUDA builds; returns NESF_ERR_UNSUPPORTED otherwise. */
+int nesf_backend_cuda_create(const nesf_backend_params *p, nesf_backend **out, nesf_error *err);
 int nesf_backend_cuda_available(void);
+
+/* Why the backend failed: the message of its first failure since the last
+ * sync(), else of the last one sync() reported, "" if none.  Both backends
+ * keep the first failure of the ops that return void (sticky): download()
+ * reports it without clearing it, sync() reports its code and clears it. */
+const char *nesf_backend_error(const nesf_backend *be);
 
 /* Counter-based RNG shared by every backend: a uniform float in [0, 1)
  * from (seed, index), so CPU and GPU dropout masks agree bit for bit (the

@@ -63,9 +63,30 @@ typedef struct cpu_impl {
     size_t npart;
     float *fpart;                 /* per-job partial GEMM results, likewise */
     size_t nfpart;
+    atomic_int failed;            /* the first failure since the last sync (sticky) */
+    char msg[256];                /* its message, kept after sync reports it */
 } cpu_impl;
 
 static cpu_impl *impl_of(nesf_backend *be) { return be->impl; }
+
+/* Keeps the first failure of an op that returns void, so that the next
+ * download() and sync() report it instead of letting stale outputs read as
+ * results; safe from the worker threads (the first caller wins). */
+static void cpu_fail(nesf_backend *be, const char *what)
+{
+    cpu_impl *p = impl_of(be);
+    int none = 0;
+    if (atomic_compare_exchange_strong(&p->failed, &none, -1)) {
+        snprintf(p->msg, sizeof p->msg, "CPU backend %s: out of memory", what);
+        atomic_store(&p->failed, NESF_ERR_NOMEM);
+    }
+}
+
+static const char *cpu_error(const nesf_backend *be)
+{
+    const cpu_impl *p = be->impl;
+    return p->msg;
+}
 
 /* Takes jobs until none is left. */
 static void take_jobs(cpu_impl *p)
@@ -135,7 +156,10 @@ static double *partials(nesf_backend *be, size_t n)
     cpu_impl *p = impl_of(be);
     if (n > p->npart) {
         double *q = realloc(p->part, n * sizeof *q);
-        if (!q) return NULL;
+        if (!q) {
+            cpu_fail(be, "partial sums");
+            return NULL;
+        }
         p->part = q;
         p->npart = n;
     }
@@ -151,6 +175,7 @@ typedef struct {
     const float *X, *Y, *mu;
     int ldx, ldy;
     double *part;                 /* njobs x (2 cols) */
+    nesf_backend *be;             /* for failures in the jobs */
 } colred_ctx;
 
 /* acc[c] and acc[cols + c] += sums over rows [r0, r1), in float over
@@ -208,7 +233,10 @@ static void moments_job(void *ctx, int j)
     double *acc = k->part + (size_t)j * 2 * cols;
     float stack[3 * 512], *buf = 3 * cols <= 3 * 512 ? stack : malloc((size_t)3 * cols * sizeof *buf);
     memset(acc, 0, (size_t)2 * cols * sizeof *acc);
-    if (!buf) return;  /* cannot happen for the widths of a model (< 65536) */
+    if (!buf) { /* only for widths beyond 512 columns */
+        cpu_fail(k->be, "bn_train");
+        return;
+    }
     colred_ctx q = *k;
     q.mode = SUM_X;
     colred_rows(&q, r0, r1, acc, buf);
@@ -271,7 +299,19 @@ static int cpu_copy(nesf_backend *be, void *dst, const void *src, size_t bytes)
     return NESF_OK;
 }
 
-static int cpu_sync(nesf_backend *be) { (void)be; return NESF_OK; }
+/* Reports the sticky failure and clears it (the message stays). */
+static int cpu_sync(nesf_backend *be)
+{
+    return atomic_exchange(&impl_of(be)->failed, 0);
+}
+
+/* Copies and reports any failure since the last sync() without clearing
+ * it, as the CUDA download does. */
+static int cpu_download(nesf_backend *be, void *dst, const void *src, size_t bytes)
+{
+    if (bytes) memmove(dst, src, bytes);
+    return atomic_load(&impl_of(be)->failed);
+}
 
 static void cpu_fill(nesf_backend *be, float *y, size_t n, float v)
 {
@@ -576,6 +616,7 @@ static void cpu_col_sum(nesf_backend *be, int rows, int cols, const float *X, in
     colred_ctx k = {.rows = rows, .cols = cols, .mode = SUM_X, .X = X, .ldx = ldx};
     if (sum && col_reduce(be, &k, sum) == NESF_OK)
         for (int c = 0; c < cols; c++) b[c] += (float)sum[c];
+    else cpu_fail(be, "col_sum");
     free(sum);
 }
 
@@ -628,7 +669,8 @@ static void cpu_bn_train(nesf_backend *be, int rows, int cols, const float *X, i
     double *mu = malloc((size_t)2 * (cols > 0 ? cols : 1) * sizeof *mu), *m2 = mu + cols;
     float *g = malloc((size_t)2 * (cols > 0 ? cols : 1) * sizeof *g), *bt = g + cols;
     colred_ctx k = {.rows = rows, .cols = cols, .X = X, .ldx = ldx,
-                    .part = partials(be, (size_t)(nj > 0 ? nj : 1) * 2 * cols)};
+                    .part = partials(be, (size_t)(nj > 0 ? nj : 1) * 2 * cols), .be = be};
+    if (!mu || !g || !k.part) cpu_fail(be, "bn_train");
     if (!mu || !g || !k.part || rows < 1) goto out;
     run_jobs(be, nj, moments_job, &k);
     moments_combine(k.part, nj, rows, cols, mu, m2);
@@ -684,7 +726,10 @@ static void cpu_relu_bn_backward(nesf_backend *be, int rows, int cols, const flo
     float *k1 = malloc((size_t)3 * (cols > 0 ? cols : 1) * sizeof *k1), *k2 = k1 + cols, *k3 = k2 + cols;
     colred_ctx k = {.rows = rows, .cols = cols, .mode = SUM_BNB, .X = dOut, .ldx = ldo, .Y = R,
                     .ldy = ldr, .mu = mean};
-    if (!s || !k1 || col_reduce(be, &k, s)) goto out;
+    if (!s || !k1 || col_reduce(be, &k, s)) {
+        cpu_fail(be, "relu_bn_backward");
+        goto out;
+    }
     const double *sdy = s, *sdyx = s + cols;
     for (int c = 0; c < cols; c++) {
         const float is = invstd[c];
@@ -879,7 +924,7 @@ static const nesf_backend_ops cpu_ops = {
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,
-    .download = cpu_copy,
+    .download = cpu_download,
     .copy = cpu_copy,
     .sync = cpu_sync,
     .gemm = cpu_gemm,
@@ -903,6 +948,7 @@ static const nesf_backend_ops cpu_ops = {
     .row_sqnorm = cpu_row_sqnorm,
     .linear = cpu_linear,
     .vote = cpu_vote,
+    .error = cpu_error,
 };
 
 /* Starts threads - 1 workers; the calling thread is the last one. */

@@ -776,6 +776,11 @@ static void cu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *
     nesf_cuda_launched(c, "vote");
 }
 
+static const char *cu_error(const nesf_backend *be)
+{
+    return ((const nesf_cuda *)be->impl)->msg;
+}
+
 static const nesf_backend_ops cuda_ops = {
     .destroy = cu_destroy,
     .alloc = cu_alloc,
@@ -805,6 +810,7 @@ static const nesf_backend_ops cuda_ops = {
     .row_sqnorm = cu_row_sqnorm,
     .linear = cu_linear,
     .vote = cu_vote,
+    .error = cu_error,
 };
 
 /* ---- creation ---- */
@@ -819,11 +825,12 @@ int nesf_backend_cuda_available(void)
     return n > 0;
 }
 
-static int parse_math(const char *s, int *math, cublasComputeType_t *ct)
+/* The cuBLAS compute type of a math mode (backend.h). */
+static int compute_type(int math, cublasComputeType_t *ct)
 {
-    if (!s || !*s || !strcmp(s, "fp32")) { *math = NESF_CUDA_FP32; *ct = CUBLAS_COMPUTE_32F; }
-    else if (!strcmp(s, "tf32")) { *math = NESF_CUDA_TF32; *ct = CUBLAS_COMPUTE_32F_FAST_TF32; }
-    else if (!strcmp(s, "bf16")) { *math = NESF_CUDA_BF16; *ct = CUBLAS_COMPUTE_32F_FAST_16BF; }
+    if (math == NESF_CUDA_MATH_FP32) *ct = CUBLAS_COMPUTE_32F;
+    else if (math == NESF_CUDA_MATH_TF32) *ct = CUBLAS_COMPUTE_32F_FAST_TF32;
+    else if (math == NESF_CUDA_MATH_BF16) *ct = CUBLAS_COMPUTE_32F_FAST_16BF;
     else return -1;
     return 0;
 }
@@ -842,13 +849,19 @@ static double peak_flops(int device, int major, int minor, int sms, int math)
     if (major == 8 && minor == 0) { fp32 = 128; tf32 = 1024; bf16 = 2048; } /* A100 */
     else if (major == 9 && minor == 0) { fp32 = 256; tf32 = 2048; bf16 = 4096; } /* H100, H200 */
     else return 0;
-    double per_clk = math == NESF_CUDA_TF32 ? tf32 : math == NESF_CUDA_BF16 ? bf16 : fp32;
+    double per_clk = math == NESF_CUDA_MATH_TF32 ? tf32 : math == NESF_CUDA_MATH_BF16 ? bf16 : fp32;
     return per_clk * sms * khz * 1e3;
 }
 
-int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
+int nesf_backend_cuda_create(const nesf_backend_params *p, nesf_backend **out, nesf_error *err)
 {
     static const char *math_names[] = {"fp32", "tf32", "bf16"};
+    nesf_backend_params dflt;
+    if (!p) {
+        nesf_backend_params_default(&dflt);
+        p = &dflt;
+    }
+    const int device = p->device;
     *out = NULL;
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -860,12 +873,10 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
     if (device < 0 || device >= n)
         return nesf_fail(err, NESF_ERR_INVALID, "CUDA device %d out of range (%d devices)",
                          device, n);
-    const char *env = getenv("NESF_CUDA_MATH");
-    int math;
+    const int math = p->cuda_math;
     cublasComputeType_t ct;
-    if (parse_math(env, &math, &ct))
-        return nesf_fail(err, NESF_ERR_INVALID,
-                         "NESF_CUDA_MATH=%s: expected fp32, tf32 or bf16", env);
+    if (compute_type(math, &ct))
+        return nesf_fail(err, NESF_ERR_INVALID, "CUDA math mode %d: expected fp32, tf32 or bf16", math);
 
     nesf_backend *be = (nesf_backend *)calloc(1, sizeof *be);
     nesf_cuda *c = (nesf_cuda *)calloc(1, sizeof *c);
@@ -912,14 +923,11 @@ int nesf_backend_cuda_create(int device, nesf_backend **out, nesf_error *err)
         return rc;
     }
     /* the fused Linear is optional: without it GEMM + bias_act do the work */
-    const char *lt = getenv("NESF_CUDA_LT");
-    if (!(lt && !strcmp(lt, "0"))) nesf_cuda_lt_init(c);
+    if (p->cuda_lt) nesf_cuda_lt_init(c);
     c->sm_count = prop.multiProcessorCount;
     /* field chunks: enough rows that each GEMM fills the device and launch
-     * costs are amortised; NESF_CUDA_CHUNK overrides (tuning) */
-    be->chunk_rows = 1 << 16;
-    const char *ch = getenv("NESF_CUDA_CHUNK");
-    if (ch && atoi(ch) >= 256) be->chunk_rows = atoi(ch);
+     * costs are amortised; p->cuda_chunk overrides (tuning) */
+    be->chunk_rows = p->cuda_chunk >= 256 ? p->cuda_chunk : 1 << 16;
     be->peak_flops = peak_flops(device, prop.major, prop.minor, prop.multiProcessorCount, math);
     snprintf(be->device, sizeof be->device, "CUDA %d: %.64s, sm_%d%d, %d SMs, %.0f GiB; cuBLAS %d.%d, %s",
              device, prop.name, prop.major, prop.minor, prop.multiProcessorCount,

@@ -33,7 +33,6 @@ extern "C" {
 
 /* NESF_CUDA_MATH selects the GEMM arithmetic: fp32 (default, exact FP32),
  * tf32 or bf16 (tensor cores, FP32 in and out, inputs rounded). */
-enum { NESF_CUDA_FP32 = 0, NESF_CUDA_TF32, NESF_CUDA_BF16 };
 
 /* Small uploads go through a ring of pinned staging slots: a copy from
  * pageable memory may wait for the stream to drain, one from pinned memory
@@ -63,7 +62,7 @@ typedef struct nesf_lt_plan {
 typedef struct nesf_cuda {
     int device;
     int sm_count;
-    int math;                 /* NESF_CUDA_FP32 ... */
+    int math;                 /* NESF_CUDA_MATH_FP32 ... (backend.h) */
     cublasComputeType_t compute;
     cudaStream_t stream;
     cublasHandle_t blas;

@@ -32,6 +32,7 @@ void nesfd_config_defaults(nesfd_config *c)
     c->body_memory = 256u << 20;
     c->shutdown_grace_s = 60;
     c->log_requests = 1;
+    nesf_backend_params_default(&c->backend_params);
     nesf_decode_opts_default(&c->decode);
     c->decode.mode = NESF_DECODE_FAST;
 }
@@ -575,6 +576,7 @@ int nesfd_config_from_args(nesfd_config *c, int argc, char **argv, int *help, in
     if (rc) return rc;
     const char *env = getenv("NESFD_TOKEN");
     if (env && *env && (rc = set_token(c, "NESFD_TOKEN", env, err))) return rc;
+    if ((rc = nesf_backend_params_lookup(&c->backend_params, getenv, err))) return rc;
     return walk_args(argc, argv, 0, c, help, version, check, err);
 }
 

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "decode.h"
 #include "error.h"
 
@@ -58,6 +59,10 @@ typedef struct nesfd_config {
     char web_root[4096];       /* static files (the web viewer) served at /; "" = none */
     int domain_refuse;         /* inputs outside a model's training domain (domain.h):
                                   0 "warn": answered with "warnings", 1 "refuse": 422 */
+    nesf_backend_params backend_params; /* CUDA knobs from the environment
+                                  (NESF_CUDA_MATH, NESF_CUDA_LT, NESF_CUDA_CHUNK,
+                                  NESF_CUDA_EMULATION; nesfd_config_from_args reads
+                                  them); threads come from compute_threads */
     nesf_decode_opts decode;   /* decode options of a request that sets none; a request's
                                   "options" override them key by key.  Built in: the fast
                                   mode (it qualified against the paper's algorithm, see

@@ -213,7 +213,9 @@ static int load_one(nesfd_model_entry *me, const nesfd_config *c, const nesfd_mo
     int rc = file_hash(spec->path, &h, err);
     if (rc) return rc;
     snprintf(me->id, sizeof me->id, "%s-%016llx", spec->name, (unsigned long long)h);
-    if ((rc = nesf_backend_create(c->backend, c->compute_threads, &me->be, err))) return rc;
+    nesf_backend_params bp = c->backend_params;
+    bp.threads = c->compute_threads;
+    if ((rc = nesf_backend_open(c->backend, &bp, &me->be, err))) return rc;
     if ((rc = nesf_model_load(spec->path, me->be, &me->model, err))) return rc;
     me->latent = nesf_model_latent_size(me->model);
     me->params = nesf_model_param_count(me->model);

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <sys/resource.h>
+
 #include "backend.h"
 
 static nesf_backend *be1, *be3;
@@ -198,6 +200,42 @@ static void test_groups_loss_adam(void **state)
     free(G); free(E); free(W); free(b); free(L); free(g); free(p0);
 }
 
+/* A failure inside an op that returns void is kept (sticky): download()
+ * reports it without clearing it, sync() reports it and clears it, and
+ * nesf_backend_error keeps the first failure's message.  The failure is an
+ * allocation refused under a lowered address-space limit (not under ASan,
+ * whose allocator aborts instead of returning NULL). */
+static void test_sticky_error(void **state)
+{
+    (void)state;
+#if defined(__SANITIZE_ADDRESS__)
+    skip();
+#else
+    nesf_backend *be;
+    assert_int_equal(nesf_backend_cpu_create(1, &be, NULL), NESF_OK);
+    assert_int_equal(be->ops->sync(be), NESF_OK);
+    assert_string_equal(nesf_backend_error(be), "");
+    float b[4] = {1, 2, 3, 4}, x[4] = {0}, y[4] = {0};
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_AS, &old), 0);
+    struct rlimit low = old;
+    low.rlim_cur = (rlim_t)1 << 33; /* 8 GiB: below the 16 GiB col_sum asks for */
+    if (old.rlim_cur != RLIM_INFINITY && old.rlim_cur < low.rlim_cur) low.rlim_cur = old.rlim_cur;
+    assert_int_equal(setrlimit(RLIMIT_AS, &low), 0);
+    be->ops->col_sum(be, 1, 1 << 30, x, 1 << 30, b); /* 2^30 columns of double sums */
+    assert_int_equal(setrlimit(RLIMIT_AS, &old), 0);
+    assert_true(b[0] == 1 && b[3] == 4); /* untouched */
+    assert_int_equal(be->ops->download(be, y, x, sizeof x), NESF_ERR_NOMEM);
+    assert_int_equal(be->ops->download(be, y, x, sizeof x), NESF_ERR_NOMEM); /* not cleared */
+    assert_non_null(strstr(nesf_backend_error(be), "col_sum"));
+    assert_int_equal(be->ops->sync(be), NESF_ERR_NOMEM);
+    assert_int_equal(be->ops->sync(be), NESF_OK); /* reported once */
+    assert_int_equal(be->ops->download(be, y, x, sizeof x), NESF_OK);
+    assert_non_null(strstr(nesf_backend_error(be), "col_sum")); /* the message stays */
+    nesf_backend_free(be);
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -205,6 +243,7 @@ int main(void)
         cmocka_unit_test(test_linear_and_elementwise),
         cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_groups_loss_adam),
+        cmocka_unit_test(test_sticky_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

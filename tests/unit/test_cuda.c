@@ -50,6 +50,19 @@ static void env_pop(const char *name, char *save)
     free(save);
 }
 
+/* A CUDA backend on device with the parameters the suite's environment
+ * sets (NESF_CUDA_MATH, NESF_CUDA_LT, NESF_CUDA_CHUNK): the library reads
+ * no environment, the test passes them in. */
+static int cuda_create_env(int device, nesf_backend **be, nesf_error *err)
+{
+    nesf_backend_params p;
+    nesf_backend_params_default(&p);
+    p.device = device;
+    *be = NULL;
+    int rc = nesf_backend_params_lookup(&p, getenv, err);
+    return rc ? rc : nesf_backend_cuda_create(&p, be, err);
+}
+
 static int require_cuda(void)
 {
     const char *r = getenv("NESF_REQUIRE_CUDA");
@@ -182,7 +195,7 @@ static int setup(void **state)
         free(P);
         return -1;
     }
-    if (nesf_backend_cuda_create(0, &P->gpu, &err)) {
+    if (cuda_create_env(0, &P->gpu, &err)) {
         /* the driver's reason (no device, driver too old for the toolkit) */
         printf("CUDA backend: none: %s%s\n", err.msg,
                require_cuda() ? " (NESF_REQUIRE_CUDA=1: every device test fails)" : "");
@@ -224,7 +237,7 @@ static void test_create(void **state)
     (void)state;
     nesf_backend *be = NULL;
     nesf_error err = {0};
-    int rc = nesf_backend_cuda_create(0, &be, &err), emulated = 0;
+    int rc = cuda_create_env(0, &be, &err), emulated = 0;
     if (require_cuda() && rc) fail_msg("NESF_REQUIRE_CUDA=1: %s", err.msg);
     if (nesf_backend_cuda_available()) {
         assert_int_equal(rc, NESF_OK);
@@ -233,10 +246,10 @@ static void test_create(void **state)
         emulated = strstr(be->device, "emulation") != NULL;
         nesf_backend_free(be);
         /* out-of-range device and bad math mode are clean errors */
-        assert_int_equal(nesf_backend_cuda_create(999, &be, &err), NESF_ERR_INVALID);
+        assert_int_equal(cuda_create_env(999, &be, &err), NESF_ERR_INVALID);
         assert_null(be);
         char *save = env_push("NESF_CUDA_MATH", "fp64");
-        rc = nesf_backend_cuda_create(0, &be, &err);
+        rc = cuda_create_env(0, &be, &err);
         env_pop("NESF_CUDA_MATH", save);
         assert_int_equal(rc, NESF_ERR_INVALID);
         assert_non_null(strstr(err.msg, "NESF_CUDA_MATH"));
@@ -333,7 +346,7 @@ static void test_linear(void **state)
     nesf_backend *plain;
     nesf_error err;
     char *save = env_push("NESF_CUDA_LT", "0");
-    int rc = nesf_backend_cuda_create(0, &plain, &err);
+    int rc = cuda_create_env(0, &plain, &err);
     env_pop("NESF_CUDA_LT", save);
     assert_int_equal(rc, NESF_OK);
     nesf_backend *gpus[2] = {P->gpu, plain};
@@ -378,7 +391,7 @@ static void test_gemm_math_modes(void **state)
         char *save = env_push("NESF_CUDA_MATH", modes[m]);
         nesf_backend *be;
         nesf_error err;
-        int rc = nesf_backend_cuda_create(0, &be, &err);
+        int rc = cuda_create_env(0, &be, &err);
         env_pop("NESF_CUDA_MATH", save);
         assert_int_equal(rc, NESF_OK);
         float *dA = be->ops->alloc(be, (size_t)M * K * 4), *dB = be->ops->alloc(be, (size_t)N * K * 4);

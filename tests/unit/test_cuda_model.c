@@ -44,6 +44,19 @@ typedef struct fixture {
     const char *model;        /* the weight file both models were loaded from */
 } fixture;
 
+/* A CUDA backend on device with the parameters the suite's environment
+ * sets (NESF_CUDA_MATH, NESF_CUDA_LT, NESF_CUDA_CHUNK): the library reads
+ * no environment, the test passes them in. */
+static int cuda_create_env(int device, nesf_backend **be, nesf_error *err)
+{
+    nesf_backend_params p;
+    nesf_backend_params_default(&p);
+    p.device = device;
+    *be = NULL;
+    int rc = nesf_backend_params_lookup(&p, getenv, err);
+    return rc ? rc : nesf_backend_cuda_create(&p, be, err);
+}
+
 static int require_cuda(void)
 {
     const char *r = getenv("NESF_REQUIRE_CUDA");
@@ -170,7 +183,7 @@ static int setup(void **state)
     nesf_error err = {0};
     if (!nesf_backend_cuda_available()) {
         nesf_backend *be;
-        if (nesf_backend_cuda_create(0, &be, &err) == NESF_OK) nesf_backend_free(be);
+        if (cuda_create_env(0, &be, &err) == NESF_OK) nesf_backend_free(be);
         printf("CUDA backend: none: %s\n", err.msg); /* the driver's reason */
         return 0;
     }
@@ -182,7 +195,7 @@ static int setup(void **state)
     const char *old = getenv("NESF_CUDA_CHUNK");
     char *save = old ? strdup(old) : NULL;
     setenv("NESF_CUDA_CHUNK", "5000", 1);
-    if (!rc) rc = nesf_backend_cuda_create(0, &f->gpu, &err);
+    if (!rc) rc = cuda_create_env(0, &f->gpu, &err);
     if (save) setenv("NESF_CUDA_CHUNK", save, 1); /* the caller's value for later tests */
     else unsetenv("NESF_CUDA_CHUNK");
     free(save);

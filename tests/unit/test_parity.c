@@ -34,7 +34,11 @@ static int setup(void **state)
     (void)state;
     nesf_error e = {0};
     const char *kind = getenv("NESF_PARITY_BACKEND");
-    if (nesf_backend_create(kind && *kind ? kind : "cpu", 1, &be, &e)) {
+    nesf_backend_params bp; /* NESF_CUDA_EMULATION=1 and the CUDA knobs, from the environment */
+    nesf_backend_params_default(&bp);
+    bp.threads = 1;
+    if (nesf_backend_params_lookup(&bp, getenv, &e) ||
+        nesf_backend_open(kind && *kind ? kind : "cpu", &bp, &be, &e)) {
         fprintf(stderr, "backend: %s\n", e.msg);
         return -1;
     }

@@ -91,8 +91,11 @@ static void bench_fields(bench *b, nesf_model *m, nesf_backend *be, double pos_f
     for (int i = 0; i < S * L; i++) z[i] = (float)sin(i * 0.37);
     for (int i = 0; i < Q * 3; i++) xyz[i] = (float)(5 + 5 * sin(i * 0.11));
     for (int s = 0; s <= S; s++) off[s] = (int)((long)Q * s / S);
-    be->ops->upload(be, zd, z, (size_t)S * L * sizeof(float));
-    be->ops->upload(be, xd, xyz, (size_t)Q * 3 * sizeof(float));
+    if (be->ops->upload(be, zd, z, (size_t)S * L * sizeof(float)) ||
+        be->ops->upload(be, xd, xyz, (size_t)Q * 3 * sizeof(float))) {
+        printf("  fields: upload failed: %s\n", nesf_backend_error(be));
+        goto out;
+    }
     int reps = 0;
     double t0 = 0, t = 0;
     for (int r = -1; r < 50; r++) { /* one warm-up, then until ~2 s */
@@ -397,9 +400,10 @@ int nesf_bench_gpu(int argc, char **argv)
     for (char *save = NULL, *mode = strtok_r(b.math, ",", &save);
          mode && nesf_backend_cuda_available(); mode = strtok_r(NULL, ",", &save)) {
         nesf_backend *gpu;
-        setenv("NESF_CUDA_MATH", mode, 1);
-        int grc = nesf_backend_cuda_create(0, &gpu, &err);
-        unsetenv("NESF_CUDA_MATH");
+        nesf_backend_params bp;
+        nesf_backend_params_default(&bp);
+        int grc = nesf_backend_params_set(&bp, "NESF_CUDA_MATH", mode, &err);
+        if (!grc) grc = nesf_backend_cuda_create(&bp, &gpu, &err);
         if (grc) {
             fprintf(stderr, "nesf bench gpu: %s\n", err.msg);
             rc = 1;

@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 
+#include "latent_cli.h"
 #include "commands.h"
 #include "model.h"
 #include "sio.h"
@@ -45,7 +46,7 @@ int nesf_cmd_encode(int argc, char **argv)
     float *z = NULL;
     int n = 0, rc = 1;
     if (nesf_sio_read_file(argv[optind], NESF_FORMAT_AUTO, &s, &n, &err) ||
-        nesf_backend_create(backend, 0, &be, &err) || nesf_model_load(model, be, &m, &err))
+        cli_backend_open(backend, 0, &be, &err) || nesf_model_load(model, be, &m, &err))
         goto out;
     const int L = nesf_model_latent_size(m);
     z = malloc((size_t)(n ? n : 1) * L * sizeof *z);

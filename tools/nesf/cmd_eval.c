@@ -344,7 +344,7 @@ static int eval_setup(eval_run *r)
     } else {
         nesf_vocab v;
         if (nesf_vocab_load(a->meta, &v, &err) ||
-            nesf_backend_create(a->backend ? a->backend : "auto", a->threads, &r->be, &err)) {
+            cli_backend_open(a->backend, a->threads, &r->be, &err)) {
             fprintf(stderr, "nesf eval: %s\n", err.msg);
             return -1;
         }

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "latent_cli.h"
 #include "clock.h"
 #include "commands.h"
 #include "dataset.h"
@@ -174,7 +175,7 @@ int nesf_cmd_train(int argc, char **argv)
     fprintf(stderr, "nesf train: %d train, %d val structures (%.2f s)\n", train.n, val.n, nesf_clock_s() - t0);
 
     nesf_backend *be = NULL;
-    if (nesf_backend_create(backend, threads, &be, &err)) goto fail;
+    if (cli_backend_open(backend, threads, &be, &err)) goto fail;
     fprintf(stderr, "nesf train: backend %s\n", be->device);
 
     nesf_model *m = NULL;

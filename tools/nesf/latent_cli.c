@@ -51,13 +51,23 @@ void cli_progress_end(cli_progress *p)
     fputc('\n', stderr);
 }
 
+int cli_backend_open(const char *kind, int threads, nesf_backend **be, nesf_error *err)
+{
+    nesf_backend_params p;
+    nesf_backend_params_default(&p);
+    p.threads = threads;
+    *be = NULL;
+    int rc = nesf_backend_params_lookup(&p, getenv, err);
+    return rc ? rc : nesf_backend_open(kind ? kind : "auto", &p, be, err);
+}
+
 int cli_open_model(const char *cmd, const char *path, const char *backend, int threads,
                    nesf_backend **be, nesf_model **m)
 {
     nesf_error err;
     *be = NULL;
     *m = NULL;
-    if (nesf_backend_create(backend ? backend : "auto", threads, be, &err)) {
+    if (cli_backend_open(backend, threads, be, &err)) {
         fprintf(stderr, "nesf %s: %s\n", cmd, err.msg);
         return 1;
     }

@@ -23,6 +23,12 @@ void cli_progress_start(cli_progress *p, const char *label, long total);
 void cli_progress_update(cli_progress *p, long done);
 void cli_progress_end(cli_progress *p);
 
+/* The tools' backend: kind ("cpu", "cuda", "auto"; NULL: auto) and threads
+ * (<= 0: all cores), with the CUDA parameters of the documented variables
+ * (NESF_CUDA_MATH, NESF_CUDA_LT, NESF_CUDA_CHUNK, NESF_CUDA_EMULATION),
+ * which the tool reads and passes to the library. */
+int cli_backend_open(const char *kind, int threads, nesf_backend **be, nesf_error *err);
+
 /* Backend kind ("cpu", "cuda", "auto") and threads (<= 0: all cores), then
  * the model.  On failure prints "nesf CMD: ..." and returns 1. */
 int cli_open_model(const char *cmd, const char *path, const char *backend, int threads,
