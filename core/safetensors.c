@@ -158,6 +158,83 @@ static int span_cmp(const void *a, const void *b)
     return 0;
 }
 
+/* The 8-byte little-endian header length and the header's JSON object;
+ * *hlen is the header's size. */
+static int read_header(const unsigned char *buf, size_t len, uint64_t *hlen, json_t **root,
+                       nesf_error *err)
+{
+    if (len < 8) return nesf_fail(err, NESF_ERR_FORMAT, "safetensors: file of %zu bytes has no header", len);
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--) h = h << 8 | buf[i];
+    if (h > len - 8 || h > ST_MAX_HEADER)
+        return nesf_fail(err, NESF_ERR_FORMAT,
+                         "safetensors: header claims %llu bytes but the file has %zu after the length",
+                         (unsigned long long)h, len - 8);
+    if (h < 2)
+        return nesf_fail(err, NESF_ERR_FORMAT, "safetensors: header of %llu bytes is too short",
+                         (unsigned long long)h);
+    json_error_t je;
+    /* duplicate keys are refused by the JSON parser: names are unique */
+    *root = json_loadb((const char *)buf + 8, (size_t)h, JSON_REJECT_DUPLICATES, &je);
+    if (!*root)
+        return nesf_fail(err, NESF_ERR_PARSE, "safetensors: header is not valid JSON: %s (column %d)",
+                         je.text, je.column);
+    if (!json_is_object(*root))
+        return nesf_fail(err, NESF_ERR_FORMAT, "safetensors: header is not a JSON object");
+    *hlen = h;
+    return NESF_OK;
+}
+
+/* Tensors must tile the data area exactly, in some order: no overlap, no
+ * hole, nothing after the last one (the reference implementation's rule;
+ * a header that lies about where its bytes are is refused).  Sorts spans. */
+static int check_tiling(const nesf_st *st, span *spans, size_t data_len, nesf_error *err)
+{
+    qsort(spans, (size_t)st->n, sizeof *spans, span_cmp);
+    uint64_t pos = 0;
+    for (int i = 0; i < st->n; i++) {
+        if (spans[i].begin != pos) {
+            const char *name = st->t[spans[i].idx].name;
+            return spans[i].begin < pos
+                       ? nesf_fail(err, NESF_ERR_FORMAT,
+                                   "safetensors: tensor '%s' overlaps another tensor", name)
+                       : nesf_fail(err, NESF_ERR_FORMAT,
+                                   "safetensors: %llu unaccounted bytes before tensor '%s'",
+                                   (unsigned long long)(spans[i].begin - pos), name);
+        }
+        pos = spans[i].end;
+    }
+    if (pos != data_len)
+        return nesf_fail(err, NESF_ERR_FORMAT,
+                         "safetensors: tensors cover %llu bytes of a %zu-byte data area",
+                         (unsigned long long)pos, data_len);
+    return NESF_OK;
+}
+
+/* The header's entries: the metadata and one tensor each, with their
+ * byte spans in spans (one per tensor, in header order). */
+static int read_entries(nesf_st *st, json_t *root, const unsigned char *data, size_t data_len,
+                        span *spans, nesf_error *err)
+{
+    const char *key;
+    json_t *val;
+    int rc;
+    json_object_foreach(root, key, val) {
+        if (strcmp(key, "__metadata__") == 0) {
+            if ((rc = parse_meta(st, val, err))) return rc;
+            continue;
+        }
+        nesf_st_tensor *t = &st->t[st->n];
+        uint64_t b = 0, e = 0;
+        if ((rc = parse_tensor(key, val, data_len, t, &b, &e, err))) return rc;
+        if (!(t->name = strdup(key))) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+        t->data = data + b;
+        spans[st->n] = (span){b, e, st->n};
+        st->n++;
+    }
+    return NESF_OK;
+}
+
 /* Takes ownership of buf (freed on failure too). */
 static int parse_owned(unsigned char *buf, size_t len, nesf_st **out, nesf_error *err)
 {
@@ -171,96 +248,26 @@ static int parse_owned(unsigned char *buf, size_t len, nesf_st **out, nesf_error
     st->len = len;
     json_t *root = NULL;
     span *spans = NULL;
-    int rc;
-    if (len < 8) {
-        rc = nesf_fail(err, NESF_ERR_FORMAT, "safetensors: file of %zu bytes has no header", len);
-        goto fail;
-    }
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
-    if (hlen > len - 8 || hlen > ST_MAX_HEADER) {
-        rc = nesf_fail(err, NESF_ERR_FORMAT,
-                       "safetensors: header claims %llu bytes but the file has %zu after the length",
-                       (unsigned long long)hlen, len - 8);
-        goto fail;
-    }
-    if (hlen < 2) {
-        rc = nesf_fail(err, NESF_ERR_FORMAT, "safetensors: header of %llu bytes is too short",
-                       (unsigned long long)hlen);
-        goto fail;
-    }
-    json_error_t je;
-    /* duplicate keys are refused by the JSON parser: names are unique */
-    root = json_loadb((const char *)buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        rc = nesf_fail(err, NESF_ERR_PARSE, "safetensors: header is not valid JSON: %s (column %d)",
-                       je.text, je.column);
-        goto fail;
-    }
-    if (!json_is_object(root)) {
-        rc = nesf_fail(err, NESF_ERR_FORMAT, "safetensors: header is not a JSON object");
-        goto fail;
-    }
-    const unsigned char *data = buf + 8 + hlen;
-    size_t data_len = len - 8 - (size_t)hlen;
-    size_t nt = json_object_size(root);
-    st->t = calloc(nt ? nt : 1, sizeof *st->t);
-    spans = calloc(nt ? nt : 1, sizeof *spans);
-    if (!st->t || !spans) {
-        rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    const char *key;
-    json_t *val;
-    json_object_foreach(root, key, val) {
-        if (strcmp(key, "__metadata__") == 0) {
-            if ((rc = parse_meta(st, val, err))) goto fail;
-            continue;
-        }
-        nesf_st_tensor *t = &st->t[st->n];
-        uint64_t b = 0, e = 0;
-        if ((rc = parse_tensor(key, val, data_len, t, &b, &e, err))) goto fail;
-        if (!(t->name = strdup(key))) {
-            rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
-            goto fail;
-        }
-        t->data = data + b;
-        spans[st->n] = (span){b, e, st->n};
-        st->n++;
-    }
-    /* Tensors must tile the data area exactly, in some order: no overlap, no
-     * hole, nothing after the last one (the reference implementation's rule;
-     * a header that lies about where its bytes are is refused). */
-    qsort(spans, (size_t)st->n, sizeof *spans, span_cmp);
-    uint64_t pos = 0;
-    for (int i = 0; i < st->n; i++) {
-        if (spans[i].begin != pos) {
-            const char *name = st->t[spans[i].idx].name;
-            rc = spans[i].begin < pos
-                     ? nesf_fail(err, NESF_ERR_FORMAT,
-                                 "safetensors: tensor '%s' overlaps another tensor", name)
-                     : nesf_fail(err, NESF_ERR_FORMAT,
-                                 "safetensors: %llu unaccounted bytes before tensor '%s'",
-                                 (unsigned long long)(spans[i].begin - pos), name);
-            goto fail;
-        }
-        pos = spans[i].end;
-    }
-    if (pos != data_len) {
-        rc = nesf_fail(err, NESF_ERR_FORMAT,
-                       "safetensors: tensors cover %llu bytes of a %zu-byte data area",
-                       (unsigned long long)pos, data_len);
-        goto fail;
+    int rc = read_header(buf, len, &hlen, &root, err);
+    if (!rc) {
+        const unsigned char *data = buf + 8 + hlen;
+        size_t data_len = len - 8 - (size_t)hlen;
+        size_t nt = json_object_size(root);
+        st->t = calloc(nt ? nt : 1, sizeof *st->t);
+        spans = calloc(nt ? nt : 1, sizeof *spans);
+        if (!st->t || !spans) rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+        if (!rc) rc = read_entries(st, root, data, data_len, spans, err);
+        if (!rc) rc = check_tiling(st, spans, data_len, err);
     }
     free(spans);
     json_decref(root);
+    if (rc) {
+        nesf_st_free(st);
+        return rc;
+    }
     *out = st;
     return NESF_OK;
-fail:
-    free(spans);
-    json_decref(root);
-    nesf_st_free(st);
-    return rc;
 }
 
 int nesf_st_parse(const void *buf, size_t len, nesf_st **out, nesf_error *err)

@@ -55,9 +55,14 @@ static const unsigned palette[10] = {0x1f77b4, 0xff7f0e, 0x2ca02c, 0xd62728, 0x9
 #define PLOT_H 580
 #define GREY 0xbbbbbb
 
-char *nesf_svg_scatter(const nesf_scatter *p)
+/* The data's extent and the one scale both axes share. */
+typedef struct plot_frame {
+    double v0, v1;       /* finite value range */
+    double cx, cy, scale;
+} plot_frame;
+
+static plot_frame fit_plot(const nesf_scatter *p)
 {
-    nesf_strbuf b = {0};
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
     double v0 = INFINITY, v1 = -INFINITY;
     for (int i = 0; i < p->n; i++) {
@@ -77,28 +82,37 @@ char *nesf_svg_scatter(const nesf_scatter *p)
     if (!(y1 > y0)) { y0 -= 1; y1 += 1; }
     /* same scale on both axes: t-SNE distances are isotropic */
     double span = fmax(x1 - x0, y1 - y0) * 1.05;
-    double cx = (x0 + x1) / 2, cy = (y0 + y1) / 2, scale = PLOT_W / span;
+    plot_frame f = {v0, v1, (x0 + x1) / 2, (y0 + y1) / 2, PLOT_W / span};
+    return f;
+}
 
-    nesf_strbuf_printf(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+/* The document head, title, plot box and axis labels. */
+static void write_frame(nesf_strbuf *b, const nesf_scatter *p)
+{
+    nesf_strbuf_printf(b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
                   "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
                   "viewBox=\"0 0 %d %d\" font-family=\"DejaVu Sans, Arial, sans-serif\">\n",
               W, H, W, H);
-    nesf_strbuf_printf(&b, "<rect width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n", W, H);
+    nesf_strbuf_printf(b, "<rect width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n", W, H);
     if (p->title) {
-        nesf_strbuf_printf(&b, "<text x=\"%d\" y=\"30\" font-size=\"18\" text-anchor=\"middle\">",
+        nesf_strbuf_printf(b, "<text x=\"%d\" y=\"30\" font-size=\"18\" text-anchor=\"middle\">",
                   PLOT_X + PLOT_W / 2);
-        sb_text(&b, p->title);
-        nesf_strbuf_printf(&b, "</text>\n");
+        sb_text(b, p->title);
+        nesf_strbuf_printf(b, "</text>\n");
     }
-    nesf_strbuf_printf(&b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" "
+    nesf_strbuf_printf(b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" "
                   "stroke=\"#444444\"/>\n", PLOT_X, PLOT_Y, PLOT_W, PLOT_H);
-    nesf_strbuf_printf(&b, "<text x=\"%d\" y=\"%d\" font-size=\"13\" text-anchor=\"middle\">t-SNE 1</text>\n",
+    nesf_strbuf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"13\" text-anchor=\"middle\">t-SNE 1</text>\n",
               PLOT_X + PLOT_W / 2, PLOT_Y + PLOT_H + 22);
-    nesf_strbuf_printf(&b, "<text x=\"%d\" y=\"%d\" font-size=\"13\" text-anchor=\"middle\" "
+    nesf_strbuf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"13\" text-anchor=\"middle\" "
                   "transform=\"rotate(-90 %d %d)\">t-SNE 2</text>\n",
               PLOT_X - 15, PLOT_Y + PLOT_H / 2, PLOT_X - 15, PLOT_Y + PLOT_H / 2);
+}
 
-    nesf_strbuf_printf(&b, "<g stroke=\"#333333\" stroke-width=\"0.3\" fill-opacity=\"0.85\">\n");
+/* One circle per finite point, coloured by category or by value. */
+static void write_points(nesf_strbuf *b, const nesf_scatter *p, const plot_frame *f)
+{
+    nesf_strbuf_printf(b, "<g stroke=\"#333333\" stroke-width=\"0.3\" fill-opacity=\"0.85\">\n");
     for (int i = 0; i < p->n; i++) {
         double x = p->xy[2 * i], y = p->xy[2 * i + 1], v = p->value ? p->value[i] : NAN;
         if (!isfinite(x) || !isfinite(y)) continue;
@@ -107,52 +121,64 @@ char *nesf_svg_scatter(const nesf_scatter *p)
             int c = isfinite(v) ? (int)v : -1;
             if (c >= 0 && c < p->ncat) col = palette[c % 10];
         } else if (isfinite(v)) {
-            col = nesf_viridis(v1 > v0 ? (v - v0) / (v1 - v0) : 0.5);
+            col = nesf_viridis(f->v1 > f->v0 ? (v - f->v0) / (f->v1 - f->v0) : 0.5);
         }
-        double px = PLOT_X + PLOT_W / 2.0 + (x - cx) * scale;
-        double py = PLOT_Y + PLOT_H / 2.0 - (y - cy) * scale;
-        nesf_strbuf_printf(&b, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"3.5\" fill=\"#%06x\">", px, py, col);
+        double px = PLOT_X + PLOT_W / 2.0 + (x - f->cx) * f->scale;
+        double py = PLOT_Y + PLOT_H / 2.0 - (y - f->cy) * f->scale;
+        nesf_strbuf_printf(b, "<circle cx=\"%.2f\" cy=\"%.2f\" r=\"3.5\" fill=\"#%06x\">", px, py, col);
         if (p->tips && p->tips[i]) {
-            nesf_strbuf_printf(&b, "<title>");
-            sb_text(&b, p->tips[i]);
-            nesf_strbuf_printf(&b, "</title>");
+            nesf_strbuf_printf(b, "<title>");
+            sb_text(b, p->tips[i]);
+            nesf_strbuf_printf(b, "</title>");
         }
-        nesf_strbuf_printf(&b, "</circle>\n");
+        nesf_strbuf_printf(b, "</circle>\n");
     }
-    nesf_strbuf_printf(&b, "</g>\n");
+    nesf_strbuf_printf(b, "</g>\n");
+}
 
-    /* legend */
+/* A row per category, or a viridis colour bar with five ticks. */
+static void write_legend(nesf_strbuf *b, const nesf_scatter *p, const plot_frame *f)
+{
     const int lx = PLOT_X + PLOT_W + 30, ly = PLOT_Y + 10;
-    nesf_strbuf_printf(&b, "<text x=\"%d\" y=\"%d\" font-size=\"14\">", lx, ly);
-    sb_text(&b, p->value_label ? p->value_label : "");
-    nesf_strbuf_printf(&b, "</text>\n");
+    nesf_strbuf_printf(b, "<text x=\"%d\" y=\"%d\" font-size=\"14\">", lx, ly);
+    sb_text(b, p->value_label ? p->value_label : "");
+    nesf_strbuf_printf(b, "</text>\n");
     if (p->categorical) {
         for (int c = 0; c < p->ncat; c++) {
             int y = ly + 22 + 22 * c;
-            nesf_strbuf_printf(&b, "<circle cx=\"%d\" cy=\"%d\" r=\"6\" fill=\"#%06x\"/>"
+            nesf_strbuf_printf(b, "<circle cx=\"%d\" cy=\"%d\" r=\"6\" fill=\"#%06x\"/>"
                           "<text x=\"%d\" y=\"%d\" font-size=\"13\">",
                       lx + 6, y - 4, palette[c % 10], lx + 18, y);
-            sb_text(&b, p->names ? p->names[c] : "");
-            nesf_strbuf_printf(&b, "</text>\n");
+            sb_text(b, p->names ? p->names[c] : "");
+            nesf_strbuf_printf(b, "</text>\n");
         }
-    } else {
-        const int bh = 300, bw = 22, by = ly + 15;
-        nesf_strbuf_printf(&b, "<defs><linearGradient id=\"cbar\" x1=\"0\" y1=\"1\" x2=\"0\" y2=\"0\">");
-        for (int k = 0; k <= 8; k++)
-            nesf_strbuf_printf(&b, "<stop offset=\"%.3f\" stop-color=\"#%06x\"/>", k / 8.0,
-                      nesf_viridis(k / 8.0));
-        nesf_strbuf_printf(&b, "</linearGradient></defs>\n");
-        nesf_strbuf_printf(&b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"url(#cbar)\" "
-                      "stroke=\"#444444\"/>\n", lx, by, bw, bh);
-        if (v1 >= v0)
-            for (int k = 0; k <= 4; k++) {
-                double v = v0 + (v1 - v0) * k / 4.0;
-                int y = by + bh - bh * k / 4;
-                nesf_strbuf_printf(&b, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#444444\"/>"
-                              "<text x=\"%d\" y=\"%d\" font-size=\"12\">%.4g</text>\n",
-                          lx + bw, y, lx + bw + 5, y, lx + bw + 8, y + 4, v);
-            }
+        return;
     }
+    const int bh = 300, bw = 22, by = ly + 15;
+    nesf_strbuf_printf(b, "<defs><linearGradient id=\"cbar\" x1=\"0\" y1=\"1\" x2=\"0\" y2=\"0\">");
+    for (int k = 0; k <= 8; k++)
+        nesf_strbuf_printf(b, "<stop offset=\"%.3f\" stop-color=\"#%06x\"/>", k / 8.0,
+                  nesf_viridis(k / 8.0));
+    nesf_strbuf_printf(b, "</linearGradient></defs>\n");
+    nesf_strbuf_printf(b, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"url(#cbar)\" "
+                  "stroke=\"#444444\"/>\n", lx, by, bw, bh);
+    if (f->v1 >= f->v0)
+        for (int k = 0; k <= 4; k++) {
+            double v = f->v0 + (f->v1 - f->v0) * k / 4.0;
+            int y = by + bh - bh * k / 4;
+            nesf_strbuf_printf(b, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#444444\"/>"
+                          "<text x=\"%d\" y=\"%d\" font-size=\"12\">%.4g</text>\n",
+                      lx + bw, y, lx + bw + 5, y, lx + bw + 8, y + 4, v);
+        }
+}
+
+char *nesf_svg_scatter(const nesf_scatter *p)
+{
+    nesf_strbuf b = {0};
+    plot_frame f = fit_plot(p);
+    write_frame(&b, p);
+    write_points(&b, p, &f);
+    write_legend(&b, p, &f);
     nesf_strbuf_printf(&b, "</svg>\n");
     return nesf_strbuf_take(&b, NULL);
 }

@@ -258,6 +258,189 @@ static double qt_repulse(const qtree *t, const double *Y, int i, double theta2, 
 
 /* ---- the optimiser ---- */
 
+/* Everything one embedding allocates. */
+typedef struct tsne_ws {
+    double *Pd;             /* exact: n x n symmetric affinities */
+    double *grad, *upd, *gains;
+    sparse P;               /* Barnes-Hut: neighbour affinities */
+    qtree qt;
+    int *stack;             /* Barnes-Hut traversal stack */
+} tsne_ws;
+
+static void ws_free(tsne_ws *w)
+{
+    free(w->Pd);
+    free(w->grad);
+    free(w->upd);
+    free(w->gains);
+    free(w->P.row);
+    free(w->P.col);
+    free(w->P.val);
+    free(w->qt.node);
+    free(w->stack);
+}
+
+/* Refuses what the optimiser cannot embed before anything is allocated. */
+static int check_input(const float *X, int n, int d, const nesf_tsne_opts *o, nesf_error *err)
+{
+    if (n < 2 || d < 1) return nesf_fail(err, NESF_ERR_INVALID, "t-SNE needs at least 2 points");
+    if (!(o->perplexity > 0) || o->iterations < 1 || !(o->theta >= 0))
+        return nesf_fail(err, NESF_ERR_INVALID, "t-SNE: bad options");
+    for (size_t k = 0; k < (size_t)n * d; k++)
+        if (!isfinite(X[k]))
+            return nesf_fail(err, NESF_ERR_INVALID, "t-SNE: point %zu has a non-finite value", k / d);
+    if (o->theta == 0 && n > 20000)
+        return nesf_fail(err, NESF_ERR_INVALID, "exact t-SNE of %d points is too large; use Barnes-Hut", n);
+    return NESF_OK;
+}
+
+/* Dense P of the exact method: each row's conditional affinities at the
+ * perplexity, then symmetrised and normalised over all pairs. */
+static int exact_affinities(const float *X, int n, int d, double perp, tsne_ws *w, nesf_error *err)
+{
+    w->Pd = malloc((size_t)n * n * sizeof *w->Pd);
+    double *dist = malloc((size_t)n * sizeof *dist), *row = malloc((size_t)n * sizeof *row);
+    double *Pd = w->Pd;
+    if (!Pd || !dist || !row) {
+        free(dist);
+        free(row);
+        return nesf_fail(err, NESF_ERR_NOMEM, "t-SNE: out of memory for %d points", n);
+    }
+    for (int i = 0; i < n; i++) {
+        int m = 0;
+        for (int j = 0; j < n; j++)
+            if (j != i) dist[m++] = sqdist(X + (size_t)i * d, X + (size_t)j * d, d);
+        row_affinities(dist, m, log(perp), row);
+        for (int j = 0, k = 0; j < n; j++) Pd[(size_t)i * n + j] = j == i ? 0 : row[k++];
+    }
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++) {
+            double v = (Pd[(size_t)i * n + j] + Pd[(size_t)j * n + i]) / (2.0 * n);
+            Pd[(size_t)i * n + j] = Pd[(size_t)j * n + i] = v;
+        }
+    free(dist);
+    free(row);
+    return NESF_OK;
+}
+
+/* The initial layout N(0, 1e-4²) by Box-Muller on the shared hash RNG, so
+ * that a seed gives the same map on every machine. */
+static void initial_layout(double *Y, double *gains, int n, uint64_t seed)
+{
+    for (int i = 0; i < 2 * n; i++) {
+        double u1 = nesf_hash_uniform(seed, 2 * (uint64_t)i) + 1e-12;
+        double u2 = nesf_hash_uniform(seed, 2 * (uint64_t)i + 1);
+        Y[i] = 1e-4 * sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
+        gains[i] = 1.0;
+    }
+}
+
+/* The exact gradient: attraction exag·p_ij and repulsion q_ij/Z over all
+ * pairs. */
+static void exact_gradient(const double *Y, int n, const double *Pd, double exag, double *grad)
+{
+    double z = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++) {
+            double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
+            z += 2.0 / (1.0 + dx * dx + dy * dy);
+        }
+    for (int i = 0; i < n; i++) {
+        double gx = 0, gy = 0;
+        for (int j = 0; j < n; j++) {
+            if (j == i) continue;
+            double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
+            double q = 1.0 / (1.0 + dx * dx + dy * dy);
+            double m = (exag * Pd[(size_t)i * n + j] - q / z) * q;
+            gx += m * dx;
+            gy += m * dy;
+        }
+        grad[2 * i] = 4 * gx;
+        grad[2 * i + 1] = 4 * gy;
+    }
+}
+
+/* The Barnes-Hut gradient: repulsion through a quadtree over this
+ * iteration's layout, attraction over the sparse neighbour affinities. */
+static int bh_gradient(const double *Y, int n, tsne_ws *w, double theta, double exag, nesf_error *err)
+{
+    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY, *grad = w->grad;
+    for (int i = 0; i < n; i++) {
+        x0 = fmin(x0, Y[2 * i]);
+        x1 = fmax(x1, Y[2 * i]);
+        y0 = fmin(y0, Y[2 * i + 1]);
+        y1 = fmax(y1, Y[2 * i + 1]);
+    }
+    w->qt.n = 0;
+    double hw = fmax(x1 - x0, y1 - y0) / 2 * (1 + 1e-6) + 1e-9;
+    int ok = qt_new(&w->qt, (x0 + x1) / 2, (y0 + y1) / 2, hw) == 0;
+    for (int i = 0; i < n && ok; i++) ok = qt_insert(&w->qt, 0, Y, i) == 0;
+    if (!ok) return nesf_fail(err, NESF_ERR_NOMEM, "t-SNE: out of memory for the quadtree");
+    double z = 0;
+    for (int i = 0; i < n; i++) {
+        double fx, fy;
+        z += qt_repulse(&w->qt, Y, i, theta * theta, w->stack, &fx, &fy);
+        grad[2 * i] = -fx;
+        grad[2 * i + 1] = -fy;
+    }
+    const sparse *P = &w->P;
+    for (int i = 0; i < n; i++) {
+        double ax = 0, ay = 0;
+        for (int e = P->row[i]; e < P->row[i + 1]; e++) {
+            int j = P->col[e];
+            double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
+            double m = P->val[e] / (1.0 + dx * dx + dy * dy);
+            ax += m * dx;
+            ay += m * dy;
+        }
+        grad[2 * i] = 4 * (exag * ax + grad[2 * i] / z);
+        grad[2 * i + 1] = 4 * (exag * ay + grad[2 * i + 1] / z);
+    }
+    return NESF_OK;
+}
+
+/* One step of momentum descent with per-coordinate gains, then the layout
+ * re-centred (t-SNE's cost does not depend on translation). */
+static void descend(double *Y, int n, tsne_ws *w, double mom, double lr)
+{
+    double mx = 0, my = 0, *gains = w->gains, *upd = w->upd, *grad = w->grad;
+    for (int i = 0; i < 2 * n; i++) {
+        gains[i] = upd[i] * grad[i] < 0 ? gains[i] + 0.2 : fmax(gains[i] * 0.8, 0.01);
+        upd[i] = mom * upd[i] - lr * gains[i] * grad[i];
+        Y[i] += upd[i];
+    }
+    for (int i = 0; i < n; i++) {
+        mx += Y[2 * i];
+        my += Y[2 * i + 1];
+    }
+    for (int i = 0; i < n; i++) {
+        Y[2 * i] -= mx / n;
+        Y[2 * i + 1] -= my / n;
+    }
+}
+
+/* KL(P || Q) of the final layout (exact method only: Q needs every pair). */
+static double exact_kl(const double *Y, int n, const double *Pd)
+{
+    double z = 0, s = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
+            if (j != i) {
+                double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
+                z += 1.0 / (1.0 + dx * dx + dy * dy);
+            }
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double p = Pd[(size_t)i * n + j];
+            if (j == i || p <= 0) continue;
+            double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
+            double q = 1.0 / (1.0 + dx * dx + dy * dy) / z;
+            s += p * log(p / fmax(q, 1e-300));
+        }
+    return s;
+}
+
+/* Affinities (exact or sparse), then the optimiser's iterations. */
 int nesf_tsne(const float *X, int n, int d, const nesf_tsne_opts *o, double *Y, double *kl,
               nesf_error *err)
 {
@@ -267,173 +450,36 @@ int nesf_tsne(const float *X, int n, int d, const nesf_tsne_opts *o, double *Y, 
         o = &def;
     }
     if (kl) *kl = NAN;
-    if (n < 2 || d < 1) return nesf_fail(err, NESF_ERR_INVALID, "t-SNE needs at least 2 points");
-    if (!(o->perplexity > 0) || o->iterations < 1 || !(o->theta >= 0))
-        return nesf_fail(err, NESF_ERR_INVALID, "t-SNE: bad options");
-    for (size_t k = 0; k < (size_t)n * d; k++)
-        if (!isfinite(X[k]))
-            return nesf_fail(err, NESF_ERR_INVALID, "t-SNE: point %zu has a non-finite value", k / d);
+    int rc = check_input(X, n, d, o, err);
+    if (rc) return rc;
     const int exact = o->theta == 0;
-    if (exact && n > 20000)
-        return nesf_fail(err, NESF_ERR_INVALID, "exact t-SNE of %d points is too large; use Barnes-Hut", n);
     double perp = o->perplexity;
     if (3 * perp > n - 1) perp = (n - 1) / 3.0;
     if (perp < 1) perp = 1;
     double lr = o->learning_rate > 0 ? o->learning_rate : fmax(n / (4 * EXAGGERATION), 50.0);
 
-    double *Pd = NULL, *grad = malloc((size_t)n * 2 * sizeof *grad);
-    double *upd = calloc((size_t)n * 2, sizeof *upd), *gains = malloc((size_t)n * 2 * sizeof *gains);
-    sparse P = {0};
-    qtree qt = {0};
-    int *stack = NULL;
-    int rc = NESF_OK;
-    if (!grad || !upd || !gains) {
+    tsne_ws w = {0};
+    w.grad = malloc((size_t)n * 2 * sizeof *w.grad);
+    w.upd = calloc((size_t)n * 2, sizeof *w.upd);
+    w.gains = malloc((size_t)n * 2 * sizeof *w.gains);
+    if (!w.grad || !w.upd || !w.gains) {
         rc = nesf_fail(err, NESF_ERR_NOMEM, "t-SNE: out of memory");
-        goto done;
-    }
-    if (exact) {
-        Pd = malloc((size_t)n * n * sizeof *Pd);
-        double *dist = malloc((size_t)n * sizeof *dist), *row = malloc((size_t)n * sizeof *row);
-        if (!Pd || !dist || !row) {
-            free(dist);
-            free(row);
-            rc = nesf_fail(err, NESF_ERR_NOMEM, "t-SNE: out of memory for %d points", n);
-            goto done;
-        }
-        for (int i = 0; i < n; i++) {
-            int m = 0;
-            for (int j = 0; j < n; j++)
-                if (j != i) dist[m++] = sqdist(X + (size_t)i * d, X + (size_t)j * d, d);
-            row_affinities(dist, m, log(perp), row);
-            for (int j = 0, k = 0; j < n; j++) Pd[(size_t)i * n + j] = j == i ? 0 : row[k++];
-        }
-        for (int i = 0; i < n; i++)
-            for (int j = i + 1; j < n; j++) {
-                double v = (Pd[(size_t)i * n + j] + Pd[(size_t)j * n + i]) / (2.0 * n);
-                Pd[(size_t)i * n + j] = Pd[(size_t)j * n + i] = v;
-            }
-        free(dist);
-        free(row);
-    } else {
-        if ((rc = knn_affinities(X, n, d, perp, &P, err))) goto done;
+    } else if (exact) {
+        rc = exact_affinities(X, n, d, perp, &w, err);
+    } else if (!(rc = knn_affinities(X, n, d, perp, &w.P, err))) {
         /* a traversal holds at most 3 siblings per level plus 4 */
-        stack = malloc((size_t)(3 * QT_DEPTH + 16) * sizeof *stack);
-        if (!stack) {
-            rc = nesf_fail(err, NESF_ERR_NOMEM, "t-SNE: out of memory");
-            goto done;
-        }
+        w.stack = malloc((size_t)(3 * QT_DEPTH + 16) * sizeof *w.stack);
+        if (!w.stack) rc = nesf_fail(err, NESF_ERR_NOMEM, "t-SNE: out of memory");
     }
-
-    /* initial layout N(0, 1e-4²) by Box-Muller on the shared hash RNG */
-    for (int i = 0; i < 2 * n; i++) {
-        double u1 = nesf_hash_uniform(o->seed, 2 * (uint64_t)i) + 1e-12;
-        double u2 = nesf_hash_uniform(o->seed, 2 * (uint64_t)i + 1);
-        Y[i] = 1e-4 * sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
-        gains[i] = 1.0;
-    }
-
-    for (int it = 0; it < o->iterations; it++) {
+    if (!rc) initial_layout(Y, w.gains, n, o->seed);
+    for (int it = 0; !rc && it < o->iterations; it++) {
         const double exag = it < EXAG_ITERS ? EXAGGERATION : 1.0;
         const double mom = it < EXAG_ITERS ? 0.5 : 0.8;
-        if (exact) {
-            double z = 0;
-            for (int i = 0; i < n; i++)
-                for (int j = i + 1; j < n; j++) {
-                    double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
-                    z += 2.0 / (1.0 + dx * dx + dy * dy);
-                }
-            for (int i = 0; i < n; i++) {
-                double gx = 0, gy = 0;
-                for (int j = 0; j < n; j++) {
-                    if (j == i) continue;
-                    double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
-                    double q = 1.0 / (1.0 + dx * dx + dy * dy);
-                    double m = (exag * Pd[(size_t)i * n + j] - q / z) * q;
-                    gx += m * dx;
-                    gy += m * dy;
-                }
-                grad[2 * i] = 4 * gx;
-                grad[2 * i + 1] = 4 * gy;
-            }
-        } else {
-            double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
-            for (int i = 0; i < n; i++) {
-                x0 = fmin(x0, Y[2 * i]);
-                x1 = fmax(x1, Y[2 * i]);
-                y0 = fmin(y0, Y[2 * i + 1]);
-                y1 = fmax(y1, Y[2 * i + 1]);
-            }
-            qt.n = 0;
-            double hw = fmax(x1 - x0, y1 - y0) / 2 * (1 + 1e-6) + 1e-9;
-            int ok = qt_new(&qt, (x0 + x1) / 2, (y0 + y1) / 2, hw) == 0;
-            for (int i = 0; i < n && ok; i++) ok = qt_insert(&qt, 0, Y, i) == 0;
-            if (!ok) {
-                rc = nesf_fail(err, NESF_ERR_NOMEM, "t-SNE: out of memory for the quadtree");
-                goto done;
-            }
-            double z = 0;
-            for (int i = 0; i < n; i++) {
-                double fx, fy;
-                z += qt_repulse(&qt, Y, i, o->theta * o->theta, stack, &fx, &fy);
-                grad[2 * i] = -fx;
-                grad[2 * i + 1] = -fy;
-            }
-            for (int i = 0; i < n; i++) {
-                double ax = 0, ay = 0;
-                for (int e = P.row[i]; e < P.row[i + 1]; e++) {
-                    int j = P.col[e];
-                    double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
-                    double m = P.val[e] / (1.0 + dx * dx + dy * dy);
-                    ax += m * dx;
-                    ay += m * dy;
-                }
-                grad[2 * i] = 4 * (exag * ax + grad[2 * i] / z);
-                grad[2 * i + 1] = 4 * (exag * ay + grad[2 * i + 1] / z);
-            }
-        }
-        double mx = 0, my = 0;
-        for (int i = 0; i < 2 * n; i++) {
-            gains[i] = upd[i] * grad[i] < 0 ? gains[i] + 0.2 : fmax(gains[i] * 0.8, 0.01);
-            upd[i] = mom * upd[i] - lr * gains[i] * grad[i];
-            Y[i] += upd[i];
-        }
-        for (int i = 0; i < n; i++) {
-            mx += Y[2 * i];
-            my += Y[2 * i + 1];
-        }
-        for (int i = 0; i < n; i++) {
-            Y[2 * i] -= mx / n;
-            Y[2 * i + 1] -= my / n;
-        }
+        if (exact) exact_gradient(Y, n, w.Pd, exag, w.grad);
+        else rc = bh_gradient(Y, n, &w, o->theta, exag, err);
+        if (!rc) descend(Y, n, &w, mom, lr);
     }
-
-    if (exact && kl) {
-        double z = 0, s = 0;
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < n; j++)
-                if (j != i) {
-                    double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
-                    z += 1.0 / (1.0 + dx * dx + dy * dy);
-                }
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < n; j++) {
-                double p = Pd[(size_t)i * n + j];
-                if (j == i || p <= 0) continue;
-                double dx = Y[2 * i] - Y[2 * j], dy = Y[2 * i + 1] - Y[2 * j + 1];
-                double q = 1.0 / (1.0 + dx * dx + dy * dy) / z;
-                s += p * log(p / fmax(q, 1e-300));
-            }
-        *kl = s;
-    }
-done:
-    free(Pd);
-    free(grad);
-    free(upd);
-    free(gains);
-    free(P.row);
-    free(P.col);
-    free(P.val);
-    free(qt.node);
-    free(stack);
+    if (!rc && exact && kl) *kl = exact_kl(Y, n, w.Pd);
+    ws_free(&w);
     return rc;
 }
