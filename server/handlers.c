@@ -24,14 +24,9 @@
 typedef enum { OP_DECODE, OP_ENCODE, OP_RECONSTRUCT, OP_INTERPOLATE } op_kind;
 
 typedef struct op_state {
+    nesfd_pending p;           /* first: the batcher's callback gets &st->p */
     op_kind kind;
-    nesfd_app *app;
-    nesfd_req *req;
-    nesfd_model_entry *me;
     int stage;                 /* tickets submitted so far */
-    nesfd_ticket *ticket;
-    int submit_rc;             /* NESFD_SUBMIT_* of the last submission */
-    int64_t deadline;
     int want_cif, want_pymatgen;
     double symprec;
     nesf_decode_opts opts;
@@ -54,7 +49,7 @@ static void op_free(void *p)
 {
     op_state *st = p;
     if (!st) return;
-    nesfd_ticket_release(st->ticket);
+    nesfd_pending_release(&st->p);
     nesfd_ticket_release(st->dec_ticket);
     free(st->cycle);
     if (st->inputs) nesf_structure_list_free(st->inputs, st->n);
@@ -66,62 +61,80 @@ static void op_free(void *p)
     free(st);
 }
 
+/* Batcher thread: only wakes the request; the answer is built on resume. */
 static void on_ticket_done(void *arg, int state)
 {
     (void)state; /* read back from the ticket on resume */
-    op_state *st = arg;
-    nesfd_req_resume(st->req);
+    nesfd_pending *p = arg;
+    nesfd_req_resume(p->req);
 }
 
-/* Hands the job to the model's batcher and suspends the request; the
- * handler runs again when the ticket ends (or at once if it was refused). */
-static void submit(op_state *st, nesfd_job *job)
+void nesfd_pending_init(nesfd_pending *p, nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
 {
-    nesfd_ticket_release(st->ticket);
-    st->ticket = nesfd_job_ticket(job, st->deadline, on_ticket_done, st);
-    st->stage++;
-    if (!st->ticket) {
-        st->submit_rc = -1;
+    p->app = app;
+    p->req = r;
+    p->me = me;
+    p->deadline = nesfd_req_start_ns(r) + (int64_t)(app->cfg->request_timeout_s * 1e9);
+}
+
+void nesfd_pending_submit(nesfd_pending *p, nesfd_job *job)
+{
+    nesfd_ticket_release(p->ticket);
+    p->ticket = nesfd_job_ticket(job, p->deadline, on_ticket_done, p);
+    if (!p->ticket) {
+        p->submit_rc = -1;
         return; /* not suspended: the caller answers */
     }
-    nesfd_req_suspend(st->req); /* before submitting: done may fire at once */
-    st->submit_rc = nesfd_batcher_submit(st->me->batcher, st->ticket);
-    if (st->submit_rc != NESFD_SUBMIT_OK) nesfd_req_resume(st->req);
+    nesfd_req_suspend(p->req); /* before submitting: done may fire at once */
+    p->submit_rc = nesfd_batcher_submit(p->me->batcher, p->ticket);
+    if (p->submit_rc != NESFD_SUBMIT_OK) nesfd_req_resume(p->req);
 }
 
-/* Answers a failed submission or ticket; returns 1 if it did. */
-static int ticket_failed(op_state *st)
+void nesfd_pending_release(nesfd_pending *p)
 {
-    nesfd_req *r = st->req;
-    if (st->submit_rc == -1) {
+    nesfd_ticket_release(p->ticket);
+    p->ticket = NULL;
+}
+
+int nesfd_pending_failed(nesfd_pending *p)
+{
+    nesfd_req *r = p->req;
+    if (p->submit_rc == -1) {
         nesfd_reply_error(r, 503, "out_of_memory", "cannot allocate the work for this request");
         return 1;
     }
-    if (st->submit_rc == NESFD_SUBMIT_FULL) {
-        nesfd_metrics_rejected(st->app->metrics, st->me->metric);
+    if (p->submit_rc == NESFD_SUBMIT_FULL) {
+        nesfd_metrics_rejected(p->app->metrics, p->me->metric);
         nesfd_req_add_header(r, "Retry-After", "1");
         nesfd_reply_error(r, 503, "queue_full", "model '%s' has %d items queued (limit %d); retry later",
-                          st->me->name, nesfd_batcher_depth(st->me->batcher), st->app->cfg->queue_limit);
+                          p->me->name, nesfd_batcher_depth(p->me->batcher), p->app->cfg->queue_limit);
         return 1;
     }
-    if (st->submit_rc == NESFD_SUBMIT_STOPPED) {
+    if (p->submit_rc == NESFD_SUBMIT_STOPPED) {
         nesfd_req_add_header(r, "Retry-After", "5");
         nesfd_reply_error(r, 503, "shutting_down", "the server is shutting down");
         return 1;
     }
-    nesfd_req_set_batch(r, nesfd_ticket_max_batch(st->ticket));
-    switch (nesfd_ticket_state(st->ticket)) {
+    nesfd_req_set_batch(r, nesfd_ticket_max_batch(p->ticket));
+    switch (nesfd_ticket_state(p->ticket)) {
     case NESFD_TICKET_DONE:
         return 0;
     case NESFD_TICKET_TIMEOUT:
         nesfd_reply_error(r, 504, "deadline_exceeded", "no answer within the request deadline of %g s",
-                          st->app->cfg->request_timeout_s);
+                          p->app->cfg->request_timeout_s);
         return 1;
     default:
         nesfd_req_add_header(r, "Retry-After", "5");
         nesfd_reply_error(r, 503, "shutting_down", "the server stopped before the work was done");
         return 1;
     }
+}
+
+/* One ticket more of the request (encode, then decode). */
+static void submit(op_state *st, nesfd_job *job)
+{
+    st->stage++;
+    nesfd_pending_submit(&st->p, job);
 }
 
 static int http_status_of(int code)
@@ -135,24 +148,6 @@ static int http_status_of(int code)
 }
 
 /* ---- request parsing ---- */
-
-static json_t *parse_body(nesfd_req *r)
-{
-    size_t len;
-    const char *body = nesfd_req_body(r, &len);
-    json_error_t je;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        nesfd_reply_error(r, 400, "invalid_json", "line %d column %d: %s", je.line, je.column, je.text);
-        return NULL;
-    }
-    if (!json_is_object(root)) {
-        json_decref(root);
-        nesfd_reply_error(r, 400, "invalid_json", "the body must be a JSON object");
-        return NULL;
-    }
-    return root;
-}
 
 /* Refuses keys outside allowed (NULL-terminated): a misspelt option must
  * not be silently ignored. */
@@ -174,6 +169,29 @@ static int check_keys(nesfd_req *r, json_t *root, const char *const *allowed)
     return 0;
 }
 
+json_t *nesfd_parse_body(nesfd_req *r, const char *what, const char *const *keys)
+{
+    size_t len;
+    const char *body = nesfd_req_body(r, &len);
+    json_error_t je;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root) {
+        nesfd_reply_error(r, 400, "invalid_json", "invalid JSON at line %d column %d: %s", je.line,
+                          je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        nesfd_reply_error(r, 400, "invalid_json", "the body must be %s", what);
+        return NULL;
+    }
+    if (keys && check_keys(r, root, keys)) {
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
 static op_state *new_state(nesfd_app *app, nesfd_req *r, op_kind kind, json_t *root)
 {
     json_t *m = json_object_get(root, "model");
@@ -192,13 +210,10 @@ static op_state *new_state(nesfd_app *app, nesfd_req *r, op_kind kind, json_t *r
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         return NULL;
     }
+    nesfd_pending_init(&st->p, app, r, me);
     st->kind = kind;
-    st->app = app;
-    st->req = r;
-    st->me = me;
     st->symprec = DEFAULT_SYMPREC;
     st->a_slot = st->b_slot = -1;
-    st->deadline = nesfd_req_start_ns(r) + (int64_t)(app->cfg->request_timeout_s * 1e9);
     /* bytewise, padding included: the options are part of the batching key */
     memcpy(&st->opts, &app->cfg->decode, sizeof st->opts);
     nesfd_req_set_state(r, st, op_free);
@@ -209,7 +224,7 @@ static op_state *new_state(nesfd_app *app, nesfd_req *r, op_kind kind, json_t *r
  * included), "options": decoding overrides, "symprec": space-group tolerance. */
 static int parse_output(op_state *st, json_t *root)
 {
-    nesfd_req *r = st->req;
+    nesfd_req *r = st->p.req;
     json_t *f = json_object_get(root, "format");
     if (f) {
         json_t *list = json_is_string(f) ? json_pack("[O]", f) : json_incref(f);
@@ -290,15 +305,15 @@ static double decode_work(const nesfd_model_entry *me, const nesf_decode_opts *o
  * paper iterations are 8 times too many); 413 otherwise, before any work. */
 static int check_work(op_state *st, int n)
 {
-    const nesfd_config *c = st->app->cfg;
+    const nesfd_config *c = st->p.app->cfg;
     nesf_decode_opts paper = c->decode;
     paper.mode = NESF_DECODE_PAPER;
     double limit = c->max_request_work > 0
                        ? c->max_request_work
-                       : decode_work(st->me, &paper, DEFAULT_WORK_LATENTS, DEFAULT_WORK_STEPS);
-    double w = decode_work(st->me, &st->opts, n, st->opts.iterations);
+                       : decode_work(st->p.me, &paper, DEFAULT_WORK_LATENTS, DEFAULT_WORK_STEPS);
+    double w = decode_work(st->p.me, &st->opts, n, st->opts.iterations);
     if (w <= limit) return 0;
-    nesfd_reply_error(st->req, 413, "work_too_large", "decoding %d latents at %d iterations (%s "
+    nesfd_reply_error(st->p.req, 413, "work_too_large", "decoding %d latents at %d iterations (%s "
                       "mode) is %.3g particle steps, more than this server's limit of %.3g "
                       "(max_request_work): send fewer latents or cheaper options", n,
                       st->opts.iterations, st->opts.mode == NESF_DECODE_FAST ? "fast" : "paper", w,
@@ -420,15 +435,15 @@ static int domain_gate(op_state *st, const nesf_structure *s, const char *where,
 {
     nesf_domain_warning w[NESF_DOMAIN_MAX_WARNINGS];
     float lo[3], hi[3];
-    nesf_model_bbox(st->me->model, lo, hi);
-    int n = nesf_domain_check(nesf_model_domain(st->me->model), lo, hi, s, w, NESF_DOMAIN_MAX_WARNINGS);
-    if (n && st->app->cfg->domain_refuse) {
+    nesf_model_bbox(st->p.me->model, lo, hi);
+    int n = nesf_domain_check(nesf_model_domain(st->p.me->model), lo, hi, s, w, NESF_DOMAIN_MAX_WARNINGS);
+    if (n && st->p.app->cfg->domain_refuse) {
         char msg[1024] = "";
         for (int i = 0; i < n; i++)
             snprintf(msg + strlen(msg), sizeof msg - strlen(msg), "%s%s: %s", i ? "; " : "", w[i].code,
                      w[i].message);
-        nesfd_reply_error(st->req, 422, "outside_domain", "%s lies outside model '%s''s training "
-                          "domain: %s", where, st->me->name, msg);
+        nesfd_reply_error(st->p.req, 422, "outside_domain", "%s lies outside model '%s''s training "
+                          "domain: %s", where, st->p.me->name, msg);
         return -1;
     }
     *list = json_array();
@@ -475,8 +490,8 @@ static json_t *latents_json(const float *z, int n, int L)
 
 static json_t *answer_base(const op_state *st)
 {
-    return json_pack("{s:s, s:s, s:i}", "model", st->me->name, "request_id", nesfd_req_id(st->req),
-                     "batch", nesfd_ticket_max_batch(st->ticket));
+    return json_pack("{s:s, s:s, s:i}", "model", st->p.me->name, "request_id", nesfd_req_id(st->p.req),
+                     "batch", nesfd_ticket_max_batch(st->p.ticket));
 }
 
 /* The options a decode job runs with: the request's, but symmetrized
@@ -499,7 +514,7 @@ static void finish_decode(op_state *st)
 {
     st->cycle_done = 1;
     if (!st->opts.symmetrize) return;
-    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    nesfd_job *job = nesfd_ticket_data(st->p.ticket);
     nesf_decode_stats stats;
     memset(&stats, 0, sizeof stats);
     nesf_decode_symmetrize(&st->opts, job->s, job->n, &stats);
@@ -510,7 +525,7 @@ static void finish_decode(op_state *st)
 static json_t *confidence_json(const op_state *st, int i)
 {
     double d = st->cycle ? st->cycle[i] : NAN;
-    double p = isnan(d) ? -1 : nesf_domain_percentile(nesf_model_domain(st->me->model), d);
+    double p = isnan(d) ? -1 : nesf_domain_percentile(nesf_model_domain(st->p.me->model), d);
     return json_pack("{s:o, s:o}", "cycle_distance", isfinite(d) ? json_real(d) : json_null(),
                      "percentile", p >= 0 ? json_real(p) : json_null());
 }
@@ -518,17 +533,17 @@ static json_t *confidence_json(const op_state *st, int i)
 /* The confidence stage between a finished decode ticket and the answer.
  * Returns 1 while the encode of the decoded structures is under way (or
  * its submission failed and was answered), 0 when the answer can be
- * given: st->ticket is the decode ticket again and st->cycle is filled. */
+ * given: st->p.ticket is the decode ticket again and st->cycle is filled. */
 static int cycle_stage(op_state *st)
 {
     if (st->cycle_done) return 0;
-    nesfd_job *job = nesfd_ticket_data(st->ticket);
-    const int L = st->me->latent;
+    nesfd_job *job = nesfd_ticket_data(st->p.ticket);
+    const int L = st->p.me->latent;
     if (!st->dec_ticket) { /* the decode just ended: encode its structures */
         int k = 0;
         for (int i = 0; i < job->n; i++) k += job->s[i] && job->s[i]->n > 0;
         st->cycle = malloc((size_t)job->n * sizeof *st->cycle);
-        nesfd_job *enc = k && st->cycle ? nesfd_job_new(NESFD_JOB_ENCODE, st->me, k) : NULL;
+        nesfd_job *enc = k && st->cycle ? nesfd_job_new(NESFD_JOB_ENCODE, st->p.me, k) : NULL;
         for (int i = 0, j = 0; enc && i < job->n; i++)
             if (job->s[i] && job->s[i]->n > 0 && !(enc->s[j++] = nesf_structure_copy(job->s[i]))) {
                 nesfd_job_free(enc);
@@ -540,16 +555,16 @@ static int cycle_stage(op_state *st)
             finish_decode(st);
             return 0;
         }
-        st->dec_ticket = st->ticket;
-        st->ticket = NULL;
+        st->dec_ticket = st->p.ticket;
+        st->p.ticket = NULL;
         submit(st, enc);
-        if (st->submit_rc == -1) ticket_failed(st);
+        if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
         return 1;
     }
     nesfd_job *dec = nesfd_ticket_data(st->dec_ticket);
     for (int i = 0, j = 0; i < dec->n; i++) {
         if (!dec->s[i] || dec->s[i]->n == 0) continue;
-        if (!nesfd_ticket_item(st->ticket, j)->status) {
+        if (!nesfd_ticket_item(st->p.ticket, j)->status) {
             const float *a = job->z + (size_t)j * L, *b = dec->z + (size_t)i * L;
             double sum = 0;
             for (int c = 0; c < L; c++) sum += ((double)a[c] - b[c]) * ((double)a[c] - b[c]);
@@ -557,8 +572,8 @@ static int cycle_stage(op_state *st)
         }
         j++;
     }
-    nesfd_ticket_release(st->ticket);
-    st->ticket = st->dec_ticket;
+    nesfd_ticket_release(st->p.ticket);
+    st->p.ticket = st->dec_ticket;
     st->dec_ticket = NULL;
     finish_decode(st);
     return 0;
@@ -569,7 +584,7 @@ static json_t *decoded_json(const op_state *st, const nesfd_job *job)
 {
     json_t *list = json_array();
     for (int i = 0; i < job->n; i++) {
-        nesfd_item *it = nesfd_ticket_item(st->ticket, i);
+        nesfd_item *it = nesfd_ticket_item(st->p.ticket, i);
         json_t *o = it->status ? item_error_json(&job->item_err[i]) : structure_json(st, job->s[i]);
         if (!it->status) json_object_set_new(o, "confidence", confidence_json(st, i));
         json_array_append_new(list, o);
@@ -591,14 +606,14 @@ static void h_decode(nesfd_req *r, void *ctx)
     nesfd_app *app = ctx;
     op_state *st = nesfd_req_state(r);
     if (st) { /* resumed: the decode ticket ended, or the confidence stage */
-        if (ticket_failed(st) || cycle_stage(st)) return;
-        nesfd_job *job = nesfd_ticket_data(st->ticket);
+        if (nesfd_pending_failed(&st->p) || cycle_stage(st)) return;
+        nesfd_job *job = nesfd_ticket_data(st->p.ticket);
         json_t *ans = answer_base(st);
         json_object_set_new(ans, "structures", decoded_json(st, job));
         nesfd_reply_json(r, 200, ans);
         return;
     }
-    json_t *root = parse_body(r);
+    json_t *root = nesfd_parse_body(r, "a JSON object", NULL);
     if (!root) return;
     static const char *const keys[] = {"model", "latents", "format", "options", "symprec", NULL};
     json_t *lat = json_object_get(root, "latents");
@@ -613,8 +628,8 @@ static void h_decode(nesfd_req *r, void *ctx)
     if (parse_count(r, json_array_size(lat), "latents", app->cfg) ||
         check_work(st, (int)json_array_size(lat)))
         goto out;
-    int n = (int)json_array_size(lat), L = st->me->latent;
-    if (!(job = nesfd_job_new(NESFD_JOB_DECODE, st->me, n))) {
+    int n = (int)json_array_size(lat), L = st->p.me->latent;
+    if (!(job = nesfd_job_new(NESFD_JOB_DECODE, st->p.me, n))) {
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         goto out;
     }
@@ -627,7 +642,7 @@ static void h_decode(nesfd_req *r, void *ctx)
     st->n = n;
     submit(st, job);
     job = NULL;
-    if (st->submit_rc == -1) ticket_failed(st);
+    if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
 out:
     nesfd_job_free(job);
     json_decref(root);
@@ -657,19 +672,19 @@ static int parse_refine(nesfd_req *r, json_t *root, nesf_refine_opts *o)
 
 static nesfd_job *structures_job(op_state *st, json_t *root)
 {
-    nesfd_req *r = st->req;
+    nesfd_req *r = st->p.req;
     json_t *list = json_object_get(root, "structures");
     if (!json_is_array(list)) {
         nesfd_reply_error(r, 400, "invalid_request", "'structures' must be an array of structures "
                           "({\"cif\": text} or structure JSON)");
         return NULL;
     }
-    if (parse_count(r, json_array_size(list), "structures", st->app->cfg)) return NULL;
+    if (parse_count(r, json_array_size(list), "structures", st->p.app->cfg)) return NULL;
     if (st->kind == OP_RECONSTRUCT && check_work(st, (int)json_array_size(list))) return NULL;
     int n = (int)json_array_size(list);
     nesf_refine_opts ro;
     if (parse_refine(r, root, &ro)) return NULL;
-    nesfd_job *job = nesfd_job_new(NESFD_JOB_ENCODE, st->me, n);
+    nesfd_job *job = nesfd_job_new(NESFD_JOB_ENCODE, st->p.me, n);
     if (!job) {
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         return NULL;
@@ -680,7 +695,7 @@ static nesfd_job *structures_job(op_state *st, json_t *root)
         char where[32];
         json_t *w = NULL;
         snprintf(where, sizeof where, "structures[%d]", i);
-        if (!(job->s[i] = parse_structure(r, st->me, json_array_get(list, (size_t)i), where)) ||
+        if (!(job->s[i] = parse_structure(r, st->p.me, json_array_get(list, (size_t)i), where)) ||
             domain_gate(st, job->s[i], where, &w)) {
             nesfd_job_free(job);
             return NULL;
@@ -695,10 +710,10 @@ static nesfd_job *structures_job(op_state *st, json_t *root)
 static int encode_failed(op_state *st, const nesfd_job *job, const char *what)
 {
     for (int i = 0; i < job->n; i++) {
-        nesfd_item *it = nesfd_ticket_item(st->ticket, i);
+        nesfd_item *it = nesfd_ticket_item(st->p.ticket, i);
         if (it->status) {
             int code = job->item_err[i].code ? job->item_err[i].code : it->status;
-            nesfd_reply_error(st->req, http_status_of(code),
+            nesfd_reply_error(st->p.req, http_status_of(code),
                               http_status_of(code) == 400 ? "invalid_structure" : "encode_failed",
                               "%s[%d]: %s", what, i, job->item_err[i].msg);
             return -1;
@@ -714,24 +729,24 @@ static void h_encode(nesfd_req *r, void *ctx)
     nesfd_app *app = ctx;
     op_state *st = nesfd_req_state(r);
     if (st) {
-        if (ticket_failed(st)) return;
-        nesfd_job *job = nesfd_ticket_data(st->ticket);
+        if (nesfd_pending_failed(&st->p)) return;
+        nesfd_job *job = nesfd_ticket_data(st->p.ticket);
         if (encode_failed(st, job, "structures")) return;
         json_t *ans = answer_base(st);
-        json_object_set_new(ans, "latent_size", json_integer(st->me->latent));
-        json_object_set_new(ans, "latents", latents_json(job->z, job->n, st->me->latent));
+        json_object_set_new(ans, "latent_size", json_integer(st->p.me->latent));
+        json_object_set_new(ans, "latents", latents_json(job->z, job->n, st->p.me->latent));
         json_object_set(ans, "warnings", st->warn);
         nesfd_reply_json(r, 200, ans);
         return;
     }
-    json_t *root = parse_body(r);
+    json_t *root = nesfd_parse_body(r, "a JSON object", NULL);
     if (!root) return;
     static const char *const keys[] = {"model", "structures", "refine", NULL};
     nesfd_job *job;
     if (!check_keys(r, root, keys) && (st = new_state(app, r, OP_ENCODE, root)) &&
         (job = structures_job(st, root))) {
         submit(st, job);
-        if (st->submit_rc == -1) ticket_failed(st);
+        if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
     }
     json_decref(root);
 }
@@ -761,7 +776,7 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
     nesfd_app *app = ctx;
     op_state *st = nesfd_req_state(r);
     if (!st) {
-        json_t *root = parse_body(r);
+        json_t *root = nesfd_parse_body(r, "a JSON object", NULL);
         if (!root) return;
         static const char *const keys[] = {"model", "structures", "format", "options", "symprec",
                                            "refine", NULL};
@@ -769,17 +784,17 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
         if (!check_keys(r, root, keys) && (st = new_state(app, r, OP_RECONSTRUCT, root)) &&
             !parse_output(st, root) && (job = structures_job(st, root))) {
             submit(st, job);
-            if (st->submit_rc == -1) ticket_failed(st);
+            if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
         }
         json_decref(root);
         return;
     }
-    if (ticket_failed(st)) return;
-    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    if (nesfd_pending_failed(&st->p)) return;
+    nesfd_job *job = nesfd_ticket_data(st->p.ticket);
     if (st->stage == 1) { /* encoded: decode the latents */
         if (encode_failed(st, job, "structures")) return;
-        size_t bytes = (size_t)job->n * st->me->latent * sizeof(float);
-        nesfd_job *dec = nesfd_job_new(NESFD_JOB_DECODE, st->me, job->n);
+        size_t bytes = (size_t)job->n * st->p.me->latent * sizeof(float);
+        nesfd_job *dec = nesfd_job_new(NESFD_JOB_DECODE, st->p.me, job->n);
         st->latents = malloc(bytes);
         if (!dec || !st->latents) {
             nesfd_job_free(dec);
@@ -793,11 +808,11 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
             for (int i = 0; i < job->n; i++) st->inputs[i] = job->s[i], job->s[i] = NULL;
         dec->opts = decode_opts(st);
         submit(st, dec);
-        if (st->submit_rc == -1) ticket_failed(st);
+        if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
         return;
     }
     if (cycle_stage(st)) return;
-    job = nesfd_ticket_data(st->ticket);
+    job = nesfd_ticket_data(st->p.ticket);
     json_t *ans = answer_base(st), *list = decoded_json(st, job);
     for (int i = 0; i < job->n; i++) { /* what the input's domain check found; input vs answer */
         json_t *o = json_array_get(list, (size_t)i);
@@ -805,7 +820,7 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
         if (job->s[i] && st->inputs && st->inputs[i]) json_object_set_new(o, "match", match_json(st->inputs[i], job->s[i]));
     }
     json_object_set_new(ans, "structures", list);
-    json_object_set_new(ans, "latents", latents_json(st->latents, job->n, st->me->latent));
+    json_object_set_new(ans, "latents", latents_json(st->latents, job->n, st->p.me->latent));
     nesfd_reply_json(r, 200, ans);
 }
 
@@ -818,14 +833,14 @@ static int parse_endpoint(op_state *st, json_t *v, const char *where, float **z,
 {
     json_t *lat = json_is_array(v) ? v : json_is_object(v) ? json_object_get(v, "latent") : NULL;
     if (lat) {
-        int L = st->me->latent;
+        int L = st->p.me->latent;
         if (!(*z = malloc((size_t)L * sizeof **z))) {
-            nesfd_reply_error(st->req, 503, "out_of_memory", "out of memory");
+            nesfd_reply_error(st->p.req, 503, "out_of_memory", "out of memory");
             return -1;
         }
-        return parse_latent(st->req, lat, L, *z, where);
+        return parse_latent(st->p.req, lat, L, *z, where);
     }
-    if (!(enc[*n_enc] = parse_structure(st->req, st->me, v, where))) return -1;
+    if (!(enc[*n_enc] = parse_structure(st->p.req, st->p.me, v, where))) return -1;
     *slot = (*n_enc)++;
     json_t *w = NULL;
     if (domain_gate(st, enc[*slot], where, &w)) return -1;
@@ -836,16 +851,16 @@ static int parse_endpoint(op_state *st, json_t *v, const char *where, float **z,
 
 static void interpolate_decode(op_state *st)
 {
-    int L = st->me->latent;
-    nesfd_job *dec = nesfd_job_new(NESFD_JOB_DECODE, st->me, st->n);
+    int L = st->p.me->latent;
+    nesfd_job *dec = nesfd_job_new(NESFD_JOB_DECODE, st->p.me, st->n);
     if (!dec) {
-        nesfd_reply_error(st->req, 503, "out_of_memory", "out of memory");
+        nesfd_reply_error(st->p.req, 503, "out_of_memory", "out of memory");
         return;
     }
     nesf_interp_latents(st->za, st->zb, L, st->n, dec->z);
     dec->opts = decode_opts(st);
     submit(st, dec);
-    if (st->submit_rc == -1) ticket_failed(st);
+    if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
 }
 
 static void h_interpolate(nesfd_req *r, void *ctx)
@@ -853,7 +868,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
     nesfd_app *app = ctx;
     op_state *st = nesfd_req_state(r);
     if (!st) {
-        json_t *root = parse_body(r);
+        json_t *root = nesfd_parse_body(r, "a JSON object", NULL);
         if (!root) return;
         static const char *const keys[] = {"model", "from", "to", "steps", "format", "options",
                                            "symprec", "refine", NULL};
@@ -886,7 +901,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
             interpolate_decode(st);
             goto out;
         }
-        nesfd_job *job = nesfd_job_new(NESFD_JOB_ENCODE, st->me, n_enc);
+        nesfd_job *job = nesfd_job_new(NESFD_JOB_ENCODE, st->p.me, n_enc);
         if (!job) {
             nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
             goto out;
@@ -894,17 +909,17 @@ static void h_interpolate(nesfd_req *r, void *ctx)
         for (int i = 0; i < n_enc; i++) job->s[i] = enc[i], enc[i] = NULL;
         job->refine = ro;
         submit(st, job);
-        if (st->submit_rc == -1) ticket_failed(st);
+        if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
     out:
         nesf_structure_free(enc[0]);
         nesf_structure_free(enc[1]);
         json_decref(root);
         return;
     }
-    if (ticket_failed(st)) return;
-    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    if (nesfd_pending_failed(&st->p)) return;
+    nesfd_job *job = nesfd_ticket_data(st->p.ticket);
     if (job->kind == NESFD_JOB_ENCODE && !st->dec_ticket) { /* the ends were encoded */
-        int L = st->me->latent;
+        int L = st->p.me->latent;
         if (encode_failed(st, job, "endpoints")) return;
         float **dst[2] = {&st->za, &st->zb};
         int slot[2] = {st->a_slot, st->b_slot};
@@ -920,10 +935,10 @@ static void h_interpolate(nesfd_req *r, void *ctx)
         return;
     }
     if (cycle_stage(st)) return;
-    job = nesfd_ticket_data(st->ticket);
+    job = nesfd_ticket_data(st->p.ticket);
     json_t *frames = json_array();
     for (int k = 0; k < job->n; k++) {
-        nesfd_item *it = nesfd_ticket_item(st->ticket, k);
+        nesfd_item *it = nesfd_ticket_item(st->p.ticket, k);
         json_t *f = json_pack("{s:f}", "t", nesf_interp_t(k, job->n));
         if (it->status) {
             json_t *e = item_error_json(&job->item_err[k]);

@@ -26,12 +26,7 @@ static const struct {
 /* An infer request between its parsing and its answer (kept across the
  * suspension while the batcher works). */
 typedef struct oip_state {
-    nesfd_app *app;
-    nesfd_req *req;
-    nesfd_model_entry *me;
-    nesfd_ticket *ticket;
-    int submit_rc;          /* NESFD_SUBMIT_* */
-    int64_t deadline;
+    nesfd_pending p;        /* first: the batcher's callback gets &st->p */
     json_t *id;             /* the request's "id", or NULL */
     unsigned want;          /* OUT_* */
     double symprec;
@@ -42,7 +37,7 @@ static void state_free(void *p)
 {
     oip_state *st = p;
     if (!st) return;
-    nesfd_ticket_release(st->ticket);
+    nesfd_pending_release(&st->p);
     json_decref(st->id);
     free(st);
 }
@@ -185,19 +180,19 @@ static int check_datatype(nesfd_req *r, json_t *in, const char *want)
 /* "latent": FP32 [N, latent_size] -> a decode job. */
 static nesfd_job *latent_job(oip_state *st, json_t *in, const nesf_decode_opts *opts)
 {
-    nesfd_req *r = st->req;
+    nesfd_req *r = st->p.req;
     long long shape[2];
-    int ndim, L = st->me->latent;
+    int ndim, L = st->p.me->latent;
     json_t *flat;
     if (check_datatype(r, in, "FP32") || parse_tensor(r, in, shape, &ndim, &flat)) return NULL;
     nesfd_job *job = NULL;
     if (ndim != 2 || shape[1] != L) {
         nesfd_reply_error(r, 400, "invalid_latent", "inputs[0] 'latent' must have shape [N, %d] (model "
-                          "'%s''s latent size)", L, st->me->name);
+                          "'%s''s latent size)", L, st->p.me->name);
         goto fail;
     }
-    if (nesfd_parse_count(r, (size_t)shape[0], "inputs[0].shape[0]", st->app->cfg)) goto fail;
-    if (!(job = nesfd_job_new(NESFD_JOB_DECODE, st->me, (int)shape[0]))) {
+    if (nesfd_parse_count(r, (size_t)shape[0], "inputs[0].shape[0]", st->p.app->cfg)) goto fail;
+    if (!(job = nesfd_job_new(NESFD_JOB_DECODE, st->p.me, (int)shape[0]))) {
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         goto fail;
     }
@@ -222,7 +217,7 @@ fail:
 /* "structure": BYTES [N] of CIF or structure JSON text -> an encode job. */
 static nesfd_job *structure_job(oip_state *st, json_t *in)
 {
-    nesfd_req *r = st->req;
+    nesfd_req *r = st->p.req;
     long long shape[2];
     int ndim;
     json_t *flat;
@@ -232,8 +227,8 @@ static nesfd_job *structure_job(oip_state *st, json_t *in)
         nesfd_reply_error(r, 400, "invalid_request", "inputs[0] 'structure' must have shape [N] or [N, 1]");
         goto fail;
     }
-    if (nesfd_parse_count(r, (size_t)shape[0], "inputs[0].shape[0]", st->app->cfg)) goto fail;
-    if (!(job = nesfd_job_new(NESFD_JOB_ENCODE, st->me, (int)shape[0]))) {
+    if (nesfd_parse_count(r, (size_t)shape[0], "inputs[0].shape[0]", st->p.app->cfg)) goto fail;
+    if (!(job = nesfd_job_new(NESFD_JOB_ENCODE, st->p.me, (int)shape[0]))) {
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         goto fail;
     }
@@ -245,7 +240,7 @@ static nesfd_job *structure_job(oip_state *st, json_t *in)
             nesfd_reply_error(r, 400, "invalid_structure", "%s: expected CIF or structure JSON text", where);
             goto fail;
         }
-        if (!(job->s[i] = nesfd_parse_structure(r, st->me, text, where))) goto fail;
+        if (!(job->s[i] = nesfd_parse_structure(r, st->p.me, text, where))) goto fail;
     }
     json_decref(flat);
     return job;
@@ -259,7 +254,7 @@ fail:
  * binary_data_output may be false (Triton's clients send it). */
 static int parse_parameters(oip_state *st, json_t *params, nesf_decode_opts *opts)
 {
-    nesfd_req *r = st->req;
+    nesfd_req *r = st->p.req;
     if (!params) return 0;
     if (!json_is_object(params)) {
         nesfd_reply_error(r, 400, "invalid_request", "'parameters' must be an object");
@@ -293,7 +288,7 @@ static int parse_parameters(oip_state *st, json_t *params, nesf_decode_opts *opt
 /* "outputs": the subset to answer; absent = every output of the kind. */
 static int parse_outputs(oip_state *st, json_t *outs, int decode)
 {
-    nesfd_req *r = st->req;
+    nesfd_req *r = st->p.req;
     unsigned allowed = decode ? OUT_DECODE_ALL : OUT_LATENT;
     if (!outs) {
         st->want = allowed;
@@ -311,7 +306,7 @@ static int parse_outputs(oip_state *st, json_t *outs, int decode)
         if (!(bit & allowed)) {
             nesfd_reply_error(r, 400, "invalid_request", "outputs[%zu]: no output '%s' for input '%s' "
                               "(see GET /v2/models/%s)", i, name ? name : "", decode ? "latent" : "structure",
-                              st->me->name);
+                              st->p.me->name);
             return -1;
         }
         if (json_is_true(bin)) {
@@ -329,28 +324,6 @@ bad:
 
 /* ---- infer: submission and answer ---- */
 
-/* Batcher thread: only wakes the request; the answer is built on resume. */
-static void on_ticket_done(void *arg, int state)
-{
-    (void)state; /* read back from the ticket on resume */
-    oip_state *st = arg;
-    nesfd_req_resume(st->req);
-}
-
-/* Hands the job (taken over) to the model's batcher and suspends the
- * request; a refused submission resumes it at once to answer. */
-static void submit(oip_state *st, nesfd_job *job)
-{
-    st->ticket = nesfd_job_ticket(job, st->deadline, on_ticket_done, st);
-    if (!st->ticket) {
-        nesfd_reply_error(st->req, 503, "out_of_memory", "cannot allocate the work for this request");
-        return;
-    }
-    nesfd_req_suspend(st->req); /* before submitting: done may fire at once */
-    st->submit_rc = nesfd_batcher_submit(st->me->batcher, st->ticket);
-    if (st->submit_rc != NESFD_SUBMIT_OK) nesfd_req_resume(st->req);
-}
-
 /* The deadline counts from the request's arrival, as for the native routes. */
 static oip_state *new_state(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
 {
@@ -359,50 +332,18 @@ static oip_state *new_state(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
         return NULL;
     }
-    st->app = app;
-    st->req = r;
-    st->me = me;
+    nesfd_pending_init(&st->p, app, r, me);
     st->symprec = DEFAULT_SYMPREC;
-    st->deadline = nesfd_req_start_ns(r) + (int64_t)(app->cfg->request_timeout_s * 1e9);
     nesfd_req_set_state(r, st, state_free);
     return st;
-}
-
-/* The $inference_request object, with no key the protocol lacks. */
-static json_t *parse_body(nesfd_req *r)
-{
-    size_t len;
-    const char *body = nesfd_req_body(r, &len);
-    json_error_t je;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
-    if (!root) {
-        nesfd_reply_error(r, 400, "invalid_json", "invalid JSON at line %d column %d: %s", je.line,
-                          je.column, je.text);
-        return NULL;
-    }
-    if (!json_is_object(root)) {
-        nesfd_reply_error(r, 400, "invalid_json", "the body must be an inference request object");
-        json_decref(root);
-        return NULL;
-    }
-    const char *key;
-    json_t *v;
-    json_object_foreach(root, key, v) {
-        if (strcmp(key, "id") && strcmp(key, "parameters") && strcmp(key, "inputs") && strcmp(key, "outputs")) {
-            nesfd_reply_error(r, 400, "invalid_request", "unknown key '%s' (expected: id, parameters, "
-                              "inputs, outputs)", key);
-            json_decref(root);
-            return NULL;
-        }
-    }
-    return root;
 }
 
 /* First run of an infer request: everything is checked before any work
  * is queued, so a bad request costs the batcher nothing. */
 static void infer_start(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
 {
-    json_t *root = parse_body(r);
+    static const char *const keys[] = {"id", "parameters", "inputs", "outputs", NULL};
+    json_t *root = nesfd_parse_body(r, "an inference request object", keys);
     oip_state *st;
     if (!root || !(st = new_state(app, r, me))) goto out;
     json_t *id = json_object_get(root, "id"), *inputs = json_object_get(root, "inputs");
@@ -430,34 +371,10 @@ static void infer_start(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
     }
     if (parse_outputs(st, json_object_get(root, "outputs"), decode)) goto out;
     nesfd_job *job = decode ? latent_job(st, in, &opts) : structure_job(st, in);
-    if (job) submit(st, job);
+    if (job) nesfd_pending_submit(&st->p, job);
+    if (job && st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
 out:
     json_decref(root);
-}
-
-/* Answers a refused submission or a ticket that did not finish; 1 if it did. */
-static int answer_failure(oip_state *st)
-{
-    nesfd_req *r = st->req;
-    if (st->submit_rc == NESFD_SUBMIT_FULL) {
-        nesfd_metrics_rejected(st->app->metrics, st->me->metric);
-        nesfd_req_add_header(r, "Retry-After", "1");
-        nesfd_reply_error(r, 503, "queue_full", "model '%s' has %d items queued (limit %d); retry later",
-                          st->me->name, nesfd_batcher_depth(st->me->batcher), st->app->cfg->queue_limit);
-        return 1;
-    }
-    int state = st->submit_rc == NESFD_SUBMIT_STOPPED ? NESFD_TICKET_CANCELLED
-                                                       : nesfd_ticket_state(st->ticket);
-    nesfd_req_set_batch(r, nesfd_ticket_max_batch(st->ticket));
-    if (state == NESFD_TICKET_DONE) return 0;
-    if (state == NESFD_TICKET_TIMEOUT) {
-        nesfd_reply_error(r, 504, "deadline_exceeded", "no answer within the request deadline of %g s",
-                          st->app->cfg->request_timeout_s);
-        return 1;
-    }
-    nesfd_req_add_header(r, "Retry-After", "5");
-    nesfd_reply_error(r, 503, "shutting_down", "the server is shutting down");
-    return 1;
 }
 
 /* A $response_output; takes the references to shape and data. */
@@ -472,7 +389,7 @@ static void add_decode_outputs(const oip_state *st, const nesfd_job *job, json_t
 {
     json_t *text = json_array(), *lat = json_array(), *ok = json_array();
     for (int i = 0; i < job->n; i++) {
-        int good = !nesfd_ticket_item(st->ticket, i)->status && job->s[i];
+        int good = !nesfd_ticket_item(st->p.ticket, i)->status && job->s[i];
         json_t *o = good ? nesf_sjson_to_json(job->s[i], NESF_SJSON_FULL, st->symprec)
                          : nesfd_item_error_json(&job->item_err[i]);
         char *s = o ? nesf_sjson_dumps(o) : NULL;
@@ -499,15 +416,15 @@ static void add_decode_outputs(const oip_state *st, const nesfd_job *job, json_t
 static int add_encode_output(const oip_state *st, const nesfd_job *job, json_t *outs)
 {
     for (int i = 0; i < job->n; i++) {
-        nesfd_item *it = nesfd_ticket_item(st->ticket, i);
+        nesfd_item *it = nesfd_ticket_item(st->p.ticket, i);
         if (it->status) {
             int status = nesfd_error_status(job->item_err[i].code ? job->item_err[i].code : it->status);
-            nesfd_reply_error(st->req, status, status == 400 ? "invalid_structure" : "encode_failed",
+            nesfd_reply_error(st->p.req, status, status == 400 ? "invalid_structure" : "encode_failed",
                               "inputs[0].data[%d]: %s", i, job->item_err[i].msg);
             return -1;
         }
     }
-    int L = st->me->latent;
+    int L = st->p.me->latent;
     json_t *data = json_array();
     for (size_t k = 0; k < (size_t)job->n * L; k++) json_array_append_new(data, json_real(job->z[k]));
     json_array_append_new(outs, tensor("latent", "FP32", json_pack("[ii]", job->n, L), data));
@@ -518,8 +435,8 @@ static int add_encode_output(const oip_state *st, const nesfd_job *job, json_t *
 static void infer_resume(nesfd_req *r)
 {
     oip_state *st = nesfd_req_state(r);
-    if (answer_failure(st)) return;
-    nesfd_job *job = nesfd_ticket_data(st->ticket);
+    if (nesfd_pending_failed(&st->p)) return;
+    nesfd_job *job = nesfd_ticket_data(st->p.ticket);
     json_t *outs = json_array();
     if (job->kind == NESFD_JOB_DECODE) add_decode_outputs(st, job, outs);
     else if (add_encode_output(st, job, outs)) {
@@ -527,8 +444,8 @@ static void infer_resume(nesfd_req *r)
         return;
     }
     json_t *id = st->id ? json_incref(st->id) : json_string(nesfd_req_id(r));
-    nesfd_reply_json(r, 200, json_pack("{s:s, s:o, s:{s:i}, s:o}", "model_name", st->me->name, "id", id,
-                                       "parameters", "batch", nesfd_ticket_max_batch(st->ticket),
+    nesfd_reply_json(r, 200, json_pack("{s:s, s:o, s:{s:i}, s:o}", "model_name", st->p.me->name, "id", id,
+                                       "parameters", "batch", nesfd_ticket_max_batch(st->p.ticket),
                                        "outputs", outs));
 }
 
