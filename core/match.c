@@ -72,46 +72,6 @@ out:
 
 static double dot3(const double *a, const double *b) { return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]; }
 
-void nesf_lattice_lll(nesf_lattice *l)
-{
-    double (*b)[3] = l->m, bs[3][3], mu[3][3], B[3];
-    const double delta = 0.75;
-    int k = 1, guard = 0;
-    while (k < 3 && guard++ < 1000) {
-        /* Gram-Schmidt of the current basis */
-        for (int i = 0; i < 3; i++) {
-            memcpy(bs[i], b[i], sizeof bs[i]);
-            for (int j = 0; j < i; j++) {
-                mu[i][j] = dot3(b[i], bs[j]) / B[j];
-                for (int c = 0; c < 3; c++) bs[i][c] -= mu[i][j] * bs[j][c];
-            }
-            B[i] = dot3(bs[i], bs[i]);
-        }
-        for (int j = k - 1; j >= 0; j--) {
-            double q = round(dot3(b[k], bs[j]) / B[j]);
-            if (q == 0) continue;
-            for (int c = 0; c < 3; c++) b[k][c] -= q * b[j][c];
-            for (int i = 0; i < 3; i++) { /* refresh mu of row k */
-                memcpy(bs[i], b[i], sizeof bs[i]);
-                for (int jj = 0; jj < i; jj++) {
-                    mu[i][jj] = dot3(b[i], bs[jj]) / B[jj];
-                    for (int c = 0; c < 3; c++) bs[i][c] -= mu[i][jj] * bs[jj][c];
-                }
-                B[i] = dot3(bs[i], bs[i]);
-            }
-        }
-        if (B[k] >= (delta - mu[k][k - 1] * mu[k][k - 1]) * B[k - 1]) {
-            k++;
-        } else {
-            double t[3];
-            memcpy(t, b[k], sizeof t);
-            memcpy(b[k], b[k - 1], sizeof t);
-            memcpy(b[k - 1], t, sizeof t);
-            k = k > 1 ? k - 1 : 1;
-        }
-    }
-}
-
 /* Lattice from parameters in pymatgen's orientation does not matter for
  * distances; the datasets' orientation is used. */
 static void average_lattice(const nesf_lattice *a, const nesf_lattice *b, nesf_lattice *out)

@@ -51,7 +51,4 @@ int nesf_structure_match(const nesf_structure *a, const nesf_structure *b, const
  * NAN when out of memory.  Exposed for tests. */
 double nesf_assign(int n, const double *cost, int *col);
 
-/* LLL reduction (delta 0.75) of the lattice rows in place. */
-void nesf_lattice_lll(nesf_lattice *l);
-
 #endif

@@ -82,22 +82,25 @@ static int gram_schmidt(const double b[3][3], double g[3][3], double mu[3][3])
     return 1;
 }
 
-/* LLL reduction (delta 0.99) of a basis, in place; 0 for a singular or
- * non-finite one.  Bounded, so that no input can make it loop. */
-static int lll_reduce(double b[3][3])
+/* LLL reduction of the rows of b with Lovász constant delta, in place; 0
+ * for a singular or non-finite basis.  Bounded, so that no input can make
+ * it loop.  The one reduction of the library: the strong one (0.99) for
+ * the shortest vector, the classic one (0.75) for matching (match.c). */
+static int lll_reduce(double b[3][3], double delta)
 {
     double g[3][3], mu[3][3];
     int k = 1;
     for (int step = 0; k < 3; step++) {
         if (step > 10000 || !gram_schmidt(b, g, mu)) return 0;
-        int j = k - 1;
-        while (j >= 0 && fabs(mu[k][j]) <= 0.5) j--;
-        if (j >= 0) { /* size-reduce b[k] against b[j], then look again */
-            double r = nearbyint(mu[k][j]);
-            for (int c = 0; c < 3; c++) b[k][c] -= r * b[j][c];
-            continue;
+        /* size-reduce b[k] against b[k-1] .. b[0], once each, nearest
+         * integer with halves away from zero */
+        for (int j = k - 1; j >= 0; j--) {
+            double q = round(mu[k][j]);
+            if (q == 0) continue;
+            for (int c = 0; c < 3; c++) b[k][c] -= q * b[j][c];
+            if (!gram_schmidt(b, g, mu)) return 0;
         }
-        if (dot3(g[k], g[k]) >= (0.99 - mu[k][k - 1] * mu[k][k - 1]) * dot3(g[k - 1], g[k - 1])) {
+        if (dot3(g[k], g[k]) >= (delta - mu[k][k - 1] * mu[k][k - 1]) * dot3(g[k - 1], g[k - 1])) {
             k++;
         } else {
             double t[3];
@@ -110,11 +113,18 @@ static int lll_reduce(double b[3][3])
     return gram_schmidt(b, g, mu);
 }
 
+void nesf_lattice_lll(nesf_lattice *l)
+{
+    double b[3][3];
+    memcpy(b, l->m, sizeof b);
+    if (lll_reduce(b, 0.75)) memcpy(l->m, b, sizeof b);
+}
+
 double nesf_lattice_shortest(const nesf_lattice *l)
 {
     double b[3][3];
     memcpy(b, l->m, sizeof b);
-    if (!lll_reduce(b)) return 0;
+    if (!lll_reduce(b, 0.99)) return 0;
     /* in an LLL basis of three vectors the shortest vector has small
      * coefficients: a search over [-2, 2]^3 finds it */
     double best = INFINITY;

@@ -42,6 +42,9 @@ double nesf_lattice_volume(const nesf_lattice *l);
  * of tiny volume always has a short vector (Minkowski), and every cell
  * with a short vector puts an atom next to its own image. */
 double nesf_lattice_shortest(const nesf_lattice *l);
+/* LLL reduction (delta 0.75) of the lattice rows in place; a singular or
+ * non-finite lattice is left as it is. */
+void nesf_lattice_lll(nesf_lattice *l);
 /* Returns NESF_ERR_INVALID for a singular (or nearly) lattice. */
 int nesf_lattice_inverse(const nesf_lattice *l, double inv[3][3], nesf_error *err);
 void nesf_lattice_frac_to_cart(const nesf_lattice *l, const double f[3], double c[3]);

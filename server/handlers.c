@@ -83,7 +83,8 @@ void nesfd_pending_submit(nesfd_pending *p, nesfd_job *job)
     p->ticket = nesfd_job_ticket(job, p->deadline, on_ticket_done, p);
     if (!p->ticket) {
         p->submit_rc = -1;
-        return; /* not suspended: the caller answers */
+        nesfd_pending_failed(p); /* not suspended: answered now */
+        return;
     }
     nesfd_req_suspend(p->req); /* before submitting: done may fire at once */
     p->submit_rc = nesfd_batcher_submit(p->me->batcher, p->ticket);
@@ -558,7 +559,6 @@ static int cycle_stage(op_state *st)
         st->dec_ticket = st->p.ticket;
         st->p.ticket = NULL;
         submit(st, enc);
-        if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
         return 1;
     }
     nesfd_job *dec = nesfd_ticket_data(st->dec_ticket);
@@ -613,12 +613,12 @@ static void h_decode(nesfd_req *r, void *ctx)
         nesfd_reply_json(r, 200, ans);
         return;
     }
-    json_t *root = nesfd_parse_body(r, "a JSON object", NULL);
-    if (!root) return;
     static const char *const keys[] = {"model", "latents", "format", "options", "symprec", NULL};
+    json_t *root = nesfd_parse_body(r, "a JSON object", keys);
+    if (!root) return;
     json_t *lat = json_object_get(root, "latents");
     nesfd_job *job = NULL;
-    if (check_keys(r, root, keys) || !(st = new_state(app, r, OP_DECODE, root)) ||
+    if (!(st = new_state(app, r, OP_DECODE, root)) ||
         parse_output(st, root))
         goto out;
     if (!json_is_array(lat)) {
@@ -642,7 +642,6 @@ static void h_decode(nesfd_req *r, void *ctx)
     st->n = n;
     submit(st, job);
     job = NULL;
-    if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
 out:
     nesfd_job_free(job);
     json_decref(root);
@@ -739,14 +738,13 @@ static void h_encode(nesfd_req *r, void *ctx)
         nesfd_reply_json(r, 200, ans);
         return;
     }
-    json_t *root = nesfd_parse_body(r, "a JSON object", NULL);
-    if (!root) return;
     static const char *const keys[] = {"model", "structures", "refine", NULL};
+    json_t *root = nesfd_parse_body(r, "a JSON object", keys);
+    if (!root) return;
     nesfd_job *job;
-    if (!check_keys(r, root, keys) && (st = new_state(app, r, OP_ENCODE, root)) &&
+    if ((st = new_state(app, r, OP_ENCODE, root)) &&
         (job = structures_job(st, root))) {
         submit(st, job);
-        if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
     }
     json_decref(root);
 }
@@ -776,15 +774,14 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
     nesfd_app *app = ctx;
     op_state *st = nesfd_req_state(r);
     if (!st) {
-        json_t *root = nesfd_parse_body(r, "a JSON object", NULL);
-        if (!root) return;
         static const char *const keys[] = {"model", "structures", "format", "options", "symprec",
                                            "refine", NULL};
+        json_t *root = nesfd_parse_body(r, "a JSON object", keys);
+        if (!root) return;
         nesfd_job *job;
-        if (!check_keys(r, root, keys) && (st = new_state(app, r, OP_RECONSTRUCT, root)) &&
+        if ((st = new_state(app, r, OP_RECONSTRUCT, root)) &&
             !parse_output(st, root) && (job = structures_job(st, root))) {
             submit(st, job);
-            if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
         }
         json_decref(root);
         return;
@@ -808,7 +805,6 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
             for (int i = 0; i < job->n; i++) st->inputs[i] = job->s[i], job->s[i] = NULL;
         dec->opts = decode_opts(st);
         submit(st, dec);
-        if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
         return;
     }
     if (cycle_stage(st)) return;
@@ -860,7 +856,6 @@ static void interpolate_decode(op_state *st)
     nesf_interp_latents(st->za, st->zb, L, st->n, dec->z);
     dec->opts = decode_opts(st);
     submit(st, dec);
-    if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
 }
 
 static void h_interpolate(nesfd_req *r, void *ctx)
@@ -868,13 +863,13 @@ static void h_interpolate(nesfd_req *r, void *ctx)
     nesfd_app *app = ctx;
     op_state *st = nesfd_req_state(r);
     if (!st) {
-        json_t *root = nesfd_parse_body(r, "a JSON object", NULL);
-        if (!root) return;
         static const char *const keys[] = {"model", "from", "to", "steps", "format", "options",
                                            "symprec", "refine", NULL};
+        json_t *root = nesfd_parse_body(r, "a JSON object", keys);
+        if (!root) return;
         nesf_structure *enc[2] = {NULL, NULL};
         int n_enc = 0;
-        if (check_keys(r, root, keys) || !(st = new_state(app, r, OP_INTERPOLATE, root)) ||
+        if (!(st = new_state(app, r, OP_INTERPOLATE, root)) ||
             parse_output(st, root))
             goto out;
         json_t *steps = json_object_get(root, "steps"), *from = json_object_get(root, "from"),
@@ -909,7 +904,6 @@ static void h_interpolate(nesfd_req *r, void *ctx)
         for (int i = 0; i < n_enc; i++) job->s[i] = enc[i], enc[i] = NULL;
         job->refine = ro;
         submit(st, job);
-        if (st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
     out:
         nesf_structure_free(enc[0]);
         nesf_structure_free(enc[1]);

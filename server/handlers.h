@@ -45,8 +45,8 @@ typedef struct nesfd_pending {
 void nesfd_pending_init(nesfd_pending *p, nesfd_app *app, nesfd_req *r, nesfd_model_entry *me);
 /* Hands the job (taken over) to the model's batcher and suspends the
  * request; the handler runs again when the ticket ends, or at once when
- * the batcher refused it.  With no ticket (submit_rc -1) the request is not
- * suspended and the caller answers (nesfd_pending_failed). */
+ * the batcher refused it.  With no ticket (submit_rc -1, out of memory) the
+ * request is not suspended and is answered here. */
 void nesfd_pending_submit(nesfd_pending *p, nesfd_job *job);
 /* Answers a refused submission or a ticket that did not finish (503, 504);
  * returns 1 if it answered, 0 when the ticket is done. */

@@ -372,7 +372,6 @@ static void infer_start(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
     if (parse_outputs(st, json_object_get(root, "outputs"), decode)) goto out;
     nesfd_job *job = decode ? latent_job(st, in, &opts) : structure_job(st, in);
     if (job) nesfd_pending_submit(&st->p, job);
-    if (job && st->p.submit_rc == -1) nesfd_pending_failed(&st->p);
 out:
     json_decref(root);
 }
