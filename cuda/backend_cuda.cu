@@ -472,6 +472,19 @@ static void cu_col_sum(nesf_backend *be, int rows, int cols, const float *X, int
     });
 }
 
+/* The BatchNorm ops' scratch on the bound device: the plan of their two
+ * column sums, its partials (*part) and 2 x cols floats (returned); NULL
+ * when the scratch cannot grow (the failure is recorded). */
+static float *bn_workspace(nesf_cuda *c, int rows, int cols, ColPlan *p, double **part)
+{
+    nesf_cuda_bind(c);
+    *p = col_plan(rows, cols);
+    size_t pbytes = (size_t)2 * p->nchunk * cols * sizeof(double);
+    char *ws = (char *)nesf_cuda_scratch(c, pbytes + (size_t)2 * cols * sizeof(float));
+    *part = (double *)ws;
+    return ws ? (float *)(ws + pbytes) : NULL;
+}
+
 static void cu_bn_train(nesf_backend *be, int rows, int cols, const float *X, int ldx,
                         const float *gamma, const float *beta, float eps, float momentum,
                         float *running_mean, float *running_var, float *mean, float *invstd,
@@ -479,14 +492,12 @@ static void cu_bn_train(nesf_backend *be, int rows, int cols, const float *X, in
 {
     nesf_cuda *c = nesf_cuda_of(be);
     if (rows <= 0 || cols <= 0) return;
-    nesf_cuda_bind(c);
-    ColPlan p = col_plan(rows, cols);
-    size_t pbytes = (size_t)2 * p.nchunk * cols * sizeof(double);
-    char *ws = (char *)nesf_cuda_scratch(c, pbytes + (size_t)2 * cols * sizeof(float));
+    ColPlan p;
+    double *part;
+    float *ws = bn_workspace(c, rows, cols, &p, &part);
     if (!ws) return;
-    double *part = (double *)ws;
-    float *mu = mean ? mean : (float *)(ws + pbytes);
-    float *is = invstd ? invstd : (float *)(ws + pbytes) + cols;
+    float *mu = mean ? mean : ws;
+    float *is = invstd ? invstd : ws + cols;
 
     /* sums of (x - x0) and its square, x0 the column's first value: the
      * shift keeps the one-pass variance accurate when |mean| >> std */
@@ -522,13 +533,11 @@ static void cu_relu_bn_backward(nesf_backend *be, int rows, int cols, const floa
 {
     nesf_cuda *c = nesf_cuda_of(be);
     if (rows <= 0 || cols <= 0) return;
-    nesf_cuda_bind(c);
-    ColPlan p = col_plan(rows, cols);
-    size_t pbytes = (size_t)2 * p.nchunk * cols * sizeof(double);
-    char *ws = (char *)nesf_cuda_scratch(c, pbytes + (size_t)2 * cols * sizeof(float));
+    ColPlan p;
+    double *part;
+    float *ws = bn_workspace(c, rows, cols, &p, &part);
     if (!ws) return;
-    double *part = (double *)ws;
-    float *kd = (float *)(ws + pbytes); /* mean of dOut */
+    float *kd = ws;                     /* mean of dOut */
     float *kx = kd + cols;              /* mean of dOut * xhat, times invstd */
 
     col_partial<2>(c, "relu_bn_backward", p, [=] __device__(int r, int k, double *acc) {

@@ -292,6 +292,23 @@ static int obj_remove(void *o)
     return g_objs.erase(o) != 0;
 }
 
+/* A new handle of the runtime or a library, registered so that destroy
+ * and use can tell a live handle from a stale one. */
+template <class T> static T *obj_new(const T &init)
+{
+    T *o = new T(init);
+    obj_add(o);
+    return o;
+}
+
+/* Destroys a registered handle; 0 when it was not one. */
+template <class T> static int obj_delete(T *o)
+{
+    if (!o || !obj_remove(o)) return 0;
+    delete o;
+    return 1;
+}
+
 static cudaError_t check_stream(cudaStream_t s)
 {
     return !s || obj_live(s) ? cudaSuccess : set_err(cudaErrorInvalidResourceHandle);
@@ -300,15 +317,13 @@ static cudaError_t check_stream(cudaStream_t s)
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags)
 {
     if (cudaError_t e = enter()) return e;
-    *s = new nesf_emu_stream{flags};
-    obj_add(*s);
+    *s = obj_new(nesf_emu_stream{flags});
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
-    if (!s || !obj_remove(s)) return set_err(cudaErrorInvalidResourceHandle);
-    delete s;
+    if (!obj_delete(s)) return set_err(cudaErrorInvalidResourceHandle);
     return enter();
 }
 
@@ -323,8 +338,7 @@ cudaError_t cudaDeviceSynchronize(void) { return enter(); }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags)
 {
     if (cudaError_t r = enter()) return r;
-    *e = new nesf_emu_event{flags};
-    obj_add(*e);
+    *e = obj_new(nesf_emu_event{flags});
     return cudaSuccess;
 }
 
@@ -332,9 +346,7 @@ cudaError_t cudaEventCreate(cudaEvent_t *e) { return cudaEventCreateWithFlags(e,
 
 cudaError_t cudaEventDestroy(cudaEvent_t e)
 {
-    if (!e || !obj_remove(e)) return set_err(cudaErrorInvalidResourceHandle);
-    delete e;
-    return cudaSuccess;
+    return obj_delete(e) ? cudaSuccess : set_err(cudaErrorInvalidResourceHandle);
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
@@ -819,16 +831,13 @@ struct nesf_emu_blas {
 cublasStatus_t cublasCreate(cublasHandle_t *h)
 {
     if (enter()) return CUBLAS_STATUS_NOT_INITIALIZED;
-    *h = new nesf_emu_blas{0};
-    obj_add(*h);
+    *h = obj_new(nesf_emu_blas{0});
     return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasDestroy(cublasHandle_t h)
 {
-    if (!h || !obj_remove(h)) return CUBLAS_STATUS_NOT_INITIALIZED;
-    delete h;
-    return CUBLAS_STATUS_SUCCESS;
+    return obj_delete(h) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
 }
 
 cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s)
@@ -906,16 +915,13 @@ struct nesf_emu_lt_pref {
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *h)
 {
     if (enter()) return CUBLAS_STATUS_NOT_INITIALIZED;
-    *h = new nesf_emu_lt{1};
-    obj_add(*h);
+    *h = obj_new(nesf_emu_lt{1});
     return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasLtDestroy(cublasLtHandle_t h)
 {
-    if (!h || !obj_remove(h)) return CUBLAS_STATUS_NOT_INITIALIZED;
-    delete h;
-    return CUBLAS_STATUS_SUCCESS;
+    return obj_delete(h) ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
 }
 
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t comp,
