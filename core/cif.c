@@ -418,6 +418,23 @@ typedef struct {
 
 static int is_var(int ch) { ch = tolower(ch); return ch == 'x' || ch == 'y' || ch == 'z'; }
 
+/* "/N" at *p (N a positive integer): *num /= N and *p past it; -1 when no
+ * positive number follows the slash. */
+static int divide_by(const char **p, const char *e, double *num)
+{
+    const char *q = *p + 1;
+    char buf[32];
+    int n = 0;
+    while (q < e && isdigit((unsigned char)*q) && n < 30) buf[n++] = *q++;
+    buf[n] = 0;
+    if (!n) return -1;
+    double den = strtod(buf, NULL);
+    if (!(den > 0)) return -1;
+    *num /= den;
+    *p = q;
+    return 0;
+}
+
 /* One component: a sum of terms  [+-] ( number[/number] [*] [var] | var [/number] ). */
 static int parse_component(const char *p, const char *e, double row[3], double *t)
 {
@@ -445,16 +462,7 @@ static int parse_component(const char *p, const char *e, double row[3], double *
             num = strtod(buf, &end);
             if (*end || !isfinite(num)) return -1;
             have_num = 1;
-            if (p < e && *p == '/') {
-                p++;
-                n = 0;
-                while (p < e && isdigit((unsigned char)*p) && n < 30) buf[n++] = *p++;
-                buf[n] = 0;
-                if (!n) return -1;
-                double den = strtod(buf, NULL);
-                if (!(den > 0)) return -1;
-                num /= den;
-            }
+            if (p < e && *p == '/' && divide_by(&p, e, &num)) return -1;
             while (p < e && *p == ' ') p++;
             if (p < e && *p == '*') {
                 p++;
@@ -465,17 +473,7 @@ static int parse_component(const char *p, const char *e, double row[3], double *
         if (p < e && is_var((unsigned char)*p)) {
             var = tolower((unsigned char)*p) - 'x';
             p++;
-            if (!have_num && p < e && *p == '/') { /* "x/2" */
-                p++;
-                char buf[32];
-                int n = 0;
-                while (p < e && isdigit((unsigned char)*p) && n < 30) buf[n++] = *p++;
-                buf[n] = 0;
-                if (!n) return -1;
-                double den = strtod(buf, NULL);
-                if (!(den > 0)) return -1;
-                num /= den;
-            }
+            if (!have_num && p < e && *p == '/' && divide_by(&p, e, &num)) return -1; /* "x/2" */
         } else if (!have_num) {
             return -1;
         }

@@ -33,11 +33,7 @@ void nesf_refine_opts_default(nesf_refine_opts *o)
 }
 
 #define R nesf_refine_opts
-static const nesf_jfield weight_rows[] = {
-    NESF_JF_FLOAT(R, "position", w_pos, 0, 1e4), NESF_JF_FLOAT(R, "species", w_spec, 0, 1e4),
-    NESF_JF_FLOAT(R, "length", w_len, 0, 1e4), NESF_JF_FLOAT(R, "angle", w_ang, 0, 1e4),
-    NESF_JF_END,
-};
+static const nesf_jfield weight_rows[] = {NESF_LOSS_WEIGHT_ROWS(R, 1e4), NESF_JF_END};
 static const nesf_jfield refine_rows[] = {
     NESF_JF_INT(R, "steps", steps, 0, 1000),
     NESF_JF_FLOAT_OPEN(R, "lr", lr, 0, 1),

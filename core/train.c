@@ -40,11 +40,7 @@ float nesf_train_lr(const nesf_train_config *c, int epoch)
 }
 
 #define C nesf_train_config
-static const nesf_jfield weight_rows[] = {
-    NESF_JF_FLOAT(C, "position", w_pos, 0, 1e6), NESF_JF_FLOAT(C, "species", w_spec, 0, 1e6),
-    NESF_JF_FLOAT(C, "length", w_len, 0, 1e6), NESF_JF_FLOAT(C, "angle", w_ang, 0, 1e6),
-    NESF_JF_END,
-};
+static const nesf_jfield weight_rows[] = {NESF_LOSS_WEIGHT_ROWS(C, 1e6), NESF_JF_END};
 static const nesf_jfield sampling_rows[] = {
     NESF_JF_FLOAT(C, "global_step", sampling.global_step, 0.05, 100),
     NESF_JF_FLOAT(C, "global_pad", sampling.global_pad, 0, 100),

@@ -25,6 +25,13 @@ typedef struct nesf_train_config {
 
 void nesf_train_config_paper(nesf_train_config *c);
 
+/* The jconf rows (jconf.h) of a "loss_weights" object {"position",
+ * "species", "length", "angle"} over the members w_pos, w_spec, w_len, w_ang
+ * of struct T, each in [0, hi]: the training config's and refine's. */
+#define NESF_LOSS_WEIGHT_ROWS(T, hi)                                                    \
+    NESF_JF_FLOAT(T, "position", w_pos, 0, hi), NESF_JF_FLOAT(T, "species", w_spec, 0, hi), \
+        NESF_JF_FLOAT(T, "length", w_len, 0, hi), NESF_JF_FLOAT(T, "angle", w_ang, 0, hi)
+
 /* Derives independent seeds (per epoch, batch, purpose) from one seed, so
  * a resumed run draws exactly what an uninterrupted one would. */
 static inline uint64_t nesf_seed_mix(uint64_t a, uint64_t b)
