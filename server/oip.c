@@ -177,76 +177,65 @@ static int check_datatype(nesfd_req *r, json_t *in, const char *want)
     return -1;
 }
 
-/* "latent": FP32 [N, latent_size] -> a decode job. */
-static nesfd_job *latent_job(oip_state *st, json_t *in, const nesf_decode_opts *opts)
+/* "latent" data: finite 32-bit floats; 1 when all were. */
+static int fill_latents(nesfd_req *r, nesfd_job *job, json_t *flat, const nesf_decode_opts *opts)
 {
-    nesfd_req *r = st->p.req;
-    long long shape[2];
-    int ndim, L = st->p.me->latent;
-    json_t *flat;
-    if (check_datatype(r, in, "FP32") || parse_tensor(r, in, shape, &ndim, &flat)) return NULL;
-    nesfd_job *job = NULL;
-    if (ndim != 2 || shape[1] != L) {
-        nesfd_reply_error(r, 400, "invalid_latent", "inputs[0] 'latent' must have shape [N, %d] (model "
-                          "'%s''s latent size)", L, st->p.me->name);
-        goto fail;
-    }
-    if (nesfd_parse_count(r, (size_t)shape[0], "inputs[0].shape[0]", st->p.app->cfg)) goto fail;
-    if (!(job = nesfd_job_new(NESFD_JOB_DECODE, st->p.me, (int)shape[0]))) {
-        nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
-        goto fail;
-    }
     for (size_t k = 0; k < json_array_size(flat); k++) {
         json_t *x = json_array_get(flat, k);
         float f = json_is_number(x) ? (float)json_number_value(x) : NAN;
         if (!isfinite(f)) {
             nesfd_reply_error(r, 400, "invalid_latent", "inputs[0].data[%zu]: not a finite 32-bit float", k);
-            goto fail;
+            return 0;
         }
         job->z[k] = f;
     }
     job->opts = *opts;
-    json_decref(flat);
-    return job;
-fail:
-    nesfd_job_free(job);
-    json_decref(flat);
-    return NULL;
+    return 1;
 }
 
-/* "structure": BYTES [N] of CIF or structure JSON text -> an encode job. */
-static nesfd_job *structure_job(oip_state *st, json_t *in)
+/* "structure" data: CIF or structure JSON text each; 1 when all parsed. */
+static int fill_structures(nesfd_req *r, nesfd_model_entry *me, nesfd_job *job, json_t *flat)
 {
-    nesfd_req *r = st->p.req;
-    long long shape[2];
-    int ndim;
-    json_t *flat;
-    if (check_datatype(r, in, "BYTES") || parse_tensor(r, in, shape, &ndim, &flat)) return NULL;
-    nesfd_job *job = NULL;
-    if (ndim == 2 && shape[1] != 1) {
-        nesfd_reply_error(r, 400, "invalid_request", "inputs[0] 'structure' must have shape [N] or [N, 1]");
-        goto fail;
-    }
-    if (nesfd_parse_count(r, (size_t)shape[0], "inputs[0].shape[0]", st->p.app->cfg)) goto fail;
-    if (!(job = nesfd_job_new(NESFD_JOB_ENCODE, st->p.me, (int)shape[0]))) {
-        nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
-        goto fail;
-    }
     for (int i = 0; i < job->n; i++) {
         char where[48];
         snprintf(where, sizeof where, "inputs[0].data[%d]", i);
         json_t *text = json_array_get(flat, (size_t)i);
         if (!json_is_string(text)) {
             nesfd_reply_error(r, 400, "invalid_structure", "%s: expected CIF or structure JSON text", where);
-            goto fail;
+            return 0;
         }
-        if (!(job->s[i] = nesfd_parse_structure(r, st->p.me, text, where))) goto fail;
+        if (!(job->s[i] = nesfd_parse_structure(r, me, text, where))) return 0;
+    }
+    return 1;
+}
+
+/* The job of the one input: "latent" FP32 [N, latent_size] decodes,
+ * "structure" BYTES [N] (or [N, 1]) encodes; NULL when the request was
+ * answered with an error. */
+static nesfd_job *input_job(oip_state *st, json_t *in, int decode, const nesf_decode_opts *opts)
+{
+    nesfd_req *r = st->p.req;
+    nesfd_model_entry *me = st->p.me;
+    long long shape[2];
+    int ndim, ok = 0;
+    json_t *flat;
+    if (check_datatype(r, in, decode ? "FP32" : "BYTES") || parse_tensor(r, in, shape, &ndim, &flat))
+        return NULL;
+    nesfd_job *job = NULL;
+    if (decode && (ndim != 2 || shape[1] != me->latent))
+        nesfd_reply_error(r, 400, "invalid_latent", "inputs[0] 'latent' must have shape [N, %d] (model "
+                          "'%s''s latent size)", me->latent, me->name);
+    else if (!decode && ndim == 2 && shape[1] != 1)
+        nesfd_reply_error(r, 400, "invalid_request", "inputs[0] 'structure' must have shape [N] or [N, 1]");
+    else if (!nesfd_parse_count(r, (size_t)shape[0], "inputs[0].shape[0]", st->p.app->cfg)) {
+        if (!(job = nesfd_job_new(decode ? NESFD_JOB_DECODE : NESFD_JOB_ENCODE, me, (int)shape[0])))
+            nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
+        else
+            ok = decode ? fill_latents(r, job, flat, opts) : fill_structures(r, me, job, flat);
     }
     json_decref(flat);
-    return job;
-fail:
+    if (ok) return job;
     nesfd_job_free(job);
-    json_decref(flat);
     return NULL;
 }
 
@@ -370,7 +359,7 @@ static void infer_start(nesfd_app *app, nesfd_req *r, nesfd_model_entry *me)
         goto out;
     }
     if (parse_outputs(st, json_object_get(root, "outputs"), decode)) goto out;
-    nesfd_job *job = decode ? latent_job(st, in, &opts) : structure_job(st, in);
+    nesfd_job *job = input_job(st, in, decode, &opts);
     if (job) nesfd_pending_submit(&st->p, job);
 out:
     json_decref(root);
