@@ -12,11 +12,8 @@
 
 void nesf_tsne_opts_default(nesf_tsne_opts *o)
 {
-    o->perplexity = 30.0;
-    o->iterations = 1000;
-    o->theta = 0.5;
-    o->learning_rate = 0.0;
-    o->seed = 42;
+    *o = (nesf_tsne_opts){.perplexity = 30.0, .iterations = 1000, .theta = 0.5, .learning_rate = 0.0,
+                          .seed = 42};
 }
 
 static double sqdist(const float *a, const float *b, int d)

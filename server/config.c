@@ -12,26 +12,14 @@
 
 void nesfd_config_defaults(nesfd_config *c)
 {
-    memset(c, 0, sizeof *c);
-    snprintf(c->host, sizeof c->host, "127.0.0.1");
-    c->port = 8080;
-    snprintf(c->backend, sizeof c->backend, "auto");
-    c->http_threads = 4;
-    c->max_connections = 1024;
-    c->max_connections_per_client = 64;
-    c->max_batch = 32;
-    c->max_delay_us = 2000;
-    c->queue_limit = 4096;
-    c->invariant = 1;
-    c->body_limit = 8u << 20;
-    c->max_items = 512;
-    c->request_timeout_s = 300;
-    c->idle_timeout_s = 60;
-    c->header_timeout_s = 10;
-    c->body_timeout_s = 60;
-    c->body_memory = 256u << 20;
-    c->shutdown_grace_s = 60;
-    c->log_requests = 1;
+    *c = (nesfd_config){
+        .host = "127.0.0.1", .port = 8080, .backend = "auto", .http_threads = 4,
+        .max_connections = 1024, .max_connections_per_client = 64,
+        .max_batch = 32, .max_delay_us = 2000, .queue_limit = 4096, .invariant = 1,
+        .body_limit = 8u << 20, .max_items = 512, .body_memory = 256u << 20,
+        .request_timeout_s = 300, .idle_timeout_s = 60, .header_timeout_s = 10,
+        .body_timeout_s = 60, .shutdown_grace_s = 60, .log_requests = 1,
+    };
     nesf_backend_params_default(&c->backend_params);
     nesf_decode_opts_default(&c->decode);
     c->decode.mode = NESF_DECODE_FAST;
