@@ -236,6 +236,50 @@ static void test_sticky_error(void **state)
 #endif
 }
 
+/* Backend parameters come from the caller: the documented variable names
+ * parse into nesf_backend_params (bad values are errors naming them), a
+ * lookup of the caller's choice fills them, and nesf_backend_open takes
+ * them (the library reads no environment). */
+static char *fake_env(const char *name)
+{
+    static char math[] = "tf32", chunk[] = "8192", lt[] = "0";
+    if (!strcmp(name, "NESF_CUDA_MATH")) return math;
+    if (!strcmp(name, "NESF_CUDA_CHUNK")) return chunk;
+    if (!strcmp(name, "NESF_CUDA_LT")) return lt;
+    return NULL;
+}
+
+static void test_params(void **state)
+{
+    (void)state;
+    nesf_backend_params p;
+    nesf_error err;
+    nesf_backend_params_default(&p);
+    assert_int_equal(p.cuda_math, NESF_CUDA_MATH_FP32);
+    assert_int_equal(p.cuda_lt, 1);
+    assert_int_equal(nesf_backend_params_lookup(&p, fake_env, &err), NESF_OK);
+    assert_int_equal(p.cuda_math, NESF_CUDA_MATH_TF32);
+    assert_int_equal(p.cuda_chunk, 8192);
+    assert_int_equal(p.cuda_lt, 0);
+    assert_int_equal(p.allow_emulation, 0);
+    assert_int_equal(nesf_backend_params_set(&p, "NESF_CUDA_MATH", "fp64", &err), NESF_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "NESF_CUDA_MATH=fp64"));
+    assert_int_equal(nesf_backend_params_set(&p, "NESF_CUDA_CHUNK", "12x", &err), NESF_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "NESF_CUDA_CHUNK"));
+    assert_int_equal(nesf_backend_params_set(&p, "NESF_CUDA_CHUNK", "100", &err), NESF_ERR_INVALID);
+    assert_int_equal(nesf_backend_params_set(&p, "NESF_CUDA_EMULATION", "1", &err), NESF_OK);
+    assert_int_equal(p.allow_emulation, 1);
+    assert_int_equal(nesf_backend_params_set(&p, "NESF_CUDA_MATH", "", &err), NESF_OK); /* unset */
+    assert_int_equal(p.cuda_math, NESF_CUDA_MATH_TF32);
+    p.threads = 2;
+    nesf_backend *be;
+    assert_int_equal(nesf_backend_open("cpu", &p, &be, &err), NESF_OK);
+    assert_int_equal(be->threads, 2);
+    nesf_backend_free(be);
+    assert_int_equal(nesf_backend_open("tpu", &p, &be, &err), NESF_ERR_INVALID);
+    assert_null(be);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -244,6 +288,7 @@ int main(void)
         cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_groups_loss_adam),
         cmocka_unit_test(test_sticky_error),
+        cmocka_unit_test(test_params),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
