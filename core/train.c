@@ -31,6 +31,7 @@ void nesf_train_config_paper(nesf_train_config *c)
     c->w_ang = 1.0f;
     nesf_sampling_paper(&c->sampling);
     c->seed = 1;
+    c->dropout = -1.0f;
 }
 
 float nesf_train_lr(const nesf_train_config *c, int epoch)
@@ -66,6 +67,7 @@ static const nesf_jfield training_rows[] = {
     NESF_JF_INT(C, "lr_halve_every", lr_halve_every, 0, 1 << 24),
     NESF_JF_U64(C, "seed", seed, 0, 9.2e18),
     NESF_JF_FLOAT(C, "lr", lr, 0, 10),
+    NESF_JF_FLOAT(C, "dropout", dropout, 0, 0.99),
     NESF_JF_OBJECT("loss_weights", weight_rows),
     NESF_JF_OBJECT("sampling", sampling_rows),
     NESF_JF_END,
@@ -108,6 +110,7 @@ char *nesf_train_config_to_json(const nesf_train_config *c)
     json_object_set_new(sp, "boundary_points", json_integer(s->boundary_points));
     json_object_set_new(sp, "boundary_width", json_real(s->boundary_width));
     json_object_set_new(o, "sampling", sp);
+    if (c->dropout >= 0) json_object_set_new(o, "dropout", json_real(c->dropout));
     char *out = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return out;
@@ -125,6 +128,8 @@ int nesf_trainer_create(nesf_model *m, const nesf_train_config *c, nesf_trainer 
     if (!t) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
     t->m = m;
     t->c = *c;
+    if (c->dropout >= 0) /* recorded in the saved model config too */
+        m->cfg.dropout = net->dropout = c->dropout;
     if (!net->grads) net->grads = be->ops->alloc(be, net->nparams * sizeof(float));
     t->adam_m = be->ops->alloc(be, net->nparams * sizeof(float));
     t->adam_v = be->ops->alloc(be, net->nparams * sizeof(float));
