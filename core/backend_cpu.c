@@ -82,6 +82,8 @@ static void cpu_fail(nesf_backend *be, const char *what)
     }
 }
 
+/* The message outlives the sync that cleared the code, for the caller's
+ * error report. */
 static const char *cpu_error(const nesf_backend *be)
 {
     const cpu_impl *p = be->impl;

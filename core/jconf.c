@@ -56,6 +56,7 @@ static void set_number(const nesf_jfield *f, void *dst, double v)
     }
 }
 
+/* Reals take any number; the other numeric kinds whole ones only. */
 static int is_real_kind(nesf_jkind k) { return k == NESF_JK_FLOAT || k == NESF_JK_DOUBLE; }
 
 /* One range rule for reading and checking: closed, or open at lo. */
@@ -70,6 +71,7 @@ static int in_range(const nesf_jfield *f, double v)
     return v >= f->lo && v <= f->hi;
 }
 
+/* The message names the place, the value and the range it missed. */
 static int range_error(const nesf_jfield *f, const char *path, double v, nesf_error *err)
 {
     if (is_real_kind(f->kind))
@@ -118,6 +120,8 @@ static int read_number(const nesf_jfield *f, const char *path, const json_t *v, 
     return NESF_OK;
 }
 
+/* Strings must fit their buffer: a truncated path or name is refused, not
+ * used. */
 static int read_string(const nesf_jfield *f, void *dst, const char *path, const json_t *v,
                        nesf_error *err)
 {

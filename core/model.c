@@ -60,6 +60,8 @@ static int read_widths(int *dst, int *n, const char *path, const json_t *v, nesf
     return NESF_OK;
 }
 
+/* One custom row reader per width list: the list and its count are two
+ * members of nesf_model_config. */
 #define WIDTHS(field)                                                                              \
     static int read_##field(void *dst, const char *path, const json_t *v, void *ctx, nesf_error *err) \
     {                                                                                              \

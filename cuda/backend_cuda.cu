@@ -785,6 +785,7 @@ static void cu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *
     nesf_cuda_launched(c, "vote");
 }
 
+/* As the CPU backend's: the first failure's text, kept after sync(). */
 static const char *cu_error(const nesf_backend *be)
 {
     return ((const nesf_cuda *)be->impl)->msg;
