@@ -115,7 +115,7 @@ static int read_number(const nesf_jfield *f, const char *path, const json_t *v, 
                          : is_real_kind(f->kind) ? "a number" : "an integer");
     double d = json_number_value(v);
     if (!is_real_kind(f->kind) && d != floor(d))
-        return nesf_fail(err, NESF_ERR_INVALID, "%s = %g: expected an integer", path, d);
+        return nesf_fail(err, NESF_ERR_INVALID, "%s must be an integer (got %g)", path, d);
     *out = d;
     return NESF_OK;
 }
