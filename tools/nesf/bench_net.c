@@ -16,7 +16,8 @@
 #include "clock.h"
 #include "commands.h"
 #include "dataset.h"
-#include "model_internal.h"
+#include "mlp.h"
+#include "model.h"
 #include "train.h"
 
 typedef struct {
@@ -138,7 +139,7 @@ int nesf_bench_field(int argc, char **argv)
     int g[3], Q = 1;
     for (int k = 0; k < 3; k++) Q *= g[k] = nesf_arange_count(lo[k] - 0.5, hi[k] + 0.5, 0.5);
     float *xyz = malloc((size_t)Q * 3 * sizeof *xyz), *out = malloc((size_t)Q * 3 * sizeof *out);
-    float *z = malloc((size_t)m->cfg.latent * sizeof *z);
+    float *z = malloc((size_t)nesf_model_latent_size(m) * sizeof *z);
     for (int i = 0, q = 0; i < g[0]; i++)
         for (int j = 0; j < g[1]; j++)
             for (int k = 0; k < g[2]; k++, q++) {
@@ -161,7 +162,7 @@ int nesf_bench_field(int argc, char **argv)
         dt = nesf_clock_s() - t0;
     } while (dt < o.min_time || reps < 3);
     cpu_seconds(&u1, &s1);
-    const nesf_mlp *fp = &m->mlp[NESF_DEC_POSITION];
+    const nesf_mlp *fp = nesf_model_mlp(m, NESF_DEC_POSITION);
     double qps = (double)Q * reps / dt;
     double dense = (double)nesf_mlp_flops_per_row(fp, 0), done = (double)nesf_mlp_flops_per_row(fp, 1);
     printf("nesf bench field: position field, %d queries (one decode step of one structure), %d threads\n", Q, o.threads);
@@ -192,7 +193,7 @@ static double train_flops(const nesf_model *m, const double *rows, int S)
 {
     double f = 0;
     for (int k = 0; k < NESF_NUM_MLPS; k++) {
-        const nesf_mlp *p = &m->mlp[k];
+        const nesf_mlp *p = nesf_model_mlp(m, k);
         const int grouped = k == NESF_DEC_POSITION || k == NESF_DEC_SPECIES;
         const int dx0 = k == NESF_ENC_MIX || k == NESF_ENC_HEAD || k == NESF_DEC_LENGTH || k == NESF_DEC_ANGLE;
         for (int l = 0; l < p->n; l++) {

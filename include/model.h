@@ -93,6 +93,13 @@ const nesf_domain *nesf_model_domain(const nesf_model *m);
  * training set. */
 void nesf_model_set_domain(nesf_model *m, const nesf_domain *d);
 size_t nesf_model_param_count(const nesf_model *m);
+/* The network's MLPs (spec §3), for tools that report its shape (the FLOP
+ * counts of nesf bench): MLP k, 0 <= k < NESF_NUM_MLPS, owned by the model
+ * (mlp.h describes its layers); NULL for another k. */
+enum { NESF_ENC_POS, NESF_ENC_SPECIES, NESF_ENC_MIX, NESF_ENC_HEAD, NESF_DEC_LENGTH,
+       NESF_DEC_ANGLE, NESF_DEC_POSITION, NESF_DEC_SPECIES, NESF_NUM_MLPS };
+struct nesf_mlp;
+const struct nesf_mlp *nesf_model_mlp(const nesf_model *m, int k);
 /* Training configuration JSON stored with the weights ("" if none). */
 const char *nesf_model_train_config(const nesf_model *m);
 

@@ -606,6 +606,7 @@ int nesf_model_latent_size(const nesf_model *m) { return m->cfg.latent; }
 int nesf_model_num_species(const nesf_model *m) { return m->A; }
 int nesf_model_species_z(const nesf_model *m, int cls) { return cls >= 0 && cls < m->A ? m->species_z[cls] : 0; }
 size_t nesf_model_param_count(const nesf_model *m) { return m->net.nparams; }
+const nesf_mlp *nesf_model_mlp(const nesf_model *m, int k) { return k >= 0 && k < NESF_NUM_MLPS ? &m->mlp[k] : NULL; }
 const nesf_domain *nesf_model_domain(const nesf_model *m) { return m->domain.structures > 0 ? &m->domain : NULL; }
 void nesf_model_set_domain(nesf_model *m, const nesf_domain *d) { m->domain = *d; }
 const char *nesf_model_train_config(const nesf_model *m) { return m->train_config ? m->train_config : ""; }
