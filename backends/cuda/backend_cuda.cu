@@ -474,9 +474,11 @@ static void cu_col_sum(nesf_backend *be, int rows, int cols, const float *X, int
 
 /* The BatchNorm ops' scratch on the bound device: the plan of their two
  * column sums, its partials (*part) and 2 x cols floats (returned); NULL
- * when the scratch cannot grow (the failure is recorded). */
+ * for an empty matrix (nothing to do) or when the scratch cannot grow (the
+ * failure is recorded). */
 static float *bn_workspace(nesf_cuda *c, int rows, int cols, ColPlan *p, double **part)
 {
+    if (rows <= 0 || cols <= 0) return NULL;
     nesf_cuda_bind(c);
     *p = col_plan(rows, cols);
     size_t pbytes = (size_t)2 * p->nchunk * cols * sizeof(double);
@@ -491,11 +493,10 @@ static void cu_bn_train(nesf_backend *be, int rows, int cols, const float *X, in
                         float *out, int ldo)
 {
     nesf_cuda *c = nesf_cuda_of(be);
-    if (rows <= 0 || cols <= 0) return;
     ColPlan p;
     double *part;
     float *ws = bn_workspace(c, rows, cols, &p, &part);
-    if (!ws) return;
+    if (!ws) return; /* an empty matrix, or no scratch */
     float *mu = mean ? mean : ws;
     float *is = invstd ? invstd : ws + cols;
 
@@ -532,11 +533,10 @@ static void cu_relu_bn_backward(nesf_backend *be, int rows, int cols, const floa
                                 float *dbeta)
 {
     nesf_cuda *c = nesf_cuda_of(be);
-    if (rows <= 0 || cols <= 0) return;
     ColPlan p;
     double *part;
     float *ws = bn_workspace(c, rows, cols, &p, &part);
-    if (!ws) return;
+    if (!ws) return; /* an empty matrix, or no scratch */
     float *kd = ws;                     /* mean of dOut */
     float *kx = kd + cols;              /* mean of dOut * xhat, times invstd */
 
