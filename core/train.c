@@ -107,6 +107,18 @@ int nesf_train_config_load(const char *path, nesf_train_config *c, nesf_error *e
     return rc;
 }
 
+int nesf_train_config_parse(const char *json, const char *where, nesf_train_config *c,
+                            nesf_error *err)
+{
+    json_error_t je;
+    json_t *o = json_loads(json, 0, &je);
+    int rc = o ? train_config_from_json(o, c, err)
+               : nesf_fail(err, NESF_ERR_PARSE, "%d: %s", je.line, je.text);
+    if (rc) nesf_error_prefix(err, "%s: ", where);
+    json_decref(o);
+    return rc;
+}
+
 char *nesf_train_config_to_json(const nesf_train_config *c)
 {
     const nesf_sampling *s = &c->sampling;

@@ -611,18 +611,10 @@ static void eval_free(eval_run *r)
     free(r);
 }
 
-int nesf_cmd_eval(int argc, char **argv)
+/* One evaluation after its arguments: options, data, model, batches, the
+ * --out file and the report.  Frees r; returns the exit status. */
+static int eval_main(eval_run *r)
 {
-    eval_run *r = calloc(1, sizeof *r);
-    if (!r) {
-        fprintf(stderr, "nesf eval: out of memory\n");
-        return 1;
-    }
-    int rc = parse_args(argc, argv, &r->a);
-    if (rc >= 0) {
-        free(r);
-        return rc;
-    }
     const eval_args *a = &r->a;
     r->t_start = cli_now_s();
     nesf_error err;
@@ -676,4 +668,32 @@ int nesf_cmd_eval(int argc, char **argv)
 done:
     eval_free(r);
     return status;
+}
+
+int nesf_cmd_eval(int argc, char **argv)
+{
+    eval_run *r = calloc(1, sizeof *r);
+    if (!r) {
+        fprintf(stderr, "nesf eval: out of memory\n");
+        return 1;
+    }
+    int rc = parse_args(argc, argv, &r->a);
+    if (rc >= 0) {
+        free(r);
+        return rc;
+    }
+    return eval_main(r);
+}
+
+int nesf_eval_reconstruct(const char *model, const char *data, const char *out, const char *backend,
+                          const char *options)
+{
+    eval_run *r = calloc(1, sizeof *r);
+    if (!r) {
+        fprintf(stderr, "nesf eval: out of memory\n");
+        return 1;
+    }
+    r->a = (eval_args){.model = model, .data = data, .out = out, .backend = backend, .options = options,
+                       .batch = 64, .limit = -1};
+    return eval_main(r);
 }
