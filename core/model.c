@@ -775,7 +775,7 @@ int nesf_model_lattice(nesf_model *m, int n, const float *z, float *lengths, flo
     int rc = NESF_OK;
     for (size_t i = 0; i < (size_t)n * m->cfg.latent; i++)
         if (!isfinite(z[i])) return nesf_fail(err, NESF_ERR_INVALID, "latent %zu has a non-finite value", i / m->cfg.latent + 1);
-    nesf_arena_reset(ar);
+    if ((rc = nesf_arena_reset(ar))) return nesf_fail(err, rc, "backend failure resetting its scratch memory");
     float *zd = nesf_arena_floats(ar, (size_t)n * m->cfg.latent);
     TRY_ALLOC(zd);
     if ((rc = be->ops->upload(be, zd, z, (size_t)n * m->cfg.latent * sizeof(float))))
@@ -831,16 +831,20 @@ static int eval_field(nesf_model *m, int which, int S, const float *z_dev, const
             zrow[np++] = t;
         }
         loff[np] = r1 - r0;
-        nesf_arena_reset(ar);
+        if ((rc = nesf_arena_reset(ar))) {
+            nesf_fail(err, rc, "backend failure resetting its scratch memory");
+            break;
+        }
         float *zc = nesf_arena_floats(ar, (size_t)np * L);
         int *offd = nesf_arena_alloc(ar, (size_t)(np + 1) * sizeof(int));
         if (!zc || !offd) {
             rc = nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
             break;
         }
-        for (int p = 0; p < np; p++) be->ops->copy(be, zc + (size_t)p * L, z_dev + (size_t)zrow[p] * L, L * sizeof(float));
-        if ((rc = be->ops->upload(be, offd, loff, (size_t)(np + 1) * sizeof(int)))) {
-            nesf_fail(err, rc, "backend failure uploading chunk offsets");
+        for (int p = 0; !rc && p < np; p++)
+            rc = be->ops->copy(be, zc + (size_t)p * L, z_dev + (size_t)zrow[p] * L, L * sizeof(float));
+        if (rc || (rc = be->ops->upload(be, offd, loff, (size_t)(np + 1) * sizeof(int)))) {
+            nesf_fail(err, rc, "backend failure staging a field chunk's latents and offsets");
             break;
         }
         nesf_mlp_in in = {.rows = r1 - r0, .S = np, .off = offd, .z = zc, .ldz = L, .xyz = xyz_dev + (size_t)r0 * 3};
@@ -849,7 +853,10 @@ static int eval_field(nesf_model *m, int which, int S, const float *z_dev, const
             rc = nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
             break;
         }
-        be->ops->copy(be, out_dev + (size_t)r0 * outw, o, (size_t)(r1 - r0) * outw * sizeof(float));
+        if ((rc = be->ops->copy(be, out_dev + (size_t)r0 * outw, o, (size_t)(r1 - r0) * outw * sizeof(float)))) {
+            nesf_fail(err, rc, "backend failure copying a field chunk's values");
+            break;
+        }
         r0 = r1;
     }
     free(loff);

@@ -1,5 +1,10 @@
 /* model_internal.h - the model's layout, shared by model.c and train.c
- * (not part of the public API). */
+ * (not part of the public API).
+ *
+ * Backend calls in both files: every upload, download, copy, sync and
+ * arena reset has its result checked (tests/unit/test_backend_fail.c fails
+ * each in turn); the kernels return nothing and report through the sync
+ * that ends every sequence of them, whose result is checked too. */
 #ifndef NESF_MODEL_INTERNAL_H
 #define NESF_MODEL_INTERNAL_H
 
