@@ -15,13 +15,15 @@ static int set_number(const char *cmd, const cli_opt *o, const char *s)
 {
     char *end;
     errno = 0;
-    if (o->kind == CLI_DOUBLE) {
+    if (o->kind == CLI_DOUBLE || o->kind == CLI_POSITIVE) {
+        const int pos = o->kind == CLI_POSITIVE;
         double v = strtod(s, &end);
-        if (end != s && !*end && !errno && isfinite(v) && v >= o->lo && v <= o->hi) {
+        if (end != s && !*end && !errno && isfinite(v) && (pos ? v > 0 : v >= o->lo && v <= o->hi)) {
             *(double *)o->dst = v;
             return 0;
         }
-        fprintf(stderr, "nesf %s: --%s: '%s' is not a number in [%g, %g]\n", cmd, o->name, s, o->lo, o->hi);
+        if (pos) fprintf(stderr, "nesf %s: --%s: '%s' is not a positive number\n", cmd, o->name, s);
+        else fprintf(stderr, "nesf %s: --%s: '%s' is not a number in [%g, %g]\n", cmd, o->name, s, o->lo, o->hi);
         return 2;
     }
     long v = strtol(s, &end, 10);
@@ -38,7 +40,8 @@ int cli_parse(const char *cmd, int argc, char **argv, const cli_opt *opts, void 
               int *rest)
 {
     struct option lo[CLI_MAX_OPTS + 2];
-    int n = 0;
+    char shorts[2 * CLI_MAX_OPTS + 2];
+    int n = 0, ns = 0;
     for (; opts[n].name; n++) {
         if (n == CLI_MAX_OPTS) {
             fprintf(stderr, "nesf %s: more than %d options\n", cmd, CLI_MAX_OPTS);
@@ -46,12 +49,21 @@ int cli_parse(const char *cmd, int argc, char **argv, const cli_opt *opts, void 
         }
         lo[n] = (struct option){opts[n].name, opts[n].kind == CLI_FLAG ? no_argument : required_argument, 0,
                                 CLI_VAL0 + n};
+        if (opts[n].short_name) {
+            shorts[ns++] = opts[n].short_name;
+            if (opts[n].kind != CLI_FLAG) shorts[ns++] = ':';
+        }
     }
+    shorts[ns++] = 'h';
+    shorts[ns] = 0;
     lo[n] = (struct option){"help", no_argument, 0, CLI_VAL0 + n};
     lo[n + 1] = (struct option){0, 0, 0, 0};
     optind = 1;
     int ch;
-    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, shorts, lo, NULL)) != -1) {
+        for (int i = 0; i < n && ch < CLI_VAL0; i++)
+            if (ch == opts[i].short_name) ch = CLI_VAL0 + i;
+        if (ch == 'h') ch = CLI_VAL0 + n;
         if (ch == CLI_VAL0 + n) {
             usage(stdout);
             return 0;

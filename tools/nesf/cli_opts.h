@@ -5,6 +5,7 @@
 #ifndef NESF_CLI_OPTS_H
 #define NESF_CLI_OPTS_H
 
+#include <limits.h>
 #include <stdio.h>
 
 typedef enum {
@@ -13,6 +14,7 @@ typedef enum {
     CLI_INT,    /* int within [lo, hi] */
     CLI_LONG,   /* long within [lo, hi] */
     CLI_DOUBLE, /* double within [lo, hi], finite */
+    CLI_POSITIVE, /* double > 0, finite */
 } cli_kind;
 
 typedef struct cli_opt {
@@ -20,20 +22,29 @@ typedef struct cli_opt {
     cli_kind kind;
     void *dst;        /* borrowed: the caller's variable, holding its default */
     double lo, hi;    /* range of a number */
+    char short_name;  /* 0, or the one-letter form (-m) */
 } cli_opt;
 
+/* Table entries by kind (name, the variable's address, range). */
+#define CLI_S(n, p) {(n), CLI_STR, (p), 0, 0, 0}
+#define CLI_F(n, p) {(n), CLI_FLAG, (p), 0, 0, 0}
+#define CLI_I(n, p, lo, hi) {(n), CLI_INT, (p), (lo), (hi), 0}
+#define CLI_L(n, p, lo, hi) {(n), CLI_LONG, (p), (lo), (hi), 0}
+#define CLI_D(n, p, lo, hi) {(n), CLI_DOUBLE, (p), (lo), (hi), 0}
+#define CLI_POS(n, p) {(n), CLI_POSITIVE, (p), 0, 0, 0}
+
 /* The options every command spells the same way. */
-#define CLI_OPT_MODEL(p) {"model", CLI_STR, (p), 0, 0}
-#define CLI_OPT_DATA(p) {"data", CLI_STR, (p), 0, 0}
-#define CLI_OPT_OUT(p) {"out", CLI_STR, (p), 0, 0}
-#define CLI_OPT_OPTIONS(p) {"options", CLI_STR, (p), 0, 0}
-#define CLI_OPT_BACKEND(p) {"backend", CLI_STR, (p), 0, 0}
-#define CLI_OPT_THREADS(p) {"threads", CLI_INT, (p), 0, 4096}
-#define CLI_OPT_LIMIT(p) {"limit", CLI_INT, (p), 0, 2147483647.0}
-#define CLI_OPT_END {0, 0, 0, 0, 0}
+#define CLI_OPT_MODEL(p) CLI_S("model", (p))
+#define CLI_OPT_DATA(p) CLI_S("data", (p))
+#define CLI_OPT_OUT(p) CLI_S("out", (p))
+#define CLI_OPT_OPTIONS(p) CLI_S("options", (p))
+#define CLI_OPT_BACKEND(p) CLI_S("backend", (p))
+#define CLI_OPT_THREADS(p) CLI_I("threads", (p), 0, 4096)
+#define CLI_OPT_LIMIT(p) CLI_I("limit", (p), 0, INT_MAX)
+#define CLI_OPT_END {0, 0, 0, 0, 0, 0}
 
 /* Parses argv[1..] by the table (ended by CLI_OPT_END) with getopt_long;
- * --help prints usage on stdout.  Returns -1 to go on (argv[*rest..] are
+ * --help (-h) prints usage on stdout.  Returns -1 to go on (argv[*rest..] are
  * the operands, rest may be NULL when a command takes none: then operands
  * are a usage error), else the exit status: 0 after --help, 2 after a usage
  * error (usage, or the bad number's message, printed on stderr as

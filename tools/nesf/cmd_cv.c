@@ -162,10 +162,10 @@ int nesf_cmd_cv(int argc, char **argv)
     cv_args a = {0};
     nesf_train_job_default(&a.job);
     const cli_opt opts[] = {
-        CLI_OPT_DATA(&a.data), CLI_OPT_OUT(&a.out), {"config", CLI_STR, &a.job.config, 0, 0},
-        {"epochs", CLI_INT, &a.job.epochs, 0, 1 << 24}, {"minutes", CLI_DOUBLE, &a.job.minutes, 0, 1e9},
-        {"folds", CLI_STR, &a.folds, 0, 0}, CLI_OPT_OPTIONS(&a.options), CLI_OPT_BACKEND(&a.job.backend),
-        {"from", CLI_STR, &a.job.from, 0, 0}, CLI_OPT_END};
+        CLI_OPT_DATA(&a.data), CLI_OPT_OUT(&a.out), CLI_S("config", &a.job.config),
+        CLI_I("epochs", &a.job.epochs, 0, 1 << 24), CLI_D("minutes", &a.job.minutes, 0, 1e9),
+        CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_OPT_BACKEND(&a.job.backend),
+        CLI_S("from", &a.job.from), CLI_OPT_END};
     int rc = cli_parse("cv", argc, argv, opts, usage, NULL);
     if (rc >= 0) return rc;
     if (!a.data || !a.out) {

@@ -1,12 +1,12 @@
 /* nesf interpolate - decode the straight line between two latents (paper
  * §2.4): each frame's reduced formula, atom count, space group and CIF. */
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cif.h"
+#include "cli_opts.h"
 #include "commands.h"
 #include "fileio.h"
 #include "interp.h"
@@ -73,34 +73,15 @@ static int end_latent(nesf_model *m, const char *path, float *z, char *name, siz
 
 int nesf_cmd_interpolate(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"steps", required_argument, 0, 's'},
-        {"format", required_argument, 0, 'f'}, {"out", required_argument, 0, 'o'},
-        {"options", required_argument, 0, 'O'}, {"backend", required_argument, 0, 'k'},
-        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
     const char *model = NULL, *fmt = "text", *out = "-", *options = NULL, *backend = NULL;
-    int threads = 0, steps = 10, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 's': steps = atoi(optarg); break;
-        case 'f': fmt = optarg; break;
-        case 'o': out = optarg; break;
-        case 'O': options = optarg; break;
-        case 'k': backend = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (!model || optind != argc - 2 || (strcmp(fmt, "text") && strcmp(fmt, "json"))) {
+    int threads = 0, steps = 10, arg0;
+    const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_I("steps", &steps, 1, NESF_INTERP_MAX_STEPS),
+                            CLI_S("format", &fmt), CLI_OPT_OUT(&out), CLI_OPT_OPTIONS(&options),
+                            CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads), CLI_OPT_END};
+    int prc = cli_parse("interpolate", argc, argv, opts, usage, &arg0);
+    if (prc >= 0) return prc;
+    if (!model || arg0 != argc - 2 || (strcmp(fmt, "text") && strcmp(fmt, "json"))) {
         usage(stderr);
-        return 2;
-    }
-    if (steps < 1 || steps > NESF_INTERP_MAX_STEPS) {
-        fprintf(stderr, "nesf interpolate: --steps must be in 1..%d\n", NESF_INTERP_MAX_STEPS);
         return 2;
     }
     nesf_error err;
@@ -124,8 +105,8 @@ int nesf_cmd_interpolate(int argc, char **argv)
         fprintf(stderr, "nesf interpolate: out of memory\n");
         goto done;
     }
-    if (end_latent(m, argv[optind], z, name[0], sizeof name[0]) ||
-        end_latent(m, argv[optind + 1], z + L, name[1], sizeof name[1]))
+    if (end_latent(m, argv[arg0], z, name[0], sizeof name[0]) ||
+        end_latent(m, argv[arg0 + 1], z + L, name[1], sizeof name[1]))
         goto done;
     nesf_decode_stats st;
     if (nesf_interpolate_latents(m, z, z + L, steps, &o, s, ierr, &st, &err)) {

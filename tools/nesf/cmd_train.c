@@ -102,13 +102,13 @@ int nesf_cmd_train(int argc, char **argv)
     nesf_train_job_default(&j);
     int quiet = 0;
     const cli_opt opts[] = {
-        {"config", CLI_STR, &j.config, 0, 0}, CLI_OPT_DATA(&j.data), CLI_OPT_OUT(&j.out),
-        {"epochs", CLI_INT, &j.epochs, 0, 1 << 24}, {"minutes", CLI_DOUBLE, &j.minutes, 0, 1e9},
-        {"resume", CLI_FLAG, &j.resume, 0, 0}, CLI_OPT_BACKEND(&j.backend), CLI_OPT_THREADS(&j.threads),
-        {"checkpoint-minutes", CLI_DOUBLE, &j.checkpoint_minutes, 0, 1e9},
-        {"val-every", CLI_INT, &j.val_every, 1, 1 << 24}, {"val-limit", CLI_INT, &j.val_limit, 0, 2147483647.0},
-        {"quiet", CLI_FLAG, &quiet, 0, 0}, {"max-steps", CLI_LONG, &j.max_steps, 0, 9e18},
-        {"from", CLI_STR, &j.from, 0, 0}, {"snapshot-every", CLI_INT, &j.snapshot_every, 0, 1 << 24},
+        CLI_S("config", &j.config), CLI_OPT_DATA(&j.data), CLI_OPT_OUT(&j.out),
+        CLI_I("epochs", &j.epochs, 0, 1 << 24), CLI_D("minutes", &j.minutes, 0, 1e9),
+        CLI_F("resume", &j.resume), CLI_OPT_BACKEND(&j.backend), CLI_OPT_THREADS(&j.threads),
+        CLI_D("checkpoint-minutes", &j.checkpoint_minutes, 0, 1e9),
+        CLI_I("val-every", &j.val_every, 1, 1 << 24), CLI_I("val-limit", &j.val_limit, 0, INT_MAX),
+        CLI_F("quiet", &quiet), CLI_L("max-steps", &j.max_steps, 0, 9e18),
+        CLI_S("from", &j.from), CLI_I("snapshot-every", &j.snapshot_every, 0, 1 << 24),
         CLI_OPT_END};
     int rc = cli_parse("train", argc, argv, opts, usage, NULL);
     if (rc >= 0) return rc;
