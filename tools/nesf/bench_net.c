@@ -2,7 +2,6 @@
  * (tests/bench/torch_*.py, Debian's python3-torch) run in the same
  * invocation, on the same cores, with the ratio.  --no-torch skips the
  * baseline. */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
 #include "model_internal.h"
@@ -40,37 +40,27 @@ static void cpu_seconds(double *user, double *sys)
     *sys = u.ru_stime.tv_sec + u.ru_stime.tv_usec * 1e-6;
 }
 
+static const char *bench_what; /* "field" or "train", for usage */
+
+static void usage(FILE *f)
+{
+    const char *w = bench_what;
+    fprintf(f, "usage: nesf bench %s [--model M] [--shared DIR] [--source DIR] [--threads N]\n"
+               "       [--no-torch] [--steps N] [--batch N] [--min-time S]\n"
+               "Runs the C %s benchmark and tests/bench/torch_%s.py (under --source) with the same\n"
+               "threads (train: their timed steps alternate) and prints both and their ratio.\n", w, w, w);
+}
+
+/* The options into o; -1 to go on, else the exit status. */
 static int parse(int argc, char **argv, bench_opts *o, const char *what)
 {
     *o = (bench_opts){.shared = "../shared", .source = ".", .threads = 2, .steps = 3, .batch = 64, .min_time = 3};
-    static const struct option opts[] = {
-        {"shared", required_argument, 0, 's'}, {"source", required_argument, 0, 'S'},
-        {"model", required_argument, 0, 'm'}, {"threads", required_argument, 0, 't'},
-        {"no-torch", no_argument, 0, 'n'}, {"steps", required_argument, 0, 'k'},
-        {"batch", required_argument, 0, 'b'}, {"min-time", required_argument, 0, 'T'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (ch) {
-        case 's': o->shared = optarg; break;
-        case 'S': o->source = optarg; break;
-        case 'm': o->model = optarg; break;
-        case 't': o->threads = atoi(optarg); break;
-        case 'n': o->no_torch = 1; break;
-        case 'k': o->steps = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
-        case 'b': o->batch = atoi(optarg) > 1 ? atoi(optarg) : 2; break;
-        case 'T': o->min_time = atof(optarg); break;
-        case 'h':
-            printf("usage: nesf bench %s [--model M] [--shared DIR] [--source DIR] [--threads N]\n"
-                   "       [--no-torch] [--steps N] [--batch N] [--min-time S]\n"
-                   "Runs the C %s benchmark and tests/bench/torch_%s.py (under --source) with the same\n"
-                   "threads (train: their timed steps alternate) and prints both and their ratio.\n", what, what, what);
-            return 1;
-        default: return 2;
-        }
-    }
-    return 0;
+    bench_what = what;
+    const cli_opt opts[] = {CLI_S("shared", &o->shared), CLI_S("source", &o->source), CLI_OPT_MODEL(&o->model),
+                            CLI_OPT_THREADS(&o->threads), CLI_F("no-torch", &o->no_torch),
+                            CLI_I("steps", &o->steps, 1, 1 << 20), CLI_I("batch", &o->batch, 2, 1 << 20),
+                            CLI_D("min-time", &o->min_time, 0, 1e6), CLI_OPT_END};
+    return cli_parse(what[0] == 'f' ? "bench field" : "bench train", argc, argv, opts, usage, NULL);
 }
 
 /* A paper-configuration model (fresh, seeded) or --model, plus the lcs6 data. */
@@ -129,7 +119,7 @@ int nesf_bench_field(int argc, char **argv)
 {
     bench_opts o;
     int r = parse(argc, argv, &o, "field");
-    if (r) return r == 1 ? 0 : 2;
+    if (r >= 0) return r;
     nesf_error err = {0};
     nesf_backend *be = NULL;
     nesf_model *m = NULL;
@@ -358,7 +348,7 @@ int nesf_bench_train(int argc, char **argv)
 {
     bench_opts o;
     int r = parse(argc, argv, &o, "train");
-    if (r) return r == 1 ? 0 : 2;
+    if (r >= 0) return r;
     nesf_error err = {0};
     nesf_backend *be = NULL;
     nesf_model *m = NULL;
