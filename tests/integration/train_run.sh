@@ -69,6 +69,20 @@ for bad in "--threads abc" "--max-steps -3" "--val-every 0" "--minutes 1x"; do
     grep -q "^nesf train: ${bad%% *}: '" "$tmp/d.err" || fail "$bad: $(cat "$tmp/d.err")"
 done
 
+# and in the other commands, through the same parser
+m=$src/models/lcs6.safetensors
+for cmd in "eval --model $m --data $v --limit x" "latents --model $m --data $v --perplexity -1" \
+           "interpolate --model $m --steps 0 a b" "decode --model $m --threads 1.5 x" \
+           "match --ltol 0 a b" "bench decode --model $m --data $v --n 0"; do
+    set +e
+    # shellcheck disable=SC2086
+    "$nesf" $cmd > /dev/null 2> "$tmp/d.err"; rc=$?
+    set -e
+    [ $rc -eq 2 ] || fail "$cmd: exit $rc"
+    grep -q "^nesf [a-z ]*: --[a-z]*: '" "$tmp/d.err" || fail "$cmd: $(cat "$tmp/d.err")"
+done
+[ -f "$m" ] && { "$nesf" encode -m "$m" <(head -n 1 "$v") | jq -e '.latent_size == 192' > /dev/null || fail "encode -m"; }
+
 # nesf cv: two folds trained and reconstructed, one pooled row
 mkdir "$tmp/folds"
 cp "$shared/datasets/lcs6/meta.json" "$tmp/folds/"
