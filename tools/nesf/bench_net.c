@@ -115,19 +115,30 @@ static double torch_value(const bench_opts *o, const char *script, const char *a
     return v;
 }
 
+/* Options, model and data of a benchmark; -1 to go on, else the exit
+ * status (the error printed). */
+static int bench_open(int argc, char **argv, const char *what, bench_opts *o, nesf_backend **be, nesf_model **m,
+                      nesf_dataset *train, nesf_dataset *val)
+{
+    int r = parse(argc, argv, o, what);
+    if (r >= 0) return r;
+    nesf_error err = {0};
+    if (setup(o, be, m, train, val, &err)) {
+        fprintf(stderr, "nesf bench %s: %s\n", what, err.msg);
+        return 1;
+    }
+    return -1;
+}
+
 int nesf_bench_field(int argc, char **argv)
 {
     bench_opts o;
-    int r = parse(argc, argv, &o, "field");
-    if (r >= 0) return r;
     nesf_error err = {0};
     nesf_backend *be = NULL;
     nesf_model *m = NULL;
     nesf_dataset train = {0}, val = {0};
-    if (setup(&o, &be, &m, &train, &val, &err)) {
-        fprintf(stderr, "nesf bench field: %s\n", err.msg);
-        return 1;
-    }
+    int r = bench_open(argc, argv, "field", &o, &be, &m, &train, &val);
+    if (r >= 0) return r;
     /* one decode step of one structure: the paper's inference grid */
     float lo[3], hi[3];
     nesf_model_bbox(m, lo, hi);
@@ -347,16 +358,12 @@ static void print_c(const bench_opts *o, nesf_backend *be, double *walls, long n
 int nesf_bench_train(int argc, char **argv)
 {
     bench_opts o;
-    int r = parse(argc, argv, &o, "train");
-    if (r >= 0) return r;
     nesf_error err = {0};
     nesf_backend *be = NULL;
     nesf_model *m = NULL;
     nesf_dataset train = {0}, val = {0};
-    if (setup(&o, &be, &m, &train, &val, &err)) {
-        fprintf(stderr, "nesf bench train: %s\n", err.msg);
-        return 1;
-    }
+    int r = bench_open(argc, argv, "train", &o, &be, &m, &train, &val);
+    if (r >= 0) return r;
     nesf_train_config tc;
     nesf_train_config_paper(&tc);
     nesf_trainer *t;
