@@ -865,6 +865,11 @@ static int eval_field(nesf_model *m, int which, int S, const float *z_dev, const
     return rc;
 }
 
+double nesf_model_position_flops(const nesf_model *m, int grouped)
+{
+    return (double)nesf_mlp_flops_per_row(&m->mlp[NESF_DEC_POSITION], grouped);
+}
+
 int nesf_model_position_field(nesf_model *m, int S, const float *z_dev, const int *off,
                               const float *xyz_dev, float *out_dev, nesf_error *err)
 {

@@ -118,6 +118,10 @@ int nesf_model_position_field(nesf_model *m, int S, const float *z_dev, const in
 int nesf_model_species_field(nesf_model *m, int S, const float *z_dev, const int *off,
                              const float *xyz_dev, float *out_dev, nesf_error *err);
 
+/* FLOPs of the position field per query: grouped = 0 dense-equivalent,
+ * 1 as executed (the latent part once per structure): for benchmarks. */
+double nesf_model_position_flops(const nesf_model *m, int grouped);
+
 /* Host-memory wrappers of the two fields (tests, small tools). */
 int nesf_model_position_field_host(nesf_model *m, int S, const float *z, const int *off,
                                    const float *xyz, float *out, nesf_error *err);

@@ -177,6 +177,28 @@ void nesf_trainer_free(nesf_trainer *t)
 
 long nesf_trainer_steps(const nesf_trainer *t) { return t->t; }
 
+double nesf_trainer_step_flops(const nesf_trainer *t, int N, int S, const nesf_losses *l)
+{
+    double f = 0;
+    for (int k = 0; k < NESF_NUM_MLPS; k++) {
+        const nesf_mlp *p = &t->m->mlp[k];
+        const int grouped = k == NESF_DEC_POSITION || k == NESF_DEC_SPECIES;
+        const int dx0 = k == NESF_ENC_MIX || k == NESF_ENC_HEAD || k == NESF_DEC_LENGTH || k == NESF_DEC_ANGLE;
+        const double R = k == NESF_DEC_POSITION ? (double)l->pos_queries
+                       : k == NESF_DEC_SPECIES  ? (double)l->spec_queries
+                       : k <= NESF_ENC_MIX      ? N : S;
+        for (int i = 0; i < p->n; i++) {
+            const nesf_layer *L = &p->L[i];
+            const double feat = L->in - L->extra, o = L->out;
+            if (i == 0 && grouped)
+                f += 2 * (2 * R * L->extra * o + 3 * S * feat * o);
+            else
+                f += 2 * (2 * R * L->in * o + (i > 0 || dx0 ? R * feat * o : 0));
+        }
+    }
+    return f;
+}
+
 int nesf_trainer_sample(nesf_trainer *t, nesf_structure *const *s, int n, uint64_t seed,
                         nesf_queries *q, nesf_error *err)
 {

@@ -78,6 +78,11 @@ int nesf_trainer_grad(nesf_trainer *t, const char *name, float *dst, nesf_error 
 /* Parameter values of a named tensor (host). */
 int nesf_trainer_param(nesf_trainer *t, const char *name, float *dst, nesf_error *err);
 long nesf_trainer_steps(const nesf_trainer *t);
+/* FLOPs of one training step as the code executes them (forward, and the
+ * backward's weight and input gradients; a grouped first layer does the
+ * latent part once per structure) on S structures of N atoms in all with
+ * l's query counts: for benchmarks. */
+double nesf_trainer_step_flops(const nesf_trainer *t, int N, int S, const nesf_losses *l);
 
 /* Training state beside the weights, for exact resumption. */
 typedef struct nesf_train_state {

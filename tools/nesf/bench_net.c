@@ -15,7 +15,6 @@
 #include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
-#include "model_internal.h"
 #include "train.h"
 
 typedef struct {
@@ -145,7 +144,7 @@ int nesf_bench_field(int argc, char **argv)
     int g[3], Q = 1;
     for (int k = 0; k < 3; k++) Q *= g[k] = nesf_arange_count(lo[k] - 0.5, hi[k] + 0.5, 0.5);
     float *xyz = malloc((size_t)Q * 3 * sizeof *xyz), *out = malloc((size_t)Q * 3 * sizeof *out);
-    float *z = malloc((size_t)m->cfg.latent * sizeof *z);
+    float *z = malloc((size_t)nesf_model_latent_size(m) * sizeof *z);
     for (int i = 0, q = 0; i < g[0]; i++)
         for (int j = 0; j < g[1]; j++)
             for (int k = 0; k < g[2]; k++, q++) {
@@ -168,9 +167,8 @@ int nesf_bench_field(int argc, char **argv)
         dt = now() - t0;
     } while (dt < o.min_time || reps < 3);
     cpu_seconds(&u1, &s1);
-    const nesf_mlp *fp = &m->mlp[NESF_DEC_POSITION];
     double qps = (double)Q * reps / dt;
-    double dense = (double)nesf_mlp_flops_per_row(fp, 0), done = (double)nesf_mlp_flops_per_row(fp, 1);
+    double dense = nesf_model_position_flops(m, 0), done = nesf_model_position_flops(m, 1);
     printf("nesf bench field: position field, %d queries (one decode step of one structure), %d threads\n", Q, o.threads);
     printf("  C     : %10.0f queries/s  %7.2f GFLOP/s dense-equivalent (%.0f flop/query; %.0f executed, latent part once per structure)\n",
            qps, dense * qps / 1e9, dense, done);
@@ -190,28 +188,6 @@ int nesf_bench_field(int argc, char **argv)
     nesf_dataset_free(&val);
     nesf_backend_free(be);
     return 0;
-}
-
-/* FLOPs of one training step as the C code executes them (forward, and
- * backward's weight and input gradients; a grouped first layer does the
- * latent part once per structure): rows[k] = the rows MLP k runs on. */
-static double train_flops(const nesf_model *m, const double *rows, int S)
-{
-    double f = 0;
-    for (int k = 0; k < NESF_NUM_MLPS; k++) {
-        const nesf_mlp *p = &m->mlp[k];
-        const int grouped = k == NESF_DEC_POSITION || k == NESF_DEC_SPECIES;
-        const int dx0 = k == NESF_ENC_MIX || k == NESF_ENC_HEAD || k == NESF_DEC_LENGTH || k == NESF_DEC_ANGLE;
-        for (int l = 0; l < p->n; l++) {
-            const nesf_layer *L = &p->L[l];
-            const double R = rows[k], feat = L->in - L->extra, o = L->out;
-            if (l == 0 && grouped)
-                f += 2 * (2 * R * L->extra * o + 3 * S * feat * o);
-            else
-                f += 2 * (2 * R * L->in * o + (l > 0 || dx0 ? R * feat * o : 0));
-        }
-    }
-    return f;
 }
 
 /* The machine's FLOP/s on a large square sgemm through the backend (its
@@ -380,7 +356,7 @@ int nesf_bench_train(int argc, char **argv)
     uint64_t st = 1;
     nesf_losses l = {0};
     for (int step = 0; step <= o.steps; step++) {
-        double rows[NESF_NUM_MLPS], N = 0;
+        int N = 0;
         for (int i = 0; i < o.batch; i++) {
             st = nesf_seed_mix(st, (uint64_t)i);
             bs[i] = train.s[st % (uint64_t)train.n];
@@ -399,16 +375,13 @@ int nesf_bench_train(int argc, char **argv)
         double t2 = now();
         cpu_seconds(&u1, &s1);
         nesf_queries_free(&q);
-        for (int k = 0; k < NESF_NUM_MLPS; k++) rows[k] = k <= NESF_ENC_MIX ? N : o.batch;
-        rows[NESF_DEC_POSITION] = l.pos_queries;
-        rows[NESF_DEC_SPECIES] = l.spec_queries;
         if (step == 0) continue;  /* the first step is a warm-up */
         sample_t += t1 - t0;
         step_t += t2 - t1;
         walls[step - 1] = t2 - t1;
         cpu_t += (u1 - u0) + (s1 - s0);
         sys_t += s1 - s0;
-        flops += train_flops(m, rows, o.batch);
+        flops += nesf_trainer_step_flops(t, N, o.batch, &l);
         nq += l.pos_queries + l.spec_queries;
         torch_step(&tp);
     }
