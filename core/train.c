@@ -30,6 +30,7 @@ void nesf_train_config_paper(nesf_train_config *c)
     c->w_ang = 1.0f;
     nesf_sampling_paper(&c->sampling);
     c->seed = 1;
+    c->dropout = -1.0f;
 }
 
 float nesf_train_lr(const nesf_train_config *c, int epoch)
@@ -72,8 +73,8 @@ static int train_config_from_json(json_t *o, nesf_train_config *c, nesf_error *e
     if (rc) return NESF_ERR_FORMAT;
     json_t *seed = json_object_get(o, "seed");
     if (json_is_integer(seed)) c->seed = (uint64_t)json_integer_value(seed);
-    fkey top[] = {{"lr", &c->lr, 0, 10}};
-    if (read_floats(o, top, 1, "training", err)) return NESF_ERR_FORMAT;
+    fkey top[] = {{"lr", &c->lr, 0, 10}, {"dropout", &c->dropout, 0, 0.99f}};
+    if (read_floats(o, top, 2, "training", err)) return NESF_ERR_FORMAT;
     json_t *w = json_object_get(o, "loss_weights");
     fkey wk[] = {{"position", &c->w_pos, 0, 1e6}, {"species", &c->w_spec, 0, 1e6},
                  {"length", &c->w_len, 0, 1e6}, {"angle", &c->w_ang, 0, 1e6}};
@@ -138,6 +139,7 @@ char *nesf_train_config_to_json(const nesf_train_config *c)
     json_object_set_new(sp, "boundary_points", json_integer(s->boundary_points));
     json_object_set_new(sp, "boundary_width", json_real(s->boundary_width));
     json_object_set_new(o, "sampling", sp);
+    if (c->dropout >= 0) json_object_set_new(o, "dropout", json_real(c->dropout));
     char *out = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return out;
@@ -155,6 +157,8 @@ int nesf_trainer_create(nesf_model *m, const nesf_train_config *c, nesf_trainer 
     if (!t) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
     t->m = m;
     t->c = *c;
+    if (c->dropout >= 0) /* recorded in the saved model config too */
+        m->cfg.dropout = net->dropout = c->dropout;
     if (!net->grads) net->grads = be->ops->alloc(be, net->nparams * sizeof(float));
     t->adam_m = be->ops->alloc(be, net->nparams * sizeof(float));
     t->adam_v = be->ops->alloc(be, net->nparams * sizeof(float));

@@ -22,6 +22,11 @@ typedef struct nesf_train_config {
     float w_pos, w_spec, w_len, w_ang;  /* 10, 0.1, 1, 1 */
     nesf_sampling sampling;
     uint64_t seed;
+    /* Dropout of the decoder's and encoder's hidden layers while training;
+     * < 0 (the default) keeps the model file's (spec 0.3).  A training
+     * setting, not part of the network: a model trained on with another
+     * rate loads and infers the same way (inference never drops). */
+    float dropout;
 } nesf_train_config;
 
 void nesf_train_config_paper(nesf_train_config *c);

@@ -192,6 +192,31 @@ static void test_config(void **state)
     }
 }
 
+/* training.dropout: absent keeps the model's rate (-1, not serialised), a
+ * value overrides it and travels with the saved training config */
+static void test_config_dropout(void **state)
+{
+    (void)state;
+    nesf_train_config c;
+    nesf_error err;
+    nesf_train_config_paper(&c);
+    assert_true(c.dropout < 0);
+    char *js = nesf_train_config_to_json(&c);
+    assert_null(strstr(js, "dropout"));
+    free(js);
+    char *p = write_tmp("{\"training\": {\"dropout\": 0.0}}");
+    assert_int_equal(nesf_train_config_load(p, &c, &err), NESF_OK);
+    unlink(p);
+    assert_float_equal(c.dropout, 0.0, 0);
+    js = nesf_train_config_to_json(&c);
+    assert_non_null(strstr(js, "\"dropout\":0"));
+    free(js);
+    p = write_tmp("{\"training\": {\"dropout\": 1.5}}");
+    assert_int_not_equal(nesf_train_config_load(p, &c, &err), NESF_OK);
+    unlink(p);
+    assert_non_null(strstr(err.msg, "training.dropout"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +224,7 @@ int main(void)
         cmocka_unit_test(test_cell_points),
         cmocka_unit_test(test_boundary_points),
         cmocka_unit_test(test_config),
+        cmocka_unit_test(test_config_dropout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 
 #include "cli_opts.h"
 #include "commands.h"
+#include "consistency.h"
 #include "dataset.h"
 #include "decode.h"
 #include "fileio.h"
@@ -43,6 +44,8 @@ static void usage(FILE *f)
         "  --list             list every structure reconstructed wrongly (default\n"
         "                     with --truth)\n"
         "  --options JSON     decode options, e.g. '{\"iterations\": 32}' (or @FILE)\n"
+        "  --self-check       re-encode and decode every reconstruction again and report\n"
+        "                     how well \"not a fixed point\" flags the wrong ones\n"
         "  --refine JSON      refine each latent on its structure before decoding:\n"
         "                     true, a step count or {\"steps\", \"lr\", ...} (core/refine.h)\n"
         "  --batch N          structures per batched decode (default 64)\n"
@@ -53,7 +56,7 @@ static void usage(FILE *f)
 
 typedef struct eval_args {
     const char *model, *data, *out, *meta, *bbox_from, *options, *backend, *refine;
-    int truth, json, list, batch, limit, threads, strict;
+    int truth, json, list, batch, limit, threads, strict, self_check;
 } eval_args;
 
 /* One structure's outcome, for --list. */
@@ -66,6 +69,7 @@ typedef struct item {
     double cycle;  /* cycle distance |E(D(z)) - z| (NAN: not measured) */
     int matched;   /* the same crystal as the truth (match.h) */
     double rms;    /* its normalised RMS displacement */
+    int fixed;     /* --self-check: 1 a fixed point of decode∘encode, 0 not, -1 unchecked */
 } item;
 
 /* How well the cycle distance separates reconstructions with the wrong atom
@@ -259,7 +263,7 @@ static int parse_args(int argc, char **argv, eval_args *a)
         CLI_I("batch", &a->batch, 1, 1 << 20), CLI_OPT_LIMIT(&a->limit),
         CLI_F("truth", &a->truth), CLI_F("json", &a->json),
         CLI_F("list", &a->list), CLI_F("strict-lattice", &a->strict),
-        CLI_S("refine", &a->refine), CLI_OPT_END};
+        CLI_S("refine", &a->refine), CLI_F("self-check", &a->self_check), CLI_OPT_END};
     int rc = cli_parse("eval", argc, argv, opts, usage, NULL);
     if (rc >= 0) return rc;
     if (!a->data || (!a->model && !(a->truth && a->meta))) {
@@ -291,13 +295,14 @@ typedef struct eval_run {
     float *z, *cell;        /* a batch's latents, raw lattice heads (len | ang) */
     nesf_error *keep;       /* a batch's encoder errors */
     nesf_decode_stats total;
-    double t_start, t_encode;
+    double t_start, t_encode, t_self_check;
     /* tallies, after the batches */
     nesf_metrics all;
     int wrong, failed, matched;
     double match_pct, mean_rms;
     domain_report dr;
     conf_report cr;
+    int sc_n[2], sc_flagged[2]; /* --self-check: [0] right composition, [1] wrong; flagged: not fixed points */
 } eval_run;
 
 /* The model (or, for --truth, the species list and the data's box) and
@@ -343,6 +348,19 @@ static int eval_setup(eval_run *r)
     return 0;
 }
 
+/* --self-check of the S reconstructions from b0 (consistency.h). */
+static int batch_fixed_point(eval_run *r, int b0, int S, nesf_error *err)
+{
+    nesf_fixed_point *v = malloc((size_t)S * sizeof *v);
+    if (!v) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    double t0 = cli_now_s();
+    int rc = nesf_fixed_point_check(r->m, r->rec + b0, S, &r->opts, v, err);
+    for (int i = 0; !rc && i < S; i++) r->items[b0 + i].fixed = v[i].checked ? v[i].consistent : -1;
+    r->t_self_check += cli_now_s() - t0;
+    free(v);
+    return rc;
+}
+
 /* Encodes (structures the model cannot take fail alone) and decodes the S
  * structures from b0, with each one's cycle distance. */
 static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_error *err)
@@ -376,7 +394,8 @@ static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_e
             r->rec[b0 + i] = NULL;
             r->ierr[b0 + i] = r->keep[i];
         }
-    return rc ? rc : batch_cycle(r->m, S, z, r->rec + b0, r->items + b0, err);
+    if (!rc) rc = batch_cycle(r->m, S, z, r->rec + b0, r->items + b0, err);
+    return rc || !r->a.self_check ? rc : batch_fixed_point(r, b0, S, err);
 }
 
 /* One structure's outcome: metrics, domain check, match, failure. */
@@ -453,6 +472,13 @@ static void eval_tally(eval_run *r)
     r->mean_rms = r->matched ? rms_sum / r->matched : NAN;
     domain_tally(&r->dr, r->items, r->n);
     conf_tally(&r->cr, r->items, r->n, r->m ? nesf_model_domain(r->m) : NULL);
+    for (int i = 0; r->a.self_check && i < r->n; i++) {
+        const item *it = &r->items[i];
+        if (it->why[0] || it->fixed < 0) continue;
+        int w = !r->rec[i] || !nesf_same_composition(r->d.s[i], r->rec[i]);
+        r->sc_n[w]++;
+        r->sc_flagged[w] += !it->fixed;
+    }
 }
 
 /* The structures reconstructed wrongly (--list), as JSON. */
@@ -502,6 +528,10 @@ static void report_json(const eval_run *r, double wall)
                                               r->mopts.angle_tol));
     if (r->m) json_object_set_new(o, "outside_domain", domain_json(&r->dr, r->items, &r->d, r->n));
     if (r->m) json_object_set_new(o, "confidence", confidence_json(&r->cr));
+    if (a->self_check)
+        json_object_set_new(o, "self_check", json_pack("{s:i, s:i, s:i, s:i, s:f}", "wrong_flagged", r->sc_flagged[1],
+                                                       "wrong_composition", r->sc_n[1], "right_flagged",
+                                                       r->sc_flagged[0], "right_composition", r->sc_n[0], "seconds", r->t_self_check));
     if (a->list) json_object_set_new(o, "wrong_structures", wrong_json(r));
     char *ot = nesf_decode_opts_to_json(&r->opts);
     json_object_set_new(o, "options", ot ? json_loads(ot, 0, NULL) : json_null());
@@ -548,6 +578,11 @@ static void report_text(const eval_run *r, double wall)
            r->match_pct, r->mean_rms);
     if (r->m) print_domain(&r->dr, nesf_model_domain(r->m) != NULL);
     if (r->m) print_confidence(&r->cr);
+    if (a->self_check)
+        printf("self-check (not a fixed point of decode∘encode): flags %d of %d with the wrong composition, "
+               "%d of %d right "
+               "(false alarms %.1f %%), %.2f s\n", r->sc_flagged[1], r->sc_n[1], r->sc_flagged[0], r->sc_n[0],
+               r->sc_n[0] ? 100.0 * r->sc_flagged[0] / r->sc_n[0] : 0.0, r->t_self_check);
     for (int i = 0; a->list && i < n; i++) {
         if (!is_wrong(&r->items[i])) continue;
         nesf_metrics_summary s;
