@@ -102,4 +102,8 @@ for k in 0 1; do
     [ "$(grep -c '"epoch"' "$tmp/cv/fold$k/log.jsonl")" -eq 2 ] || fail "fold $k log"
 done
 grep -q "nesf, 2 folds, 4 structures" "$tmp/cv.out" || fail "pooled row: $(cat "$tmp/cv.out")"
+set +e
+"$nesf" cv --data "$tmp/folds" --out "$tmp/cv" --folds 0-x 2> "$tmp/cv.err"; rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "^nesf cv: --folds: '0-x'" "$tmp/cv.err" || fail "cv --folds 0-x: $rc $(cat "$tmp/cv.err")"
 echo "4 passed, 0 failed"

@@ -38,20 +38,28 @@ static void usage(FILE *f)
             "  --backend B      cpu | cuda | auto\n");
 }
 
+/* Whether fold k is in list ("0-4,7"; NULL: every fold); -1 when list is
+ * not such a list. */
 static int fold_wanted(const char *list, int k)
 {
     if (!list) return 1;
     const char *p = list;
+    int in = 0;
     while (*p) {
         char *end;
         long a = strtol(p, &end, 10), b = a;
-        if (end == p) return 0;
-        if (*end == '-') b = strtol(end + 1, &end, 10);
-        if (k >= a && k <= b) return 1;
-        p = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return 0;
+        if (end == p || a < 0) return -1;
+        if (*end == '-') {
+            const char *q = end + 1;
+            b = strtol(q, &end, 10);
+            if (end == q || b < a) return -1;
+        }
+        in |= k >= a && k <= b;
+        if (!*end) break;
+        if (*end != ',' || !end[1]) return -1;
+        p = end + 1;
     }
-    return 0;
+    return in;
 }
 
 static void print_row(const char *label, const nesf_metrics *m)
@@ -170,6 +178,10 @@ int nesf_cmd_cv(int argc, char **argv)
     if (rc >= 0) return rc;
     if (!a.data || !a.out) {
         usage(stderr);
+        return 2;
+    }
+    if (fold_wanted(a.folds, 0) < 0) {
+        fprintf(stderr, "nesf cv: --folds: '%s' is not a list of folds like 0-4,7\n", a.folds);
         return 2;
     }
     if (mkdir(a.out, 0755) && errno != EEXIST) {
