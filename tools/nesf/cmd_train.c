@@ -53,13 +53,17 @@ int nesf_train_job_cli(const nesf_train_job *job, int quiet, int *stopped)
     train_cli c = {.quiet = quiet, .tty = isatty(2), .last_print = -INFINITY};
     const nesf_train_hooks hooks = {.user = &c, .message = on_message, .progress = on_progress,
                                     .epoch = on_epoch, .stop = on_stop};
-    struct sigaction sa = {0};
+    /* the handlers hold for the run only: nesf cv evaluates in between */
+    struct sigaction sa = {0}, old_int, old_term;
     sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     nesf_train_result res;
     nesf_error err = {0};
-    if (nesf_train_run(job, &hooks, &res, &err)) {
+    const int rc = nesf_train_run(job, &hooks, &res, &err);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (rc) {
         fprintf(stderr, "nesf train: %s\n", err.msg[0] ? err.msg : "failed");
         return 1;
     }
