@@ -53,6 +53,7 @@ typedef struct run {
     int stopped;
 } run;
 
+/* The prefetch thread: one batch's queries into p. */
 static void *prefetch_main(void *arg)
 {
     prefetch *p = arg;
@@ -78,6 +79,7 @@ static int prefetch_take(prefetch *p, int epoch, int batch, nesf_queries *q, int
     return 1;
 }
 
+/* Monotonic seconds: time limits and intervals, immune to clock changes. */
 static double now(void)
 {
     struct timespec ts;
@@ -108,11 +110,13 @@ static void say(const run *r, const char *fmt, ...)
     r->h->message(r->h->user, buf);
 }
 
+/* Tells the saved hook that path (of kind NESF_SAVED_*) was written. */
 static void saved(const run *r, int kind, const char *path)
 {
     if (r->h->saved) r->h->saved(r->h->user, kind, path);
 }
 
+/* dir/file into buf, failing rather than truncating. */
 static int join(char *buf, size_t n, const char *dir, const char *file, nesf_error *err)
 {
     if (snprintf(buf, n, "%s/%s", dir, file) < (int)n) return NESF_OK;
@@ -280,6 +284,7 @@ static void shuffle(run *r)
     }
 }
 
+/* The seed of the current epoch's batch: its queries and dropout. */
 static uint64_t batch_seed(const run *r, int batch)
 {
     return nesf_seed_mix(nesf_seed_mix(r->tc.seed, (uint64_t)r->st.epoch + 1), (uint64_t)batch + 1);
@@ -298,6 +303,7 @@ static void prefetch_start(run *r, int batch)
     pf->running = pthread_create(&pf->th, NULL, prefetch_main, pf) == 0;
 }
 
+/* The progress hook after a step, with this call's throughput. */
 static void progress(const run *r, const nesf_losses *l)
 {
     if (!r->h->progress) return;
@@ -348,6 +354,7 @@ static int train_batch(run *r, float lr, nesf_error *err)
     return save_checkpoint(r, err);
 }
 
+/* The validation losses as the log's JSON object. */
 static void fmt_losses(char *buf, size_t n, const nesf_losses *l)
 {
     snprintf(buf, n, "{\"total\":%.6g,\"position\":%.6g,\"species\":%.6g,\"length\":%.6g,\"angle\":%.6g}",
@@ -425,6 +432,7 @@ static int run_loop(run *r, nesf_error *err)
     return save_checkpoint(r, err);
 }
 
+/* Frees what the job opened, on every path (a prefetch still running too). */
 static void run_free(run *r)
 {
     if (r->pf.running) {

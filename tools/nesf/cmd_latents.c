@@ -253,6 +253,7 @@ static int lat_write(const lat_run *r)
     return rc ? 1 : 0;
 }
 
+/* Frees the run, whatever step it stopped at. */
 static void lat_free(lat_run *r)
 {
     json_decref(r->root);

@@ -12,6 +12,7 @@
 #include "train.h"
 
 static volatile sig_atomic_t stop_requested;
+/* SIGINT/SIGTERM: the run checkpoints and stops at its next step. */
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
 
 typedef struct train_cli {
@@ -19,6 +20,7 @@ typedef struct train_cli {
     double last_print;
 } train_cli;
 
+/* A setup note, as nesf train has always printed them. */
 static void on_message(void *user, const char *text)
 {
     (void)user;
@@ -35,6 +37,7 @@ static void on_progress(void *user, const nesf_train_progress *p)
     c->last_print = p->wall;
 }
 
+/* One line per epoch: train and val losses, best marker, wall time. */
 static void on_epoch(void *user, const nesf_train_epoch *e)
 {
     const train_cli *c = user;
@@ -42,6 +45,7 @@ static void on_epoch(void *user, const nesf_train_epoch *e)
             e->train, e->val_json, e->best ? "  *best*" : "", e->seconds);
 }
 
+/* Polled by the run before every step. */
 static int on_stop(void *user)
 {
     (void)user;
