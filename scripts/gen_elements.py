@@ -1,12 +1,12 @@
 #!/usr/bin/python3
-"""Regenerates core/elements.c from Debian's python3-pymatgen data:
+"""Regenerates core/crystal/elements.c from Debian's python3-pymatgen data:
 names and Pauling electronegativities (pymatgen core/periodic_table.json),
 Jmol colours (pymatgen vis/ElementColorSchemes.yaml) and covalent radii
 (Cordero et al., Dalton Trans. 2008, via pymatgen's CovalentRadius).
 Elements without data there: Jmol colours for Z >= 110 take Jmol's
 unknown-element colour 0xFF1493, covalent radii for Z >= 97 take Pyykko &
 Atsumi's single-bond radii (Chem. Eur. J. 2009), electronegativity 0.
-Usage: /usr/bin/python3 scripts/gen_elements.py > core/elements.c"""
+Usage: /usr/bin/python3 scripts/gen_elements.py > core/crystal/elements.c"""
 import json
 import os
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first GPU session's checks in one run (cuda/NOTES.md), sized for one
+# The first GPU session's checks in one run (backends/cuda/NOTES.md), sized for one
 # H200 with 16 cores in under 8 minutes: build with CUDA, the CUDA suites
 # with NESF_REQUIRE_CUDA=1 (fp32, tf32, bf16, the non-fused Linear), parity
 # on the CUDA backend, compute-sanitizer memcheck of test_cuda, `nesf bench

@@ -25,7 +25,7 @@ ninja -C build-asan || exit 1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 || fail=1
 
-# the CUDA backend's own sources on the host emulation (cuda/emu, a test
+# the CUDA backend's own sources on the host emulation (backends/cuda/emu, a test
 # harness): the emulation's self-test, then the cuda and cuda_model suites
 # against the CPU backend and parity against the PyTorch fixtures, all on
 # the emulated device; NESF_REQUIRE_CUDA=1 makes a skip a failure

@@ -22,7 +22,7 @@ from torch import nn
 NESF_VERSION = "0.1.0"
 
 # Hidden widths of the paper's network; same keys as nesf_model_config
-# (core/model.h) and config/models/*.json.
+# (include/model.h) and config/models/*.json.
 PAPER_CONFIG = {
     "name": "nesf-paper",
     "latent": 192,
@@ -43,7 +43,7 @@ PAPER_CONFIG = {
 LOSS_WEIGHTS = {"position": 10.0, "species": 0.1, "length": 1.0, "angle": 1.0}
 
 # ---------------------------------------------------------------------------
-# deterministic dropout mask (core/backend.h nesf_hash_uniform)
+# deterministic dropout mask (include/backend.h nesf_hash_uniform)
 
 _M64 = (1 << 64) - 1
 

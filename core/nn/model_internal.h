@@ -21,9 +21,6 @@ typedef struct nesf_tensor_info {
     int buffer;       /* 1: BN running statistics (buffers), 0: parameter */
 } nesf_tensor_info;
 
-enum { NESF_ENC_POS, NESF_ENC_SPECIES, NESF_ENC_MIX, NESF_ENC_HEAD, NESF_DEC_LENGTH,
-       NESF_DEC_ANGLE, NESF_DEC_POSITION, NESF_DEC_SPECIES, NESF_NUM_MLPS };
-
 struct nesf_model {
     nesf_model_config cfg;
     int A;

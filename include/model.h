@@ -93,6 +93,10 @@ const nesf_domain *nesf_model_domain(const nesf_model *m);
  * training set. */
 void nesf_model_set_domain(nesf_model *m, const nesf_domain *d);
 size_t nesf_model_param_count(const nesf_model *m);
+/* The network's MLPs (spec §3) by index; their FLOP counts for benchmarks
+ * are nesf_model_position_flops and nesf_trainer_step_flops. */
+enum { NESF_ENC_POS, NESF_ENC_SPECIES, NESF_ENC_MIX, NESF_ENC_HEAD, NESF_DEC_LENGTH,
+       NESF_DEC_ANGLE, NESF_DEC_POSITION, NESF_DEC_SPECIES, NESF_NUM_MLPS };
 /* Training configuration JSON stored with the weights ("" if none). */
 const char *nesf_model_train_config(const nesf_model *m);
 
