@@ -1,4 +1,4 @@
-/* backend_cuda.cu - the compute backend (core/backend.h) on CUDA + cuBLAS.
+/* backend_cuda.cu - the compute backend (include/backend.h) on CUDA + cuBLAS.
  *
  * Everything is queued on one non-blocking stream; GEMMs go to cuBLAS, the
  * rest are small kernels.  Reductions (column sums, BatchNorm statistics,

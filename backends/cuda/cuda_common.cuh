@@ -1,7 +1,7 @@
 /* cuda_common.cuh - state and helpers shared by the CUDA sources: the
  * backend's private record (stream, cuBLAS handle, scratch, first error
  * since the last sync) and the launch shapes the kernels use.
- * C++ (nvcc) only; the C side sees nothing but core/backend.h. */
+ * C++ (nvcc) only; the C side sees nothing but include/backend.h. */
 #ifndef NESF_CUDA_COMMON_CUH
 #define NESF_CUDA_COMMON_CUH
 
@@ -19,7 +19,7 @@ extern "C" {
 
 /* Kernel launches and dynamic shared memory go through these so that the
  * same sources also build as host code for the emulation harness
- * (cuda/emu, meson -Demulate_cuda=true), where <<< >>> does not exist. */
+ * (backends/cuda/emu, meson -Demulate_cuda=true), where <<< >>> does not exist. */
 /* a template kernel's argument list: k<A NESF_COMMA B> */
 #define NESF_COMMA ,
 #ifdef NESF_CUDA_EMULATION
@@ -49,7 +49,7 @@ typedef struct nesf_cuda_stage {
     int pending;              /* done was recorded and may not have fired */
 } nesf_cuda_stage;
 
-/* A cuBLASLt plan for one Linear shape (cuda/linear_lt.cu). */
+/* A cuBLASLt plan for one Linear shape (backends/cuda/linear_lt.cu). */
 typedef struct nesf_lt_plan {
     int valid;                /* 0 free, else a plan or "none for this key" */
     int rows, n, k, ldx, ldw, ldo, epi, align;   /* the key */

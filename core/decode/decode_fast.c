@@ -1,4 +1,5 @@
-/* decode_fast.c - the fast reconstruction (decode.h, mode "fast").
+/* decode_fast.c - the fast reconstruction (decode.h, mode "fast") as the
+ * skeleton's mode hooks (decode_internal.h).
  *
  * The paper's decoder flows ~7000 particles over the dataset's whole box
  * for 64 steps, whatever the structure.  This one spends field
@@ -151,6 +152,8 @@ static int merge_cells(int n, float *p, float *w, float *s, float r, nesf__cell_
 
 typedef struct fast_ws {
     nesf_backend *be;
+    start_grid g;
+    float r2max;               /* score_max² */
     float *p_d, *f_d;          /* backend: active positions, their field */
     float *ap, *af, *aw, *as;  /* host: active positions, field, weights, last scores */
     float *fp, *fw, *fs;       /* host: finished particles, per structure slot */
@@ -160,25 +163,27 @@ typedef struct fast_ws {
     int *aoff, *slot, *fcnt, *atoff;
     float *len, *ang;          /* lattice of every structure */
     long *cnt0;                /* starting particles of every structure */
-    nesf__vote vote;
 } fast_ws;
 
-static void fws_free(fast_ws *w)
+static void fast_release(nesf__decode_run *r)
 {
+    fast_ws *w = r->ws;
+    if (!w) return;
     if (w->p_d) w->be->ops->free(w->be, w->p_d);
     if (w->f_d) w->be->ops->free(w->be, w->f_d);
     void *host[] = {w->ap, w->af, w->aw, w->as, w->fp, w->fw, w->fs, w->atoms, w->cls,
                     w->keys, w->aoff, w->slot, w->fcnt, w->atoff, w->len, w->ang,
                     w->cnt0};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
-    if (w->vote.be) nesf__vote_free(&w->vote);
+    free(w);
+    r->ws = NULL;
 }
 
 /* Flows the batch's particles (structures [0, S) of the batch, active
  * rows aoff) until each has retired; finished particles of structure s
  * land in its slot from slot[s] on, fcnt[s] of them. */
-static int flow(nesf_field *f, const nesf_decode_opts *o, fast_ws *w, int b0, int S,
-                nesf_decode_stats *st, nesf_error *err)
+static int flow_steps(nesf_field *f, const nesf_decode_opts *o, fast_ws *w, int b0, int S,
+                      nesf_decode_stats *st, nesf_error *err)
 {
     nesf_backend *be = f->be;
     const size_t fl = sizeof(float);
@@ -232,153 +237,175 @@ static int flow(nesf_field *f, const nesf_decode_opts *o, fast_ws *w, int b0, in
     return NESF_OK;
 }
 
-int nesf__decode_fast(nesf_field *f, const nesf_decode_opts *o, nesf_structure **out,
-                      nesf_error *item_err, nesf_decode_stats *st, nesf_error *err)
+/* Step 1 first, for every structure: the lattice decides where the
+ * particles start.  The heads run in the chunks the paper mode's batches
+ * would have (whole grids per batch_particles), so that a latent's cell,
+ * and hence its answer, does not depend on which latents share the call.
+ * Then each structure's starting particles are counted, and the largest
+ * batch (*Pmax particles, *Smax structures) found. */
+static int fast_plan(nesf__decode_run *r, fast_ws *w, long *Pmax, int *Smax, nesf_error *err)
 {
-    double t0 = nesf__now_ms();
-    nesf_decode_stats stats;
-    memset(&stats, 0, sizeof stats);
+    nesf_field *f = r->f;
+    const nesf_decode_opts *o = r->o;
     const int n = f->n;
-    nesf_backend *be = f->be;
-    fast_ws w;
-    memset(&w, 0, sizeof w);
-    w.be = be;
     int rc;
-    w.len = malloc((size_t)n * 3 * sizeof *w.len);
-    w.ang = malloc((size_t)n * 3 * sizeof *w.ang);
-    w.cnt0 = malloc((size_t)n * sizeof *w.cnt0);
-    if (!w.len || !w.ang || !w.cnt0) {
-        rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    double t1 = nesf__now_ms();
-    start_grid g;
-    grid_init(&g, f, o);
-    if (g.G > o->max_particles) {
-        rc = nesf_fail(err, NESF_ERR_INVALID,
-                       "particle grid %dx%dx%d = %ld exceeds max_particles %d (raise grid_step)",
-                       g.gn[0], g.gn[1], g.gn[2], g.G, o->max_particles);
-        goto fail;
-    }
-    /* step 1 first: the lattice decides where the particles start.  The
-     * heads run in the chunks the paper mode's batches would have (whole
-     * grids per batch_particles), so that a latent's cell, and hence its
-     * answer, does not depend on which latents share the call */
-    const int lchunk = (int)(o->batch_particles / g.G > 0 ? o->batch_particles / g.G : 1);
+    const int lchunk = (int)(o->batch_particles / w->g.G > 0 ? o->batch_particles / w->g.G : 1);
     for (int i = 0; i < n; i += lchunk)
-        if ((rc = f->lattice(f, i, n - i < lchunk ? n - i : lchunk, w.len + 3 * i, w.ang + 3 * i,
+        if ((rc = f->lattice(f, i, n - i < lchunk ? n - i : lchunk, w->len + 3 * i, w->ang + 3 * i,
                              err)))
-            goto fail;
-    long Pmax = 0, P = 0;
-    int Smax = 0;
+            return rc;
+    long P = 0;
+    *Pmax = 0;
+    *Smax = 0;
     for (int i = 0, b = 0; i < n; i++) {
-        w.cnt0[i] = grid_points(&g, o, w.len + 3 * i, w.ang + 3 * i, NULL);
+        w->cnt0[i] = grid_points(&w->g, o, w->len + 3 * i, w->ang + 3 * i, NULL);
         /* batches of whole structures, about batch_particles particles */
-        if (b > 0 && P + w.cnt0[i] > o->batch_particles) {
+        if (b > 0 && P + w->cnt0[i] > o->batch_particles) {
             P = 0;
             b = 0;
         }
-        P += w.cnt0[i];
+        P += w->cnt0[i];
         b++;
-        if (P > Pmax) Pmax = P;
-        if (b > Smax) Smax = b;
+        if (P > *Pmax) *Pmax = P;
+        if (b > *Smax) *Smax = b;
     }
-    const size_t fl = sizeof(float), Q = (size_t)Pmax;
-    w.p_d = be->ops->alloc(be, Q * 3 * fl);
-    w.f_d = be->ops->alloc(be, Q * 3 * fl);
-    w.ap = malloc(Q * 3 * fl);
-    w.af = malloc(Q * 3 * fl);
-    w.aw = malloc(Q * fl);
-    w.as = malloc(Q * fl);
-    w.fp = malloc(Q * 3 * fl);
-    w.fw = malloc(Q * fl);
-    w.fs = malloc(Q * fl);
-    w.atoms = malloc(Q * 3 * fl);
-    w.cls = malloc(Q * sizeof *w.cls);
-    w.keys = malloc(Q * sizeof *w.keys);
-    w.aoff = malloc((size_t)(Smax + 1) * sizeof *w.aoff);
-    w.slot = malloc((size_t)(Smax + 1) * sizeof *w.slot);
-    w.fcnt = malloc((size_t)Smax * sizeof *w.fcnt);
-    w.atoff = malloc((size_t)(Smax + 1) * sizeof *w.atoff);
-    if (!w.p_d || !w.f_d || !w.ap || !w.af || !w.aw || !w.as || !w.fp || !w.fw || !w.fs ||
-        !w.atoms || !w.cls || !w.keys || !w.aoff || !w.slot || !w.fcnt ||
-        !w.atoff) {
-        rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory for decoding %d structures", n);
-        goto fail;
-    }
-    if ((rc = nesf__vote_init(&w.vote, be, o, f->num_species, Smax, err))) goto fail;
-    const float r2max = o->score_max * o->score_max;
-    stats.ms_flow += nesf__now_ms() - t1;
-
-    for (int b0 = 0; b0 < n;) {
-        int S = 0;
-        long Pb = 0;
-        while (b0 + S < n && (S == 0 || Pb + w.cnt0[b0 + S] <= o->batch_particles))
-            Pb += w.cnt0[b0 + S++];
-        t1 = nesf__now_ms();
-        w.aoff[0] = w.slot[0] = 0;
-        for (int s = 0; s < S; s++) {
-            const int i = b0 + s;
-            long c = grid_points(&g, o, w.len + 3 * i, w.ang + 3 * i, w.ap + 3 * (size_t)w.aoff[s]);
-            for (long r = 0; r < c; r++) {
-                w.aw[w.aoff[s] + r] = 1;
-                w.as[w.aoff[s] + r] = INFINITY;
-            }
-            w.aoff[s + 1] = w.aoff[s] + (int)c;
-            w.slot[s + 1] = w.aoff[s + 1];
-            w.fcnt[s] = 0;
-        }
-        stats.particles += Pb;
-        if ((rc = flow(f, o, &w, b0, S, &stats, err))) goto fail;
-        double t2 = nesf__now_ms();
-        stats.ms_flow += t2 - t1;
-
-        /* steps 4-5: score filter and weighted NMS, per structure */
-        w.atoff[0] = 0;
-        for (int s = 0; s < S; s++) {
-            float *fp = w.fp + 3 * (size_t)w.slot[s], *fw = w.fw + w.slot[s], *fs = w.fs + w.slot[s];
-            int kept = 0;
-            for (int r = 0; r < w.fcnt[s]; r++) {
-                if (!(fs[r] <= r2max)) continue;
-                memmove(fp + 3 * kept, fp + 3 * r, 3 * fl);
-                fw[kept] = fw[r];
-                fs[kept++] = fs[r];
-            }
-            stats.kept += kept;
-            int more = 0;
-            int cap = kept < o->max_atoms ? kept : o->max_atoms;
-            int na = nesf_nms_weighted(kept, fp, fs, fw, o->nms_radius, o->nms_min_count, cap,
-                                       w.atoms + 3 * (size_t)w.atoff[s], &more);
-            if (na < 0) {
-                rc = nesf_fail(err, NESF_ERR_NOMEM, "out of memory in non-max suppression");
-                goto fail;
-            }
-            stats.truncated += more || (kept > cap && na == cap);
-            w.atoff[s + 1] = w.atoff[s] + na;
-        }
-        stats.atoms += w.atoff[S];
-        double t3 = nesf__now_ms();
-        stats.ms_nms += t3 - t2;
-
-        /* step 6 */
-        if ((rc = nesf__vote_run(&w.vote, f, b0, S, w.atoff, w.atoms, w.cls, &stats.field_evals,
-                                 err)))
-            goto fail;
-        stats.ms_species += nesf__now_ms() - t3;
-
-        if ((rc = nesf__build_batch(f, o, b0, S, w.len + 3 * b0, w.ang + 3 * b0, w.atoff, w.atoms,
-                                    w.cls, out, item_err, &stats.lattice_repaired, err)))
-            goto fail;
-        b0 += S;
-    }
-    fws_free(&w);
-    stats.structures = n;
-    stats.ms = nesf__now_ms() - t0;
-    if (st) *st = stats;
     return NESF_OK;
-
-fail:
-    fws_free(&w);
-    nesf__free_outputs(out, n);
-    return rc ? rc : NESF_ERR_BACKEND;
 }
+
+/* The buffers of the largest batch: Pmax particles, Smax structures. */
+static int fast_alloc(fast_ws *w, long Pmax, int Smax, int n, nesf_error *err)
+{
+    nesf_backend *be = w->be;
+    const size_t fl = sizeof(float), Q = (size_t)Pmax;
+    w->p_d = be->ops->alloc(be, Q * 3 * fl);
+    w->f_d = be->ops->alloc(be, Q * 3 * fl);
+    w->ap = malloc(Q * 3 * fl);
+    w->af = malloc(Q * 3 * fl);
+    w->aw = malloc(Q * fl);
+    w->as = malloc(Q * fl);
+    w->fp = malloc(Q * 3 * fl);
+    w->fw = malloc(Q * fl);
+    w->fs = malloc(Q * fl);
+    w->atoms = malloc(Q * 3 * fl);
+    w->cls = malloc(Q * sizeof *w->cls);
+    w->keys = malloc(Q * sizeof *w->keys);
+    w->aoff = malloc((size_t)(Smax + 1) * sizeof *w->aoff);
+    w->slot = malloc((size_t)(Smax + 1) * sizeof *w->slot);
+    w->fcnt = malloc((size_t)Smax * sizeof *w->fcnt);
+    w->atoff = malloc((size_t)(Smax + 1) * sizeof *w->atoff);
+    if (!w->p_d || !w->f_d || !w->ap || !w->af || !w->aw || !w->as || !w->fp || !w->fw ||
+        !w->fs || !w->atoms || !w->cls || !w->keys || !w->aoff || !w->slot || !w->fcnt ||
+        !w->atoff)
+        return nesf_fail(err, NESF_ERR_NOMEM, "out of memory for decoding %d structures", n);
+    return NESF_OK;
+}
+
+/* The paper's grid checked against max_particles, the lattices, the
+ * batches; the planning counts as flow time. */
+static int fast_init(nesf__decode_run *r, int *max_structs, nesf_error *err)
+{
+    const nesf_decode_opts *o = r->o;
+    const int n = r->f->n;
+    fast_ws *w = calloc(1, sizeof *w);
+    if (!w) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    r->ws = w;
+    w->be = r->f->be;
+    w->len = malloc((size_t)n * 3 * sizeof *w->len);
+    w->ang = malloc((size_t)n * 3 * sizeof *w->ang);
+    w->cnt0 = malloc((size_t)n * sizeof *w->cnt0);
+    if (!w->len || !w->ang || !w->cnt0) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    double t1 = nesf__now_ms();
+    grid_init(&w->g, r->f, o);
+    if (w->g.G > o->max_particles)
+        return nesf_fail(err, NESF_ERR_INVALID,
+                         "particle grid %dx%dx%d = %ld exceeds max_particles %d (raise grid_step)",
+                         w->g.gn[0], w->g.gn[1], w->g.gn[2], w->g.G, o->max_particles);
+    long Pmax;
+    int rc = fast_plan(r, w, &Pmax, max_structs, err);
+    if (!rc) rc = fast_alloc(w, Pmax, *max_structs, n, err);
+    if (rc) return rc;
+    w->r2max = o->score_max * o->score_max;
+    r->stats.ms_flow += nesf__now_ms() - t1;
+    return NESF_OK;
+}
+
+/* Whole structures up to about batch_particles starting particles. */
+static int fast_batch(nesf__decode_run *r, int b0)
+{
+    const fast_ws *w = r->ws;
+    const int n = r->f->n;
+    int S = 0;
+    long Pb = 0;
+    while (b0 + S < n && (S == 0 || Pb + w->cnt0[b0 + S] <= r->o->batch_particles))
+        Pb += w->cnt0[b0 + S++];
+    return S;
+}
+
+/* The batch's particles near their cells, each of weight 1, then the
+ * flow with retirement and merging. */
+static int fast_flow(nesf__decode_run *r, int b0, int S, nesf_error *err)
+{
+    fast_ws *w = r->ws;
+    w->aoff[0] = w->slot[0] = 0;
+    for (int s = 0; s < S; s++) {
+        const int i = b0 + s;
+        long c = grid_points(&w->g, r->o, w->len + 3 * i, w->ang + 3 * i,
+                             w->ap + 3 * (size_t)w->aoff[s]);
+        for (long k = 0; k < c; k++) {
+            w->aw[w->aoff[s] + k] = 1;
+            w->as[w->aoff[s] + k] = INFINITY;
+        }
+        w->aoff[s + 1] = w->aoff[s] + (int)c;
+        w->slot[s + 1] = w->aoff[s + 1];
+        w->fcnt[s] = 0;
+    }
+    r->stats.particles += w->aoff[S];
+    return flow_steps(r->f, r->o, w, b0, S, &r->stats, err);
+}
+
+/* Steps 4-5: score filter and weighted NMS, per structure. */
+static int fast_nms(nesf__decode_run *r, int S, nesf__batch_atoms *a, nesf_error *err)
+{
+    fast_ws *w = r->ws;
+    const nesf_decode_opts *o = r->o;
+    w->atoff[0] = 0;
+    for (int s = 0; s < S; s++) {
+        float *fp = w->fp + 3 * (size_t)w->slot[s], *fw = w->fw + w->slot[s], *fs = w->fs + w->slot[s];
+        int kept = 0;
+        for (int k = 0; k < w->fcnt[s]; k++) {
+            if (!(fs[k] <= w->r2max)) continue;
+            memmove(fp + 3 * kept, fp + 3 * k, 3 * sizeof(float));
+            fw[kept] = fw[k];
+            fs[kept++] = fs[k];
+        }
+        r->stats.kept += kept;
+        int more = 0;
+        int cap = kept < o->max_atoms ? kept : o->max_atoms;
+        int na = nesf_nms_weighted(kept, fp, fs, fw, o->nms_radius, o->nms_min_count, cap,
+                                   w->atoms + 3 * (size_t)w->atoff[s], &more);
+        if (na < 0) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory in non-max suppression");
+        r->stats.truncated += more || (kept > cap && na == cap);
+        w->atoff[s + 1] = w->atoff[s] + na;
+    }
+    *a = (nesf__batch_atoms){.aoff = w->atoff, .atoms = w->atoms, .cls = w->cls};
+    return NESF_OK;
+}
+
+/* The lattices fast_plan predicted. */
+static int fast_lattice(nesf__decode_run *r, int b0, int S, const float **len, const float **ang,
+                        nesf_error *err)
+{
+    const fast_ws *w = r->ws;
+    *len = w->len + 3 * b0;
+    *ang = w->ang + 3 * b0;
+    return NESF_OK;
+}
+
+const nesf__decode_mode nesf__mode_fast = {
+    .init = fast_init,
+    .batch = fast_batch,
+    .flow = fast_flow,
+    .nms = fast_nms,
+    .lattice = fast_lattice,
+    .release = fast_release,
+};

@@ -1,4 +1,4 @@
-/* The host emulation's own checks (cuda/emu): each case runs in a child
+/* The host emulation's own checks (backends/cuda/emu): each case runs in a child
  * process, since a fault is sticky for the whole process as on a device.
  * Barriers and shuffles must compute what a GPU computes; an out-of-bounds
  * store, a divergent barrier, a host pointer handed to a kernel, a

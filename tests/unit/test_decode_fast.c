@@ -1,4 +1,4 @@
-/* The fast decoding mode (decode.h "mode": "fast", core/decode_fast.c):
+/* The fast decoding mode (decode.h "mode": "fast", core/decode/decode_fast.c):
  * on the exact fields of LCS6 validation structures it must give back
  * every atom (count, species, position); retirement must stop a
  * converging flow early and leave a non-converging one to the step cap;

@@ -1,4 +1,4 @@
-/* Latent refinement (core/refine.c): its gradient against finite
+/* Latent refinement (core/train/refine.c): its gradient against finite
  * differences, its loss against the model's own inference fields (so the
  * BN-stripped view over the folded weights is the inference network), the
  * loss going down, batched answers identical to single ones, and option

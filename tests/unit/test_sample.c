@@ -1,4 +1,4 @@
-/* Training query sampling (core/sample.c, spec §4) and the sampling part of
+/* Training query sampling (core/train/sample.c, spec §4) and the sampling part of
  * the training configuration: point counts per kind, where the points lie,
  * their targets, determinism, and the cell_points extension. */
 #include <math.h>

@@ -15,8 +15,8 @@
  * and sticky faults after which every call fails.  Work is executed at
  * enqueue time (streams and events are bookkeeping only).
  *
- * Included through the shim headers cuda/emu/include/{cuda_runtime,
- * cublas_v2, cublasLt}.h; the runtime is cuda/emu/cuda_emu.cpp. */
+ * Included through the shim headers backends/cuda/emu/include/{cuda_runtime,
+ * cublas_v2, cublasLt}.h; the runtime is backends/cuda/emu/cuda_emu.cpp. */
 #ifndef NESF_CUDA_EMU_H
 #define NESF_CUDA_EMU_H
 

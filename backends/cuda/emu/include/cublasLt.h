@@ -1,2 +1,2 @@
-/* cublasLt.h - shim of the host emulation (cuda/emu/cuda_emu.h) */
+/* cublasLt.h - shim of the host emulation (backends/cuda/emu/cuda_emu.h) */
 #include "../cuda_emu.h"

@@ -1,2 +1,2 @@
-/* cublas_v2.h - shim of the host emulation (cuda/emu/cuda_emu.h) */
+/* cublas_v2.h - shim of the host emulation (backends/cuda/emu/cuda_emu.h) */
 #include "../cuda_emu.h"
