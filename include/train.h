@@ -123,8 +123,8 @@ typedef struct nesf_train_job {
     const char *out;             /* run folder (created) */
     const char *from;            /* NULL, or weights (or a checkpoint) to start from with
                                     config's training settings and this data's box */
-    const char *backend;         /* cpu | cuda | auto */
-    int threads;                 /* CPU threads, <= 0: all cores */
+    nesf_backend *be;            /* borrowed: trained on, outlives the call (its
+                                    parameters are the caller's to choose) */
     int resume;                  /* continue out's checkpoint when there is one */
     int epochs;                  /* epochs in total, < 0: the config's */
     double minutes;              /* > 0: stop (checkpointed) after this long */
@@ -135,9 +135,9 @@ typedef struct nesf_train_job {
     int snapshot_every;          /* > 0: keep epoch-NNNN.safetensors every N epochs */
 } nesf_train_job;
 
-/* The tool's defaults: paper config, auto backend, all threads, config's
- * epochs, no time or step limit, checkpoints every 5 minutes, validation
- * every epoch on all of val, no snapshots. */
+/* The tool's defaults: paper config, config's epochs, no time or step
+ * limit, checkpoints every 5 minutes, validation every epoch on all of val,
+ * no snapshots; no backend (the caller's). */
 void nesf_train_job_default(nesf_train_job *j);
 
 typedef struct nesf_train_progress {

@@ -36,7 +36,7 @@ typedef struct run {
     char ckpt[4096], best[4096], logp[4096];
     nesf_vocab vocab;
     nesf_dataset train, val;
-    nesf_backend *be;
+    nesf_backend *be;           /* the job's */
     nesf_model *m;
     nesf_train_config tc;
     nesf_train_state st;
@@ -91,7 +91,6 @@ void nesf_train_job_default(nesf_train_job *j)
 {
     memset(j, 0, sizeof *j);
     j->config = "config/models/nesf-paper.json";
-    j->backend = "auto";
     j->epochs = -1;
     j->checkpoint_minutes = 5;
     j->val_every = 1;
@@ -179,13 +178,13 @@ static int open_from(run *r, const float lo[3], const float hi[3], nesf_error *e
     return NESF_OK;
 }
 
-/* The backend and the model: resumed from the checkpoint (whose training
+/* The model: resumed from the checkpoint (whose training
  * configuration wins over the file's), from --from, or new from the config. */
 static int open_model(run *r, int resuming, nesf_error *err)
 {
     const nesf_train_job *j = r->job;
-    int rc = nesf_backend_create(j->backend, j->threads, &r->be, err);
-    if (rc) return rc;
+    int rc;
+    r->be = j->be;
     say(r, "backend %s", r->be->device);
     nesf_train_config_paper(&r->tc);
     float lo[3], hi[3]; /* spec §2: the box of the atoms trained on */
@@ -448,7 +447,6 @@ static void run_free(run *r)
     if (r->have_vq) nesf_queries_free(&r->vq);
     nesf_trainer_free(r->tr);
     if (r->m) nesf_model_free(r->m);
-    if (r->be) nesf_backend_free(r->be);
     nesf_dataset_free(&r->train);
     nesf_dataset_free(&r->val);
 }
@@ -458,7 +456,7 @@ int nesf_train_run(const nesf_train_job *job, const nesf_train_hooks *hooks, nes
 {
     static const nesf_train_hooks none;
     run r = {.job = job, .h = hooks ? hooks : &none};
-    if (!job->data || !job->out || !job->backend || (!job->config && !job->resume))
+    if (!job->data || !job->out || !job->be || (!job->config && !job->resume))
         return nesf_fail(err, NESF_ERR_INVALID, "a training job needs data, out, backend and config");
     if (job->val_every < 1)
         return nesf_fail(err, NESF_ERR_INVALID, "val_every must be at least 1, not %d", job->val_every);

@@ -18,6 +18,7 @@
 #include "train.h"
 
 static char dir[64], data[96], config[4096];
+static nesf_backend *be;
 
 /* Lines [from, to) of src into dst; 0 on success. */
 static int copy_lines(const char *src, const char *dst, int from, int to)
@@ -35,6 +36,7 @@ static int copy_lines(const char *src, const char *dst, int from, int to)
 static int setup(void **state)
 {
     (void)state;
+    if (nesf_backend_create("cpu", 1, &be, NULL)) return -1;
     const char *sh = getenv("NESF_SHARED"), *src = getenv("NESF_SOURCE_ROOT");
     char lcs6[4096], path[4096];
     snprintf(lcs6, sizeof lcs6, "%s/datasets/lcs6", sh ? sh : "../shared");
@@ -57,6 +59,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
+    nesf_backend_free(be);
     if (dir[0]) {
         char cmd[128];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -115,8 +118,7 @@ static void job_for(nesf_train_job *j, const char *out)
     j->config = config;
     j->data = data;
     j->out = out;
-    j->backend = "cpu";
-    j->threads = 1;
+    j->be = be;
 }
 
 static void test_hooks_and_snapshots(void **state)
@@ -189,6 +191,10 @@ static void test_bad_jobs(void **state)
     job_for(&j, NULL);
     assert_int_equal(nesf_train_run(&j, NULL, NULL, &err), NESF_ERR_INVALID);
     assert_non_null(strstr(err.msg, "out"));
+    job_for(&j, "/tmp/nesf-test-run-unused");
+    j.be = NULL;
+    assert_int_equal(nesf_train_run(&j, NULL, NULL, &err), NESF_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "backend"));
     if (!dir[0]) return;
     char out[128];
     snprintf(out, sizeof out, "%s/c", dir);

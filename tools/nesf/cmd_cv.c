@@ -72,8 +72,8 @@ static void print_row(const char *label, const nesf_metrics *m)
 
 /* What every fold shares. */
 typedef struct cv_args {
-    const char *data, *out, *folds, *options;
-    nesf_train_job job; /* config, from, epochs, minutes, backend */
+    const char *data, *out, *folds, *options, *backend;
+    nesf_train_job job; /* config, from, epochs, minutes and the backend */
 } cv_args;
 
 /* Links src/name at dst/name (absolute): nesf train wants meta.json beside
@@ -158,7 +158,7 @@ static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *poo
     snprintf(recon, sizeof recon, "%s/test-recon.jsonl", odir);
     snprintf(test, sizeof test, "%s/test.jsonl", fdir);
     fprintf(stderr, "nesf cv: fold %d: reconstructing the test split\n", k);
-    if (nesf_eval_reconstruct(best, test, recon, a->job.backend, a->options)) {
+    if (nesf_eval_reconstruct(best, test, recon, a->backend, a->options)) {
         fprintf(stderr, "nesf cv: fold %d: evaluation failed\n", k);
         return 1;
     }
@@ -167,12 +167,12 @@ static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *poo
 
 int nesf_cmd_cv(int argc, char **argv)
 {
-    cv_args a = {0};
+    cv_args a = {.backend = "auto"};
     nesf_train_job_default(&a.job);
     const cli_opt opts[] = {
         CLI_OPT_DATA(&a.data), CLI_OPT_OUT(&a.out), CLI_S("config", &a.job.config),
         CLI_I("epochs", &a.job.epochs, 0, 1 << 24), CLI_D("minutes", &a.job.minutes, 0, 1e9),
-        CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_OPT_BACKEND(&a.job.backend),
+        CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_OPT_BACKEND(&a.backend),
         CLI_S("from", &a.job.from), CLI_OPT_END};
     int rc = cli_parse("cv", argc, argv, opts, usage, NULL);
     if (rc >= 0) return rc;
@@ -188,18 +188,25 @@ int nesf_cmd_cv(int argc, char **argv)
         fprintf(stderr, "nesf cv: cannot create %s: %s\n", a.out, strerror(errno));
         return 1;
     }
+    nesf_error err = {0};
+    if (nesf_backend_create(a.backend, 0, &a.job.be, &err)) {
+        fprintf(stderr, "nesf cv: %s\n", err.msg);
+        return 1;
+    }
     nesf_metrics pooled;
     nesf_metrics_init(&pooled);
-    int nfolds = 0;
+    int nfolds = 0, status = 0;
     char fdir[4096];
-    for (int k = 0; k < 1000; k++) {
+    for (int k = 0; k < 1000 && !status; k++) {
         snprintf(fdir, sizeof fdir, "%s/fold%d", a.data, k);
         struct stat sb;
         if (stat(fdir, &sb)) break;
         if (!fold_wanted(a.folds, k)) continue;
-        if (run_fold(&a, k, fdir, &pooled)) return 1;
-        nfolds++;
+        status = run_fold(&a, k, fdir, &pooled);
+        nfolds += !status;
     }
+    nesf_backend_free(a.job.be);
+    if (status) return status;
     if (!nfolds) {
         fprintf(stderr, "nesf cv: no foldK folders under %s\n", a.data);
         return 1;

@@ -108,11 +108,12 @@ int nesf_cmd_train(int argc, char **argv)
 {
     nesf_train_job j;
     nesf_train_job_default(&j);
-    int quiet = 0;
+    const char *backend = "auto";
+    int quiet = 0, threads = 0;
     const cli_opt opts[] = {
         CLI_S("config", &j.config), CLI_OPT_DATA(&j.data), CLI_OPT_OUT(&j.out),
         CLI_I("epochs", &j.epochs, 0, 1 << 24), CLI_D("minutes", &j.minutes, 0, 1e9),
-        CLI_F("resume", &j.resume), CLI_OPT_BACKEND(&j.backend), CLI_OPT_THREADS(&j.threads),
+        CLI_F("resume", &j.resume), CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads),
         CLI_D("checkpoint-minutes", &j.checkpoint_minutes, 0, 1e9),
         CLI_I("val-every", &j.val_every, 1, 1 << 24), CLI_I("val-limit", &j.val_limit, 0, INT_MAX),
         CLI_F("quiet", &quiet), CLI_L("max-steps", &j.max_steps, 0, 9e18),
@@ -124,5 +125,12 @@ int nesf_cmd_train(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    return nesf_train_job_cli(&j, quiet, NULL);
+    nesf_error err = {0};
+    if (nesf_backend_create(backend, threads, &j.be, &err)) {
+        fprintf(stderr, "nesf train: %s\n", err.msg);
+        return 1;
+    }
+    rc = nesf_train_job_cli(&j, quiet, NULL);
+    nesf_backend_free(j.be);
+    return rc;
 }
