@@ -93,13 +93,10 @@ const nesf_domain *nesf_model_domain(const nesf_model *m);
  * training set. */
 void nesf_model_set_domain(nesf_model *m, const nesf_domain *d);
 size_t nesf_model_param_count(const nesf_model *m);
-/* The network's MLPs (spec §3), for tools that report its shape (the FLOP
- * counts of nesf bench): MLP k, 0 <= k < NESF_NUM_MLPS, owned by the model
- * (mlp.h describes its layers); NULL for another k. */
+/* The network's MLPs (spec §3) by index; their FLOP counts for benchmarks
+ * are nesf_model_position_flops and nesf_trainer_step_flops. */
 enum { NESF_ENC_POS, NESF_ENC_SPECIES, NESF_ENC_MIX, NESF_ENC_HEAD, NESF_DEC_LENGTH,
        NESF_DEC_ANGLE, NESF_DEC_POSITION, NESF_DEC_SPECIES, NESF_NUM_MLPS };
-struct nesf_mlp;
-const struct nesf_mlp *nesf_model_mlp(const nesf_model *m, int k);
 /* Training configuration JSON stored with the weights ("" if none). */
 const char *nesf_model_train_config(const nesf_model *m);
 
@@ -124,6 +121,10 @@ int nesf_model_position_field(nesf_model *m, int S, const float *z_dev, const in
                               const float *xyz_dev, float *out_dev, nesf_error *err);
 int nesf_model_species_field(nesf_model *m, int S, const float *z_dev, const int *off,
                              const float *xyz_dev, float *out_dev, nesf_error *err);
+
+/* FLOPs of the position field per query: grouped = 0 dense-equivalent,
+ * 1 as executed (the latent part once per structure): for benchmarks. */
+double nesf_model_position_flops(const nesf_model *m, int grouped);
 
 /* Host-memory wrappers of the two fields (tests, small tools). */
 int nesf_model_position_field_host(nesf_model *m, int S, const float *z, const int *off,

@@ -3,8 +3,9 @@
  * the learning-rate schedule and checkpoints.
  *
  * A trainer borrows a model (which must outlive it) and owns gradients,
- * Adam moments and device copies of each batch.  The epoch loop itself
- * lives in the `nesf train` tool, built on these calls. */
+ * Adam moments and device copies of each batch.  nesf_train_run (below,
+ * train_run.c) is the whole job on these calls: data, model, the epoch
+ * loop, validation and the run folder's files. */
 #ifndef NESF_TRAIN_H
 #define NESF_TRAIN_H
 
@@ -48,6 +49,10 @@ static inline uint64_t nesf_seed_mix(uint64_t a, uint64_t b)
 }
 /* Reads the "training" part of a config file; absent keys keep values. */
 int nesf_train_config_load(const char *path, nesf_train_config *c, nesf_error *err);
+/* The same from the JSON text of a "training" object (as a checkpoint
+ * records it, nesf_train_config_to_json); errors are prefixed with where. */
+int nesf_train_config_parse(const char *json, const char *where, nesf_train_config *c,
+                            nesf_error *err);
 char *nesf_train_config_to_json(const nesf_train_config *c);
 /* Learning rate at a (0-based) epoch under the step schedule. */
 float nesf_train_lr(const nesf_train_config *c, int epoch);
@@ -85,6 +90,11 @@ int nesf_trainer_grad(nesf_trainer *t, const char *name, float *dst, nesf_error 
 /* Parameter values of a named tensor (host). */
 int nesf_trainer_param(nesf_trainer *t, const char *name, float *dst, nesf_error *err);
 long nesf_trainer_steps(const nesf_trainer *t);
+/* FLOPs of one training step as the code executes them (forward, and the
+ * backward's weight and input gradients; a grouped first layer does the
+ * latent part once per structure) on S structures of N atoms in all with
+ * l's query counts: for benchmarks. */
+double nesf_trainer_step_flops(const nesf_trainer *t, int N, int S, const nesf_losses *l);
 
 /* Training state beside the weights, for exact resumption. */
 typedef struct nesf_train_state {
@@ -103,5 +113,82 @@ typedef struct nesf_train_state {
 int nesf_trainer_save(nesf_trainer *t, const nesf_train_state *st, const char *path,
                       nesf_error *err);
 int nesf_trainer_load(nesf_trainer *t, nesf_train_state *st, const char *path, nesf_error *err);
+
+/* ---- the training job (nesf train, every fold of nesf cv) ----
+ *
+ * RUN/checkpoint.safetensors  weights + Adam + state, every few minutes,
+ *                             when stopped and at the end; resume continues it
+ * RUN/best.safetensors        best validation loss so far (a normal model)
+ * RUN/epoch-NNNN.safetensors  with snapshot_every: the weights after epoch NNNN
+ * RUN/log.jsonl               one JSON line per epoch
+ * Every file but the log is written temp-then-rename.  Every random draw
+ * derives from (seed, epoch, batch), so a resumed run reproduces an
+ * uninterrupted one bit for bit. */
+typedef struct nesf_train_job {
+    const char *config;          /* model + training config, unless resuming */
+    const char *data;            /* folder with meta.json, train.jsonl, val.jsonl */
+    const char *out;             /* run folder (created) */
+    const char *from;            /* NULL, or weights (or a checkpoint) to start from with
+                                    config's training settings and this data's box */
+    nesf_backend *be;            /* borrowed: trained on, outlives the call (its
+                                    parameters are the caller's to choose) */
+    int resume;                  /* continue out's checkpoint when there is one */
+    int epochs;                  /* epochs in total, < 0: the config's */
+    double minutes;              /* > 0: stop (checkpointed) after this long */
+    double checkpoint_minutes;   /* checkpoint interval */
+    int val_every;               /* validate every N epochs (and after the last) */
+    int val_limit;               /* > 0: validate on the first N val structures */
+    long max_steps;              /* >= 0: stop (checkpointed) after N steps of this call */
+    int snapshot_every;          /* > 0: keep epoch-NNNN.safetensors every N epochs */
+} nesf_train_job;
+
+/* The tool's defaults: paper config, config's epochs, no time or step
+ * limit, checkpoints every 5 minutes, validation every epoch on all of val,
+ * no snapshots; no backend (the caller's). */
+void nesf_train_job_default(nesf_train_job *j);
+
+typedef struct nesf_train_progress {
+    int epoch;                   /* 1-based */
+    int batch, batches;          /* batches done in this epoch, of */
+    double loss;                 /* this step's */
+    double wall;                 /* seconds since nesf_train_run started */
+    double structures_per_s, queries_per_s;
+} nesf_train_progress;
+
+typedef struct nesf_train_epoch {
+    int epoch;                   /* epochs completed */
+    long step;
+    float lr;
+    double train;                /* mean batch loss of the epoch */
+    int validated;               /* val holds this epoch's validation losses */
+    nesf_losses val;
+    const char *val_json;        /* the log's "val": the losses' JSON or "null" */
+    int best;                    /* a new best: best.safetensors was written */
+    double seconds;              /* training wall time so far */
+} nesf_train_epoch;
+
+enum { NESF_SAVED_CHECKPOINT, NESF_SAVED_BEST, NESF_SAVED_SNAPSHOT };
+
+/* What a caller hears of a run; every member may be NULL.  The strings
+ * passed are valid during the call only. */
+typedef struct nesf_train_hooks {
+    void *user;
+    void (*message)(void *user, const char *text);       /* setup notes, one line each */
+    void (*progress)(void *user, const nesf_train_progress *p);  /* after every step */
+    void (*epoch)(void *user, const nesf_train_epoch *e);        /* after every epoch */
+    void (*saved)(void *user, int kind, const char *path);       /* a file was written */
+    int (*stop)(void *user);     /* polled before every step: nonzero checkpoints and stops */
+} nesf_train_hooks;
+
+typedef struct nesf_train_result {
+    nesf_train_state state;      /* as checkpointed at the end */
+    int stopped;                 /* ended by hooks->stop */
+} nesf_train_result;
+
+/* Runs (or continues) a training job to its end, its time or step limit,
+ * or a stop from the hooks, checkpointing before it returns; res may be
+ * NULL.  Everything it opens it frees, on failure too. */
+int nesf_train_run(const nesf_train_job *job, const nesf_train_hooks *hooks, nesf_train_result *res,
+                   nesf_error *err);
 
 #endif

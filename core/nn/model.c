@@ -606,7 +606,6 @@ int nesf_model_latent_size(const nesf_model *m) { return m->cfg.latent; }
 int nesf_model_num_species(const nesf_model *m) { return m->A; }
 int nesf_model_species_z(const nesf_model *m, int cls) { return cls >= 0 && cls < m->A ? m->species_z[cls] : 0; }
 size_t nesf_model_param_count(const nesf_model *m) { return m->net.nparams; }
-const nesf_mlp *nesf_model_mlp(const nesf_model *m, int k) { return k >= 0 && k < NESF_NUM_MLPS ? &m->mlp[k] : NULL; }
 const nesf_domain *nesf_model_domain(const nesf_model *m) { return m->domain.structures > 0 ? &m->domain : NULL; }
 void nesf_model_set_domain(nesf_model *m, const nesf_domain *d) { m->domain = *d; }
 const char *nesf_model_train_config(const nesf_model *m) { return m->train_config ? m->train_config : ""; }
@@ -702,59 +701,80 @@ int nesf_enc_batch_build(const nesf_model *m, nesf_structure *const *s, int n, n
 
 #define TRY_ALLOC(p) do { if (!(p)) { rc = nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory"); goto out; } } while (0)
 
+int nesf_enc_upload(nesf_model *m, const nesf_enc_batch *hb, nesf_enc_graph *g, nesf_error *err)
+{
+    nesf_backend *be = m->net.be;
+    nesf_arena *ar = &m->net.arena;
+    const int N = hb->N, n = hb->S;
+    memset(g, 0, sizeof *g);
+    g->S = n;
+    g->N = N;
+    g->xyz = nesf_arena_floats(ar, (size_t)N * 3);
+    g->onehot = nesf_arena_floats(ar, (size_t)N * m->A);
+    g->latf = nesf_arena_floats(ar, (size_t)n * 6);
+    g->off = nesf_arena_alloc(ar, (size_t)(n + 1) * sizeof(int));
+    if (!g->xyz || !g->onehot || !g->latf || !g->off) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
+    int rc;
+    if ((rc = be->ops->upload(be, g->xyz, hb->xyz, (size_t)N * 3 * sizeof(float))) ||
+        (rc = be->ops->upload(be, g->onehot, hb->onehot, (size_t)N * m->A * sizeof(float))) ||
+        (rc = be->ops->upload(be, g->latf, hb->latf, (size_t)n * 6 * sizeof(float))) ||
+        (rc = be->ops->upload(be, g->off, hb->off, (size_t)(n + 1) * sizeof(int))))
+        return nesf_fail(err, rc, "backend failure uploading the encoder's inputs");
+    return NESF_OK;
+}
+
+/* MLP k of the encoder (model MLP `which`) on in, in g's mode; its output,
+ * NULL when the arena is out of memory. */
+static float *enc_mlp(nesf_model *m, int which, int k, nesf_mlp_in in, uint64_t seed, nesf_enc_graph *g)
+{
+    g->in[k] = in;
+    if (!g->train) return nesf_mlp_forward_infer(&m->net, &m->mlp[which], &g->in[k]);
+    return nesf_mlp_forward_train(&m->net, &m->mlp[which], &g->in[k], seed, &g->acts[k]) ? NULL : g->acts[k].out;
+}
+
+int nesf_enc_forward(nesf_model *m, nesf_enc_graph *g, int train, uint64_t dropout_seed, nesf_error *err)
+{
+    nesf_backend *be = m->net.be;
+    nesf_arena *ar = &m->net.arena;
+    const nesf_model_config *c = &m->cfg;
+    const int N = g->N, n = g->S, mixw = c->enc_pos_out + c->enc_species_out, headw = c->enc_mix_out + 6;
+    g->train = train;
+    float *hp = enc_mlp(m, NESF_ENC_POS, NESF_ENC_GRAPH_POS, (nesf_mlp_in){.rows = N, .x = g->xyz, .ldx = 3}, 0, g);
+    float *hs = hp ? enc_mlp(m, NESF_ENC_SPECIES, NESF_ENC_GRAPH_SPECIES,
+                             (nesf_mlp_in){.rows = N, .x = g->onehot, .ldx = m->A}, 0, g) : NULL;
+    g->mixin = hs ? nesf_arena_floats(ar, (size_t)N * mixw) : NULL;
+    if (!g->mixin) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
+    be->ops->copy2d(be, N, c->enc_pos_out, hp, c->enc_pos_out, g->mixin, mixw);
+    be->ops->copy2d(be, N, c->enc_species_out, hs, c->enc_species_out, g->mixin + c->enc_pos_out, mixw);
+    float *hm = enc_mlp(m, NESF_ENC_MIX, NESF_ENC_GRAPH_MIX, (nesf_mlp_in){.rows = N, .x = g->mixin, .ldx = mixw}, 0, g);
+    g->pooled = hm ? nesf_arena_floats(ar, (size_t)n * c->enc_mix_out) : NULL;
+    g->arg = g->pooled ? nesf_arena_alloc(ar, (size_t)n * c->enc_mix_out * sizeof(int)) : NULL;
+    g->head = g->arg ? nesf_arena_floats(ar, (size_t)n * headw) : NULL;
+    if (!g->head) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
+    be->ops->group_max(be, n, g->off, c->enc_mix_out, hm, c->enc_mix_out, g->pooled, g->arg);
+    be->ops->copy2d(be, n, c->enc_mix_out, g->pooled, c->enc_mix_out, g->head, headw);
+    be->ops->copy2d(be, n, 6, g->latf, 6, g->head + c->enc_mix_out, headw);
+    g->z = enc_mlp(m, NESF_ENC_HEAD, NESF_ENC_GRAPH_HEAD, (nesf_mlp_in){.rows = n, .x = g->head, .ldx = headw},
+                   dropout_seed, g);
+    return g->z ? NESF_OK : nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
+}
+
 int nesf_model_encode(nesf_model *m, nesf_structure *const *s, int n, float *z, nesf_error *err)
 {
     if (n <= 0) return NESF_OK;
     nesf_enc_batch hb;
     int rc = nesf_enc_batch_build(m, s, n, &hb, err);
     if (rc) return rc;
-    nesf_net *net = &m->net;
-    nesf_backend *be = net->be;
-    nesf_arena *ar = &net->arena;
-    const nesf_model_config *c = &m->cfg;
-    const int N = hb.N, mixw = c->enc_pos_out + c->enc_species_out, headw = c->enc_mix_out + 6;
-    nesf_arena_reset(ar);
-    float *xyz = nesf_arena_floats(ar, (size_t)N * 3), *oh = nesf_arena_floats(ar, (size_t)N * m->A);
-    float *latf = nesf_arena_floats(ar, (size_t)n * 6);
-    int *off = nesf_arena_alloc(ar, (size_t)(n + 1) * sizeof(int));
-    TRY_ALLOC(xyz && oh && latf && off);
-    if ((rc = be->ops->upload(be, xyz, hb.xyz, (size_t)N * 3 * sizeof(float))) ||
-        (rc = be->ops->upload(be, oh, hb.onehot, (size_t)N * m->A * sizeof(float))) ||
-        (rc = be->ops->upload(be, latf, hb.latf, (size_t)n * 6 * sizeof(float))) ||
-        (rc = be->ops->upload(be, off, hb.off, (size_t)(n + 1) * sizeof(int)))) {
-        nesf_fail(err, rc, "backend failure uploading the encoder's inputs");
-        goto out;
-    }
-
-    nesf_mlp_in in = {.rows = N, .x = xyz, .ldx = 3};
-    float *hp = nesf_mlp_forward_infer(net, &m->mlp[NESF_ENC_POS], &in);
-    in = (nesf_mlp_in){.rows = N, .x = oh, .ldx = m->A};
-    float *hs = nesf_mlp_forward_infer(net, &m->mlp[NESF_ENC_SPECIES], &in);
-    float *mix = nesf_arena_floats(ar, (size_t)N * mixw);
-    TRY_ALLOC(hp && hs && mix);
-    be->ops->copy2d(be, N, c->enc_pos_out, hp, c->enc_pos_out, mix, mixw);
-    be->ops->copy2d(be, N, c->enc_species_out, hs, c->enc_species_out, mix + c->enc_pos_out, mixw);
-    in = (nesf_mlp_in){.rows = N, .x = mix, .ldx = mixw};
-    float *hm = nesf_mlp_forward_infer(net, &m->mlp[NESF_ENC_MIX], &in);
-    float *head = nesf_arena_floats(ar, (size_t)n * headw);
-    int *arg = nesf_arena_alloc(ar, (size_t)n * c->enc_mix_out * sizeof(int));
-    TRY_ALLOC(hm && head && arg);
-    be->ops->group_max(be, n, off, c->enc_mix_out, hm, c->enc_mix_out, head, arg);
-    /* group_max wrote rows of width mix_out: spread them to the head's stride */
-    float *pooled = nesf_arena_floats(ar, (size_t)n * c->enc_mix_out);
-    TRY_ALLOC(pooled);
-    be->ops->copy(be, pooled, head, (size_t)n * c->enc_mix_out * sizeof(float));
-    be->ops->copy2d(be, n, c->enc_mix_out, pooled, c->enc_mix_out, head, headw);
-    be->ops->copy2d(be, n, 6, latf, 6, head + c->enc_mix_out, headw);
-    in = (nesf_mlp_in){.rows = n, .x = head, .ldx = headw};
-    float *zd = nesf_mlp_forward_infer(net, &m->mlp[NESF_ENC_HEAD], &in);
-    TRY_ALLOC(zd);
-    rc = be->ops->download(be, z, zd, (size_t)n * c->latent * sizeof(float));
-    if (!rc) rc = be->ops->sync(be);
-    if (rc) nesf_fail(err, rc, "backend failure during encode");
-out:
+    nesf_backend *be = m->net.be;
+    nesf_enc_graph g;
+    if ((rc = nesf_arena_reset(&m->net.arena))) nesf_fail(err, rc, "backend failure resetting its scratch memory");
+    if (!rc) rc = nesf_enc_upload(m, &hb, &g, err);
+    if (!rc) rc = nesf_enc_forward(m, &g, 0, 0, err);
     nesf_enc_batch_free(&hb);
-    return rc;
+    if (rc) return rc;
+    rc = be->ops->download(be, z, g.z, (size_t)n * m->cfg.latent * sizeof(float));
+    if (!rc) rc = be->ops->sync(be);
+    return rc ? nesf_fail(err, rc, "backend failure during encode") : NESF_OK;
 }
 
 int nesf_model_lattice(nesf_model *m, int n, const float *z, float *lengths, float *angles,
@@ -767,7 +787,7 @@ int nesf_model_lattice(nesf_model *m, int n, const float *z, float *lengths, flo
     int rc = NESF_OK;
     for (size_t i = 0; i < (size_t)n * m->cfg.latent; i++)
         if (!isfinite(z[i])) return nesf_fail(err, NESF_ERR_INVALID, "latent %zu has a non-finite value", i / m->cfg.latent + 1);
-    nesf_arena_reset(ar);
+    if ((rc = nesf_arena_reset(ar))) return nesf_fail(err, rc, "backend failure resetting its scratch memory");
     float *zd = nesf_arena_floats(ar, (size_t)n * m->cfg.latent);
     TRY_ALLOC(zd);
     if ((rc = be->ops->upload(be, zd, z, (size_t)n * m->cfg.latent * sizeof(float))))
@@ -823,16 +843,20 @@ static int eval_field(nesf_model *m, int which, int S, const float *z_dev, const
             zrow[np++] = t;
         }
         loff[np] = r1 - r0;
-        nesf_arena_reset(ar);
+        if ((rc = nesf_arena_reset(ar))) {
+            nesf_fail(err, rc, "backend failure resetting its scratch memory");
+            break;
+        }
         float *zc = nesf_arena_floats(ar, (size_t)np * L);
         int *offd = nesf_arena_alloc(ar, (size_t)(np + 1) * sizeof(int));
         if (!zc || !offd) {
             rc = nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
             break;
         }
-        for (int p = 0; p < np; p++) be->ops->copy(be, zc + (size_t)p * L, z_dev + (size_t)zrow[p] * L, L * sizeof(float));
-        if ((rc = be->ops->upload(be, offd, loff, (size_t)(np + 1) * sizeof(int)))) {
-            nesf_fail(err, rc, "backend failure uploading chunk offsets");
+        for (int p = 0; !rc && p < np; p++)
+            rc = be->ops->copy(be, zc + (size_t)p * L, z_dev + (size_t)zrow[p] * L, L * sizeof(float));
+        if (rc || (rc = be->ops->upload(be, offd, loff, (size_t)(np + 1) * sizeof(int)))) {
+            nesf_fail(err, rc, "backend failure staging a field chunk's latents and offsets");
             break;
         }
         nesf_mlp_in in = {.rows = r1 - r0, .S = np, .off = offd, .z = zc, .ldz = L, .xyz = xyz_dev + (size_t)r0 * 3};
@@ -841,13 +865,21 @@ static int eval_field(nesf_model *m, int which, int S, const float *z_dev, const
             rc = nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
             break;
         }
-        be->ops->copy(be, out_dev + (size_t)r0 * outw, o, (size_t)(r1 - r0) * outw * sizeof(float));
+        if ((rc = be->ops->copy(be, out_dev + (size_t)r0 * outw, o, (size_t)(r1 - r0) * outw * sizeof(float)))) {
+            nesf_fail(err, rc, "backend failure copying a field chunk's values");
+            break;
+        }
         r0 = r1;
     }
     free(loff);
     free(zrow);
     if (!rc && (rc = be->ops->sync(be))) nesf_fail(err, rc, "backend failure evaluating a field");
     return rc;
+}
+
+double nesf_model_position_flops(const nesf_model *m, int grouped)
+{
+    return (double)nesf_mlp_flops_per_row(&m->mlp[NESF_DEC_POSITION], grouped);
 }
 
 int nesf_model_position_field(nesf_model *m, int S, const float *z_dev, const int *off,

@@ -91,6 +91,18 @@ int nesf_train_config_load(const char *path, nesf_train_config *c, nesf_error *e
     return rc;
 }
 
+int nesf_train_config_parse(const char *json, const char *where, nesf_train_config *c,
+                            nesf_error *err)
+{
+    json_error_t je;
+    json_t *o = json_loads(json, 0, &je);
+    int rc = o ? nesf_jconf_read(training_rows, c, o, "training", NULL, err)
+               : nesf_fail(err, NESF_ERR_PARSE, "%d: %s", je.line, je.text);
+    if (rc) nesf_error_prefix(err, "%s: ", where);
+    json_decref(o);
+    return rc;
+}
+
 char *nesf_train_config_to_json(const nesf_train_config *c)
 {
     const nesf_sampling *s = &c->sampling;
@@ -152,6 +164,28 @@ void nesf_trainer_free(nesf_trainer *t)
 
 long nesf_trainer_steps(const nesf_trainer *t) { return t->t; }
 
+double nesf_trainer_step_flops(const nesf_trainer *t, int N, int S, const nesf_losses *l)
+{
+    double f = 0;
+    for (int k = 0; k < NESF_NUM_MLPS; k++) {
+        const nesf_mlp *p = &t->m->mlp[k];
+        const int grouped = k == NESF_DEC_POSITION || k == NESF_DEC_SPECIES;
+        const int dx0 = k == NESF_ENC_MIX || k == NESF_ENC_HEAD || k == NESF_DEC_LENGTH || k == NESF_DEC_ANGLE;
+        const double R = k == NESF_DEC_POSITION ? (double)l->pos_queries
+                       : k == NESF_DEC_SPECIES  ? (double)l->spec_queries
+                       : k <= NESF_ENC_MIX      ? N : S;
+        for (int i = 0; i < p->n; i++) {
+            const nesf_layer *L = &p->L[i];
+            const double feat = L->in - L->extra, o = L->out;
+            if (i == 0 && grouped)
+                f += 2 * (2 * R * L->extra * o + 3 * S * feat * o);
+            else
+                f += 2 * (2 * R * L->in * o + (i > 0 || dx0 ? R * feat * o : 0));
+        }
+    }
+    return f;
+}
+
 int nesf_trainer_sample(nesf_trainer *t, nesf_structure *const *s, int n, uint64_t seed,
                         nesf_queries *q, nesf_error *err)
 {
@@ -194,6 +228,56 @@ static void *up(nesf_arena *ar, const void *src, size_t bytes, int *fail)
     return d;
 }
 
+/* The encoder's backward from dz (S x latent, consumed): the head, the max
+ * pooling, the mix and the two atom MLPs, gradients accumulated into the
+ * net's.  The scratch gradients come zeroed. */
+static int enc_backward(nesf_model *m, const nesf_enc_graph *g, float *dz, float *dhead, float *dpool, float *dmix,
+                        float *dmixin)
+{
+    nesf_net *net = &m->net;
+    nesf_backend *be = net->be;
+    const nesf_model_config *c = &m->cfg;
+    const nesf_mlp *mlp = m->mlp;
+    const int n = g->S, L = c->latent, mixw = c->enc_pos_out + c->enc_species_out, headw = c->enc_mix_out + 6;
+    const nesf_mlp_in *in = g->in;
+    const nesf_mlp_acts *a = g->acts;
+    int rc = nesf_mlp_backward(net, &mlp[NESF_ENC_HEAD], &in[NESF_ENC_GRAPH_HEAD], &a[NESF_ENC_GRAPH_HEAD], dz, L,
+                               dhead, headw, NULL, 0);
+    if (rc) return rc;
+    be->ops->copy2d(be, n, c->enc_mix_out, dhead, headw, dpool, c->enc_mix_out);
+    be->ops->group_max_backward(be, n, c->enc_mix_out, dpool, g->arg, dmix, c->enc_mix_out);
+    rc = nesf_mlp_backward(net, &mlp[NESF_ENC_MIX], &in[NESF_ENC_GRAPH_MIX], &a[NESF_ENC_GRAPH_MIX], dmix,
+                           c->enc_mix_out, dmixin, mixw, NULL, 0);
+    if (!rc)
+        rc = nesf_mlp_backward(net, &mlp[NESF_ENC_POS], &in[NESF_ENC_GRAPH_POS], &a[NESF_ENC_GRAPH_POS], dmixin, mixw,
+                               NULL, 0, NULL, 0);
+    if (!rc)
+        rc = nesf_mlp_backward(net, &mlp[NESF_ENC_SPECIES], &in[NESF_ENC_GRAPH_SPECIES], &a[NESF_ENC_GRAPH_SPECIES],
+                               dmixin + c->enc_pos_out, mixw, NULL, 0, NULL, 0);
+    return rc;
+}
+
+/* The four losses on the decoders' outputs; each writes the gradient of
+ * its weighted term in place. */
+static nesf_losses losses(nesf_trainer *t, const nesf_enc_graph *g, const nesf_mlp_acts *a_len,
+                          const nesf_mlp_acts *a_ang, const nesf_mlp_acts *a_fp, const nesf_mlp_acts *a_fs,
+                          const float *ptgt, const int *slbl, float *tl, float *ta, int P, int Q)
+{
+    nesf_backend *be = t->m->net.be;
+    const int n = g->S, A = t->m->A;
+    be->ops->copy2d(be, n, 3, g->latf, 6, tl, 3);
+    be->ops->copy2d(be, n, 3, g->latf + 3, 6, ta, 3);
+    nesf_losses lo = {0};
+    lo.pos = be->ops->mse(be, (size_t)P * 3, a_fp->out, ptgt, t->c.w_pos, a_fp->out);
+    lo.spec = be->ops->cross_entropy(be, Q, A, a_fs->out, slbl, t->c.w_spec, a_fs->out);
+    lo.len = be->ops->mse(be, (size_t)n * 3, a_len->out, tl, t->c.w_len, a_len->out);
+    lo.ang = be->ops->mse(be, (size_t)n * 3, a_ang->out, ta, t->c.w_ang, a_ang->out);
+    lo.total = t->c.w_pos * lo.pos + t->c.w_spec * lo.spec + t->c.w_len * lo.len + t->c.w_ang * lo.ang;
+    lo.pos_queries = P;
+    lo.spec_queries = Q;
+    return lo;
+}
+
 int nesf_trainer_forward_backward(nesf_trainer *t, nesf_structure *const *s, int n,
                                   const nesf_queries *q, uint64_t dropout_seed,
                                   nesf_losses *out, nesf_error *err)
@@ -207,52 +291,30 @@ int nesf_trainer_forward_backward(nesf_trainer *t, nesf_structure *const *s, int
     const int mixw = c->enc_pos_out + c->enc_species_out, headw = c->enc_mix_out + 6;
     nesf_mlp *mlp = m->mlp;
     nesf_enc_batch hb;
+    nesf_enc_graph g;
     int rc = nesf_enc_batch_build(m, s, n, &hb, err);
     if (rc) return rc;
     const int N = hb.N, P = q->pos_off[n], Q = q->spec_off[n];
+    if ((rc = nesf_arena_reset(ar)) || (rc = nesf_enc_upload(m, &hb, &g, err))) {
+        nesf_enc_batch_free(&hb);
+        return rc;
+    }
+    nesf_enc_batch_free(&hb);
+    /* the queries */
     int fail = 0;
-    if (nesf_arena_reset(ar)) fail = 1;
-
-    /* inputs */
-    float *axyz = up(ar, hb.xyz, (size_t)N * 3 * sizeof(float), &fail);
-    float *oh = up(ar, hb.onehot, (size_t)N * A * sizeof(float), &fail);
-    float *latf = up(ar, hb.latf, (size_t)n * 6 * sizeof(float), &fail);
-    int *aoff = up(ar, hb.off, (size_t)(n + 1) * sizeof(int), &fail);
     float *pxyz = up(ar, q->pos_xyz, (size_t)P * 3 * sizeof(float), &fail);
     float *ptgt = up(ar, q->pos_tgt, (size_t)P * 3 * sizeof(float), &fail);
     int *poff = up(ar, q->pos_off, (size_t)(n + 1) * sizeof(int), &fail);
     float *sxyz = up(ar, q->spec_xyz, (size_t)Q * 3 * sizeof(float), &fail);
     int *slbl = up(ar, q->spec_lbl, (size_t)Q * sizeof(int), &fail);
     int *soff = up(ar, q->spec_off, (size_t)(n + 1) * sizeof(int), &fail);
-    nesf_enc_batch_free(&hb);
     if (fail == 2) return nesf_fail(err, NESF_ERR_BACKEND, "backend failure uploading a batch");
     if (fail) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
-
-    /* encoder */
-    nesf_mlp_acts a_pos, a_spc, a_mix, a_head, a_len, a_ang, a_fp, a_fs;
-    nesf_mlp_in in_pos = {.rows = N, .x = axyz, .ldx = 3};
-    nesf_mlp_in in_spc = {.rows = N, .x = oh, .ldx = A};
-    rc = nesf_mlp_forward_train(net, &mlp[NESF_ENC_POS], &in_pos, 0, &a_pos);
-    if (!rc) rc = nesf_mlp_forward_train(net, &mlp[NESF_ENC_SPECIES], &in_spc, 0, &a_spc);
-    float *mixin = nesf_arena_floats(ar, (size_t)N * mixw);
-    if (rc || !mixin) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
-    be->ops->copy2d(be, N, c->enc_pos_out, a_pos.out, c->enc_pos_out, mixin, mixw);
-    be->ops->copy2d(be, N, c->enc_species_out, a_spc.out, c->enc_species_out, mixin + c->enc_pos_out, mixw);
-    nesf_mlp_in in_mix = {.rows = N, .x = mixin, .ldx = mixw};
-    rc = nesf_mlp_forward_train(net, &mlp[NESF_ENC_MIX], &in_mix, 0, &a_mix);
-    float *pooled = nesf_arena_floats(ar, (size_t)n * c->enc_mix_out);
-    int *arg = nesf_arena_alloc(ar, (size_t)n * c->enc_mix_out * sizeof(int));
-    float *head = nesf_arena_floats(ar, (size_t)n * headw);
-    if (rc || !pooled || !arg || !head) return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
-    be->ops->group_max(be, n, aoff, c->enc_mix_out, a_mix.out, c->enc_mix_out, pooled, arg);
-    be->ops->copy2d(be, n, c->enc_mix_out, pooled, c->enc_mix_out, head, headw);
-    be->ops->copy2d(be, n, 6, latf, 6, head + c->enc_mix_out, headw);
-    nesf_mlp_in in_head = {.rows = n, .x = head, .ldx = headw};
-    rc = nesf_mlp_forward_train(net, &mlp[NESF_ENC_HEAD], &in_head, dropout_seed, &a_head);
-    if (rc) return nesf_fail(err, rc, "out of backend memory");
-    float *z = a_head.out;
+    if ((rc = nesf_enc_forward(m, &g, 1, dropout_seed, err))) return rc;
+    float *z = g.z;
 
     /* decoders */
+    nesf_mlp_acts a_len, a_ang, a_fp, a_fs;
     nesf_mlp_in in_lat = {.rows = n, .x = z, .ldx = L};
     nesf_mlp_in in_fp = {.rows = P, .S = n, .off = poff, .z = z, .ldz = L, .xyz = pxyz};
     nesf_mlp_in in_fs = {.rows = Q, .S = n, .off = soff, .z = z, .ldz = L, .xyz = sxyz};
@@ -267,18 +329,7 @@ int nesf_trainer_forward_backward(nesf_trainer *t, nesf_structure *const *s, int
     float *dmixin = nesf_arena_floats(ar, (size_t)N * mixw);
     if (rc || !tl || !ta || !dz || !dhead || !dpool || !dmix || !dmixin)
         return nesf_fail(err, NESF_ERR_NOMEM, "out of backend memory");
-
-    /* losses: each writes the gradient of its weighted term in place */
-    be->ops->copy2d(be, n, 3, latf, 6, tl, 3);
-    be->ops->copy2d(be, n, 3, latf + 3, 6, ta, 3);
-    nesf_losses lo = {0};
-    lo.pos = be->ops->mse(be, (size_t)P * 3, a_fp.out, ptgt, t->c.w_pos, a_fp.out);
-    lo.spec = be->ops->cross_entropy(be, Q, A, a_fs.out, slbl, t->c.w_spec, a_fs.out);
-    lo.len = be->ops->mse(be, (size_t)n * 3, a_len.out, tl, t->c.w_len, a_len.out);
-    lo.ang = be->ops->mse(be, (size_t)n * 3, a_ang.out, ta, t->c.w_ang, a_ang.out);
-    lo.total = t->c.w_pos * lo.pos + t->c.w_spec * lo.spec + t->c.w_len * lo.len + t->c.w_ang * lo.ang;
-    lo.pos_queries = P;
-    lo.spec_queries = Q;
+    nesf_losses lo = losses(t, &g, &a_len, &a_ang, &a_fp, &a_fs, ptgt, slbl, tl, ta, P, Q);
 
     /* backward */
     be->ops->fill(be, net->grads, net->nparams, 0);
@@ -290,14 +341,7 @@ int nesf_trainer_forward_backward(nesf_trainer *t, nesf_structure *const *s, int
     if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_DEC_SPECIES], &in_fs, &a_fs, a_fs.out, A, NULL, 0, dz, L);
     if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_DEC_LENGTH], &in_lat, &a_len, a_len.out, 3, dz, L, NULL, 0);
     if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_DEC_ANGLE], &in_lat, &a_ang, a_ang.out, 3, dz, L, NULL, 0);
-    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_ENC_HEAD], &in_head, &a_head, dz, L, dhead, headw, NULL, 0);
-    if (!rc) {
-        be->ops->copy2d(be, n, c->enc_mix_out, dhead, headw, dpool, c->enc_mix_out);
-        be->ops->group_max_backward(be, n, c->enc_mix_out, dpool, arg, dmix, c->enc_mix_out);
-        rc = nesf_mlp_backward(net, &mlp[NESF_ENC_MIX], &in_mix, &a_mix, dmix, c->enc_mix_out, dmixin, mixw, NULL, 0);
-    }
-    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_ENC_POS], &in_pos, &a_pos, dmixin, mixw, NULL, 0, NULL, 0);
-    if (!rc) rc = nesf_mlp_backward(net, &mlp[NESF_ENC_SPECIES], &in_spc, &a_spc, dmixin + c->enc_pos_out, mixw, NULL, 0, NULL, 0);
+    if (!rc) rc = enc_backward(m, &g, dz, dhead, dpool, dmix, dmixin);
     if (rc) return nesf_fail(err, rc, "out of backend memory in backward");
     if ((rc = be->ops->sync(be))) return nesf_fail(err, rc, "backend failure in the training step");
     if (!isfinite(lo.total)) return nesf_fail(err, NESF_ERR_INVALID, "training loss is not finite");

@@ -2,12 +2,12 @@
  * latents decoded in one batched call, next to the baseline of one call
  * per latent, and the exact field (the algorithm without the network), all
  * in the same run; the batched and one-by-one results are compared. */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
 #include "latent_cli.h"
@@ -36,33 +36,39 @@ static double max_shift(nesf_structure *const *a, nesf_structure *const *b, int 
     return worst;
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: nesf bench decode --model M --data FILE.jsonl [--n N (16)]\n"
+               "                         [--options JSON] [--backend KIND] [--threads N]\n");
+}
+
+/* The timings, side by side. */
+static void report(const char *data, int n, long G, const nesf_decode_opts *o, const nesf_backend *be,
+                   const nesf_decode_stats *st, double tb, double ts, double tt, int cdiff, double shift)
+{
+    printf("nesf bench decode: %d latents of %s, %ld particles x %d iterations each\n", n, data, G, o->iterations);
+    printf("backend: %s\n", be->device);
+    printf("  %-34s %9.3f s  %9.1f ms/structure\n", "batched (one nesf_decode call)", tb, 1e3 * tb / n);
+    printf("  %-34s %9.3f s  %9.1f ms/structure  (baseline)\n", "one nesf_decode call per latent", ts,
+           1e3 * ts / n);
+    printf("  %-34s %9.2fx\n", "speedup of batching", ts / tb);
+    printf("  %-34s %9.3f s  %9.1f ms/structure\n", "exact field (algorithm only)", tt, 1e3 * tt / n);
+    printf("  batched: flow %.3f s, NMS %.3f s, species %.3f s; %.3g field evaluations/s\n", st->ms_flow / 1e3,
+           st->ms_nms / 1e3, st->ms_species / 1e3, st->field_evals / (st->ms / 1e3));
+    printf("  batched vs one-by-one: %d structures differ in atom count, largest position "
+           "difference %.2e Å\n", cdiff, shift);
+}
+
 int nesf_bench_decode(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
-        {"n", required_argument, 0, 'n'},     {"options", required_argument, 0, 'O'},
-        {"backend", required_argument, 0, 'k'}, {"threads", required_argument, 0, 't'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *model = NULL, *data = NULL, *options = NULL, *backend = NULL;
-    int n = 16, threads = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 'd': data = optarg; break;
-        case 'n': n = atoi(optarg); break;
-        case 'O': options = optarg; break;
-        case 'k': backend = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 'h':
-        default:
-            fprintf(c == 'h' ? stdout : stderr,
-                    "usage: nesf bench decode --model M --data FILE.jsonl [--n N (16)]\n"
-                    "                         [--options JSON] [--backend KIND] [--threads N]\n");
-            return c == 'h' ? 0 : 2;
-        }
-    }
-    if (!model || !data || n < 1) {
+    int n = 16, threads = 0;
+    const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_OPT_DATA(&data), CLI_I("n", &n, 1, INT_MAX),
+                            CLI_OPT_OPTIONS(&options), CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads),
+                            CLI_OPT_END};
+    int prc = cli_parse("bench decode", argc, argv, opts, usage, NULL);
+    if (prc >= 0) return prc;
+    if (!model || !data) {
         fprintf(stderr, "nesf bench decode: --model and --data are required\n");
         return 2;
     }
@@ -130,20 +136,7 @@ int nesf_bench_decode(int argc, char **argv)
     int cdiff;
     double shift = max_shift(batched, single, n, &cdiff);
 
-    printf("nesf bench decode: %d latents of %s, %ld particles x %d iterations each\n", n, data,
-           G, o.iterations);
-    printf("backend: %s\n", be->device);
-    printf("  %-34s %9.3f s  %9.1f ms/structure\n", "batched (one nesf_decode call)", tb,
-           1e3 * tb / n);
-    printf("  %-34s %9.3f s  %9.1f ms/structure  (baseline)\n", "one nesf_decode call per latent",
-           ts, 1e3 * ts / n);
-    printf("  %-34s %9.2fx\n", "speedup of batching", ts / tb);
-    printf("  %-34s %9.3f s  %9.1f ms/structure\n", "exact field (algorithm only)", tt,
-           1e3 * tt / n);
-    printf("  batched: flow %.3f s, NMS %.3f s, species %.3f s; %.3g field evaluations/s\n",
-           st.ms_flow / 1e3, st.ms_nms / 1e3, st.ms_species / 1e3, st.field_evals / (st.ms / 1e3));
-    printf("  batched vs one-by-one: %d structures differ in atom count, largest position "
-           "difference %.2e Å\n", cdiff, shift);
+    report(data, n, G, &o, be, &st, tb, ts, tt, cdiff, shift);
     status = 0;
 done:
     nesf_structure_list_free(batched, batched ? n : 0);

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "clock.h"
+#include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
 #include "decode.h"
@@ -324,45 +325,45 @@ static void run_backend(bench *b, nesf_backend *be, const int *batches, int nb, 
     }
 }
 
+static void gpu_usage(FILE *f)
+{
+    fprintf(f, "usage: nesf bench gpu [--model FILE] [--batches 1,64,512] [--cpu-batches 1,8]\n"
+               "                      [--train-steps 20] [--cpu-train-steps 2] [--seconds 3]\n"
+               "                      [--math fp32,tf32,bf16] [--check 8]\n"
+               "CUDA next to CPU: field throughput and deviation, decodes/s at paper\n"
+               "settings, decodes identical to the CPU's (--check latents), training step\n"
+               "and epoch time on LCS6 (untrained paper model without --model).  The CUDA\n"
+               "part runs once per GEMM arithmetic in --math.\n");
+}
+
+/* The options into b; -1 to go on, else the exit status. */
+static int gpu_args(int argc, char **argv, bench *b)
+{
+    const char *batches = NULL, *cpu_batches = NULL, *math = NULL;
+    const cli_opt opts[] = {CLI_OPT_MODEL(&b->model_path), CLI_S("batches", &batches),
+                            CLI_S("cpu-batches", &cpu_batches), CLI_I("train-steps", &b->train_steps, 0, 1 << 20),
+                            CLI_I("cpu-train-steps", &b->cpu_train_steps, 0, 1 << 20),
+                            CLI_D("seconds", &b->min_seconds, 0, 1e6), CLI_I("check", &b->check_n, 0, 1 << 20),
+                            CLI_S("math", &math), CLI_OPT_END};
+    int rc = cli_parse("bench gpu", argc, argv, opts, gpu_usage, NULL);
+    if (rc >= 0) return rc;
+    if (batches) b->nbatch = parse_list(batches, b->batches, 8);
+    if (cpu_batches) b->ncpu_batch = parse_list(cpu_batches, b->cpu_batches, 8);
+    if (b->nbatch < 0 || b->ncpu_batch < 0) {
+        fprintf(stderr, "nesf bench gpu: bad batch list %s\n", b->nbatch < 0 ? batches : cpu_batches);
+        return 2;
+    }
+    if (math) snprintf(b->math, sizeof b->math, "%s", math);
+    return -1;
+}
+
 int nesf_bench_gpu(int argc, char **argv)
 {
     bench b = {.batches = {1, 64, 512}, .nbatch = 3, .cpu_batches = {1, 8}, .ncpu_batch = 2,
                .train_steps = 20, .cpu_train_steps = 2, .min_seconds = 3.0, .check_n = 8,
                .math = "fp32,tf32,bf16"};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help")) {
-            printf("usage: nesf bench gpu [--model FILE] [--batches 1,64,512] [--cpu-batches 1,8]\n"
-                   "                      [--train-steps 20] [--cpu-train-steps 2] [--seconds 3]\n"
-                   "                      [--math fp32,tf32,bf16] [--check 8]\n"
-                   "CUDA next to CPU: field throughput and deviation, decodes/s at paper\n"
-                   "settings, decodes identical to the CPU's (--check latents), training step\n"
-                   "and epoch time on LCS6 (untrained paper model without --model).  The CUDA\n"
-                   "part runs once per GEMM arithmetic in --math.\n");
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, "nesf bench gpu: %s needs a value\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--model")) b.model_path = v;
-        else if (!strcmp(a, "--batches")) b.nbatch = parse_list(v, b.batches, 8);
-        else if (!strcmp(a, "--cpu-batches")) b.ncpu_batch = parse_list(v, b.cpu_batches, 8);
-        else if (!strcmp(a, "--train-steps")) b.train_steps = atoi(v);
-        else if (!strcmp(a, "--cpu-train-steps")) b.cpu_train_steps = atoi(v);
-        else if (!strcmp(a, "--seconds")) b.min_seconds = atof(v);
-        else if (!strcmp(a, "--check")) b.check_n = atoi(v) > 0 ? atoi(v) : 0;
-        else if (!strcmp(a, "--math")) snprintf(b.math, sizeof b.math, "%s", v);
-        else {
-            fprintf(stderr, "nesf bench gpu: unknown option %s\n", a);
-            return 2;
-        }
-        if (b.nbatch < 0 || b.ncpu_batch < 0) {
-            fprintf(stderr, "nesf bench gpu: bad batch list %s\n", v);
-            return 2;
-        }
-    }
+    int arc = gpu_args(argc, argv, &b);
+    if (arc >= 0) return arc;
     const char *sh = getenv("NESF_SHARED");
     char p[1024];
     nesf_error err = {0};

@@ -9,12 +9,12 @@
  * whose load changes during the run slows both alike.  --field truth
  * decodes the exact fields of the structures instead of the network's
  * (the algorithms alone). */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
 #include "latent_cli.h"
@@ -81,36 +81,56 @@ static int run_chunk(mode_run *r, nesf_model *m, nesf_backend *be, const char *f
     return rc;
 }
 
+/* The two modes' table and the verdict against the bar. */
+static void modes_report(const mode_run *run, int n, const char *data, const char *field, const char *model,
+                         const nesf_backend *be, int chunk)
+{
+    char *oj[2] = {nesf_decode_opts_to_json(&run[0].o), nesf_decode_opts_to_json(&run[1].o)};
+    printf("nesf bench decode-modes: %d structures of %s, %s field, %s\n", n, data, field, model);
+    printf("backend: %s; modes alternate in chunks of %d\n", be->device, chunk);
+    for (int r = 0; r < 2; r++) printf("%-5s options: %s\n", run[r].name, oj[r] ? oj[r] : "?");
+    free(oj[0]);
+    free(oj[1]);
+    printf("\n%-6s %12s %10s %9s %10s %7s %8s %8s %8s %8s %7s %7s %6s\n", "mode", "evals/struct",
+           "ms/struct", "particles", "steps", "atoms%", "posact", "posdet", "specact%",
+           "specdet%", "len", "ang", "failed");
+    nesf_metrics_summary sum[2];
+    for (int r = 0; r < 2; r++) {
+        nesf_metrics_summarize(&run[r].met, &sum[r]);
+        printf("%-6s %12.0f %10.1f %9.0f %10.1f %7.2f %8.4f %8.4f %8.2f %8.2f %7.4f %7.3f %6ld\n",
+               run[r].name, (double)run[r].st.field_evals / n, 1e3 * run[r].wall / n,
+               (double)run[r].st.particles / n, (double)run[r].st.steps / n, sum[r].count_err_pct,
+               sum[r].pos_act, sum[r].pos_det, sum[r].spec_act_pct, sum[r].spec_det_pct,
+               sum[r].len_mae, sum[r].ang_mae, run[r].failed);
+    }
+    const long fe = run[1].st.field_evals;
+    const double er = (double)run[0].st.field_evals / (double)(fe ? fe : 1);
+    const double wr = run[0].wall / (run[1].wall > 0 ? run[1].wall : 1e-9);
+    const double d_cnt = sum[1].count_err_pct - sum[0].count_err_pct;
+    const double d_sa = sum[1].spec_act_pct - sum[0].spec_act_pct;
+    const double d_sd = sum[1].spec_det_pct - sum[0].spec_det_pct;
+    const double d_pa = sum[1].pos_act - sum[0].pos_act, d_pd = sum[1].pos_det - sum[0].pos_det;
+    printf("\nfast vs paper: %.1fx fewer field evaluations, %.1fx less wall time; atom-count "
+           "error %+.2f points, species %+.2f / %+.2f points, position %+.4f / %+.4f Å\n",
+           er, wr, d_cnt, d_sa, d_sd, d_pa, d_pd);
+    const int bar = er >= 10 && wr >= 5 && d_cnt <= 0.5 && d_sa <= 0.5 && d_sd <= 0.5 &&
+                    d_pa <= 0.005 && d_pd <= 0.005;
+    printf("bar (>= 10x evaluations, >= 5x wall, <= +0.5 points, <= +0.005 Å): %s\n",
+           bar ? "met" : "NOT met");
+}
+
 int nesf_bench_decode_modes(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
-        {"limit", required_argument, 0, 'n'}, {"chunk", required_argument, 0, 'c'},
-        {"field", required_argument, 0, 'F'}, {"paper", required_argument, 0, 'P'},
-        {"fast", required_argument, 0, 'Q'},  {"backend", required_argument, 0, 'k'},
-        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
     const char *model = "models/lcs6.safetensors", *data = NULL, *field = "model";
     const char *paper_json = NULL, *fast_json = NULL, *backend = "auto";
-    int limit = 0, chunk = 8, threads = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 'd': data = optarg; break;
-        case 'n': limit = atoi(optarg); break;
-        case 'c': chunk = atoi(optarg); break;
-        case 'F': field = optarg; break;
-        case 'P': paper_json = optarg; break;
-        case 'Q': fast_json = optarg; break;
-        case 'k': backend = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind != argc || chunk < 1 || limit < 0 ||
-        (strcmp(field, "model") && strcmp(field, "truth"))) {
+    int limit = 0, chunk = 8, threads = 0;
+    const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_OPT_DATA(&data), CLI_OPT_LIMIT(&limit),
+                            CLI_I("chunk", &chunk, 1, INT_MAX), CLI_S("field", &field), CLI_S("paper", &paper_json),
+                            CLI_S("fast", &fast_json), CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads),
+                            CLI_OPT_END};
+    int prc = cli_parse("bench decode-modes", argc, argv, opts, usage, NULL);
+    if (prc >= 0) return prc;
+    if (strcmp(field, "model") && strcmp(field, "truth")) {
         usage(stderr);
         return 2;
     }
@@ -162,38 +182,7 @@ int nesf_bench_decode_modes(int argc, char **argv)
     }
     cli_progress_end(&prog);
 
-    char *oj[2] = {nesf_decode_opts_to_json(&run[0].o), nesf_decode_opts_to_json(&run[1].o)};
-    printf("nesf bench decode-modes: %d structures of %s, %s field, %s\n", n, data, field, model);
-    printf("backend: %s; modes alternate in chunks of %d\n", be->device, chunk);
-    for (int r = 0; r < 2; r++) printf("%-5s options: %s\n", run[r].name, oj[r] ? oj[r] : "?");
-    free(oj[0]);
-    free(oj[1]);
-    printf("\n%-6s %12s %10s %9s %10s %7s %8s %8s %8s %8s %7s %7s %6s\n", "mode", "evals/struct",
-           "ms/struct", "particles", "steps", "atoms%", "posact", "posdet", "specact%",
-           "specdet%", "len", "ang", "failed");
-    nesf_metrics_summary sum[2];
-    for (int r = 0; r < 2; r++) {
-        nesf_metrics_summarize(&run[r].met, &sum[r]);
-        printf("%-6s %12.0f %10.1f %9.0f %10.1f %7.2f %8.4f %8.4f %8.2f %8.2f %7.4f %7.3f %6ld\n",
-               run[r].name, (double)run[r].st.field_evals / n, 1e3 * run[r].wall / n,
-               (double)run[r].st.particles / n, (double)run[r].st.steps / n, sum[r].count_err_pct,
-               sum[r].pos_act, sum[r].pos_det, sum[r].spec_act_pct, sum[r].spec_det_pct,
-               sum[r].len_mae, sum[r].ang_mae, run[r].failed);
-    }
-    const long fe = run[1].st.field_evals;
-    const double er = (double)run[0].st.field_evals / (double)(fe ? fe : 1);
-    const double wr = run[0].wall / (run[1].wall > 0 ? run[1].wall : 1e-9);
-    const double d_cnt = sum[1].count_err_pct - sum[0].count_err_pct;
-    const double d_sa = sum[1].spec_act_pct - sum[0].spec_act_pct;
-    const double d_sd = sum[1].spec_det_pct - sum[0].spec_det_pct;
-    const double d_pa = sum[1].pos_act - sum[0].pos_act, d_pd = sum[1].pos_det - sum[0].pos_det;
-    printf("\nfast vs paper: %.1fx fewer field evaluations, %.1fx less wall time; atom-count "
-           "error %+.2f points, species %+.2f / %+.2f points, position %+.4f / %+.4f Å\n",
-           er, wr, d_cnt, d_sa, d_sd, d_pa, d_pd);
-    const int bar = er >= 10 && wr >= 5 && d_cnt <= 0.5 && d_sa <= 0.5 && d_sd <= 0.5 &&
-                    d_pa <= 0.005 && d_pd <= 0.005;
-    printf("bar (>= 10x evaluations, >= 5x wall, <= +0.5 points, <= +0.005 Å): %s\n",
-           bar ? "met" : "NOT met");
+    modes_report(run, n, data, field, model, be, chunk);
     status = 0;
 done:
     if (status) fprintf(stderr, "nesf bench decode-modes: %s\n", err.msg[0] ? err.msg : "failed");

@@ -2,7 +2,6 @@
  * (tests/bench/torch_*.py, Debian's python3-torch) run in the same
  * invocation, on the same cores, with the ratio.  --no-torch skips the
  * baseline. */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +13,9 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
-#include "mlp.h"
-#include "model.h"
 #include "train.h"
 
 typedef struct {
@@ -35,37 +33,27 @@ static void cpu_seconds(double *user, double *sys)
     *sys = u.ru_stime.tv_sec + u.ru_stime.tv_usec * 1e-6;
 }
 
+static const char *bench_what; /* "field" or "train", for usage */
+
+static void usage(FILE *f)
+{
+    const char *w = bench_what;
+    fprintf(f, "usage: nesf bench %s [--model M] [--shared DIR] [--source DIR] [--threads N]\n"
+               "       [--no-torch] [--steps N] [--batch N] [--min-time S]\n"
+               "Runs the C %s benchmark and tests/bench/torch_%s.py (under --source) with the same\n"
+               "threads (train: their timed steps alternate) and prints both and their ratio.\n", w, w, w);
+}
+
+/* The options into o; -1 to go on, else the exit status. */
 static int parse(int argc, char **argv, bench_opts *o, const char *what)
 {
     *o = (bench_opts){.shared = "../shared", .source = ".", .threads = 2, .steps = 3, .batch = 64, .min_time = 3};
-    static const struct option opts[] = {
-        {"shared", required_argument, 0, 's'}, {"source", required_argument, 0, 'S'},
-        {"model", required_argument, 0, 'm'}, {"threads", required_argument, 0, 't'},
-        {"no-torch", no_argument, 0, 'n'}, {"steps", required_argument, 0, 'k'},
-        {"batch", required_argument, 0, 'b'}, {"min-time", required_argument, 0, 'T'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (ch) {
-        case 's': o->shared = optarg; break;
-        case 'S': o->source = optarg; break;
-        case 'm': o->model = optarg; break;
-        case 't': o->threads = atoi(optarg); break;
-        case 'n': o->no_torch = 1; break;
-        case 'k': o->steps = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
-        case 'b': o->batch = atoi(optarg) > 1 ? atoi(optarg) : 2; break;
-        case 'T': o->min_time = atof(optarg); break;
-        case 'h':
-            printf("usage: nesf bench %s [--model M] [--shared DIR] [--source DIR] [--threads N]\n"
-                   "       [--no-torch] [--steps N] [--batch N] [--min-time S]\n"
-                   "Runs the C %s benchmark and tests/bench/torch_%s.py (under --source) with the same\n"
-                   "threads (train: their timed steps alternate) and prints both and their ratio.\n", what, what, what);
-            return 1;
-        default: return 2;
-        }
-    }
-    return 0;
+    bench_what = what;
+    const cli_opt opts[] = {CLI_S("shared", &o->shared), CLI_S("source", &o->source), CLI_OPT_MODEL(&o->model),
+                            CLI_OPT_THREADS(&o->threads), CLI_F("no-torch", &o->no_torch),
+                            CLI_I("steps", &o->steps, 1, 1 << 20), CLI_I("batch", &o->batch, 2, 1 << 20),
+                            CLI_D("min-time", &o->min_time, 0, 1e6), CLI_OPT_END};
+    return cli_parse(what[0] == 'f' ? "bench field" : "bench train", argc, argv, opts, usage, NULL);
 }
 
 /* A paper-configuration model (fresh, seeded) or --model, plus the lcs6 data. */
@@ -120,19 +108,30 @@ static double torch_value(const bench_opts *o, const char *script, const char *a
     return v;
 }
 
+/* Options, model and data of a benchmark; -1 to go on, else the exit
+ * status (the error printed). */
+static int bench_open(int argc, char **argv, const char *what, bench_opts *o, nesf_backend **be, nesf_model **m,
+                      nesf_dataset *train, nesf_dataset *val)
+{
+    int r = parse(argc, argv, o, what);
+    if (r >= 0) return r;
+    nesf_error err = {0};
+    if (setup(o, be, m, train, val, &err)) {
+        fprintf(stderr, "nesf bench %s: %s\n", what, err.msg);
+        return 1;
+    }
+    return -1;
+}
+
 int nesf_bench_field(int argc, char **argv)
 {
     bench_opts o;
-    int r = parse(argc, argv, &o, "field");
-    if (r) return r == 1 ? 0 : 2;
     nesf_error err = {0};
     nesf_backend *be = NULL;
     nesf_model *m = NULL;
     nesf_dataset train = {0}, val = {0};
-    if (setup(&o, &be, &m, &train, &val, &err)) {
-        fprintf(stderr, "nesf bench field: %s\n", err.msg);
-        return 1;
-    }
+    int r = bench_open(argc, argv, "field", &o, &be, &m, &train, &val);
+    if (r >= 0) return r;
     /* one decode step of one structure: the paper's inference grid */
     float lo[3], hi[3];
     nesf_model_bbox(m, lo, hi);
@@ -162,9 +161,8 @@ int nesf_bench_field(int argc, char **argv)
         dt = nesf_clock_s() - t0;
     } while (dt < o.min_time || reps < 3);
     cpu_seconds(&u1, &s1);
-    const nesf_mlp *fp = nesf_model_mlp(m, NESF_DEC_POSITION);
     double qps = (double)Q * reps / dt;
-    double dense = (double)nesf_mlp_flops_per_row(fp, 0), done = (double)nesf_mlp_flops_per_row(fp, 1);
+    double dense = nesf_model_position_flops(m, 0), done = nesf_model_position_flops(m, 1);
     printf("nesf bench field: position field, %d queries (one decode step of one structure), %d threads\n", Q, o.threads);
     printf("  C     : %10.0f queries/s  %7.2f GFLOP/s dense-equivalent (%.0f flop/query; %.0f executed, latent part once per structure)\n",
            qps, dense * qps / 1e9, dense, done);
@@ -184,28 +182,6 @@ int nesf_bench_field(int argc, char **argv)
     nesf_dataset_free(&val);
     nesf_backend_free(be);
     return 0;
-}
-
-/* FLOPs of one training step as the C code executes them (forward, and
- * backward's weight and input gradients; a grouped first layer does the
- * latent part once per structure): rows[k] = the rows MLP k runs on. */
-static double train_flops(const nesf_model *m, const double *rows, int S)
-{
-    double f = 0;
-    for (int k = 0; k < NESF_NUM_MLPS; k++) {
-        const nesf_mlp *p = nesf_model_mlp(m, k);
-        const int grouped = k == NESF_DEC_POSITION || k == NESF_DEC_SPECIES;
-        const int dx0 = k == NESF_ENC_MIX || k == NESF_ENC_HEAD || k == NESF_DEC_LENGTH || k == NESF_DEC_ANGLE;
-        for (int l = 0; l < p->n; l++) {
-            const nesf_layer *L = &p->L[l];
-            const double R = rows[k], feat = L->in - L->extra, o = L->out;
-            if (l == 0 && grouped)
-                f += 2 * (2 * R * L->extra * o + 3 * S * feat * o);
-            else
-                f += 2 * (2 * R * L->in * o + (l > 0 || dx0 ? R * feat * o : 0));
-        }
-    }
-    return f;
 }
 
 /* The machine's FLOP/s on a large square sgemm through the backend (its
@@ -352,16 +328,12 @@ static void print_c(const bench_opts *o, nesf_backend *be, double *walls, long n
 int nesf_bench_train(int argc, char **argv)
 {
     bench_opts o;
-    int r = parse(argc, argv, &o, "train");
-    if (r) return r == 1 ? 0 : 2;
     nesf_error err = {0};
     nesf_backend *be = NULL;
     nesf_model *m = NULL;
     nesf_dataset train = {0}, val = {0};
-    if (setup(&o, &be, &m, &train, &val, &err)) {
-        fprintf(stderr, "nesf bench train: %s\n", err.msg);
-        return 1;
-    }
+    int r = bench_open(argc, argv, "train", &o, &be, &m, &train, &val);
+    if (r >= 0) return r;
     nesf_train_config tc;
     nesf_train_config_paper(&tc);
     nesf_trainer *t;
@@ -378,7 +350,7 @@ int nesf_bench_train(int argc, char **argv)
     uint64_t st = 1;
     nesf_losses l = {0};
     for (int step = 0; step <= o.steps; step++) {
-        double rows[NESF_NUM_MLPS], N = 0;
+        int N = 0;
         for (int i = 0; i < o.batch; i++) {
             st = nesf_seed_mix(st, (uint64_t)i);
             bs[i] = train.s[st % (uint64_t)train.n];
@@ -397,16 +369,13 @@ int nesf_bench_train(int argc, char **argv)
         double t2 = nesf_clock_s();
         cpu_seconds(&u1, &s1);
         nesf_queries_free(&q);
-        for (int k = 0; k < NESF_NUM_MLPS; k++) rows[k] = k <= NESF_ENC_MIX ? N : o.batch;
-        rows[NESF_DEC_POSITION] = l.pos_queries;
-        rows[NESF_DEC_SPECIES] = l.spec_queries;
         if (step == 0) continue;  /* the first step is a warm-up */
         sample_t += t1 - t0;
         step_t += t2 - t1;
         walls[step - 1] = t2 - t1;
         cpu_t += (u1 - u0) + (s1 - s0);
         sys_t += s1 - s0;
-        flops += train_flops(m, rows, o.batch);
+        flops += nesf_trainer_step_flops(t, N, o.batch, &l);
         nq += l.pos_queries + l.spec_queries;
         torch_step(&tp);
     }

@@ -7,9 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cif.h"
 #include "strbuf.h"
+#include "cif.h"
 #include "fileio.h"
+#include "cli_opts.h"
 #include "commands.h"
 #include "sio.h"
 #include "sjson.h"
@@ -26,7 +27,7 @@ static void usage(FILE *f)
             "  --symprec X     spglib tolerance in Å for \"spacegroup\" and --symmetrize\n"
             "                  (default 0.01; 0 leaves the space group out)\n"
             "  --symmetrize    with --to cif: the space-group operations and one site per orbit\n"
-            "  -o OUT          write OUT atomically instead of standard output\n");
+            "  -o, --out OUT   write OUT atomically instead of standard output\n");
 }
 
 /* Writes text to path (nesf_write_file) or, without one, to stdout. */
@@ -40,64 +41,55 @@ static int emit(const char *path, const char *text)
     return 0;
 }
 
-int nesf_cmd_convert(int argc, char **argv)
+/* The options; -1 to go on, else the exit status.  *style: an
+ * nesf_sjson_style, or -2 for CIF. */
+static int convert_args(int argc, char **argv, const char **input, nesf_format *from, int *style,
+                        double *symprec, int *symmetrize, const char **out)
 {
-    const char *to = "json", *out = NULL, *input = NULL;
-    nesf_format from = NESF_FORMAT_AUTO;
-    double symprec = 0.01;
-    int symmetrize = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--to") && i + 1 < argc) {
-            to = argv[++i];
-        } else if (!strcmp(a, "--from") && i + 1 < argc) {
-            const char *f = argv[++i];
-            from = !strcmp(f, "cif") ? NESF_FORMAT_CIF : !strcmp(f, "json") ? NESF_FORMAT_JSON
-                 : !strcmp(f, "jsonl") ? NESF_FORMAT_JSONL : (nesf_format)-1;
-            if ((int)from < 0) {
-                fprintf(stderr, "nesf convert: --from must be cif, json or jsonl\n");
-                return 2;
-            }
-        } else if (!strcmp(a, "--symprec") && i + 1 < argc) {
-            char *end;
-            symprec = strtod(argv[++i], &end);
-            if (*end || !(symprec >= 0) || !isfinite(symprec)) {
-                fprintf(stderr, "nesf convert: --symprec needs a number >= 0\n");
-                return 2;
-            }
-        } else if (!strcmp(a, "--symmetrize")) {
-            symmetrize = 1;
-        } else if (!strcmp(a, "-o") && i + 1 < argc) {
-            out = argv[++i];
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "nesf convert: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        } else if (!input) {
-            input = a;
-        } else {
-            fprintf(stderr, "nesf convert: one input expected\n");
+    const char *to = "json", *from_s = NULL;
+    int arg0;
+    const cli_opt opts[] = {CLI_S("to", &to), CLI_S("from", &from_s), CLI_D("symprec", symprec, 0, 1e6),
+                            CLI_F("symmetrize", symmetrize), {"out", CLI_STR, out, 0, 0, 'o'}, CLI_OPT_END};
+    int rc = cli_parse("convert", argc, argv, opts, usage, &arg0);
+    if (rc >= 0) return rc;
+    if (from_s) {
+        *from = !strcmp(from_s, "cif") ? NESF_FORMAT_CIF : !strcmp(from_s, "json") ? NESF_FORMAT_JSON
+              : !strcmp(from_s, "jsonl") ? NESF_FORMAT_JSONL : (nesf_format)-1;
+        if ((int)*from < 0) {
+            fprintf(stderr, "nesf convert: --from must be cif, json or jsonl\n");
             return 2;
         }
     }
-    int style = !strcmp(to, "json") ? NESF_SJSON_FULL : !strcmp(to, "pymatgen") ? NESF_SJSON_PYMATGEN
-              : !strcmp(to, "cif") ? -2 : -1;
-    if (style == -1) {
+    if (arg0 < argc - 1) {
+        fprintf(stderr, "nesf convert: one input expected\n");
+        return 2;
+    }
+    *style = !strcmp(to, "json") ? NESF_SJSON_FULL : !strcmp(to, "pymatgen") ? NESF_SJSON_PYMATGEN
+           : !strcmp(to, "cif") ? -2 : -1;
+    if (*style == -1) {
         fprintf(stderr, "nesf convert: --to must be json, cif or pymatgen\n");
         return 2;
     }
-    if (!input) {
+    if (arg0 == argc) {
         usage(stderr);
         return 2;
     }
-    if (symmetrize && (style != -2 || !(symprec > 0))) {
+    *input = argv[arg0];
+    if (*symmetrize && (*style != -2 || !(*symprec > 0))) {
         fprintf(stderr, "nesf convert: --symmetrize needs --to cif and --symprec > 0\n");
         return 2;
     }
+    return -1;
+}
 
+int nesf_cmd_convert(int argc, char **argv)
+{
+    const char *out = NULL, *input = NULL;
+    nesf_format from = NESF_FORMAT_AUTO;
+    double symprec = 0.01;
+    int symmetrize = 0, style;
+    int arc = convert_args(argc, argv, &input, &from, &style, &symprec, &symmetrize, &out);
+    if (arc >= 0) return arc;
     nesf_structure **list;
     int n;
     nesf_error err = {0};

@@ -1,23 +1,25 @@
 /* nesf cv - k-fold cross-validation (the paper's YBCO-like protocol):
  * for every fold, train on its train split (validating on its val split),
  * reconstruct its test split with the best weights, then pool the test
- * structures of all folds into one Table 1 row.  Training and evaluation
- * are `nesf train` and `nesf eval` run by this same executable; the fold
- * folders under --out keep their checkpoints, so an interrupted run
- * continues (--resume) instead of starting over. */
-#include <dirent.h>
+ * structures of all folds into one Table 1 row.  Training is
+ * nesf_train_run with nesf train's hooks, evaluation nesf eval's, both in
+ * this process; the fold folders under --out keep their checkpoints, so an
+ * interrupted run (SIGINT/SIGTERM checkpoint the fold and stop) continues
+ * (as --resume) instead of starting over. */
 #include <errno.h>
-#include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "latent_cli.h"
+#include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
 #include "metrics.h"
+#include "train.h"
 
 static void usage(FILE *f)
 {
@@ -37,35 +39,28 @@ static void usage(FILE *f)
             "  --backend B      cpu | cuda | auto\n");
 }
 
-/* Runs this executable with args; returns its exit status. */
-static int run_self(char *const *args)
-{
-    pid_t pid = fork();
-    if (pid < 0) return -1;
-    if (pid == 0) {
-        execv("/proc/self/exe", args);
-        _exit(127);
-    }
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
+/* Whether fold k is in list ("0-4,7"; NULL: every fold); -1 when list is
+ * not such a list. */
 static int fold_wanted(const char *list, int k)
 {
     if (!list) return 1;
     const char *p = list;
+    int in = 0;
     while (*p) {
         char *end;
         long a = strtol(p, &end, 10), b = a;
-        if (end == p) return 0;
-        if (*end == '-') b = strtol(end + 1, &end, 10);
-        if (k >= a && k <= b) return 1;
-        p = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return 0;
+        if (end == p || a < 0) return -1;
+        if (*end == '-') {
+            const char *q = end + 1;
+            b = strtol(q, &end, 10);
+            if (end == q || b < a) return -1;
+        }
+        in |= k >= a && k <= b;
+        if (!*end) break;
+        if (*end != ',' || !end[1]) return -1;
+        p = end + 1;
     }
-    return 0;
+    return in;
 }
 
 static void print_row(const char *label, const nesf_metrics *m)
@@ -76,137 +71,145 @@ static void print_row(const char *label, const nesf_metrics *m)
            s.pos_act, s.pos_det, s.spec_act_pct, s.spec_det_pct, s.len_mae, s.ang_mae);
 }
 
+/* What every fold shares. */
+typedef struct cv_args {
+    const char *data, *out, *folds, *options, *backend;
+    nesf_train_job job; /* config, from, epochs, minutes and the backend */
+} cv_args;
+
+/* Links src/name at dst/name (absolute): nesf train wants meta.json beside
+ * the splits. */
+static int link_into(const char *dst, const char *src, const char *name)
+{
+    char target[4096], link[4200];
+    snprintf(link, sizeof link, "%s/%s", dst, name);
+    snprintf(target, sizeof target, "%s/%s", src, name);
+    char *abs = realpath(target, NULL);
+    unlink(link);
+    int rc = !abs || symlink(abs, link);
+    if (rc) fprintf(stderr, "nesf cv: cannot link %s\n", target);
+    free(abs);
+    return rc;
+}
+
+/* Pools fold k's test structures against their reconstructions (by id),
+ * printing the fold's row. */
+static int fold_pool(int k, const char *test, const char *recon, nesf_metrics *pooled)
+{
+    nesf_dataset truth = {0}, rec = {0};
+    nesf_error err = {0};
+    if (nesf_dataset_load(test, &truth, &err) || nesf_dataset_load(recon, &rec, &err)) {
+        fprintf(stderr, "nesf cv: fold %d: %s\n", k, err.msg);
+        nesf_dataset_free(&truth);
+        return 1;
+    }
+    nesf_metrics fm;
+    nesf_metrics_init(&fm);
+    for (int i = 0; i < truth.n; i++) {
+        nesf_structure_canonicalize(truth.s[i], NULL);
+        const nesf_structure *r = NULL;
+        for (int j = 0; j < rec.n && !r; j++)
+            if (!strcmp(rec.s[j]->id, truth.s[i]->id)) r = rec.s[j];
+        nesf_metrics_add(&fm, truth.s[i], r);
+    }
+    char label[32];
+    snprintf(label, sizeof label, "fold %d", k);
+    print_row(label, &fm);
+    fflush(stdout);
+    nesf_metrics_merge(pooled, &fm);
+    nesf_dataset_free(&truth);
+    nesf_dataset_free(&rec);
+    return 0;
+}
+
+/* Fold k (its splits in fdir): train (resuming), reconstruct the test
+ * split with the best weights, pool.  Returns the exit status (1 also
+ * when a signal stopped the training). */
+static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *pooled)
+{
+    char odir[4096], path[4200], best[4200], recon[4200], test[4200];
+    snprintf(odir, sizeof odir, "%s/fold%d", a->out, k);
+    snprintf(path, sizeof path, "%s/data", odir);
+    mkdir(odir, 0755);
+    mkdir(path, 0755);
+    if (link_into(path, fdir, "train.jsonl") || link_into(path, fdir, "val.jsonl") ||
+        link_into(path, fdir, "test.jsonl"))
+        return 1;
+    snprintf(test, sizeof test, "%s/meta.json", path);
+    snprintf(recon, sizeof recon, "%s/meta.json", a->data);
+    char *abs = realpath(recon, NULL);
+    unlink(test);
+    if (!abs || symlink(abs, test)) {
+        fprintf(stderr, "nesf cv: no %s\n", recon);
+        free(abs);
+        return 1;
+    }
+    free(abs);
+    fprintf(stderr, "nesf cv: fold %d: training\n", k);
+    nesf_train_job job = a->job;
+    job.data = path;
+    job.out = odir;
+    job.resume = 1;
+    int stopped = 0;
+    if (nesf_train_job_cli(&job, 1, &stopped) || stopped) {
+        fprintf(stderr, "nesf cv: fold %d: training %s\n", k, stopped ? "stopped" : "failed");
+        return 1;
+    }
+    snprintf(best, sizeof best, "%s/best.safetensors", odir);
+    snprintf(recon, sizeof recon, "%s/test-recon.jsonl", odir);
+    snprintf(test, sizeof test, "%s/test.jsonl", fdir);
+    fprintf(stderr, "nesf cv: fold %d: reconstructing the test split\n", k);
+    if (nesf_eval_reconstruct(best, test, recon, a->backend, a->options)) {
+        fprintf(stderr, "nesf cv: fold %d: evaluation failed\n", k);
+        return 1;
+    }
+    return fold_pool(k, test, recon, pooled);
+}
+
 int nesf_cmd_cv(int argc, char **argv)
 {
-    const char *data = NULL, *out = NULL, *config = "config/models/nesf-paper.json", *epochs = NULL,
-               *minutes = NULL, *folds = NULL, *options = NULL, *backend = "auto",
-               *from = NULL;
-    static const struct option opts[] = {
-        {"data", required_argument, 0, 'd'}, {"out", required_argument, 0, 'o'},
-        {"config", required_argument, 0, 'c'}, {"epochs", required_argument, 0, 'e'},
-        {"minutes", required_argument, 0, 'm'}, {"folds", required_argument, 0, 'f'},
-        {"options", required_argument, 0, 'O'}, {"backend", required_argument, 0, 'b'},
-        {"from", required_argument, 0, 'F'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'd': data = optarg; break;
-        case 'o': out = optarg; break;
-        case 'c': config = optarg; break;
-        case 'e': epochs = optarg; break;
-        case 'm': minutes = optarg; break;
-        case 'f': folds = optarg; break;
-        case 'O': options = optarg; break;
-        case 'b': backend = optarg; break;
-        case 'F': from = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (!data || !out) {
+    cv_args a = {.backend = "auto"};
+    nesf_train_job_default(&a.job);
+    const cli_opt opts[] = {
+        CLI_OPT_DATA(&a.data), CLI_OPT_OUT(&a.out), CLI_S("config", &a.job.config),
+        CLI_I("epochs", &a.job.epochs, 0, 1 << 24), CLI_D("minutes", &a.job.minutes, 0, 1e9),
+        CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_OPT_BACKEND(&a.backend),
+        CLI_S("from", &a.job.from), CLI_OPT_END};
+    int rc = cli_parse("cv", argc, argv, opts, usage, NULL);
+    if (rc >= 0) return rc;
+    if (!a.data || !a.out) {
         usage(stderr);
         return 2;
     }
-    if (mkdir(out, 0755) && errno != EEXIST) {
-        fprintf(stderr, "nesf cv: cannot create %s: %s\n", out, strerror(errno));
+    if (fold_wanted(a.folds, 0) < 0) {
+        fprintf(stderr, "nesf cv: --folds: '%s' is not a list of folds like 0-4,7\n", a.folds);
+        return 2;
+    }
+    if (mkdir(a.out, 0755) && errno != EEXIST) {
+        fprintf(stderr, "nesf cv: cannot create %s: %s\n", a.out, strerror(errno));
+        return 1;
+    }
+    nesf_error err = {0};
+    if (cli_backend_open(a.backend, 0, &a.job.be, &err)) {
+        fprintf(stderr, "nesf cv: %s\n", err.msg);
         return 1;
     }
     nesf_metrics pooled;
     nesf_metrics_init(&pooled);
-    int nfolds = 0;
-    char fdir[4096], odir[4096], path[4096], best[4096], recon[4096], meta[4096];
-    snprintf(meta, sizeof meta, "%s/meta.json", data);
-    for (int k = 0; k < 1000; k++) {
-        snprintf(fdir, sizeof fdir, "%s/fold%d", data, k);
+    int nfolds = 0, status = 0;
+    char fdir[4096];
+    for (int k = 0; k < 1000 && !status; k++) {
+        snprintf(fdir, sizeof fdir, "%s/fold%d", a.data, k);
         struct stat sb;
         if (stat(fdir, &sb)) break;
-        if (!fold_wanted(folds, k)) continue;
-        /* nesf train wants meta.json beside the splits: a folder of links */
-        snprintf(odir, sizeof odir, "%s/fold%d", out, k);
-        snprintf(path, sizeof path, "%s/data", odir);
-        mkdir(odir, 0755);
-        mkdir(path, 0755);
-        const char *names[] = {"train.jsonl", "val.jsonl", "test.jsonl"};
-        char target[4096], link[4200];
-        for (int i = 0; i < 3; i++) {
-            snprintf(link, sizeof link, "%s/%s", path, names[i]);
-            snprintf(target, sizeof target, "%s/%s", fdir, names[i]);
-            char *abs = realpath(target, NULL);
-            unlink(link);
-            if (!abs || symlink(abs, link)) {
-                fprintf(stderr, "nesf cv: cannot link %s\n", target);
-                free(abs);
-                return 1;
-            }
-            free(abs);
-        }
-        snprintf(link, sizeof link, "%s/meta.json", path);
-        char *abs = realpath(meta, NULL);
-        unlink(link);
-        if (!abs || symlink(abs, link)) {
-            fprintf(stderr, "nesf cv: no %s\n", meta);
-            free(abs);
-            return 1;
-        }
-        free(abs);
-
-        fprintf(stderr, "nesf cv: fold %d: training\n", k);
-        char *targs[32];
-        int n = 0;
-        targs[n++] = "nesf"; targs[n++] = "train"; targs[n++] = "--config"; targs[n++] = (char *)config;
-        targs[n++] = "--data"; targs[n++] = path; targs[n++] = "--out"; targs[n++] = odir;
-        targs[n++] = "--resume"; targs[n++] = "--quiet"; targs[n++] = "--backend"; targs[n++] = (char *)backend;
-        if (from) { targs[n++] = "--from"; targs[n++] = (char *)from; }
-        if (epochs) { targs[n++] = "--epochs"; targs[n++] = (char *)epochs; }
-        if (minutes) { targs[n++] = "--minutes"; targs[n++] = (char *)minutes; }
-        targs[n] = NULL;
-        if (run_self(targs)) {
-            fprintf(stderr, "nesf cv: fold %d: training failed\n", k);
-            return 1;
-        }
-        snprintf(best, sizeof best, "%s/best.safetensors", odir);
-        snprintf(recon, sizeof recon, "%s/test-recon.jsonl", odir);
-        snprintf(target, sizeof target, "%s/test.jsonl", fdir);
-        fprintf(stderr, "nesf cv: fold %d: reconstructing the test split\n", k);
-        char *eargs[32];
-        n = 0;
-        eargs[n++] = "nesf"; eargs[n++] = "eval"; eargs[n++] = "--model"; eargs[n++] = best;
-        eargs[n++] = "--data"; eargs[n++] = target; eargs[n++] = "--out"; eargs[n++] = recon;
-        eargs[n++] = "--backend"; eargs[n++] = (char *)backend;
-        if (options) { eargs[n++] = "--options"; eargs[n++] = (char *)options; }
-        eargs[n] = NULL;
-        if (run_self(eargs)) {
-            fprintf(stderr, "nesf cv: fold %d: evaluation failed\n", k);
-            return 1;
-        }
-        /* pool: every test structure against its reconstruction (by id) */
-        nesf_dataset truth = {0}, rec = {0};
-        nesf_error err = {0};
-        if (nesf_dataset_load(target, &truth, &err) || nesf_dataset_load(recon, &rec, &err)) {
-            fprintf(stderr, "nesf cv: fold %d: %s\n", k, err.msg);
-            return 1;
-        }
-        nesf_metrics fm;
-        nesf_metrics_init(&fm);
-        for (int i = 0; i < truth.n; i++) {
-            nesf_structure_canonicalize(truth.s[i], NULL);
-            const nesf_structure *r = NULL;
-            for (int j = 0; j < rec.n && !r; j++)
-                if (!strcmp(rec.s[j]->id, truth.s[i]->id)) r = rec.s[j];
-            nesf_metrics_add(&fm, truth.s[i], r);
-        }
-        char label[32];
-        snprintf(label, sizeof label, "fold %d", k);
-        print_row(label, &fm);
-        fflush(stdout);
-        nesf_metrics_merge(&pooled, &fm);
-        nesf_dataset_free(&truth);
-        nesf_dataset_free(&rec);
-        nfolds++;
+        if (!fold_wanted(a.folds, k)) continue;
+        status = run_fold(&a, k, fdir, &pooled);
+        nfolds += !status;
     }
+    nesf_backend_free(a.job.be);
+    if (status) return status;
     if (!nfolds) {
-        fprintf(stderr, "nesf cv: no foldK folders under %s\n", data);
+        fprintf(stderr, "nesf cv: no foldK folders under %s\n", a.data);
         return 1;
     }
     printf("\n| %-30s | atoms%% | pos act | pos det | spec a%% | spec d%% | len Å | ang ° |\n", "pooled test splits");

@@ -1,9 +1,9 @@
 /* nesf decode - latent vectors to crystal structures (spec §5). */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_opts.h"
 #include "commands.h"
 #include "decode.h"
 #include "domain.h"
@@ -47,27 +47,14 @@ static void print_confidence(nesf_model *m, int n, const float *z, nesf_structur
 
 int nesf_cmd_decode(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"format", required_argument, 0, 'f'},
-        {"out", required_argument, 0, 'o'},   {"options", required_argument, 0, 'O'},
-        {"backend", required_argument, 0, 'k'}, {"threads", required_argument, 0, 't'},
-        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     const char *model = NULL, *fmt = "json", *out = "-", *options = NULL, *backend = NULL;
-    int threads = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 'f': fmt = optarg; break;
-        case 'o': out = optarg; break;
-        case 'O': options = optarg; break;
-        case 'k': backend = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (!model || optind != argc - 1 ||
+    int threads = 0, arg0;
+    const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_S("format", &fmt), CLI_OPT_OUT(&out),
+                            CLI_OPT_OPTIONS(&options), CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads),
+                            CLI_OPT_END};
+    int prc = cli_parse("decode", argc, argv, opts, usage, &arg0);
+    if (prc >= 0) return prc;
+    if (!model || arg0 != argc - 1 ||
         (strcmp(fmt, "json") && strcmp(fmt, "cif") && strcmp(fmt, "jsonl"))) {
         usage(stderr);
         return 2;
@@ -78,7 +65,7 @@ int nesf_cmd_decode(int argc, char **argv)
     if (cli_decode_options("decode", "options", options, &o)) return 2;
     char *text;
     size_t len;
-    if (nesf_sio_slurp(argv[optind], &text, &len, &err)) {
+    if (nesf_sio_slurp(argv[arg0], &text, &len, &err)) {
         fprintf(stderr, "nesf decode: %s\n", err.msg);
         return 1;
     }
@@ -93,7 +80,7 @@ int nesf_cmd_decode(int argc, char **argv)
     nesf_structure **s = NULL;
     nesf_error *ierr = NULL;
     if (cli_parse_latents(text, nesf_model_latent_size(m), &z, &n, &err)) {
-        fprintf(stderr, "nesf decode: %s: %s\n", argv[optind], err.msg);
+        fprintf(stderr, "nesf decode: %s: %s\n", argv[arg0], err.msg);
         goto done;
     }
     s = calloc((size_t)n, sizeof *s);

@@ -2,12 +2,12 @@
  * calibration (domain.h) in its file, for files written before training
  * did so.  Only the metadata changes: every tensor is copied byte for byte
  * (nesf_st_rewrite_meta). */
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
 #include "decode.h"
@@ -54,29 +54,14 @@ static int sample_cycle(nesf_model *m, const nesf_dataset *d, int count, const n
 
 int nesf_cmd_domain(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},   {"data", required_argument, 0, 'd'},
-        {"out", required_argument, 0, 'o'},     {"sample", required_argument, 0, 'n'},
-        {"options", required_argument, 0, 'O'}, {"backend", required_argument, 0, 'k'},
-        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
     const char *model = NULL, *data = NULL, *out = NULL, *options = NULL, *backend = NULL;
-    int threads = 0, sample = 300, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 'd': data = optarg; break;
-        case 'o': out = optarg; break;
-        case 'n': sample = atoi(optarg); break;
-        case 'O': options = optarg; break;
-        case 'k': backend = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (!model || !data || optind != argc || sample < 0) {
+    int threads = 0, sample = 300;
+    const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_OPT_DATA(&data), CLI_OPT_OUT(&out),
+                            CLI_I("sample", &sample, 0, INT_MAX), CLI_OPT_OPTIONS(&options),
+                            CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads), CLI_OPT_END};
+    int prc = cli_parse("domain", argc, argv, opts, usage, NULL);
+    if (prc >= 0) return prc;
+    if (!model || !data) {
         usage(stderr);
         return 2;
     }

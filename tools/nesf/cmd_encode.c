@@ -1,13 +1,13 @@
 /* nesf encode - latents of structures (CIF, JSON, JSON Lines) as JSON:
  * {"model": ..., "latent_size": L, "latents": [{"id", "formula", "z": [...]}, ...]}
  * which `nesf decode` and the daemon's /decode accept back. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <jansson.h>
 
 #include "latent_cli.h"
+#include "cli_opts.h"
 #include "commands.h"
 #include "model.h"
 #include "sio.h"
@@ -22,20 +22,11 @@ static void usage(FILE *f)
 int nesf_cmd_encode(int argc, char **argv)
 {
     const char *model = NULL, *backend = "auto";
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                         {"backend", required_argument, 0, 'b'},
-                                         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int ch;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "m:", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'm': model = optarg; break;
-        case 'b': backend = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (!model || optind != argc - 1) {
+    const cli_opt opts[] = {{"model", CLI_STR, &model, 0, 0, 'm'}, CLI_OPT_BACKEND(&backend), CLI_OPT_END};
+    int arg0;
+    int prc = cli_parse("encode", argc, argv, opts, usage, &arg0);
+    if (prc >= 0) return prc;
+    if (!model || arg0 != argc - 1) {
         usage(stderr);
         return 2;
     }
@@ -45,7 +36,7 @@ int nesf_cmd_encode(int argc, char **argv)
     nesf_structure **s = NULL;
     float *z = NULL;
     int n = 0, rc = 1;
-    if (nesf_sio_read_file(argv[optind], NESF_FORMAT_AUTO, &s, &n, &err) ||
+    if (nesf_sio_read_file(argv[arg0], NESF_FORMAT_AUTO, &s, &n, &err) ||
         cli_backend_open(backend, 0, &be, &err) || nesf_model_load(model, be, &m, &err))
         goto out;
     const int L = nesf_model_latent_size(m);

@@ -2,13 +2,13 @@
  * and print the paper's Table 1 figures (spec §6), per atom count too.
  * With --truth the network is replaced by the exact field of each
  * structure, which checks the reconstruction algorithm on its own. */
-#include <getopt.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_opts.h"
 #include "commands.h"
 #include "consistency.h"
 #include "dataset.h"
@@ -253,45 +253,20 @@ static int is_wrong(const item *it)
 
 static int parse_args(int argc, char **argv, eval_args *a)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"data", required_argument, 0, 'd'},
-        {"out", required_argument, 0, 'o'},   {"meta", required_argument, 0, 'M'},
-        {"bbox-from", required_argument, 0, 'B'}, {"options", required_argument, 0, 'O'},
-        {"backend", required_argument, 0, 'k'}, {"threads", required_argument, 0, 't'},
-        {"batch", required_argument, 0, 'b'}, {"limit", required_argument, 0, 'l'},
-        {"truth", no_argument, 0, 'T'},       {"json", no_argument, 0, 'j'},
-        {"list", no_argument, 0, 'L'},        {"help", no_argument, 0, 'h'},
-        {"strict-lattice", no_argument, 0, 'S'}, {"refine", required_argument, 0, 'R'},
-        {"self-check", no_argument, 0, 'C'},
-        {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->batch = 64;
     a->limit = -1;
-    optind = 1;
-    int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': a->model = optarg; break;
-        case 'd': a->data = optarg; break;
-        case 'o': a->out = optarg; break;
-        case 'M': a->meta = optarg; break;
-        case 'B': a->bbox_from = optarg; break;
-        case 'O': a->options = optarg; break;
-        case 'R': a->refine = optarg; break;
-        case 'k': a->backend = optarg; break;
-        case 't': a->threads = atoi(optarg); break;
-        case 'b': a->batch = atoi(optarg); break;
-        case 'l': a->limit = atoi(optarg); break;
-        case 'T': a->truth = 1; break;
-        case 'S': a->strict = 1; break;
-        case 'C': a->self_check = 1; break;
-        case 'j': a->json = 1; break;
-        case 'L': a->list = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc || !a->data || (!a->model && !(a->truth && a->meta)) || a->batch < 1) {
+    const cli_opt opts[] = {
+        CLI_OPT_MODEL(&a->model), CLI_OPT_DATA(&a->data), CLI_OPT_OUT(&a->out),
+        CLI_S("meta", &a->meta), CLI_S("bbox-from", &a->bbox_from),
+        CLI_OPT_OPTIONS(&a->options), CLI_OPT_BACKEND(&a->backend), CLI_OPT_THREADS(&a->threads),
+        CLI_I("batch", &a->batch, 1, 1 << 20), CLI_OPT_LIMIT(&a->limit),
+        CLI_F("truth", &a->truth), CLI_F("json", &a->json),
+        CLI_F("list", &a->list), CLI_F("strict-lattice", &a->strict),
+        CLI_S("refine", &a->refine), CLI_F("self-check", &a->self_check), CLI_OPT_END};
+    int rc = cli_parse("eval", argc, argv, opts, usage, NULL);
+    if (rc >= 0) return rc;
+    if (!a->data || (!a->model && !(a->truth && a->meta))) {
         usage(stderr);
         return 2;
     }
@@ -648,18 +623,10 @@ static void eval_free(eval_run *r)
     free(r);
 }
 
-int nesf_cmd_eval(int argc, char **argv)
+/* One evaluation after its arguments: options, data, model, batches, the
+ * --out file and the report.  Frees r; returns the exit status. */
+static int eval_main(eval_run *r)
 {
-    eval_run *r = calloc(1, sizeof *r);
-    if (!r) {
-        fprintf(stderr, "nesf eval: out of memory\n");
-        return 1;
-    }
-    int rc = parse_args(argc, argv, &r->a);
-    if (rc >= 0) {
-        free(r);
-        return rc;
-    }
     const eval_args *a = &r->a;
     r->t_start = nesf_clock_s();
     nesf_error err;
@@ -713,4 +680,32 @@ int nesf_cmd_eval(int argc, char **argv)
 done:
     eval_free(r);
     return status;
+}
+
+int nesf_cmd_eval(int argc, char **argv)
+{
+    eval_run *r = calloc(1, sizeof *r);
+    if (!r) {
+        fprintf(stderr, "nesf eval: out of memory\n");
+        return 1;
+    }
+    int rc = parse_args(argc, argv, &r->a);
+    if (rc >= 0) {
+        free(r);
+        return rc;
+    }
+    return eval_main(r);
+}
+
+int nesf_eval_reconstruct(const char *model, const char *data, const char *out, const char *backend,
+                          const char *options)
+{
+    eval_run *r = calloc(1, sizeof *r);
+    if (!r) {
+        fprintf(stderr, "nesf eval: out of memory\n");
+        return 1;
+    }
+    r->a = (eval_args){.model = model, .data = data, .out = out, .backend = backend, .options = options,
+                       .batch = 64, .limit = -1};
+    return eval_main(r);
 }

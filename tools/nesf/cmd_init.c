@@ -1,10 +1,10 @@
 /* nesf init - a freshly initialised model (PyTorch's default init from a
  * seed) with the dataset's species list and training bounding box: the
  * starting point of training, and an untrained baseline for `nesf eval`. */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
 #include "latent_cli.h"
@@ -22,29 +22,18 @@ static void usage(FILE *f)
 
 int nesf_cmd_init(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, 0, 'c'}, {"meta", required_argument, 0, 'M'},
-        {"data-bbox", required_argument, 0, 'b'}, {"out", required_argument, 0, 'o'},
-        {"seed", required_argument, 0, 's'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *config = NULL, *meta = NULL, *bbox = NULL, *out = NULL;
-    unsigned long long seed = 0;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': config = optarg; break;
-        case 'M': meta = optarg; break;
-        case 'b': bbox = optarg; break;
-        case 'o': out = optarg; break;
-        case 's': seed = strtoull(optarg, NULL, 10); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (!meta || !bbox || !out || optind != argc) {
+    long seed_arg = 0;
+    const cli_opt opts[] = {CLI_S("config", &config), CLI_S("meta", &meta),
+                            CLI_S("data-bbox", &bbox), CLI_OPT_OUT(&out),
+                            CLI_L("seed", &seed_arg, 0, 9.2e18), CLI_OPT_END};
+    int prc = cli_parse("init", argc, argv, opts, usage, NULL);
+    if (prc >= 0) return prc;
+    if (!meta || !bbox || !out) {
         usage(stderr);
         return 2;
     }
+    const unsigned long long seed = (unsigned long long)seed_arg;
     nesf_error err;
     nesf_model_config cfg;
     nesf_model_config_paper(&cfg);

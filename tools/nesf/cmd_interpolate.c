@@ -1,13 +1,13 @@
 /* nesf interpolate - decode the straight line between two latents (paper
  * §2.4): each frame's reduced formula, atom count, space group and CIF. */
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cif.h"
 #include "strbuf.h"
+#include "cif.h"
+#include "cli_opts.h"
 #include "commands.h"
 #include "fileio.h"
 #include "interp.h"
@@ -72,36 +72,84 @@ static int end_latent(nesf_model *m, const char *path, float *z, char *name, siz
     return rc ? 1 : 0;
 }
 
+/* The frames as a JSON array ({frame, t, formula, atoms, structure, cif}
+ * or {frame, t, error}), one text ending in a newline; NULL when out of
+ * memory. */
+static char *frames_json(nesf_structure **s, const nesf_error *ierr, int steps, size_t *rlen)
+{
+    json_t *arr = json_array();
+    for (int k = 0; k < steps && arr; k++) {
+        json_t *fr = json_object();
+        json_object_set_new(fr, "frame", json_integer(k));
+        json_object_set_new(fr, "t", json_real(nesf_interp_t(k, steps)));
+        if (s[k]) {
+            snprintf(s[k]->id, sizeof s[k]->id, "frame-%d", k);
+            char f[64], *cif = nesf_cif_write(s[k]);
+            nesf_structure_formula(s[k], f, sizeof f);
+            json_object_set_new(fr, "formula", json_string(f));
+            json_object_set_new(fr, "atoms", json_integer(s[k]->n));
+            json_object_set_new(fr, "structure", nesf_sjson_to_json(s[k], NESF_SJSON_FULL, CLI_SYMPREC));
+            json_object_set_new(fr, "cif", cif ? json_string(cif) : json_null());
+            free(cif);
+        } else {
+            json_object_set_new(fr, "error", json_string(ierr[k].msg));
+        }
+        json_array_append_new(arr, fr);
+    }
+    char *j = arr ? json_dumps(arr, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
+    json_decref(arr);
+    if (!j) return NULL;
+    nesf_strbuf b = {0};
+    nesf_strbuf_printf(&b, "%s\n", j);
+    free(j);
+    return nesf_strbuf_take(&b, rlen);
+}
+
+/* The frames as text: a table (t, formula, atoms, space group or the
+ * error), then each frame's CIF; NULL when out of memory. */
+static char *frames_text(nesf_structure **s, const nesf_error *ierr, int steps, char name[2][160], size_t *rlen)
+{
+    nesf_strbuf mem = {0};
+    nesf_strbuf_printf(&mem, "# interpolation: %s -> %s, %d frames\n", name[0], name[1], steps);
+    nesf_strbuf_printf(&mem, "# %5s %6s %-16s %6s %-12s\n", "frame", "t", "formula", "atoms", "spacegroup");
+    for (int k = 0; k < steps; k++) {
+        char f[64] = "-", sg[32] = "-";
+        if (s[k]) {
+            nesf_structure_formula(s[k], f, sizeof f);
+            char sym[24];
+            int num = nesf_structure_spacegroup(s[k], CLI_SYMPREC, sym, sizeof sym);
+            if (num > 0) snprintf(sg, sizeof sg, "%s (%d)", sym, num);
+        }
+        nesf_strbuf_printf(&mem, "  %5d %6.3f %-16s %6d %-12s%s%s\n", k, nesf_interp_t(k, steps), f[0] ? f : "(empty)",
+                s[k] ? s[k]->n : 0, sg, s[k] ? "" : "  ", s[k] ? "" : ierr[k].msg);
+    }
+    int bad = 0;
+    for (int k = 0; k < steps && !bad; k++) {
+        if (!s[k]) continue;
+        snprintf(s[k]->id, sizeof s[k]->id, "frame-%d_t%.3f", k, nesf_interp_t(k, steps));
+        char *cif = nesf_cif_write(s[k]);
+        if (cif) nesf_strbuf_printf(&mem, "\n%s", cif);
+        else bad = 1;
+        free(cif);
+    }
+    if (bad) {
+        nesf_strbuf_free(&mem);
+        return NULL;
+    }
+    return nesf_strbuf_take(&mem, rlen);
+}
+
 int nesf_cmd_interpolate(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'}, {"steps", required_argument, 0, 's'},
-        {"format", required_argument, 0, 'f'}, {"out", required_argument, 0, 'o'},
-        {"options", required_argument, 0, 'O'}, {"backend", required_argument, 0, 'k'},
-        {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
     const char *model = NULL, *fmt = "text", *out = "-", *options = NULL, *backend = NULL;
-    int threads = 0, steps = 10, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 's': steps = atoi(optarg); break;
-        case 'f': fmt = optarg; break;
-        case 'o': out = optarg; break;
-        case 'O': options = optarg; break;
-        case 'k': backend = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (!model || optind != argc - 2 || (strcmp(fmt, "text") && strcmp(fmt, "json"))) {
+    int threads = 0, steps = 10, arg0;
+    const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_I("steps", &steps, 1, NESF_INTERP_MAX_STEPS),
+                            CLI_S("format", &fmt), CLI_OPT_OUT(&out), CLI_OPT_OPTIONS(&options),
+                            CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads), CLI_OPT_END};
+    int prc = cli_parse("interpolate", argc, argv, opts, usage, &arg0);
+    if (prc >= 0) return prc;
+    if (!model || arg0 != argc - 2 || (strcmp(fmt, "text") && strcmp(fmt, "json"))) {
         usage(stderr);
-        return 2;
-    }
-    if (steps < 1 || steps > NESF_INTERP_MAX_STEPS) {
-        fprintf(stderr, "nesf interpolate: --steps must be in 1..%d\n", NESF_INTERP_MAX_STEPS);
         return 2;
     }
     nesf_error err;
@@ -116,87 +164,33 @@ int nesf_cmd_interpolate(int argc, char **argv)
     float *z = malloc((size_t)2 * L * sizeof *z);
     nesf_structure **s = calloc((size_t)steps, sizeof *s);
     nesf_error *ierr = calloc((size_t)steps, sizeof *ierr);
-    char name[2][160];
-    json_t *arr = NULL;
-    char *res = NULL;
+    char name[2][160], *res = NULL;
     size_t rlen = 0;
-    nesf_strbuf mem = {0};
+    nesf_decode_stats st;
     if (!z || !s || !ierr) {
         fprintf(stderr, "nesf interpolate: out of memory\n");
         goto done;
     }
-    if (end_latent(m, argv[optind], z, name[0], sizeof name[0]) ||
-        end_latent(m, argv[optind + 1], z + L, name[1], sizeof name[1]))
+    if (end_latent(m, argv[arg0], z, name[0], sizeof name[0]) ||
+        end_latent(m, argv[arg0 + 1], z + L, name[1], sizeof name[1]))
         goto done;
-    nesf_decode_stats st;
     if (nesf_interpolate_latents(m, z, z + L, steps, &o, s, ierr, &st, &err)) {
         fprintf(stderr, "nesf interpolate: %s\n", err.msg);
         goto done;
     }
-    if (!strcmp(fmt, "json")) {
-        arr = json_array();
-        for (int k = 0; k < steps && arr; k++) {
-            json_t *fr = json_object();
-            json_object_set_new(fr, "frame", json_integer(k));
-            json_object_set_new(fr, "t", json_real(nesf_interp_t(k, steps)));
-            if (s[k]) {
-                snprintf(s[k]->id, sizeof s[k]->id, "frame-%d", k);
-                char f[64], *cif = nesf_cif_write(s[k]);
-                nesf_structure_formula(s[k], f, sizeof f);
-                json_object_set_new(fr, "formula", json_string(f));
-                json_object_set_new(fr, "atoms", json_integer(s[k]->n));
-                json_object_set_new(fr, "structure", nesf_sjson_to_json(s[k], NESF_SJSON_FULL, CLI_SYMPREC));
-                json_object_set_new(fr, "cif", cif ? json_string(cif) : json_null());
-                free(cif);
-            } else {
-                json_object_set_new(fr, "error", json_string(ierr[k].msg));
-            }
-            json_array_append_new(arr, fr);
-        }
-        char *j = json_dumps(arr, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
-        if (j) nesf_strbuf_printf(&mem, "%s\n", j);
-        free(j);
-        res = j ? nesf_strbuf_take(&mem, &rlen) : NULL;
-    } else {
-        nesf_strbuf_printf(&mem, "# interpolation: %s -> %s, %d frames\n", name[0], name[1], steps);
-        nesf_strbuf_printf(&mem, "# %5s %6s %-16s %6s %-12s\n", "frame", "t", "formula", "atoms", "spacegroup");
-        for (int k = 0; k < steps; k++) {
-            char f[64] = "-", sg[32] = "-";
-            if (s[k]) {
-                nesf_structure_formula(s[k], f, sizeof f);
-                char sym[24];
-                int num = nesf_structure_spacegroup(s[k], CLI_SYMPREC, sym, sizeof sym);
-                if (num > 0) snprintf(sg, sizeof sg, "%s (%d)", sym, num);
-            }
-            nesf_strbuf_printf(&mem, "  %5d %6.3f %-16s %6d %-12s%s%s\n", k, nesf_interp_t(k, steps),
-                    f[0] ? f : "(empty)", s[k] ? s[k]->n : 0, sg, s[k] ? "" : "  ",
-                    s[k] ? "" : ierr[k].msg);
-        }
-        for (int k = 0; k < steps; k++) {
-            if (!s[k]) continue;
-            snprintf(s[k]->id, sizeof s[k]->id, "frame-%d_t%.3f", k, nesf_interp_t(k, steps));
-            char *cif = nesf_cif_write(s[k]);
-            if (!cif) goto oom;
-            nesf_strbuf_printf(&mem, "\n%s", cif);
-            free(cif);
-        }
-        res = nesf_strbuf_take(&mem, &rlen);
+    res = !strcmp(fmt, "json") ? frames_json(s, ierr, steps, &rlen) : frames_text(s, ierr, steps, name, &rlen);
+    if (!res) {
+        fprintf(stderr, "nesf interpolate: out of memory\n");
+        goto done;
     }
-    if (!res) goto oom;
     if (nesf_write_file(out, res, rlen, &err)) {
         fprintf(stderr, "nesf interpolate: %s\n", err.msg);
         goto done;
     }
-    fprintf(stderr, "nesf interpolate: %d frames decoded in %.1f ms (%s)\n", steps, st.ms,
-            be->device);
+    fprintf(stderr, "nesf interpolate: %d frames decoded in %.1f ms (%s)\n", steps, st.ms, be->device);
     status = 0;
-    goto done;
-oom:
-    fprintf(stderr, "nesf interpolate: out of memory\n");
 done:
-    nesf_strbuf_free(&mem);
     free(res);
-    json_decref(arr);
     nesf_structure_list_free(s, s ? steps : 0);
     free(ierr);
     free(z);

@@ -1,12 +1,12 @@
 /* nesf match - are two structures (or two lists of them, pair by pair) the
  * same crystal?  StructureMatcher-like comparison (match.h). */
-#include <getopt.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_opts.h"
 #include "commands.h"
 #include "latent_cli.h"
 #include "match.h"
@@ -28,53 +28,33 @@ static void usage(FILE *f)
         "Exit status 0 when every pair matches, 1 when one does not.\n");
 }
 
-static int parse_tol(const char *s, double *out)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (*end || !(v > 0) || !isfinite(v)) return -1;
-    *out = v;
-    return 0;
-}
-
 static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 int nesf_cmd_match(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"ltol", required_argument, 0, 'l'}, {"stol", required_argument, 0, 's'},
-        {"angle-tol", required_argument, 0, 'a'}, {"json", no_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     nesf_match_opts o;
     nesf_match_opts_default(&o);
-    int json = 0, c, bad = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (c) {
-        case 'l': bad |= parse_tol(optarg, &o.ltol); break;
-        case 's': bad |= parse_tol(optarg, &o.stol); break;
-        case 'a': bad |= parse_tol(optarg, &o.angle_tol); break;
-        case 'j': json = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (bad || optind != argc - 2) {
-        if (bad) fprintf(stderr, "nesf match: tolerances must be positive numbers\n");
+    int json = 0, arg0;
+    const cli_opt opts[] = {CLI_POS("ltol", &o.ltol), CLI_POS("stol", &o.stol),
+                            CLI_POS("angle-tol", &o.angle_tol), CLI_F("json", &json),
+                            CLI_OPT_END};
+    int prc = cli_parse("match", argc, argv, opts, usage, &arg0);
+    if (prc >= 0) return prc;
+    if (arg0 != argc - 2) {
         usage(stderr);
         return 2;
     }
     nesf_structure **a = NULL, **b = NULL;
     int na = 0, nb = 0, status = 1;
     nesf_error err;
-    if (nesf_sio_read_file(argv[optind], NESF_FORMAT_AUTO, &a, &na, &err) ||
-        nesf_sio_read_file(argv[optind + 1], NESF_FORMAT_AUTO, &b, &nb, &err)) {
+    if (nesf_sio_read_file(argv[arg0], NESF_FORMAT_AUTO, &a, &na, &err) ||
+        nesf_sio_read_file(argv[arg0 + 1], NESF_FORMAT_AUTO, &b, &nb, &err)) {
         fprintf(stderr, "nesf match: %s\n", err.msg);
         goto done;
     }
     if (na != nb && na != 1) {
         fprintf(stderr, "nesf match: %s holds %d structures, %s %d (want the same number, or one in A)\n",
-                argv[optind], na, argv[optind + 1], nb);
+                argv[arg0], na, argv[arg0 + 1], nb);
         status = 2;
         goto done;
     }

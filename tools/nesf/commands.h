@@ -23,4 +23,15 @@ int nesf_bench_train(int argc, char **argv);
 int nesf_bench_gpu(int argc, char **argv);
 int nesf_bench_decode_modes(int argc, char **argv);
 
+/* Runs a training job with nesf train's hooks (train.h): its notes and
+ * epoch lines on stderr, the progress line unless quiet, SIGINT/SIGTERM
+ * stop it with a checkpoint (*stopped, may be NULL, says so).  Returns the
+ * exit status, having printed the error. */
+struct nesf_train_job;
+/* nesf eval --model MODEL --data DATA --out OUT --backend B [--options O]:
+ * the report on stdout; returns the exit status. */
+int nesf_eval_reconstruct(const char *model, const char *data, const char *out, const char *backend,
+                          const char *options);
+int nesf_train_job_cli(const struct nesf_train_job *job, int quiet, int *stopped);
+
 #endif
