@@ -25,7 +25,7 @@ limit=(-max_total_time="$secs")
 status=0
 for t in "${targets[@]}"; do
   mkdir -p "build-fuzz/corpus/$t"
-  echo "fuzz: $t for ${FUZZ_RUNS:+$FUZZ_RUNS runs}${FUZZ_RUNS:-${secs}s}"
+  if [ -n "${FUZZ_RUNS:-}" ]; then echo "fuzz: $t for $FUZZ_RUNS runs"; else echo "fuzz: $t for ${secs}s"; fi
   (cd build-fuzz && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
      "./tests/fuzz/fuzz_$t" "${limit[@]}" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
      -dict="../tests/fuzz/$t.dict" -print_final_stats=1 \
