@@ -9,7 +9,10 @@
 - include/ headers include public headers only;
 - core/ holds only its concern folders, and a concern includes its own
   headers and those of the concerns below it (ALLOWED);
-- backends/ include error.h, backend.h and their own headers only.
+- backends/ include error.h, backend.h and their own headers only;
+- no function body in core/, backends/, tools/ or server/ is over MAX_FUNCTION
+  lines (a body runs from a "{" in column 0 that follows a signature line to
+  the next "}" in column 0, which is how every function here is written).
 Every quoted #include is resolved the way the compiler does (the including
 file's folder, then include/, then for core/ the internal headers of core's
 folders).  Prints one line per violation and exits 1 if there is any.
@@ -33,6 +36,7 @@ ALLOWED = {
 # public headers whose concern is not that of a same-named source file
 HOME = {'backend.h': 'backends'}
 SOURCE_EXT = ('.c', '.h', '.cu', '.cuh', '.cpp')
+MAX_FUNCTION = 100
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
@@ -112,6 +116,23 @@ def check_file(root, rel, homes, internal_dirs, problems):
                             f'{", ".join(sorted(ALLOWED.get(mine, ()))) or "nothing else"}')
 
 
+def long_functions(root, rel, problems):
+    """Function bodies over MAX_FUNCTION lines in one source file."""
+    with open(os.path.join(root, rel), encoding='utf-8', errors='replace') as fh:
+        lines = fh.read().split('\n')
+    i = 1
+    while i < len(lines):
+        prev = lines[i - 1].strip()
+        if lines[i] == '{' and prev[:1] not in ('', '#', '/', '*', '}') and not prev.endswith(('=', ';')):
+            j = i + 1
+            while j < len(lines) and lines[j] != '}':
+                j += 1
+            if j - i + 1 > MAX_FUNCTION:
+                problems.append(f'{rel}:{i}: {prev[:60]}... is {j - i + 1} lines (at most {MAX_FUNCTION})')
+            i = j
+        i += 1
+
+
 def main():
     root = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else
                            os.path.join(os.path.dirname(__file__), '..'))
@@ -129,6 +150,8 @@ def main():
     for top in ('include', 'core', 'backends', 'tools', 'server'):
         for rel in sources(root, top):
             check_file(root, rel, homes, internal_dirs, problems)
+            if rel.endswith(('.c', '.cu', '.cpp')):
+                long_functions(root, rel, problems)
     for top in ('tools', 'server'):
         for d, _, files in os.walk(os.path.join(root, top)):
             if 'meson.build' in files:
