@@ -619,7 +619,7 @@ static int fixed_point_decode(op_state *st)
         if (!dec->s[i] || dec->s[i]->n == 0) continue;
         st->fixed[i].checked = 1;
         if (!nesfd_ticket_item(st->p.ticket, j)->status) {
-            memcpy(enc->z + (size_t)k * L, enc->z + (size_t)j * L, L * sizeof *enc->z);
+            memmove(enc->z + (size_t)k * L, enc->z + (size_t)j * L, L * sizeof *enc->z); /* compacted in place */
             st->fixed_idx[k++] = i;
         }
         j++;
