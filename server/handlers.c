@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cif.h"
+#include "consistency.h"
 #include "domain.h"
 #include "elements.h"
 #include "interp.h"
@@ -40,6 +41,10 @@ typedef struct op_state {
     nesfd_ticket *dec_ticket;
     int cycle_done;
     double *cycle;             /* [n] cycle distances |E(D(z)) - z| */
+    /* self-check: the cycle's latents E(D(z)) decoded again (consistency.h) */
+    int self_check;            /* "self_check": true */
+    nesf_fixed_point *fixed;   /* [n] verdicts; NULL: none (not asked, or no memory) */
+    int *fixed_idx;            /* item of the re-decode job -> item of the answer */
     nesf_structure **inputs;   /* reconstruct: the input structures (n), for "match" */
     json_t *warn;              /* input structures' domain warnings, one list each */
     json_t *warn_ends;         /* interpolate: {"from"|"to": list} of structure ends */
@@ -52,6 +57,8 @@ static void op_free(void *p)
     nesfd_pending_release(&st->p);
     nesfd_ticket_release(st->dec_ticket);
     free(st->cycle);
+    free(st->fixed);
+    free(st->fixed_idx);
     if (st->inputs) nesf_structure_list_free(st->inputs, st->n);
     json_decref(st->warn);
     json_decref(st->warn_ends);
@@ -222,7 +229,8 @@ static op_state *new_state(nesfd_app *app, nesfd_req *r, op_kind kind, json_t *r
 }
 
 /* "format": "json" | "cif" | "pymatgen" or a list of them (json is always
- * included), "options": decoding overrides, "symprec": space-group tolerance. */
+ * included), "options": decoding overrides, "symprec": space-group tolerance,
+ * "self_check": a boolean. */
 static int parse_output(op_state *st, json_t *root)
 {
     nesfd_req *r = st->p.req;
@@ -249,6 +257,13 @@ static int parse_output(op_state *st, json_t *root)
         }
         json_decref(list);
     }
+    json_t *sc = json_object_get(root, "self_check");
+    if (sc && !json_is_boolean(sc)) {
+        nesfd_reply_error(r, 400, "invalid_request", "'self_check' must be true or false (re-decode "
+                          "each answer's latent E(D(z)) and compare compositions)");
+        return -1;
+    }
+    st->self_check = json_is_true(sc);
     json_t *sp = json_object_get(root, "symprec");
     if (sp) {
         if (!json_is_number(sp) || !(json_number_value(sp) > 0) || json_number_value(sp) > 1) {
@@ -303,7 +318,8 @@ static double decode_work(const nesfd_model_entry *me, const nesf_decode_opts *o
 
 /* One request may not cost more than max_request_work (by default 64
  * latents at the paper's settings: 640 in fast mode, 8 latents at 4096
- * paper iterations are 8 times too many); 413 otherwise, before any work. */
+ * paper iterations are 8 times too many); 413 otherwise, before any work.
+ * The self-check decodes every latent twice. */
 static int check_work(op_state *st, int n)
 {
     const nesfd_config *c = st->p.app->cfg;
@@ -312,13 +328,13 @@ static int check_work(op_state *st, int n)
     double limit = c->max_request_work > 0
                        ? c->max_request_work
                        : decode_work(st->p.me, &paper, DEFAULT_WORK_LATENTS, DEFAULT_WORK_STEPS);
-    double w = decode_work(st->p.me, &st->opts, n, st->opts.iterations);
+    double w = decode_work(st->p.me, &st->opts, st->self_check ? 2 * n : n, st->opts.iterations);
     if (w <= limit) return 0;
-    nesfd_reply_error(st->p.req, 413, "work_too_large", "decoding %d latents at %d iterations (%s "
+    nesfd_reply_error(st->p.req, 413, "work_too_large", "decoding %d latents%s at %d iterations (%s "
                       "mode) is %.3g particle steps, more than this server's limit of %.3g "
                       "(max_request_work): send fewer latents or cheaper options", n,
-                      st->opts.iterations, st->opts.mode == NESF_DECODE_FAST ? "fast" : "paper", w,
-                      limit);
+                      st->self_check ? " twice (self_check)" : "", st->opts.iterations,
+                      st->opts.mode == NESF_DECODE_FAST ? "fast" : "paper", w, limit);
     return -1;
 }
 
@@ -522,46 +538,53 @@ static void finish_decode(op_state *st)
 }
 
 /* "confidence" of decoded item i: its cycle distance and that distance's
- * percentile in the training sample the model file records. */
+ * percentile in the training sample the model file records; with the
+ * self-check, whether E(D(z)) decodes to the same composition. */
 static json_t *confidence_json(const op_state *st, int i)
 {
     double d = st->cycle ? st->cycle[i] : NAN;
     double p = isnan(d) ? -1 : nesf_domain_percentile(nesf_model_domain(st->p.me->model), d);
-    return json_pack("{s:o, s:o}", "cycle_distance", isfinite(d) ? json_real(d) : json_null(),
-                     "percentile", p >= 0 ? json_real(p) : json_null());
+    json_t *o = json_pack("{s:o, s:o}", "cycle_distance", isfinite(d) ? json_real(d) : json_null(),
+                          "percentile", p >= 0 ? json_real(p) : json_null());
+    if (st->self_check) {
+        const nesf_fixed_point *v = st->fixed && st->fixed[i].checked ? &st->fixed[i] : NULL;
+        json_object_set_new(o, "self_consistent", v ? json_boolean(v->consistent) : json_null());
+        json_object_set_new(o, "redecoded_atoms", v && v->atoms >= 0 ? json_integer(v->atoms) : json_null());
+    }
+    return o;
 }
 
-/* The confidence stage between a finished decode ticket and the answer.
- * Returns 1 while the encode of the decoded structures is under way (or
- * its submission failed and was answered), 0 when the answer can be
- * given: st->p.ticket is the decode ticket again and st->cycle is filled. */
-static int cycle_stage(op_state *st)
+/* The decode ticket just ended: encodes its structures (E(D(z))).
+ * Returns 1 when the encode was submitted (or its submission failed and
+ * was answered), 0 when there is nothing to encode (no figures then). */
+static int cycle_encode(op_state *st)
 {
-    if (st->cycle_done) return 0;
     nesfd_job *job = nesfd_ticket_data(st->p.ticket);
-    const int L = st->p.me->latent;
-    if (!st->dec_ticket) { /* the decode just ended: encode its structures */
-        int k = 0;
-        for (int i = 0; i < job->n; i++) k += job->s[i] && job->s[i]->n > 0;
-        st->cycle = malloc((size_t)job->n * sizeof *st->cycle);
-        nesfd_job *enc = k && st->cycle ? nesfd_job_new(NESFD_JOB_ENCODE, st->p.me, k) : NULL;
-        for (int i = 0, j = 0; enc && i < job->n; i++)
-            if (job->s[i] && job->s[i]->n > 0 && !(enc->s[j++] = nesf_structure_copy(job->s[i]))) {
-                nesfd_job_free(enc);
-                enc = NULL;
-            }
-        for (int i = 0; st->cycle && i < job->n; i++) st->cycle[i] = INFINITY;
-        if (!enc) { /* nothing to encode (or no memory for it): no figures */
-            if (k) free(st->cycle), st->cycle = NULL;
-            finish_decode(st);
-            return 0;
+    int k = 0;
+    for (int i = 0; i < job->n; i++) k += job->s[i] && job->s[i]->n > 0;
+    st->cycle = malloc((size_t)job->n * sizeof *st->cycle);
+    nesfd_job *enc = k && st->cycle ? nesfd_job_new(NESFD_JOB_ENCODE, st->p.me, k) : NULL;
+    for (int i = 0, j = 0; enc && i < job->n; i++)
+        if (job->s[i] && job->s[i]->n > 0 && !(enc->s[j++] = nesf_structure_copy(job->s[i]))) {
+            nesfd_job_free(enc);
+            enc = NULL;
         }
-        st->dec_ticket = st->p.ticket;
-        st->p.ticket = NULL;
-        submit(st, enc);
-        return 1;
+    for (int i = 0; st->cycle && i < job->n; i++) st->cycle[i] = INFINITY;
+    if (!enc) {
+        if (k) free(st->cycle), st->cycle = NULL;
+        return 0;
     }
-    nesfd_job *dec = nesfd_ticket_data(st->dec_ticket);
+    st->dec_ticket = st->p.ticket;
+    st->p.ticket = NULL;
+    submit(st, enc);
+    return 1;
+}
+
+/* The encode of the decoded structures ended: their cycle distances. */
+static void cycle_distances(op_state *st)
+{
+    nesfd_job *job = nesfd_ticket_data(st->p.ticket), *dec = nesfd_ticket_data(st->dec_ticket);
+    const int L = st->p.me->latent;
     for (int i = 0, j = 0; i < dec->n; i++) {
         if (!dec->s[i] || dec->s[i]->n == 0) continue;
         if (!nesfd_ticket_item(st->p.ticket, j)->status) {
@@ -571,6 +594,79 @@ static int cycle_stage(op_state *st)
             st->cycle[i] = sqrt(sum);
         }
         j++;
+    }
+}
+
+/* The self-check's decode of the latents E(D(z)) just encoded, with the
+ * decode's own options (as nesf_fixed_point_check: no symmetrize).  A
+ * structure whose encode failed is inconsistent without a re-decode.
+ * Returns 1 when the decode was submitted (or its submission failed and
+ * was answered), 0 when nothing is left to decode (or no memory: no
+ * verdicts then). */
+static int fixed_point_decode(op_state *st)
+{
+    nesfd_job *enc = nesfd_ticket_data(st->p.ticket), *dec = nesfd_ticket_data(st->dec_ticket);
+    const size_t L = (size_t)st->p.me->latent;
+    st->fixed = malloc((size_t)dec->n * sizeof *st->fixed);
+    st->fixed_idx = malloc((size_t)dec->n * sizeof *st->fixed_idx);
+    if (!st->fixed || !st->fixed_idx) {
+        free(st->fixed), st->fixed = NULL;
+        return 0;
+    }
+    int k = 0;
+    for (int i = 0, j = 0; i < dec->n; i++) {
+        st->fixed[i] = (nesf_fixed_point){0, 0, -1};
+        if (!dec->s[i] || dec->s[i]->n == 0) continue;
+        st->fixed[i].checked = 1;
+        if (!nesfd_ticket_item(st->p.ticket, j)->status) {
+            memmove(enc->z + (size_t)k * L, enc->z + (size_t)j * L, L * sizeof *enc->z); /* compacted in place */
+            st->fixed_idx[k++] = i;
+        }
+        j++;
+    }
+    nesfd_job *re = k ? nesfd_job_new(NESFD_JOB_DECODE, st->p.me, k) : NULL;
+    if (!re) {
+        if (k) free(st->fixed), st->fixed = NULL;
+        return 0;
+    }
+    memcpy(re->z, enc->z, (size_t)k * L * sizeof *re->z);
+    re->opts = decode_opts(st);
+    submit(st, re);
+    return 1;
+}
+
+/* The self-check's decode ended: each structure's verdict. */
+static void fixed_point_verdicts(op_state *st)
+{
+    nesfd_job *re = nesfd_ticket_data(st->p.ticket), *dec = nesfd_ticket_data(st->dec_ticket);
+    for (int m = 0; m < re->n; m++) {
+        nesf_fixed_point *v = &st->fixed[st->fixed_idx[m]];
+        const nesf_structure *s = nesfd_ticket_item(st->p.ticket, m)->status ? NULL : re->s[m];
+        v->atoms = s ? s->n : -1;
+        v->consistent = s && nesf_same_composition(dec->s[st->fixed_idx[m]], s);
+    }
+}
+
+/* The confidence stage between a finished decode ticket and the answer:
+ * the encode of the decoded structures (cycle distances), then, with the
+ * self-check, the decode of those latents.  Returns 1 while one of them
+ * is under way (or its submission failed and was answered), 0 when the
+ * answer can be given: st->p.ticket is the decode ticket again and
+ * st->cycle (and st->fixed) are filled. */
+static int cycle_stage(op_state *st)
+{
+    if (st->cycle_done) return 0;
+    if (!st->dec_ticket) {
+        if (cycle_encode(st)) return 1;
+        finish_decode(st);
+        return 0;
+    }
+    nesfd_job *job = nesfd_ticket_data(st->p.ticket);
+    if (job->kind == NESFD_JOB_ENCODE) {
+        cycle_distances(st);
+        if (st->self_check && fixed_point_decode(st)) return 1;
+    } else {
+        fixed_point_verdicts(st);
     }
     nesfd_ticket_release(st->p.ticket);
     st->p.ticket = st->dec_ticket;
@@ -613,7 +709,8 @@ static void h_decode(nesfd_req *r, void *ctx)
         nesfd_reply_json(r, 200, ans);
         return;
     }
-    static const char *const keys[] = {"model", "latents", "format", "options", "symprec", NULL};
+    static const char *const keys[] = {"model", "latents", "format", "options", "symprec", "self_check",
+                                       NULL};
     json_t *root = nesfd_parse_body(r, "a JSON object", keys);
     if (!root) return;
     json_t *lat = json_object_get(root, "latents");
@@ -775,7 +872,7 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
     op_state *st = nesfd_req_state(r);
     if (!st) {
         static const char *const keys[] = {"model", "structures", "format", "options", "symprec",
-                                           "refine", NULL};
+                                           "refine", "self_check", NULL};
         json_t *root = nesfd_parse_body(r, "a JSON object", keys);
         if (!root) return;
         nesfd_job *job;
@@ -864,7 +961,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
     op_state *st = nesfd_req_state(r);
     if (!st) {
         static const char *const keys[] = {"model", "from", "to", "steps", "format", "options",
-                                           "symprec", "refine", NULL};
+                                           "symprec", "refine", "self_check", NULL};
         json_t *root = nesfd_parse_body(r, "a JSON object", keys);
         if (!root) return;
         nesf_structure *enc[2] = {NULL, NULL};

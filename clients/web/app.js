@@ -334,7 +334,8 @@ function spaceGroup(s) {
 }
 
 /* What the daemon says about how far to trust a frame: its confidence
- * (cycle distance as a percentile of the training set's) and warnings. */
+ * (cycle distance as a percentile of the training set's; with the
+ * self-check, whether E(D(z)) decodes to the same composition) and warnings. */
 function trustHTML(s) {
   let h = '';
   const c = s.confidence;
@@ -342,6 +343,10 @@ function trustHTML(s) {
     h += `<span class="confidence" title="cycle distance |E(D(z)) − z| = ${fmt(c.cycle_distance, 2)}; ` +
       `higher percentiles of the training set's distances mean less trustworthy">` +
       `<span class="k">cycle-distance percentile</span>${fmt(c.percentile, 0)}</span>`;
+  if (c && typeof c.self_consistent === 'boolean') // asked with "self-check"
+    h += `<span class="self-check${c.self_consistent ? '' : ' failed'}" title="E(D(z)) decodes to ` +
+      `${c.redecoded_atoms ?? 'no'} atoms: ${c.self_consistent ? 'the same' : 'not the same'} composition">` +
+      `self-consistent: ${c.self_consistent ? 'yes' : 'no'}</span>`;
   for (const w of s.warnings || [])
     h += `<span class="warning" data-code="${escapeHTML(w.code || '')}">⚠ ${escapeHTML(w.message || w.code || '')}</span>`;
   return h;
@@ -483,6 +488,7 @@ async function interpolate() {
     if (!(symprec > 0 && symprec <= 1)) { setMessage('symprec must be in (0, 1] Å', true); return; }
     body.options = { ...(body.options || {}), symmetrize: true, symprec };
   }
+  if ($('#self-check').checked) body.self_check = true;
   const model = $('#model').value;
   if (model) body.model = model;
   setBusy(true);

@@ -217,6 +217,30 @@ def reconstruct():
 
 
 @check
+def self_check():
+    """--self-check: the daemon's verdict of each structure on stderr, for
+    reconstruct, decode and interpolate; the API answer carries it."""
+    r = client("reconstruct", W("two.jsonl"), "--format", "json", "--self-check", url=URL)
+    need(r.returncode == 0, r.stderr)
+    want = daemon.post("/reconstruct", fast({"structures": [EXAMPLES["MgO"], EXAMPLES["BaTiO3"]], "self_check": True}))
+    got = json.loads(r.stdout)["structures"]
+    need([s["confidence"] for s in got] == [s["confidence"] for s in want["structures"]], "verdicts differ")
+    yes = ["self-consistent: %s" % {True: "yes", False: "no", None: "unchecked"}[s["confidence"]["self_consistent"]]
+           for s in got]
+    lines = [line for line in r.stderr.splitlines() if line[:1].isdigit()]  # "i: formula, ..."
+    need(len(lines) == 2 and all(y in line for y, line in zip(yes, lines)), "summary lines: %r" % r.stderr)
+    with open(W("sc-lat.json"), "w") as f:
+        json.dump({"latents": want["latents"]}, f)
+    r = client("decode", W("sc-lat.json"), "--format", "json", "--self-check", url=URL)
+    need(r.returncode == 0 and r.stderr.count("self-consistent: ") == 2, r.stderr)
+    r = client("interpolate", W("sc-lat.json"), W("NaCl.json"), "--steps", "2", "--format", "json",
+               "--self-check", url=URL)
+    need(r.returncode == 0 and r.stderr.count("self-consistent: ") == 2, r.stderr)
+    r = client("reconstruct", W("NaCl.cif"), "--format", "json", url=URL)
+    need("self-consistent" not in r.stderr and "self_consistent" not in r.stdout, "without --self-check: %r" % r.stderr)
+
+
+@check
 def reconstruct_symmetrized():
     """--symmetrize: the bundled NaCl and ZnS come back as Fm-3m and F-43m at
     the daemon's default decoding (not TEST_OPTIONS' coarse grid), given the

@@ -94,6 +94,18 @@ check("encode refine=False", near(c.encode([pmg], refine=False)[0], z[0], 1e-5))
 frames = c.interpolate(pmg, z[0], steps=3, as_="ase")
 check("interpolate", [round(t, 6) for t, _ in frames] == [0.0, 0.5, 1.0] and isinstance(frames[0][1], ase.Atoms), frames)
 
+# self_check: the verdicts of the raw API, the same for the same latents through every call
+raw_sc = c._call("POST", "/reconstruct", {"structures": [first, first], "options": options, "self_check": True})
+want_sc = [x["confidence"]["self_consistent"] for x in raw_sc["structures"]]
+rec_sc, lat_sc, ver = c.reconstruct([pmg, first], return_latents=True, self_check=True)
+check("reconstruct self_check", ver == want_sc and all(isinstance(v, bool) for v in ver) and len(rec_sc) == 2, ver)
+check("reconstruct self_check alone", len(c.reconstruct(pmg, self_check=True)) == 2)
+dec_sc, ver_d = c.decode(raw_sc["latents"], as_="dict", self_check=True)
+check("decode self_check", ver_d == want_sc and "redecoded_atoms" in dec_sc[0]["confidence"], ver_d)
+check("decode without self_check", "self_consistent" not in c.decode(z[:1], as_="dict")[0]["confidence"])
+fr = c.interpolate(raw_sc["latents"][0], raw_sc["latents"][1], steps=2, self_check=True)
+check("interpolate self_check", [v for _, _, v in fr] == want_sc and isinstance(fr[0][1], Structure), fr)
+
 def raises(fn, want):
     try:
         fn()
@@ -105,6 +117,7 @@ raises(lambda: c.decode([[0.1] * (L - 1)]), "latent size")
 raises(lambda: c.encode(42), "cannot send a int")
 raises(lambda: c.encode("no-such-file.cif"), "neither CIF text nor an existing file")
 raises(lambda: c.decode(z[:1], as_="xyz"), "as_ must be one of")
+raises(lambda: c.decode(z[:1], self_check="yes"), "self_check must be True or False")
 e = raises(lambda: Client("http://127.0.0.1:9", timeout=5).models(), "cannot reach nesfd")
 check("unreachable code", e.code == 3)
 print("python checks: %d passed" % len(ok))

@@ -518,6 +518,66 @@ def test_interpolate(d, ctx):
                  "invalid_latent")
 
 
+def test_self_check(d, ctx):
+    """"self_check": true re-decodes each answer's E(D(z)): on the shipped
+    model its verdicts are nesf eval --self-check's (nesf_fixed_point_check)
+    for the same val structures, the same through /decode, /interpolate and
+    in a batch as alone; it counts twice in the work limit; non-booleans
+    are 400."""
+    structs = dataset_structures(12)
+    for bad in (1, "yes", None, [True]):
+        err = expect_error(d.call("POST", "/decode", {"latents": ctx["enc"][:1], "self_check": bad}),
+                           400, "invalid_request")
+        assert "self_check" in err["message"], err
+    st, _, a = d.call("POST", "/interpolate", {"from": structs[0], "to": structs[1], "steps": 2,
+                                               "options": FAST, "self_check": True})
+    assert st == 200, a
+    for f in a["frames"]:
+        c = f["structure"]["confidence"]
+        assert isinstance(c["self_consistent"], bool) and c["redecoded_atoms"] >= 1, c
+    st, _, a = d.call("POST", "/decode", {"latents": ctx["enc"][:1], "options": FAST})
+    assert st == 200 and "self_consistent" not in a["structures"][0]["confidence"], a
+    # 32 latents at 128 paper iterations are the default limit exactly: twice that is too much
+    heavy = {"latents": latents(32, 5), "options": {"mode": "paper", "iterations": 128}}
+    heavy["latents"][-1] = heavy["latents"][-1][:3]  # passes the work check, then fails before any work
+    expect_error(d.call("POST", "/decode", heavy), 400, "invalid_latent")
+    err = expect_error(d.call("POST", "/decode", dict(heavy, self_check=True)), 413, "work_too_large")
+    assert "self_check" in err["message"], err
+    model = os.path.join(SRC, "models", "lcs6.safetensors")
+    m = Daemon("--model", "lcs6=" + model, "--compute-threads", "1", "--max-batch", "16",
+               "--max-delay-us", "50000")
+    data = os.path.join(ctx["tmp"], "val12.jsonl")
+    with open(data, "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in structs)
+    opts = {"mode": "fast"}
+    out = subprocess.run([NESF, "eval", "--model", model, "--data", data, "--self-check", "--json", "--batch", "1",
+                          "--threads", "1", "--options", json.dumps(opts)], check=True, capture_output=True, text=True)
+    flagged = json.loads(out.stdout)["self_check"]["flagged"]
+    st, _, rec = m.call("POST", "/reconstruct", {"structures": structs, "options": opts, "self_check": True})
+    assert st == 200, rec
+    conf = [s["confidence"] for s in rec["structures"]]
+    got = [s["id"] for s, c in zip(structs, conf) if c["self_consistent"] is False]
+    assert got == flagged, "daemon flags %s, nesf eval --self-check %s" % (got, flagged)
+    assert 0 < len(got) < len(structs), got  # both verdicts occur: the comparison means something
+    for s, c in zip(rec["structures"], conf):
+        assert c["redecoded_atoms"] >= 1 and (c["redecoded_atoms"] == s["num_atoms"] or not c["self_consistent"]), c
+    st, _, dec = m.call("POST", "/decode", {"latents": rec["latents"], "options": opts, "self_check": True})
+    assert st == 200 and [s["confidence"] for s in dec["structures"]] == conf, dec
+    st, _, ip = m.call("POST", "/interpolate", {"from": rec["latents"][0], "to": rec["latents"][2], "steps": 2,
+                                                "options": opts, "self_check": True})
+    assert st == 200 and [f["structure"]["confidence"] for f in ip["frames"]] == [conf[0], conf[2]], ip
+
+    def one(i):
+        return m.call("POST", "/reconstruct", {"structures": [structs[i]], "options": opts, "self_check": True})
+
+    with concurrent.futures.ThreadPoolExecutor(len(structs)) as ex:
+        answers = list(ex.map(one, range(len(structs))))
+    for i, (st, _, body) in enumerate(answers):
+        assert st == 200 and body["structures"][0] == rec["structures"][i], "structure %d differs alone" % i
+    assert max(b["batch"] for _, _, b in answers) > 1, "no request was batched with another"
+    m.kill()
+
+
 def test_batching(d, _):
     """64 simultaneous one-latent decodes are batched, and each answer is
     the answer the same latent gets alone."""
@@ -818,7 +878,7 @@ TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, 
          test_decode_paper_settings,
          test_decode_errors, test_body_limit, test_error_shapes, test_cors, test_encode, test_encode_errors,
          test_refine,
-         test_reconstruct, test_interpolate, test_batching, test_metrics, test_logs, test_web_root,
+         test_reconstruct, test_interpolate, test_self_check, test_batching, test_metrics, test_logs, test_web_root,
          test_queue_full_and_deadline, test_bounded_work, test_connection_attacks, test_degenerate_cell, test_openapi, test_graceful_shutdown]
 
 

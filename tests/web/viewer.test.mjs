@@ -258,6 +258,31 @@ await check('symmetrized frames show their space group', async () => {
   await page.uncheck('#symmetrize');
 });
 
+await check('self-check: each frame says whether it is self-consistent', async () => {
+  await page.selectOption('#from-example', 'ZnS');
+  await page.selectOption('#to-example', 'BaTiO3');
+  await page.fill('#steps', '3');
+  await page.check('#self-check');
+  await page.click('#run');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state) && !document.querySelector('#run').disabled);
+  assert.equal(await page.getAttribute('body', 'data-state'), 'done', await page.textContent('#message'));
+  const api = await post('/interpolate', { from: example('ZnS'), to: example('BaTiO3'), steps: 3, self_check: true });
+  let seen = 0;
+  for (const [i, f] of api.frames.entries()) {
+    const c = f.structure && f.structure.confidence;
+    if (!c || typeof c.self_consistent !== 'boolean') continue;
+    await page.click(`#strip li:nth-child(${i + 1})`);
+    assert.equal((await page.textContent('#frame-info .self-check')).trim(),
+                 `self-consistent: ${c.self_consistent ? 'yes' : 'no'}`, `frame ${i}`);
+    seen++;
+  }
+  assert.ok(seen > 0, 'no frame was checked');
+  await page.uncheck('#self-check');
+  await page.click('#run');
+  await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state) && !document.querySelector('#run').disabled);
+  assert.equal(await page.$('#frame-info .self-check'), null, 'self-consistency shown without the self-check');
+});
+
 await check('no script errors in the page', async () => {
   // the failed request above logs a resource error; anything else is a bug
   const real = consoleErrors.filter((e) => !/Failed to load resource: the server responded with a status of 4\d\d/.test(e));

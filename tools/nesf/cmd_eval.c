@@ -501,6 +501,18 @@ static json_t *wrong_json(const eval_run *r)
     return bad;
 }
 
+/* --self-check's tallies, and the ids of the answers it flags (not to be
+ * trusted). */
+static json_t *self_check_json(const eval_run *r)
+{
+    json_t *ids = json_array();
+    for (int i = 0; i < r->n; i++)
+        if (!r->items[i].why[0] && r->items[i].fixed == 0) json_array_append_new(ids, json_string(r->d.s[i]->id));
+    return json_pack("{s:i, s:i, s:i, s:i, s:f, s:o}", "wrong_flagged", r->sc_flagged[1], "wrong_composition",
+                     r->sc_n[1], "right_flagged", r->sc_flagged[0], "right_composition", r->sc_n[0], "seconds",
+                     r->t_self_check, "flagged", ids);
+}
+
 static void report_json(const eval_run *r, double wall)
 {
     const eval_args *a = &r->a;
@@ -529,9 +541,7 @@ static void report_json(const eval_run *r, double wall)
     if (r->m) json_object_set_new(o, "outside_domain", domain_json(&r->dr, r->items, &r->d, r->n));
     if (r->m) json_object_set_new(o, "confidence", confidence_json(&r->cr));
     if (a->self_check)
-        json_object_set_new(o, "self_check", json_pack("{s:i, s:i, s:i, s:i, s:f}", "wrong_flagged", r->sc_flagged[1],
-                                                       "wrong_composition", r->sc_n[1], "right_flagged",
-                                                       r->sc_flagged[0], "right_composition", r->sc_n[0], "seconds", r->t_self_check));
+        json_object_set_new(o, "self_check", self_check_json(r));
     if (a->list) json_object_set_new(o, "wrong_structures", wrong_json(r));
     char *ot = nesf_decode_opts_to_json(&r->opts);
     json_object_set_new(o, "options", ot ? json_loads(ot, 0, NULL) : json_null());

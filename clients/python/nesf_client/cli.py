@@ -77,10 +77,18 @@ def formula_of(item):
     return item.get("formula") or s.get("formula") or s.get("reduced_formula") or ""
 
 
+def verdict(conf):
+    """--self-check's answer for one structure's confidence block."""
+    v = conf.get("self_consistent")
+    return "unchecked" if v is None else "yes" if v else "no (re-decodes to %s atoms)" % conf.get("redecoded_atoms")
+
+
 def frame_label(f):
     if isinstance(f.get("error"), dict):
         return "(did not decode: %s)" % f["error"].get("code", "error")
-    return formula_of(f) or "(no atoms)"
+    conf = (f.get("structure") or {}).get("confidence") or {}
+    sc = ", self-consistent: %s" % verdict(conf) if "self_consistent" in conf else ""
+    return (formula_of(f) or "(no atoms)") + sc
 
 
 def cif_of(item):
@@ -163,6 +171,8 @@ def decode_options(args, body):
             opts[key] = val
     if opts:
         body["options"] = opts
+    if getattr(args, "self_check", False):
+        body["self_check"] = True
     return body
 
 
@@ -255,6 +265,8 @@ def summary(items):
         if isinstance(conf, dict) and "percentile" in conf:
             line += ", cycle distance %.2f (percentile %.0f of training)" % (conf.get("cycle_distance") or float("inf"),
                                                                             conf["percentile"])
+        if isinstance(conf, dict) and "self_consistent" in conf:
+            line += ", self-consistent: %s" % verdict(conf)
         print(line, file=sys.stderr)
         for w in it.get("warnings") or []:
             print("   warning %s: %s" % (w.get("code", "?"), w.get("message", "")), file=sys.stderr)
@@ -313,6 +325,10 @@ def decode_flags(s):
     s.add_argument("--paper", action="store_true",
                    help="decode with the paper's algorithm (spec section 5) instead of the daemon's default "
                         "(fast decoding, the same structures at ~2%% of the cost)")
+    s.add_argument("--self-check", action="store_true",
+                   help="also decode each answer's latent E(D(z)) again and say whether it comes back with "
+                        "the same composition (\"self-consistent: no\" flags an answer not to trust; one more "
+                        "decode per structure)")
 
 
 def parser():

@@ -11,8 +11,12 @@ of CIF/JSON/JSON Lines files, or structure dicts (the API's JSON).  Results
 come back as pymatgen Structures ("pymatgen", the default), ASE Atoms
 ("ase"), CIF text ("cif") or the API's JSON dicts ("dict").  A latent that
 does not decode (the model predicts a degenerate cell) gives None in its
-place and a warning; strict=True raises instead.  pymatgen and ASE are
-imported only when used."""
+place and a warning; strict=True raises instead.  self_check=True (decode,
+reconstruct, interpolate) also re-decodes each answer's latent E(D(z)) on
+the server (one more decode per structure) and returns, beside the
+structures, whether each came back with its own composition (True/False;
+None for a failed item): False flags an answer not to trust
+(docs/trust.md).  pymatgen and ASE are imported only when used."""
 import os
 import warnings
 
@@ -134,6 +138,19 @@ class Client:
         except ClientError as e:
             raise NesfError(str(e), e.code) from None
 
+    @staticmethod
+    def _self_check(body, self_check):
+        if not isinstance(self_check, bool):
+            raise NesfError("self_check must be True or False, not %r" % (self_check,), EXIT_USAGE)
+        if self_check:
+            body["self_check"] = True
+        return body
+
+    @staticmethod
+    def _verdicts(items):
+        """Each item's confidence.self_consistent (None: failed or unchecked)."""
+        return [(it.get("confidence") or {}).get("self_consistent") if isinstance(it, dict) else None for it in items]
+
     def _body(self, body, model, options, as_=None, decodes=True):
         if as_ is not None and as_ not in OUTPUTS:
             raise NesfError("as_ must be one of %s, not %r" % (", ".join(OUTPUTS), as_), EXIT_USAGE)
@@ -167,11 +184,14 @@ class Client:
         """The served models (name, latent_size, species, backend, ...), default first."""
         return self._call("GET", "/models")["models"]
 
-    def decode(self, latents, as_="pymatgen", options=None, model=None, strict=False):
-        """Latent vectors (a list of them, one vector, or an array) -> structures."""
+    def decode(self, latents, as_="pymatgen", options=None, model=None, strict=False, self_check=False):
+        """Latent vectors (a list of them, one vector, or an array) -> structures;
+        with self_check, (structures, self-consistent verdicts)."""
         z = _latents(latents)
-        ans = self._call("POST", "/decode", self._body({"latents": z}, model, options, as_))
-        return self._results(ans["structures"], as_, strict, "latent")
+        body = self._self_check(self._body({"latents": z}, model, options, as_), self_check)
+        ans = self._call("POST", "/decode", body)
+        out = self._results(ans["structures"], as_, strict, "latent")
+        return (out, self._verdicts(ans["structures"])) if self_check else out
 
     @staticmethod
     def _refine(body, refine):
@@ -189,21 +209,25 @@ class Client:
         return ans["latents"]
 
     def reconstruct(self, structures, as_="pymatgen", options=None, model=None, strict=False,
-                    return_latents=False, refine=None):
+                    return_latents=False, refine=None, self_check=False):
         """Encode then decode (the autoencoder's round trip); with
-        return_latents, (structures, latents); refine as for encode."""
+        return_latents, (structures, latents); with self_check the verdicts
+        come last: (structures[, latents], verdicts); refine as for encode."""
         body = self._refine(self._body({"structures": _structures(structures)}, model, options, as_), refine)
-        ans = self._call("POST", "/reconstruct", body)
-        out = self._results(ans["structures"], as_, strict, "structure")
-        return (out, ans["latents"]) if return_latents else out
+        ans = self._call("POST", "/reconstruct", self._self_check(body, self_check))
+        out = (self._results(ans["structures"], as_, strict, "structure"),)
+        out += (ans["latents"],) if return_latents else ()
+        out += (self._verdicts(ans["structures"]),) if self_check else ()
+        return out if len(out) > 1 else out[0]
 
     def interpolate(self, start, end, steps=8, as_="pymatgen", options=None, model=None, strict=False,
-                    refine=None):
+                    refine=None, self_check=False):
         """The straight latent path from start to end (each a structure-like
         input or a latent vector), decoded at steps points including both
-        ends -> [(t, structure), ...]."""
+        ends -> [(t, structure), ...]; with self_check [(t, structure, verdict), ...]."""
         body = self._body({"from": _endpoint(start), "to": _endpoint(end), "steps": int(steps)}, model, options, as_)
-        body = self._refine(body, refine)  # structure ends only
+        body = self._self_check(self._refine(body, refine), self_check)  # refine: structure ends only
         frames = self._call("POST", "/interpolate", body)["frames"]
         items = [f if isinstance(f.get("error"), dict) else f["structure"] for f in frames]
-        return list(zip([f["t"] for f in frames], self._results(items, as_, strict, "frame")))
+        cols = [[f["t"] for f in frames], self._results(items, as_, strict, "frame")]
+        return list(zip(*cols + ([self._verdicts(items)] if self_check else [])))
