@@ -1,7 +1,7 @@
 /* mkmodel - writes a NeSF model file (paper configuration) for the daemon's
  * integration tests and benchmark, which must not depend on a trained model.
  *
- *   mkmodel OUT.safetensors [META.json] [SEED] [--random]
+ *   mkmodel OUT.safetensors [META.json] [SEED] [--random | --flat]
  *
  * The network starts from random weights (seed) with the species of a
  * dataset's meta.json (default LCS6Å's through $NESF_SHARED) and a 6 Å
@@ -15,6 +15,11 @@
  *     attractors, at (1, 2.25, 2.5) for x < 3 and (3.5, 2.25, 2.5) beyond,
  *     so the particles gather into exactly two atoms;
  *   - species field: untouched, so the two atoms' elements depend on z.
+ * --flat makes c 0.001 Å for every latent: a trained LCS6 model once
+ * decoded one N(0,1) latent in 1000 to a cell 0.0086 Å thick, which crashed
+ * spglib; this one's two atoms make an unguarded spglib 2.0 segfault at
+ * symprec 0.01, so the daemon's guard is tested without depending on a
+ * trained model's weights.
  * A random network alone predicts a degenerate cell and scatters its
  * particles, which would leave nothing to compare but error messages. */
 #include <jansson.h>
@@ -63,7 +68,7 @@ static void scale(const char *name, float s)
     for (int64_t i = 0; i < r * c; i++) p[i] *= s;
 }
 
-static void shape_fixture(void)
+static void shape_fixture(int flat)
 {
     int64_t r, c;
     float *p;
@@ -72,6 +77,11 @@ static void shape_fixture(void)
     scale("decoder.angle.1.weight", 0.05f);
     p = tensor("decoder.length.1.bias", &r, &c);
     p[0] = 4.0f, p[1] = 4.5f, p[2] = 5.0f;
+    if (flat) {
+        float *w = tensor("decoder.length.1.weight", &r, &c);
+        memset(w + 2 * c, 0, (size_t)c * sizeof *w); /* c: no latent-dependent part */
+        p[2] = 0.001f;
+    }
     set_all("decoder.angle.1.bias", 1.5707963f);
 
     /* last hidden layer of the position field (input [128 features, x, y, z]):
@@ -103,7 +113,7 @@ static void shape_fixture(void)
     w8[4] = -(a2x - a1[0]) / eps;
 }
 
-static int patch_file(const char *path)
+static int patch_file(const char *path, int flat)
 {
     FILE *f = fopen(path, "rb");
     if (!f) return -1;
@@ -122,7 +132,7 @@ static int patch_file(const char *path)
         return -1;
     }
     data_base = 8 + (size_t)hl;
-    shape_fixture();
+    shape_fixture(flat);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     f = fopen(tmp, "wb");
@@ -135,14 +145,15 @@ static int patch_file(const char *path)
 int main(int argc, char **argv)
 {
     const char *pos[3] = {NULL, NULL, NULL};
-    int npos = 0, random_only = 0;
+    int npos = 0, random_only = 0, flat = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--random")) random_only = 1;
+        else if (!strcmp(argv[i], "--flat")) flat = 1;
         else if (npos < 3) pos[npos++] = argv[i];
         else npos = 4;
     }
-    if (npos < 1 || npos > 3) {
-        fprintf(stderr, "usage: mkmodel OUT.safetensors [META.json] [SEED] [--random]\n");
+    if (npos < 1 || npos > 3 || (random_only && flat)) {
+        fprintf(stderr, "usage: mkmodel OUT.safetensors [META.json] [SEED] [--random | --flat]\n");
         return 2;
     }
     char meta[4096];
@@ -172,7 +183,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "mkmodel: %s\n", err.msg);
         return 1;
     }
-    if (!random_only && patch_file(pos[0])) {
+    if (!random_only && patch_file(pos[0], flat)) {
         fprintf(stderr, "mkmodel: cannot rewrite %s\n", pos[0]);
         return 1;
     }
