@@ -616,6 +616,10 @@ static void wake(nesfd_gate *g)
 void nesfd_gate_quiesce(nesfd_gate *g)
 {
     if (!g || atomic_exchange(&g->quiesce, 1)) return;
+    /* refuses new connections now (Linux stops listening on shutdown);
+     * the gate thread closes the socket, so its number is not reused
+     * under an accept */
+    if (g->listen_fd >= 0) shutdown(g->listen_fd, SHUT_RDWR);
     wake(g);
 }
 

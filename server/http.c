@@ -22,8 +22,6 @@
 #include "log.h"
 
 #define MAX_EXTRA_HEADERS 6
-/* bytes of an over-limit chunked body read (and dropped) to answer 413 */
-#define DRAIN_MAX ((size_t)64 << 20)
 
 struct nesfd_http {
     struct MHD_Daemon *d;
@@ -77,7 +75,6 @@ struct nesfd_req {
     int status, replied, suspended, batch;
     int late_status;          /* error found while receiving the body */
     int queue_failed;
-    size_t dropped;           /* body bytes drained past the limit */
     size_t reserved;          /* of h->body_bytes, for this body */
     conn_watch *watch;
     char err_code[32];
@@ -561,26 +558,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (r->replied) return MHD_YES; /* answered from the headers: drop the rest */
-        /* libmicrohttpd only sends an answer queued before the body or after
-         * all of it, so a body without Content-Length that passes the limit
-         * is drained without being kept (no memory, only bandwidth) and
-         * refused at its end; one that goes on for DRAIN_MAX more is cut
-         * off. */
-        if (r->late_status || r->len + n > h->body_limit) {
-            if (!r->late_status) r->late_status = 413;
-            r->dropped += n;
-            return r->dropped > DRAIN_MAX ? MHD_NO : MHD_YES;
-        }
+        if (r->replied || r->late_status) return MHD_YES; /* answered or failed: drop the rest */
+        /* Content-Length is at most body_limit (body_precheck) and the gate
+         * refuses Transfer-Encoding (gate.h): a body never passes the limit */
+        if (r->len + n > h->body_limit) return MHD_NO;
         if (append_body(r, upload_data, n)) r->late_status = 503;
         return MHD_YES;
     }
     watch_set(h, r->watch, 0, 0); /* the whole body is in */
     if (r->replied) return MHD_YES;
-    if (r->late_status == 413)
-        nesfd_reply_error(r, 413, "body_too_large", "request body exceeds the limit of %zu bytes",
-                          h->body_limit);
-    else if (r->late_status)
+    if (r->late_status)
         nesfd_reply_error(r, 503, "out_of_memory", "cannot buffer the request body");
     else {
         r->suspended = 0;

@@ -61,8 +61,10 @@ static int connect_server(void)
     return fd;
 }
 
-/* Sends the request and reads one whole answer; returns its status or -1. */
-static int exchange(int fd, char **buf, size_t *cap)
+/* Sends the request and reads one whole answer; returns its status or -1.
+ * *closing: the server closes the connection after it (nesfd answers one
+ * request per connection), so the next request needs a new one. */
+static int exchange(int fd, char **buf, size_t *cap, int *closing)
 {
     for (size_t off = 0; off < request_len;) {
         ssize_t w = send(fd, request + off, request_len - off, MSG_NOSIGNAL);
@@ -93,6 +95,8 @@ static int exchange(int fd, char **buf, size_t *cap)
     }
     int status = 0;
     sscanf(*buf, "HTTP/1.%*d %d", &status);
+    char *cc = strcasestr(*buf, "\r\nConnection: close\r\n");
+    *closing = cc && cc < *buf + head;
     return status;
 }
 
@@ -109,8 +113,13 @@ static void *client_main(void *arg)
             continue;
         }
         int64_t t0 = now_ns();
-        int status = exchange(fd, &buf, &cap);
+        int closing = 0;
+        int status = exchange(fd, &buf, &cap, &closing);
         int64_t t1 = now_ns();
+        if (status >= 0 && closing) {
+            close(fd);
+            fd = -1;
+        }
         if (status < 0) {
             c->errors++;
             close(fd);
