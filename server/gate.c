@@ -67,6 +67,7 @@ struct nesfd_gate {
 
 /* ---- the head's grammar (RFC 9112, strictly) ---- */
 
+/* RFC 9110's token characters: methods and field names. */
 static int tchar(unsigned char ch)
 {
     return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
@@ -126,6 +127,7 @@ static int request_line(const char *s, size_t len, nesfd_gate_verdict *v)
     return refuse(v, 400, "malformed_request", bad);
 }
 
+/* Field names compare case-insensitively. */
 static int name_is(const char *s, size_t n, const char *name)
 {
     return n == strlen(name) && !strncasecmp(s, name, n);
@@ -297,6 +299,7 @@ void nesfd_gate_release(nesfd_gate *g, const struct sockaddr *addr)
 
 /* ---- answers ---- */
 
+/* The reason phrase of each status the gate answers. */
 static const char *reason(int status)
 {
     switch (status) {
@@ -339,6 +342,7 @@ static void send_answer(nesfd_gate *g, int fd, int64_t since, const nesfd_gate_v
 
 /* ---- slots ---- */
 
+/* Closes a connection the gate holds; release: it stops counting too. */
 static void slot_close(nesfd_gate *g, gate_slot *s, int release)
 {
     close(s->fd); /* also leaves the epoll set */
@@ -501,6 +505,7 @@ static void sweep(nesfd_gate *g, int64_t now)
     }
 }
 
+/* From the gate thread (or after it stopped): no accept can race it. */
 static void close_listener(nesfd_gate *g)
 {
     if (g->listen_fd < 0) return;
@@ -509,6 +514,7 @@ static void close_listener(nesfd_gate *g)
     g->listen_paused_until = 0;
 }
 
+/* One epoll event: the listener, the wake-up, or a connection's slot. */
 static void dispatch(nesfd_gate *g, const struct epoll_event *e)
 {
     uint64_t tag = e->data.u64 & 0xffffffffu;
@@ -527,6 +533,8 @@ static void dispatch(nesfd_gate *g, const struct epoll_event *e)
     }
 }
 
+/* The gate thread: events as they come, a sweep every SWEEP_NS; on stop
+ * it closes what it holds. */
 static void *gate_main(void *arg)
 {
     nesfd_gate *g = arg;
@@ -549,6 +557,7 @@ static void *gate_main(void *arg)
 
 /* ---- life cycle ---- */
 
+/* Everything the gate needs, allocated once (fixed memory from then on). */
 static int gate_alloc(const nesfd_gate_config *c, nesfd_gate **out, nesf_error *err)
 {
     nesfd_gate *g = calloc(1, sizeof *g);
@@ -606,6 +615,7 @@ int nesfd_gate_start(const nesfd_gate_config *c, nesfd_gate **out, nesf_error *e
     return NESF_OK;
 }
 
+/* Interrupts the gate thread's epoll_wait. */
 static void wake(nesfd_gate *g)
 {
     uint64_t one = 1;
