@@ -422,13 +422,16 @@ static void head_event(nesfd_gate *g, gate_slot *s, uint32_t ev)
     if (v.status) refuse_slot(g, s, &v);
 }
 
-/* Over a limit: a 503 at once, then closed. */
+/* Over a limit: a 503 at once, then closed (no slot to linger in).  What
+ * the client already sent is read first: closing with unread bytes would
+ * reset the connection, and the client could lose the answer. */
 static void refuse_at_accept(nesfd_gate *g, int fd, const char *why)
 {
     nesfd_gate_verdict v = {0};
     refuse(&v, 503, "too_many_connections", why);
     send_answer(g, fd, nesf_clock_ns(), &v);
     shutdown(fd, SHUT_WR);
+    for (int i = 0; i < 4 && recv(fd, g->buf, NESFD_GATE_HEAD_MAX + 1, MSG_DONTWAIT) > 0; i++) {}
     close(fd);
 }
 

@@ -630,7 +630,11 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* The gate's handoff (gate.h): libmicrohttpd reads the head the gate
- * passed as if it had accepted the connection itself. */
+ * passed as if it had accepted the connection itself.  Its own connection
+ * limit is set so that it never refuses one; should it fail later to set
+ * the connection up (out of memory for its pool), it closes the socket
+ * without the close notice, and the gate goes on counting that connection
+ * against its client's limit. */
 static int gate_handoff(void *ctx, int fd, const struct sockaddr *addr, socklen_t len)
 {
     nesfd_http *h = ctx;
