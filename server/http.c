@@ -18,14 +18,14 @@
 #include <uuid/uuid.h>
 
 #include "batcher.h"
+#include "gate.h"
 #include "log.h"
 
 #define MAX_EXTRA_HEADERS 6
-/* bytes of an over-limit chunked body read (and dropped) to answer 413 */
-#define DRAIN_MAX ((size_t)64 << 20)
 
 struct nesfd_http {
     struct MHD_Daemon *d;
+    nesfd_gate *gate;        /* accepts, and answers heads libmicrohttpd would answer in HTML */
     nesfd_route *routes;
     int n_routes;
     int *route_metric;       /* metrics label per route */
@@ -75,7 +75,6 @@ struct nesfd_req {
     int status, replied, suspended, batch;
     int late_status;          /* error found while receiving the body */
     int queue_failed;
-    size_t dropped;           /* body bytes drained past the limit */
     size_t reserved;          /* of h->body_bytes, for this body */
     conn_watch *watch;
     char err_code[32];
@@ -158,7 +157,10 @@ void nesfd_reply(nesfd_req *r, int status, const char *content_type, char *body,
         MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
     }
     for (int i = 0; i < r->nhdr; i++) MHD_add_response_header(resp, r->hdr[i].name, r->hdr[i].value);
-    if (atomic_load(&r->h->draining)) MHD_add_response_header(resp, "Connection", "close");
+    /* one request per connection: a second one on a kept-alive connection
+     * would not pass the gate (gate.h), and libmicrohttpd would answer its
+     * faults in HTML */
+    MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->status = status;
@@ -441,6 +443,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **ctx,
         pthread_mutex_unlock(&h->conns_mu);
         return;
     }
+    const union MHD_ConnectionInfo *ai = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ai) nesfd_gate_release(h->gate, ai->client_addr);
     if (!w) return;
     pthread_mutex_lock(&h->conns_mu); /* before libmicrohttpd closes the socket */
     if (w->prev) w->prev->next = w->next;
@@ -554,26 +558,16 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (r->replied) return MHD_YES; /* answered from the headers: drop the rest */
-        /* libmicrohttpd only sends an answer queued before the body or after
-         * all of it, so a body without Content-Length that passes the limit
-         * is drained without being kept (no memory, only bandwidth) and
-         * refused at its end; one that goes on for DRAIN_MAX more is cut
-         * off. */
-        if (r->late_status || r->len + n > h->body_limit) {
-            if (!r->late_status) r->late_status = 413;
-            r->dropped += n;
-            return r->dropped > DRAIN_MAX ? MHD_NO : MHD_YES;
-        }
+        if (r->replied || r->late_status) return MHD_YES; /* answered or failed: drop the rest */
+        /* Content-Length is at most body_limit (body_precheck) and the gate
+         * refuses Transfer-Encoding (gate.h): a body never passes the limit */
+        if (r->len + n > h->body_limit) return MHD_NO;
         if (append_body(r, upload_data, n)) r->late_status = 503;
         return MHD_YES;
     }
     watch_set(h, r->watch, 0, 0); /* the whole body is in */
     if (r->replied) return MHD_YES;
-    if (r->late_status == 413)
-        nesfd_reply_error(r, 413, "body_too_large", "request body exceeds the limit of %zu bytes",
-                          h->body_limit);
-    else if (r->late_status)
+    if (r->late_status)
         nesfd_reply_error(r, 503, "out_of_memory", "cannot buffer the request body");
     else {
         r->suspended = 0;
@@ -633,6 +627,31 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     vsnprintf(msg, sizeof msg, fmt, ap);
     msg[strcspn(msg, "\n")] = 0;
     nesfd_log("warn", "libmicrohttpd", "%s", msg);
+}
+
+/* The gate's handoff (gate.h): libmicrohttpd reads the head the gate
+ * passed as if it had accepted the connection itself.  Its own connection
+ * limit is set so that it never refuses one; should it fail later to set
+ * the connection up (out of memory for its pool), it closes the socket
+ * without the close notice, and the gate goes on counting that connection
+ * against its client's limit. */
+static int gate_handoff(void *ctx, int fd, const struct sockaddr *addr, socklen_t len)
+{
+    nesfd_http *h = ctx;
+    return MHD_add_connection(h->d, fd, addr, len) == MHD_YES ? 0 : -1;
+}
+
+/* The gate's own answers are counted and logged like the others. */
+static void gate_answered(void *ctx, int status, const char *code, const char *id,
+                          const char *target, double secs)
+{
+    nesfd_http *h = ctx;
+    nesfd_metrics_request(h->metrics, h->other_metric, status, secs);
+    if (!h->log_requests) return;
+    json_t *j = json_pack("{s:s, s:s, s:i, s:f, s:i, s:i, s:s, s:b}", "id", id, "route", target,
+                          "status", status, "ms", secs * 1e3, "batch", 0, "bytes_in", 0,
+                          "error", code, "gate", 1);
+    nesfd_log_json("info", "request", j);
 }
 
 static int open_listener(const char *host, int port, int *bound_port, nesf_error *err)
@@ -708,14 +727,16 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
         nesfd_http_stop(h);
         return code;
     }
+    /* the gate (gate.h) accepts and enforces both connection limits; each
+     * of libmicrohttpd's threads may hold them all, so that it never
+     * refuses (and closes without an answer) a connection the gate passed */
     h->d = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+        MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC,
         0, NULL, NULL, on_access, h,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
-        MHD_OPTION_LISTEN_SOCKET, h->listen_fd,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)c->http_threads,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)c->max_connections,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)c->max_connections_per_client,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)(c->max_connections + 1) * (unsigned int)c->http_threads,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)c->idle_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
@@ -726,7 +747,16 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
         nesfd_http_stop(h);
         return nesf_fail(err, NESF_ERR_IO, "libmicrohttpd failed to start (thread pool with epoll)");
     }
-    h->listen_fd = -1; /* the daemon owns it now */
+    nesfd_gate_config gc = {.listen_fd = h->listen_fd, .max_connections = c->max_connections,
+                            .max_per_client = c->max_connections_per_client,
+                            .header_ns = h->header_ns, .handoff = gate_handoff,
+                            .answered = gate_answered, .ctx = h};
+    h->listen_fd = -1; /* the gate's now, whatever happens */
+    int rc = nesfd_gate_start(&gc, &h->gate, err);
+    if (rc) {
+        nesfd_http_stop(h);
+        return rc;
+    }
     *out = h;
     return NESF_OK;
 }
@@ -737,17 +767,15 @@ int nesfd_http_inflight(nesfd_http *h) { return atomic_load(&h->inflight); }
 void nesfd_http_quiesce(nesfd_http *h)
 {
     if (atomic_exchange(&h->draining, 1)) return;
-    if (h->d) {
-        MHD_socket fd = MHD_quiesce_daemon(h->d);
-        if (fd != MHD_INVALID_SOCKET) close(fd);
-        h->listen_fd = -1;
-    }
+    nesfd_gate_quiesce(h->gate);
 }
 
 void nesfd_http_stop(nesfd_http *h)
 {
     if (!h) return;
+    nesfd_gate_stop(h->gate); /* no more handoffs; its counts outlive libmicrohttpd's closes */
     if (h->d) MHD_stop_daemon(h->d);
+    nesfd_gate_free(h->gate);
     if (h->sweeper_started) {
         pthread_mutex_lock(&h->conns_mu);
         h->sweeper_stop = 1;

@@ -2,6 +2,10 @@
  * request bodies with a size limit, request ids, bearer-token auth, CORS,
  * JSON responses and errors, suspend/resume, request logs and metrics.
  *
+ * Connections are accepted by the request-head gate (gate.h), which hands
+ * those with a sane request head to libmicrohttpd and answers the rest in
+ * the JSON shape below; every answer closes its connection.
+ *
  * libmicrohttpd runs its own pool of threads, each an epoll loop.  A route
  * handler runs on one of them once the whole body has arrived; it must
  * either reply or suspend the request.  A suspended request costs no
@@ -41,8 +45,8 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
                      nesfd_metrics *metrics, nesfd_http **out, nesf_error *err);
 /* The bound port (useful with port 0). */
 int nesfd_http_port(const nesfd_http *h);
-/* Graceful stop, step 1: close the listening socket and answer requests
- * that arrive on kept-alive connections with 503. */
+/* Graceful stop, step 1: stop accepting (the gate closes the listening
+ * socket) and answer requests not yet routed with 503. */
 void nesfd_http_quiesce(nesfd_http *h);
 /* Requests received and not yet completed. */
 int nesfd_http_inflight(nesfd_http *h);

@@ -2,9 +2,11 @@
  *
  *   nesfd_load --port P [--host 127.0.0.1] [--path /decode] --body FILE
  *              [--concurrency N] [--seconds S] [--token T] [--items K]
+ *   nesfd_load --port P --get [--path /health] ...
  *
- * N threads, each on its own keep-alive connection, POST the body again
- * and again and time every answer.  Answers completed in the S seconds
+ * N threads, each on its own connection (kept alive unless the server
+ * answers Connection: close, as nesfd does), POST the body (or GET the
+ * path with --get) again and again and time every answer.  Answers completed in the S seconds
  * after a warm-up (1 s by default) are counted: requests/s, items/s (K
  * items per request, e.g. latents), latency p50/p90/p99/max in ms, errors.
  * One JSON line on stdout.
@@ -61,8 +63,10 @@ static int connect_server(void)
     return fd;
 }
 
-/* Sends the request and reads one whole answer; returns its status or -1. */
-static int exchange(int fd, char **buf, size_t *cap)
+/* Sends the request and reads one whole answer; returns its status or -1.
+ * *closing: the server closes the connection after it (nesfd answers one
+ * request per connection), so the next request needs a new one. */
+static int exchange(int fd, char **buf, size_t *cap, int *closing)
 {
     for (size_t off = 0; off < request_len;) {
         ssize_t w = send(fd, request + off, request_len - off, MSG_NOSIGNAL);
@@ -93,6 +97,8 @@ static int exchange(int fd, char **buf, size_t *cap)
     }
     int status = 0;
     sscanf(*buf, "HTTP/1.%*d %d", &status);
+    char *cc = strcasestr(*buf, "\r\nConnection: close\r\n");
+    *closing = cc && cc < *buf + head;
     return status;
 }
 
@@ -109,8 +115,13 @@ static void *client_main(void *arg)
             continue;
         }
         int64_t t0 = now_ns();
-        int status = exchange(fd, &buf, &cap);
+        int closing = 0;
+        int status = exchange(fd, &buf, &cap, &closing);
         int64_t t1 = now_ns();
+        if (status >= 0 && closing) {
+            close(fd);
+            fd = -1;
+        }
         if (status < 0) {
             c->errors++;
             close(fd);
@@ -139,6 +150,8 @@ static int cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static int run(const char *lat_path);
+
 static double pct(const double *v, int n, double p)
 {
     if (!n) return 0;
@@ -149,9 +162,13 @@ static double pct(const double *v, int n, double p)
 int main(int argc, char **argv)
 {
     const char *body_path = NULL, *lat_path = NULL;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        const char *k = argv[i], *v = argv[i + 1];
-        if (!strcmp(k, "--port")) port = atoi(v);
+    int get = 0;
+    for (int i = 1; i < argc; i += 2) {
+        const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
+        if (!strcmp(k, "--get")) {
+            get = 1;
+            i--; /* takes no value */
+        } else if (!strcmp(k, "--port")) port = atoi(v);
         else if (!strcmp(k, "--host")) snprintf(host, sizeof host, "%s", v);
         else if (!strcmp(k, "--path")) snprintf(path, sizeof path, "%s", v);
         else if (!strcmp(k, "--body")) body_path = v;
@@ -166,10 +183,18 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!port || !body_path || concurrency < 1 || seconds <= 0) {
-        fprintf(stderr, "usage: nesfd_load --port P --body FILE [--path /decode] [--concurrency N]\n"
+    if (!port || (!body_path && !get) || concurrency < 1 || seconds <= 0) {
+        fprintf(stderr, "usage: nesfd_load --port P (--body FILE | --get) [--path /decode] [--concurrency N]\n"
                         "                  [--seconds S] [--warmup S] [--token T] [--items K]\n");
         return 2;
+    }
+    char auth[300] = "";
+    if (token[0]) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", token);
+    if (get) {
+        request = malloc(1024);
+        request_len = (size_t)snprintf(request, 1024, "GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n",
+                                       path, host, auth);
+        return run(lat_path);
     }
     FILE *f = fopen(body_path, "rb");
     if (!f) {
@@ -182,14 +207,17 @@ int main(int argc, char **argv)
     char *body = malloc((size_t)blen);
     if (!body || fread(body, 1, (size_t)blen, f) != (size_t)blen) return 1;
     fclose(f);
-    char auth[300] = "";
-    if (token[0]) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", token);
     request = malloc((size_t)blen + 1024);
     request_len = (size_t)sprintf(request, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                                            "%sContent-Length: %ld\r\n\r\n", path, host, auth, blen);
     memcpy(request + request_len, body, (size_t)blen);
     request_len += (size_t)blen;
+    return run(lat_path);
+}
 
+/* Runs the clients on `request` and prints the JSON line; the exit code. */
+static int run(const char *lat_path)
+{
     client *cl = calloc((size_t)concurrency, sizeof *cl);
     pthread_t *th = calloc((size_t)concurrency, sizeof *th);
     t_start = now_ns();

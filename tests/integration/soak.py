@@ -5,11 +5,14 @@ SIGTERM under load.
     soak.py NESFD MKMODEL [REQUESTS]   (default 20000; NESF_SOAK_REQUESTS too)
 
 Runs the daemon on the integration fixture (tests/integration/mkmodel.c) on
-a free loopback port and sends REQUESTS requests from 32 keep-alive
-connections: health/ready/models/metrics, small decodes and encodes drawn
+a free loopback port and sends REQUESTS requests from 32 clients (each
+reuses its connection when the server allows; nesfd closes after every
+answer): health/ready/models/metrics, small decodes and encodes drawn
 from a fixed set, and refused requests (bad JSON, wrong Content-Type,
 unknown routes with and without the token, non-UTF-8 and overlong paths,
-wrong methods, bad latents, too much work).  Asserts: no 5xx other than
+wrong methods, bad latents, too much work, and heads the request-head gate
+answers: a request line over 8 KiB, a 40 KB header, a chunked body with a
+bad chunk size).  Asserts: no 5xx other than
 503/504, every answer has X-Request-Id and errors the documented shape,
 every decode/encode answer equals the answer to the same request sent
 alone beforehand, the expected status for every refused request; then 16
@@ -136,7 +139,12 @@ def requests_table():
            ("too_much_work", "POST", "/decode", json.dumps(
                {"latents": latents(8, 1), "options": {"mode": "paper", "iterations": 4096}}).encode(), JSON, 413),
            ("unknown_model", "POST", "/decode", json.dumps({"model": "\u00e9" * 300, "latents": [z]}).encode(),
-            JSON, 404)]
+            JSON, 404),
+           # heads that libmicrohttpd would answer in HTML: the gate's JSON
+           ("long_line", "GET", "/" + "a" * 9000, None, AUTH, 414),
+           ("big_head", "GET", "/health", None, {"X-Pad": "a" * 40000}, 431),
+           ("bad_chunk", "POST", "/decode", b"zz\r\n{}\r\n0\r\n\r\n",
+            dict(JSON, **{"Transfer-Encoding": "chunked"}), 411)]
     return good, fixed, bad
 
 

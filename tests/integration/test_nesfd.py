@@ -9,7 +9,7 @@ and checks every route and error, bearer tokens, CORS, request ids, logs,
 metrics, static files, batching (64 simultaneous decodes, each answer equal
 to the one-request answer), queue limits, deadlines and the graceful
 shutdown.  Daemons are killed at the end whatever happens.  Standard
-library only, plus curl for a chunked upload."""
+library only, plus curl for chunked uploads."""
 import concurrent.futures
 import json
 import os
@@ -319,7 +319,7 @@ def test_body_limit(d, ctx):
     big = b'{"latents": [' + b"0," * 150000 + b"0]}"  # 300 kB, limit 256 kB
     err = expect_error(d.call("POST", "/decode", raw=big), 413, "body_too_large")
     assert "262144" in err["message"], err
-    # without Content-Length (chunked): refused once the limit is passed
+    # without Content-Length (chunked): the gate asks for one (411, JSON)
     path = os.path.join(ctx["tmp"], "big.json")
     with open(path, "wb") as f:
         f.write(big)
@@ -329,17 +329,11 @@ def test_body_limit(d, ctx):
                           "--data-binary", "@" + path, d.url("/decode")],
                          capture_output=True, text=True, timeout=60)
     body, code = out.stdout.rsplit("\n", 1)
-    assert code == "413", (code, body, out.stderr)
-    assert json.loads(body)["error"]["code"] == "body_too_large"
-    # a chunked body under the limit works
-    with open(path, "w") as f:
-        json.dump({"latents": latents(1, 2), "options": FAST}, f)
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
-                          "-H", "Transfer-Encoding: chunked", "-H", "Authorization: Bearer " + TOKEN,
-                          "-H", "Content-Type: application/json",
-                          "--data-binary", "@" + path, d.url("/decode")],
-                         capture_output=True, text=True, timeout=60)
-    assert out.stdout == "200", out
+    assert code == "411", (code, body, out.stderr)
+    assert json.loads(body)["error"]["code"] == "length_required"
+    # the same body with its length works
+    st, _, _ = d.call("POST", "/decode", {"latents": latents(1, 2), "options": FAST})
+    assert st == 200, st
 
 
 def raw_request(d, data, timeout=30):
@@ -391,7 +385,7 @@ def test_error_shapes(d, ctx):
         expect_error(d.call(method, path, auth=False), 401, "unauthorized")
     st, _, _ = d.call("OPTIONS", "/decode", auth=False, headers={"Origin": ORIGIN})
     assert st == 204  # a CORS preflight carries no token
-    # 20 MiB chunked, four times over any sane limit: a 413, not a cut-off
+    # 20 MiB chunked, four times over any sane limit: a 411 (JSON), not a cut-off
     path = os.path.join(ctx["tmp"], "huge.json")
     with open(path, "wb") as f:
         f.write(b'{"latents": [' + b"0," * (10 << 20) + b"0]}")
@@ -401,7 +395,7 @@ def test_error_shapes(d, ctx):
                           d.url("/decode")], capture_output=True, text=True, timeout=60)
     os.unlink(path)
     body, code = out.stdout.rsplit("\n", 1)
-    assert code == "413" and json.loads(body)["error"]["code"] == "body_too_large", (code, body[:200])
+    assert code == "411" and json.loads(body)["error"]["code"] == "length_required", (code, body[:200])
 
 
 def test_cors(d, _):
