@@ -81,7 +81,8 @@ typedef struct nesfd_gate_fields {
 
 /* Finds them in buf[0..n) (a head, complete or not, refused or not): the
  * first of each among the complete lines, as libmicrohttpd would, behind a
- * request line of METHOD SP target SP HTTP/x.y (any version).  Neither
+ * request line of METHOD SP target SP HTTP/x.y (any version, any length:
+ * a long URL's 414 carries them when its head came in whole).  Neither
  * when the request line is not complete or not that, or any complete line
  * is malformed: then which bytes are which line is not certain.  Pure. */
 void nesfd_gate_fields_find(const char *buf, size_t n, nesfd_gate_fields *f);

@@ -457,6 +457,14 @@ static void test_gate_fields(void **state)
     nesfd_gate_fields_find(ok, strlen("\r\nGET / HTTP/2.0\r\nx-request-id:  a.1 \r\nOrig"), &f);
     assert_non_null(f.id);
     assert_null(f.origin);
+    /* a request line over the limit (414) that ends: its fields are read */
+    static char longline[NESFD_GATE_LINE_MAX + 64];
+    memset(longline, 'a', sizeof longline);
+    memcpy(longline, "GET /", 5);
+    snprintf(longline + NESFD_GATE_LINE_MAX + 8, 56, " HTTP/1.1\r\nX-Request-Id: long\r\n\r\n");
+    nesfd_gate_fields_find(longline, strlen(longline), &f);
+    assert_int_equal(f.id_len, 4);
+    assert_memory_equal(f.id, "long", 4);
     static const char *none[] = {
         "GET / HTTP/1.1\r\nX-Request-Id: a\r\nBad Line\r\n\r\n",   /* a malformed line */
         "GET / HTTP/1.1\r\nX-Request-Id: a\r\nHost: x\n\r\n",       /* bare LF */
