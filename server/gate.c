@@ -232,11 +232,10 @@ int nesfd_gate_check(const char *buf, size_t n, nesfd_gate_verdict *v)
 void nesfd_gate_fields_find(const char *buf, size_t n, nesfd_gate_fields *f)
 {
     memset(f, 0, sizeof *f);
-    nesfd_gate_verdict v;
+    nesfd_gate_verdict v = {0};
     size_t p = head_start(buf, n), len, after, nlen, a, b;
     int r = next_line(buf, n, p, &len, &after);
     if (r <= 0) return; /* a line over the limit is still read: a long URL's 414 names them */
-    memset(&v, 0, sizeof v);
     if (request_line(buf + p, len, &v) < 0 && v.status != 505) return;
     nesfd_gate_fields seen = {0};
     for (p = after; (r = next_line(buf, n, p, &len, &after)) > 0 && len > 0; p = after) {
