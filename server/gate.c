@@ -14,6 +14,7 @@
 #include <uuid/uuid.h>
 
 #include "clock.h"
+#include "headers.h"
 #include "log.h"
 
 /* a head that came in more pieces than this is a slowloris (each look at
@@ -133,9 +134,10 @@ static int name_is(const char *s, size_t n, const char *name)
     return n == strlen(name) && !strncasecmp(s, name, n);
 }
 
-/* name ":" OWS value OWS; notes Transfer-Encoding (*te), checks
- * Content-Length (*cl: seen), adds cookie pairs to *fields; 0 or -1. */
-static int field_line(const char *s, size_t len, int *te, int *cl, int *fields, nesfd_gate_verdict *v)
+/* name ":" OWS value OWS, strictly: the name is s[0..*nlen), the value
+ * without its OWS s[*a..*b); 0, or -1 (v says what is wrong). */
+static int field_syntax(const char *s, size_t len, size_t *nlen, size_t *a, size_t *b,
+                        nesfd_gate_verdict *v)
 {
     if (s[0] == ' ' || s[0] == '\t')
         return refuse(v, 400, "malformed_request", "folded header lines (obs-fold) are not accepted");
@@ -143,14 +145,25 @@ static int field_line(const char *s, size_t len, int *te, int *cl, int *fields, 
     while (i < len && tchar((unsigned char)s[i])) i++;
     if (i == 0 || i >= len || s[i] != ':')
         return refuse(v, 400, "malformed_request", "malformed header line (expected name: value)");
-    size_t nlen = i, a = i + 1, b = len;
-    for (size_t k = a; k < len; k++) {
+    for (size_t k = i + 1; k < len; k++) {
         unsigned char ch = (unsigned char)s[k];
         if (ch != '\t' && (ch < 0x20 || ch == 0x7f))
             return refuse(v, 400, "malformed_request", "control character in a header value");
     }
-    while (a < b && (s[a] == ' ' || s[a] == '\t')) a++;
-    while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t')) b--;
+    *nlen = i;
+    *a = i + 1;
+    *b = len;
+    while (*a < *b && (s[*a] == ' ' || s[*a] == '\t')) (*a)++;
+    while (*b > *a && (s[*b - 1] == ' ' || s[*b - 1] == '\t')) (*b)--;
+    return 0;
+}
+
+/* A header line: notes Transfer-Encoding (*te), checks Content-Length
+ * (*cl: seen), adds cookie pairs to *fields; 0 or -1. */
+static int field_line(const char *s, size_t len, int *te, int *cl, int *fields, nesfd_gate_verdict *v)
+{
+    size_t nlen, a, b;
+    if (field_syntax(s, len, &nlen, &a, &b, v)) return -1;
     if (name_is(s, nlen, "Transfer-Encoding")) *te = 1;
     if (name_is(s, nlen, "Cookie"))
         for (size_t k = a; k < b; k++) *fields += s[k] == ';';
@@ -176,12 +189,19 @@ static int next_line(const char *buf, size_t n, size_t p, size_t *len, size_t *a
     return 1;
 }
 
+/* Where the request line starts: RFC 9112 2.2 allows empty lines before it. */
+static size_t head_start(const char *buf, size_t n)
+{
+    size_t p = 0;
+    while (p + 1 < n && buf[p] == '\r' && buf[p + 1] == '\n') p += 2;
+    return p;
+}
+
 int nesfd_gate_check(const char *buf, size_t n, nesfd_gate_verdict *v)
 {
     static const char *crlf = "header lines must end in CRLF";
     memset(v, 0, sizeof *v);
-    size_t p = 0, len, after;
-    while (p + 1 < n && buf[p] == '\r' && buf[p + 1] == '\n') p += 2; /* empty lines before it */
+    size_t p = head_start(buf, n), len, after;
     int r = next_line(buf, n, p, &len, &after);
     if (r == 0 || (r > 0 && len > NESFD_GATE_LINE_MAX)) {
         if (r > 0 || n - p > NESFD_GATE_LINE_MAX)
@@ -207,6 +227,28 @@ int nesfd_gate_check(const char *buf, size_t n, nesfd_gate_verdict *v)
         return refuse(v, 411, "length_required", "send the body with Content-Length "
                       "(Transfer-Encoding, chunked included, is not accepted)");
     return 1;
+}
+
+void nesfd_gate_fields_find(const char *buf, size_t n, nesfd_gate_fields *f)
+{
+    memset(f, 0, sizeof *f);
+    nesfd_gate_verdict v = {0};
+    size_t p = head_start(buf, n), len, after, nlen, a, b;
+    int r = next_line(buf, n, p, &len, &after);
+    if (r <= 0) return; /* a line over the limit is still read: a long URL's 414 names them */
+    if (request_line(buf + p, len, &v) < 0 && v.status != 505) return;
+    nesfd_gate_fields seen = {0};
+    for (p = after; (r = next_line(buf, n, p, &len, &after)) > 0 && len > 0; p = after) {
+        if (field_syntax(buf + p, len, &nlen, &a, &b, &v)) return;
+        if (!seen.id && name_is(buf + p, nlen, "X-Request-Id")) {
+            seen.id = buf + p + a;
+            seen.id_len = b - a;
+        } else if (!seen.origin && name_is(buf + p, nlen, "Origin")) {
+            seen.origin = buf + p + a;
+            seen.origin_len = b - a;
+        }
+    }
+    if (r >= 0) *f = seen;
 }
 
 /* ---- connections per client ---- */
@@ -314,15 +356,26 @@ static const char *reason(int status)
     }
 }
 
-/* Writes the JSON answer the HTTP layer would give (its shape, /v2's own
- * under /v2, X-Request-Id, Cache-Control, Connection: close) in one send;
- * the socket's buffer is empty, so it fits.  Tells c->answered. */
-static void send_answer(nesfd_gate *g, int fd, int64_t since, const nesfd_gate_verdict *v)
+/* The CORS headers nesfd_reply adds (http.c), for an allowed Origin; ""
+ * for none.  Into out (512 bytes: an origin is at most 255). */
+static const char *cors_headers(const nesfd_gate *g, const nesfd_gate_fields *f, char out[512])
 {
-    char id[40], body[512], out[1024];
-    uuid_t u;
-    uuid_generate_random(u);
-    uuid_unparse_lower(u, id);
+    const char *allow = nesfd_allowed_origin(g->c.origins, g->c.n_origins, f->origin, f->origin_len);
+    if (!allow) return "";
+    snprintf(out, 512, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n"
+             "Access-Control-Expose-Headers: %s\r\n", allow, NESFD_CORS_EXPOSE);
+    return out;
+}
+
+/* Writes the JSON answer the HTTP layer would give (its shape, /v2's own
+ * under /v2, the caller's X-Request-Id or a fresh one, Cache-Control, CORS
+ * for an allowed origin, Connection: close) in one send; the socket's
+ * buffer is empty, so it fits.  f: what the head names.  Tells c->answered. */
+static void send_answer(nesfd_gate *g, int fd, int64_t since, const nesfd_gate_verdict *v,
+                        const nesfd_gate_fields *f)
+{
+    char id[NESFD_REQUEST_ID_SIZE], body[640], cors[512], out[2048];
+    nesfd_request_id(f->id, f->id_len, id);
     const char *t = v->target;
     int oip = !strncmp(t, "/v2", 3) && (t[3] == '/' || t[3] == '?' || !t[3]);
     int bl = oip ? snprintf(body, sizeof body, "{\"error\":\"%s\"}", v->message)
@@ -330,11 +383,11 @@ static void send_answer(nesfd_gate *g, int fd, int64_t since, const nesfd_gate_v
                             "\"request_id\":\"%s\"}}", v->code, v->message, id);
     int n = snprintf(out, sizeof out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nCache-Control: no-store\r\nX-Request-Id: %s\r\n"
-                     "%sConnection: close\r\n\r\n%s", v->status, reason(v->status), bl, id,
-                     v->status == 503 ? "Retry-After: 1\r\n" : "", body);
+                     "%s%sConnection: close\r\n\r\n%s", v->status, reason(v->status), bl, id,
+                     cors_headers(g, f, cors), v->status == 503 ? "Retry-After: 1\r\n" : "", body);
     if (n > 0 && (size_t)n < sizeof out) {
         ssize_t w = send(fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)w; /* a client that cannot take 1 KiB gets nothing: it is closed either way */
+        (void)w; /* a client that cannot take 2 KiB gets nothing: it is closed either way */
     }
     if (g->c.answered)
         g->c.answered(g->c.ctx, v->status, v->code, id, t, (double)(nesf_clock_ns() - since) * 1e-9);
@@ -367,10 +420,14 @@ static void linger_event(nesfd_gate *g, gate_slot *s)
     }
 }
 
-/* Answers a connection whose head was refused, then lingers on it. */
-static void refuse_slot(nesfd_gate *g, gate_slot *s, const nesfd_gate_verdict *v)
+/* Answers a connection whose head buf[0..n) was refused, then lingers on
+ * it (which reuses g->buf: the head is read first). */
+static void refuse_slot(nesfd_gate *g, gate_slot *s, const nesfd_gate_verdict *v, const char *buf,
+                        size_t n)
 {
-    send_answer(g, s->fd, s->since, v);
+    nesfd_gate_fields f;
+    nesfd_gate_fields_find(buf, n, &f);
+    send_answer(g, s->fd, s->since, v, &f);
     shutdown(s->fd, SHUT_WR);
     s->state = SLOT_LINGER;
     s->deadline = nesf_clock_ns() + LINGER_NS;
@@ -419,17 +476,25 @@ static void head_event(nesfd_gate *g, gate_slot *s, uint32_t ev)
                "was complete");
     else if (r == 0 && ++s->peeks > PEEKS_MAX)
         refuse(&v, 408, "request_timeout", "the request head came in more than 256 pieces");
-    if (v.status) refuse_slot(g, s, &v);
+    if (v.status) refuse_slot(g, s, &v, g->buf, (size_t)n);
 }
 
-/* Over a limit: a 503 at once, then closed (no slot to linger in).  What
- * the client already sent is read first: closing with unread bytes would
- * reset the connection, and the client could lose the answer. */
+/* Over a limit: a 503 at once, then closed (no slot to linger in).  The
+ * head, as far as it came in before the accept, names the target, the
+ * request id and the origin.  What the client sent is read after: closing
+ * with unread bytes would reset the connection, and the client could lose
+ * the answer. */
 static void refuse_at_accept(nesfd_gate *g, int fd, const char *why)
 {
     nesfd_gate_verdict v = {0};
+    nesfd_gate_fields f = {0};
+    ssize_t n = recv(fd, g->buf, NESFD_GATE_HEAD_MAX + 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) {
+        nesfd_gate_check(g->buf, (size_t)n, &v);
+        nesfd_gate_fields_find(g->buf, (size_t)n, &f);
+    }
     refuse(&v, 503, "too_many_connections", why);
-    send_answer(g, fd, nesf_clock_ns(), &v);
+    send_answer(g, fd, nesf_clock_ns(), &v, &f);
     shutdown(fd, SHUT_WR);
     for (int i = 0; i < 4 && recv(fd, g->buf, NESFD_GATE_HEAD_MAX + 1, MSG_DONTWAIT) > 0; i++) {}
     close(fd);
@@ -499,7 +564,7 @@ static void sweep(nesfd_gate *g, int64_t now)
         if (n > 0) nesfd_gate_check(g->buf, (size_t)n, &v); /* for the target only */
         refuse(&v, 408, "request_timeout", "the request head was not complete within the header "
                "timeout (timeouts.header_s)");
-        refuse_slot(g, s, &v);
+        refuse_slot(g, s, &v, g->buf, n > 0 ? (size_t)n : 0);
     }
     if (g->listen_paused_until && now >= g->listen_paused_until && g->listen_fd >= 0) {
         struct epoll_event ev = {.events = EPOLLIN, .data.u64 = TAG_LISTEN};

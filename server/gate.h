@@ -8,11 +8,13 @@
  * with recv(MSG_PEEK) without consuming it, and hands a connection whose
  * head is complete and sane to libmicrohttpd (MHD_add_connection), which
  * then reads it as if it had accepted the connection.  Anything else gets
- * nesfd's own JSON error from the gate, with a fresh X-Request-Id and
- * Connection: close: 400 malformed, 408 head not complete in time, 411
- * Transfer-Encoding (a body needs Content-Length), 413 absurd
- * Content-Length, 414 request line too long, 431 head too large, 505
- * version, 503 over the connection limits.
+ * nesfd's own JSON error from the gate, with Connection: close: 400
+ * malformed, 408 head not complete in time, 411 Transfer-Encoding (a body
+ * needs Content-Length), 413 absurd Content-Length, 414 request line too
+ * long, 431 head too large, 505 version, 503 over the connection limits.
+ * Like every nesfd answer it carries the caller's X-Request-Id when the
+ * head seen names a sane one, and CORS headers for an allowed Origin
+ * (headers.h), both as far as the head can be read (nesfd_gate_fields).
  *
  * The gate counts every connection from accept to close, in the gate or
  * in libmicrohttpd (nesfd_gate_release), against max_connections and
@@ -51,6 +53,8 @@ typedef struct nesfd_gate_config {
     int max_connections;      /* in the gate and handed on, together */
     int max_per_client;       /* the same, per client address */
     int64_t header_ns;        /* a head must be complete this long after accept */
+    const char (*origins)[256]; /* CORS origins (headers.h); the caller's, kept until free */
+    int n_origins;
     nesfd_gate_handoff_fn handoff;
     nesfd_gate_answered_fn answered;
     void *ctx;                /* for both callbacks */
@@ -67,6 +71,21 @@ typedef struct nesfd_gate_verdict {
  * complete and passes, 0 when more bytes are needed, -1 when it is
  * refused (v says how).  Pure: for the gate thread and tests. */
 int nesfd_gate_check(const char *buf, size_t n, nesfd_gate_verdict *v);
+
+/* The X-Request-Id and Origin values of a head the gate answers, pointing
+ * into the bytes judged (NULL: none). */
+typedef struct nesfd_gate_fields {
+    const char *id, *origin;
+    size_t id_len, origin_len;
+} nesfd_gate_fields;
+
+/* Finds them in buf[0..n) (a head, complete or not, refused or not): the
+ * first of each among the complete lines, as libmicrohttpd would, behind a
+ * request line of METHOD SP target SP HTTP/x.y (any version, any length:
+ * a long URL's 414 carries them when its head came in whole).  Neither
+ * when the request line is not complete or not that, or any complete line
+ * is malformed: then which bytes are which line is not certain.  Pure. */
+void nesfd_gate_fields_find(const char *buf, size_t n, nesfd_gate_fields *f);
 
 /* Starts the gate thread; c->listen_fd is the gate's even on failure. */
 int nesfd_gate_start(const nesfd_gate_config *c, nesfd_gate **out, nesf_error *err);

@@ -15,10 +15,10 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <uuid/uuid.h>
 
 #include "batcher.h"
 #include "gate.h"
+#include "headers.h"
 #include "log.h"
 
 #define MAX_EXTRA_HEADERS 6
@@ -63,7 +63,7 @@ typedef struct conn_watch {
 struct nesfd_req {
     nesfd_http *h;
     struct MHD_Connection *conn;
-    char id[129];
+    char id[NESFD_REQUEST_ID_SIZE];
     const nesfd_route *route;
     int metric_route;
     char method[16];
@@ -154,7 +154,7 @@ void nesfd_reply(nesfd_req *r, int status, const char *content_type, char *body,
     if (r->origin) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
         MHD_add_response_header(resp, "Vary", "Origin");
-        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", NESFD_CORS_EXPOSE);
     }
     for (int i = 0; i < r->nhdr; i++) MHD_add_response_header(resp, r->hdr[i].name, r->hdr[i].value);
     /* one request per connection: a second one on a kept-alive connection
@@ -232,28 +232,6 @@ void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *f
 }
 
 /* ---- request set-up: id, route, CORS, auth, size ---- */
-
-/* A caller's id is echoed in a header and in logs: keep it to a safe set. */
-static int sane_request_id(const char *s)
-{
-    size_t n = 0;
-    for (; s[n]; n++) {
-        char ch = s[n];
-        int alnum = (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
-        if (n >= 128 || !(alnum || strchr("-_.:", ch))) return 0;
-    }
-    return n > 0;
-}
-
-static const char *allowed_origin(const nesfd_http *h, const char *origin)
-{
-    if (!origin) return NULL;
-    for (int i = 0; i < h->n_origins; i++) {
-        if (!strcmp(h->origins[i], "*")) return "*";
-        if (!strcmp(h->origins[i], origin)) return h->origins[i];
-    }
-    return NULL;
-}
 
 /* Takes n more bytes of the server's body memory for r; 0 (nothing
  * taken) when that would pass body_memory.  Given back when r completes. */
@@ -497,13 +475,7 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
         snprintf(r->path, sizeof r->path, "%s", url);
     }
     const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
-    if (rid && sane_request_id(rid)) {
-        snprintf(r->id, sizeof r->id, "%s", rid);
-    } else {
-        uuid_t u;
-        uuid_generate_random(u);
-        uuid_unparse_lower(u, r->id);
-    }
+    nesfd_request_id(rid, rid ? strlen(rid) : 0, r->id);
     r->metric_route = h->other_metric;
     for (int i = 0; i < h->n_routes && !r->route && !r->path_too_long; i++)
         if (!strcmp(h->routes[i].path, url)) {
@@ -515,7 +487,9 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
             r->route = &h->routes[i];
             r->metric_route = h->route_metric[i];
         }
-    r->origin = allowed_origin(h, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin"));
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    r->origin = nesfd_allowed_origin(h->origins, h->n_origins, origin,
+                                     origin ? strlen(origin) : 0);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     r->watch = ci ? ci->socket_context : NULL;
@@ -749,7 +723,8 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
     }
     nesfd_gate_config gc = {.listen_fd = h->listen_fd, .max_connections = c->max_connections,
                             .max_per_client = c->max_connections_per_client,
-                            .header_ns = h->header_ns, .handoff = gate_handoff,
+                            .header_ns = h->header_ns, .origins = h->origins,
+                            .n_origins = h->n_origins, .handoff = gate_handoff,
                             .answered = gate_answered, .ctx = h};
     h->listen_fd = -1; /* the gate's now, whatever happens */
     int rc = nesfd_gate_start(&gc, &h->gate, err);

@@ -6,8 +6,10 @@
 What libmicrohttpd would answer itself with an HTML page and no request id
 (a request line or head too long, a malformed request line or header line,
 HTTP versions other than 1.0/1.1, a head that never completes, a chunked
-body, a bad chunk size) gets nesfd's JSON error shape with X-Request-Id,
-and the daemon keeps answering; heads at the gate's limits still pass;
+body, a bad chunk size) gets nesfd's JSON error shape with X-Request-Id
+(the caller's own, when it sent a sane one and the head is readable) and,
+for an allowed Origin, the CORS headers of every other answer; the daemon
+keeps answering; heads at the gate's limits still pass;
 clients that reuse connections (http.client) get right answers; a second
 request on one connection is never read; the per-client connection limit
 answers 503; no descriptor is left behind; SIGTERM exits 0.  Standard
@@ -30,6 +32,10 @@ SHARED = os.environ.get("NESF_SHARED", os.path.join(SRC, "..", "shared"))
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 FAST = {"grid_step": 1.0, "iterations": 8}
 PER_CLIENT = 8
+ORIGIN = "https://viewer.example"  # --cors-origin
+CORS = {"access-control-allow-origin": ORIGIN, "vary": "Origin",
+        "access-control-expose-headers": "X-Request-Id, Retry-After"}  # as http.c sends them
+SENT_IDS = set()  # the ids the tests send and expect back (in the gate's log lines too)
 
 
 class Daemon:
@@ -83,15 +89,21 @@ def raw(d, data, src="127.0.0.1", wait=10, pause=None):
     return status, hdrs, body, got
 
 
-def expect(resp, status, code, oip=False):
-    """The documented shape: JSON, request id in body and header, closed."""
+def expect(resp, status, code, oip=False, rid=None, cors=False):
+    """The documented shape: JSON, request id in body and header (rid, else
+    a fresh UUID), CORS headers exactly when cors, closed."""
     st, hdrs, body, got = resp
     assert st == status, "expected %d %s, got %d: %r" % (status, code, st, got[:300])
     assert hdrs.get("content-type") == "application/json", hdrs
     assert int(hdrs["content-length"]) == len(body), (hdrs, body)
     assert hdrs.get("connection", "").lower() == "close", hdrs
     assert hdrs.get("cache-control") == "no-store", hdrs
-    assert UUID_RE.match(hdrs.get("x-request-id", "")), hdrs
+    if rid is None:
+        assert UUID_RE.match(hdrs.get("x-request-id", "")), hdrs
+    else:
+        assert hdrs.get("x-request-id") == rid, (rid, hdrs)
+    for k, v in CORS.items():
+        assert hdrs.get(k) == (v if cors else None), (k, cors, hdrs)
     j = json.loads(body.decode("utf-8"))
     if oip:  # the Open Inference Protocol's {"error": "message"} under /v2
         assert isinstance(j.get("error"), str) and j["error"], j
@@ -168,6 +180,56 @@ def test_heads(d):
     return len(cases) + 3
 
 
+def test_ids_and_cors(d):
+    """The caller's sane X-Request-Id comes back, and an allowed Origin gets
+    the CORS headers, whenever the head is readable that far; an insane id,
+    an unreadable head or another origin get a fresh id, no CORS."""
+    rid = "trace-1.a:b_C"
+    SENT_IDS.add(rid)
+    o, x = b"Origin: " + ORIGIN.encode() + b"\r\n", b"X-Request-Id: " + rid.encode() + b"\r\n"
+    h = b"Host: x\r\n" + o + x
+    post = b"POST /decode HTTP/1.1\r\n" + h + b"Content-Type: application/json\r\n"
+    # readable heads: echoed, CORS (a browser's long URL, big cookies, streamed body)
+    readable = [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n" + h + b"\r\n", 414, "uri_too_long"),
+        (b"GET /health HTTP/1.1\r\n" + h + b"Cookie: c=" + b"a" * 40000 + b"\r\n\r\n", 431,
+         "headers_too_large"),
+        (b"GET /health HTTP/1.1\r\n" + h + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+         431, "headers_too_large"),
+        (post + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n", 411, "length_required"),
+        (post + b"Content-Length: " + b"9" * 25 + b"\r\n\r\n", 413, "body_too_large"),
+        (post + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}", 400, "malformed_request"),
+        (b"GET /health HTTP/2.0\r\n" + h + b"\r\n", 505, "http_version_not_supported"),
+    ]
+    for data, status, code in readable:
+        expect(raw(d, data), status, code, rid=rid, cors=True)
+    expect(raw(d, b"GET /v2/health/live HTTP/2.0\r\n" + h + b"\r\n"), 505, None, oip=True, rid=rid,
+           cors=True)
+    # the same with an origin that is not allowed: the id, no CORS
+    evil = b"GET /health HTTP/2.0\r\nOrigin: https://evil.example\r\n" + x + b"\r\n"
+    expect(raw(d, evil), 505, "http_version_not_supported", rid=rid)
+    # insane ids are replaced (as http.c does), CORS stays
+    for bad in (b"bad id<x>", b"k" * 129, b""):
+        data = b"GET /health HTTP/2.0\r\n" + o + b"X-Request-Id: " + bad + b"\r\n\r\n"
+        expect(raw(d, data), 505, "http_version_not_supported", cors=True)
+    # unreadable heads: fresh id, no CORS
+    broken = [
+        (b"GET /" + b"a" * 40000 + b" HTTP/1.1\r\n" + h + b"\r\n", 414, "uri_too_long"),  # fills the peek
+        (b"GET /health HTTP/1.1\n" + h + b"\r\n", 400, "malformed_request"),  # bare LF
+        (b"GET /health HTTP/1.1\r\n" + h + b"Host\n\r\n", 400, "malformed_request"),
+        (b"GET /health HTTP/1.1\r\n" + h + b"Bad Name: v\r\n\r\n", 400, "malformed_request"),
+        (b"GET /health HTTP/1.1\r\n" + h + b" folded\r\n\r\n", 400, "malformed_request"),
+        (b"GET  /health HTTP/1.1\r\n" + h + b"\r\n", 400, "malformed_request"),
+    ]
+    for data, status, code in broken:
+        expect(raw(d, data), status, code)
+    # a head that passes: http.c's answer, the same headers
+    st, hdrs, _, got = raw(d, b"GET /health HTTP/1.1\r\n" + h + b"\r\n")
+    assert st == 200 and hdrs.get("x-request-id") == rid, got[:300]
+    assert all(hdrs.get(k) == v for k, v in CORS.items()), hdrs
+    health(d)
+
+
 def test_limits_pass(d):
     """Heads at the gate's limits reach nesfd's handler (libmicrohttpd
     takes what the gate passes)."""
@@ -187,9 +249,13 @@ def test_limits_pass(d):
 
 
 def test_header_timeout(d):
-    """A head that never completes: 408 after the header timeout (1 s)."""
+    """A head that never completes: 408 after the header timeout (1 s),
+    with the id and origin of the lines that came."""
     t0 = time.time()
-    err = expect(raw(d, b"GET /health HTTP/1.1\r\nHost: x\r\n", wait=5), 408, "request_timeout")
+    SENT_IDS.add("slow-1")
+    err = expect(raw(d, b"GET /health HTTP/1.1\r\nHost: x\r\nOrigin: " + ORIGIN.encode() +
+                     b"\r\nX-Request-Id: slow-1\r\n", wait=5), 408, "request_timeout", rid="slow-1",
+                 cors=True)
     dt = time.time() - t0
     assert 0.9 < dt < 2.0, dt
     assert "header" in err["message"], err
@@ -236,6 +302,18 @@ def test_connection_limit(d):
     st, hdrs, _, _ = resp = raw(d, b"GET /health HTTP/1.1\r\n\r\n", src="127.0.0.2")
     expect(resp, 503, "too_many_connections")
     assert hdrs.get("retry-after") == "1", hdrs
+    # the head, when it came before the accept, names the id and origin:
+    # each answer has both or neither (a fresh id, no CORS)
+    SENT_IDS.add("over-1")
+    named = 0
+    for _ in range(20):
+        resp = raw(d, b"GET /health HTTP/1.1\r\nOrigin: " + ORIGIN.encode() +
+                   b"\r\nX-Request-Id: over-1\r\n\r\n", src="127.0.0.2")
+        seen = resp[1].get("x-request-id") == "over-1"
+        expect(resp, 503, "too_many_connections", rid="over-1" if seen else None, cors=seen)
+        named += seen
+    print("  503 at accept: %d of 20 named the caller's id" % named)
+    assert named > 0
     health(d)
     for s in held:
         s.close()
@@ -250,13 +328,13 @@ def main():
     subprocess.run([MKMODEL, fixture, os.path.join(SHARED, "datasets", "lcs6", "meta.json"), "7"],
                    check=True)
     d = Daemon("--model", "fx=" + fixture, "--compute-threads", "1", "--header-timeout", "1",
-               "--max-connections-per-client", str(PER_CLIENT))
+               "--max-connections-per-client", str(PER_CLIENT), "--cors-origin", ORIGIN)
     failed = 0
     try:
         health(d)
         time.sleep(0.3)
         fds0 = d.fds()
-        for t in (test_heads, test_limits_pass, test_header_timeout, test_keep_alive_clients,
+        for t in (test_heads, test_ids_and_cors, test_limits_pass, test_header_timeout, test_keep_alive_clients,
                   test_connection_limit):
             t0 = time.time()
             try:
@@ -267,7 +345,9 @@ def main():
                 print("FAIL %-24s %s: %s" % (t.__name__, type(e).__name__, e))
         # the gate's answers are logged and counted like any other
         gate_logs = [json.loads(l) for l in d.lines if '"gate":true' in l]
-        assert len(gate_logs) >= 30 and all(UUID_RE.match(j["id"]) for j in gate_logs), len(gate_logs)
+        assert len(gate_logs) >= 30, len(gate_logs)
+        assert all(UUID_RE.match(j["id"]) or j["id"] in SENT_IDS for j in gate_logs), gate_logs
+        assert any(j["id"] in SENT_IDS for j in gate_logs)
         time.sleep(2.5)  # lingering answered connections are closed by now
         fds1 = d.fds()
         print("  descriptors: %d before, %d after; %d gate answers logged" % (fds0, fds1, len(gate_logs)))

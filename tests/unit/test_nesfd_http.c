@@ -19,6 +19,7 @@
 
 #include "batcher.h"
 #include "gate.h"
+#include "headers.h"
 #include "http.h"
 
 /* ---- test routes ---- */
@@ -340,6 +341,21 @@ static void test_cors(void **state)
     assert_int_equal(request("POST", "/echo", "Origin: https://viewer.example\r\n", "{}", &r), 0);
     assert_int_equal(r.status, 401);
     assert_non_null(header(&r, "Access-Control-Allow-Origin", v, sizeof v));
+    /* the gate's answers too (a fetch with a streamed body gets 411), with
+     * the same headers, and the caller's id */
+    const char *streamed = "POST /echo HTTP/1.1\r\nHost: x\r\nOrigin: https://viewer.example\r\n"
+                           "X-Request-Id: page-7\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_int_equal(exchange(streamed, "0\r\n\r\n", 5, &r), 0);
+    assert_error(&r, 411, "length_required");
+    assert_string_equal(header(&r, "Access-Control-Allow-Origin", v, sizeof v), "https://viewer.example");
+    assert_string_equal(header(&r, "Vary", v, sizeof v), "Origin");
+    assert_string_equal(header(&r, "Access-Control-Expose-Headers", v, sizeof v), NESFD_CORS_EXPOSE);
+    assert_string_equal(header(&r, "X-Request-Id", v, sizeof v), "page-7");
+    assert_int_equal(exchange("GET /ping HTTP/2.0\r\nOrigin: https://evil.example\r\n\r\n", NULL, 0,
+                              &r), 0);
+    assert_error(&r, 505, "http_version_not_supported");
+    assert_null(header(&r, "Access-Control-Allow-Origin", v, sizeof v));
+    assert_null(header(&r, "Vary", v, sizeof v));
 }
 
 typedef struct {
@@ -423,6 +439,68 @@ static void test_gate_check(void **state)
     assert_int_equal(v.status, 414);
 }
 
+/* Which X-Request-Id and Origin a gate answer may use: the first of each
+ * on a head as far as it is readable, none when any line is malformed. */
+static void test_gate_fields(void **state)
+{
+    (void)state;
+    nesfd_gate_fields f;
+    const char *ok = "\r\nGET / HTTP/2.0\r\nx-request-id:  a.1 \r\nOrigin: https://o\r\n"
+                     "X-Request-Id: second\r\n\r\nX-Request-Id: body\r\n";
+    nesfd_gate_fields_find(ok, strlen(ok), &f);
+    assert_non_null(f.id);
+    assert_int_equal(f.id_len, 3);
+    assert_memory_equal(f.id, "a.1", 3);
+    assert_int_equal(f.origin_len, 9);
+    assert_memory_equal(f.origin, "https://o", 9);
+    /* incomplete: the complete lines count, the cut one does not */
+    nesfd_gate_fields_find(ok, strlen("\r\nGET / HTTP/2.0\r\nx-request-id:  a.1 \r\nOrig"), &f);
+    assert_non_null(f.id);
+    assert_null(f.origin);
+    /* a request line over the limit (414) that ends: its fields are read */
+    static char longline[NESFD_GATE_LINE_MAX + 64];
+    memset(longline, 'a', sizeof longline);
+    memcpy(longline, "GET /", 5);
+    snprintf(longline + NESFD_GATE_LINE_MAX + 8, 56, " HTTP/1.1\r\nX-Request-Id: long\r\n\r\n");
+    nesfd_gate_fields_find(longline, strlen(longline), &f);
+    assert_int_equal(f.id_len, 4);
+    assert_memory_equal(f.id, "long", 4);
+    static const char *none[] = {
+        "GET / HTTP/1.1\r\nX-Request-Id: a\r\nBad Line\r\n\r\n",   /* a malformed line */
+        "GET / HTTP/1.1\r\nX-Request-Id: a\r\nHost: x\n\r\n",       /* bare LF */
+        "GET / HTTP/1.1\r\nX-Request-Id: a\r\n folded\r\n\r\n",     /* obs-fold */
+        "GET  / HTTP/1.1\r\nX-Request-Id: a\r\n\r\n",               /* the request line */
+        "GET / HTTP/1.1\nX-Request-Id: a\r\n\r\n",
+        "GET /aaaa",                                                  /* no request line yet */
+    };
+    for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
+        nesfd_gate_fields_find(none[i], strlen(none[i]), &f);
+        assert_null(f.id);
+        assert_null(f.origin);
+    }
+    /* the shared rules: ids of 1-128 safe characters, origins exactly */
+    char id[NESFD_REQUEST_ID_SIZE], long_id[130];
+    memset(long_id, 'k', sizeof long_id);
+    assert_true(nesfd_request_id_sane(long_id, 128));
+    assert_false(nesfd_request_id_sane(long_id, 129));
+    assert_false(nesfd_request_id_sane("", 0));
+    assert_false(nesfd_request_id_sane("a\0b", 3));
+    assert_false(nesfd_request_id_sane("a b", 3));
+    nesfd_request_id("tr-1:x_y.z", 10, id);
+    assert_string_equal(id, "tr-1:x_y.z");
+    nesfd_request_id("tr-1<", 5, id);
+    assert_int_equal(strlen(id), 36);
+    nesfd_request_id(NULL, 0, id);
+    assert_int_equal(strlen(id), 36);
+    const char origins[2][256] = {"https://a.example", "https://b.example"};
+    assert_string_equal(nesfd_allowed_origin(origins, 2, "https://b.example", 17), "https://b.example");
+    assert_null(nesfd_allowed_origin(origins, 2, "https://b.example.evil", 22));
+    assert_null(nesfd_allowed_origin(origins, 2, "https://b.example", 16)); /* a prefix */
+    assert_null(nesfd_allowed_origin(origins, 2, NULL, 0));
+    const char any[1][256] = {"*"};
+    assert_string_equal(nesfd_allowed_origin(any, 1, "", 0), "*");
+}
+
 static void test_metrics_and_quiesce(void **state)
 {
     (void)state;
@@ -451,6 +529,7 @@ int main(void)
         cmocka_unit_test(test_suspend_resume),
         cmocka_unit_test(test_metrics_and_quiesce),
         cmocka_unit_test(test_gate_check),
+        cmocka_unit_test(test_gate_fields),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
