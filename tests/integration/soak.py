@@ -30,6 +30,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nesfd_proc  # noqa: E402
+
 NESFD, MKMODEL = sys.argv[1], sys.argv[2]
 N = int(sys.argv[3]) if len(sys.argv) > 3 else int(os.environ.get("NESF_SOAK_REQUESTS", "20000"))
 SRC = os.environ.get("NESF_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -52,27 +55,10 @@ def start(tmp):
                    check=True)
     with open(os.path.join(tmp, "token"), "w") as f:
         f.write(TOKEN + "\n")
-    proc = subprocess.Popen([NESFD, "--listen", "127.0.0.1:0", "--backend", "cpu", "--model", "fx=" + model,
-                             "--compute-threads", "2", "--http-threads", "4", "--max-batch", "16",
-                             "--max-delay-us", "2000", "--token-file", os.path.join(tmp, "token"),
-                             "--request-timeout", "60", "--shutdown-grace", "10", "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines, port = [], [None]
-    ready = threading.Event()
-
-    def reader():
-        for line in proc.stderr:
-            lines.append(line)
-            if '"event":"listening"' in line:
-                port[0] = json.loads(line)["port"]
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    if not ready.wait(60) or port[0] is None:
-        proc.kill()
-        raise RuntimeError("nesfd did not start:\n" + "".join(lines))
-    return proc, port[0], lines
+    return nesfd_proc.spawn(NESFD, "--model", "fx=" + model, "--compute-threads", "2", "--http-threads", "4",
+                            "--max-batch", "16", "--max-delay-us", "2000", "--token-file",
+                            os.path.join(tmp, "token"), "--request-timeout", "60", "--shutdown-grace", "10",
+                            "--quiet")
 
 
 class Client:

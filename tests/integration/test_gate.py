@@ -23,8 +23,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nesfd_proc  # noqa: E402
 
 NESFD, MKMODEL = sys.argv[1], sys.argv[2]
 SRC = os.environ.get("NESF_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -40,23 +42,7 @@ SENT_IDS = set()  # the ids the tests send and expect back (in the gate's log li
 
 class Daemon:
     def __init__(self, *args):
-        self.lines, self.port = [], None
-        self.proc = subprocess.Popen([NESFD, "--listen", "127.0.0.1:0", "--backend", "cpu", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        ready = threading.Event()
-
-        def reader():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                if '"event":"listening"' in line:
-                    self.port = json.loads(line)["port"]
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=reader, daemon=True).start()
-        if not ready.wait(60) or self.port is None:
-            self.proc.kill()
-            raise RuntimeError("nesfd did not start:\n" + "".join(self.lines))
+        self.proc, self.port, self.lines = nesfd_proc.spawn(NESFD, *args)
 
     def fds(self):
         return len(os.listdir("/proc/%d/fd" % self.proc.pid))

@@ -25,6 +25,9 @@ import time
 import urllib.error
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nesfd_proc  # noqa: E402
+
 NESFD, MKMODEL, NESF = sys.argv[1], sys.argv[2], sys.argv[3]
 SRC = os.environ.get("NESF_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
 SHARED = os.environ.get("NESF_SHARED", os.path.join(SRC, "..", "shared"))
@@ -42,25 +45,8 @@ codes_seen = set()
 
 class Daemon:
     def __init__(self, *args):
-        self.lines = []
-        self.port = None
-        self.proc = subprocess.Popen([NESFD, "--listen", "127.0.0.1:0", "--backend", "cpu", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc, self.port, self.lines = nesfd_proc.spawn(NESFD, *args)
         daemons.append(self)
-        ready = threading.Event()
-
-        def reader():
-            for line in self.proc.stderr:
-                self.lines.append(line)
-                if '"event":"listening"' in line:
-                    self.port = json.loads(line)["port"]
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=reader, daemon=True).start()
-        if not ready.wait(60) or self.port is None:
-            self.kill()
-            raise RuntimeError("nesfd did not start:\n" + "".join(self.lines))
 
     def url(self, path):
         return "http://127.0.0.1:%d%s" % (self.port, path)
