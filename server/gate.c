@@ -11,6 +11,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <microhttpd.h>
 #include <uuid/uuid.h>
 
 #include "clock.h"
@@ -341,21 +342,6 @@ void nesfd_gate_release(nesfd_gate *g, const struct sockaddr *addr)
 
 /* ---- answers ---- */
 
-/* The reason phrase of each status the gate answers. */
-static const char *reason(int status)
-{
-    switch (status) {
-    case 400: return "Bad Request";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 503: return "Service Unavailable";
-    default: return "HTTP Version Not Supported";
-    }
-}
-
 /* The CORS headers nesfd_reply adds (http.c), for an allowed Origin; ""
  * for none.  Into out (512 bytes: an origin is at most 255). */
 static const char *cors_headers(const nesfd_gate *g, const nesfd_gate_fields *f, char out[512])
@@ -377,13 +363,12 @@ static void send_answer(nesfd_gate *g, int fd, int64_t since, const nesfd_gate_v
     char id[NESFD_REQUEST_ID_SIZE], body[640], cors[512], out[2048];
     nesfd_request_id(f->id, f->id_len, id);
     const char *t = v->target;
-    int oip = !strncmp(t, "/v2", 3) && (t[3] == '/' || t[3] == '?' || !t[3]);
-    int bl = oip ? snprintf(body, sizeof body, "{\"error\":\"%s\"}", v->message)
+    int bl = nesfd_oip_path(t) ? snprintf(body, sizeof body, "{\"error\":\"%s\"}", v->message)
                  : snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\","
                             "\"request_id\":\"%s\"}}", v->code, v->message, id);
     int n = snprintf(out, sizeof out, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nCache-Control: no-store\r\nX-Request-Id: %s\r\n"
-                     "%s%sConnection: close\r\n\r\n%s", v->status, reason(v->status), bl, id,
+                     "%s%sConnection: close\r\n\r\n%s", v->status, MHD_get_reason_phrase_for((unsigned)v->status), bl, id,
                      cors_headers(g, f, cors), v->status == 503 ? "Retry-After: 1\r\n" : "", body);
     if (n > 0 && (size_t)n < sizeof out) {
         ssize_t w = send(fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -395,15 +380,21 @@ static void send_answer(nesfd_gate *g, int fd, int64_t since, const nesfd_gate_v
 
 /* ---- slots ---- */
 
+/* Puts a slot whose connection is gone (closed or handed on) back. */
+static void slot_free(nesfd_gate *g, gate_slot *s)
+{
+    s->state = SLOT_FREE;
+    s->fd = -1;
+    s->next_free = g->free_head;
+    g->free_head = (int)(s - g->slots);
+}
+
 /* Closes a connection the gate holds; release: it stops counting too. */
 static void slot_close(nesfd_gate *g, gate_slot *s, int release)
 {
     close(s->fd); /* also leaves the epoll set */
     if (release) release_key(g, &s->addr);
-    s->state = SLOT_FREE;
-    s->fd = -1;
-    s->next_free = g->free_head;
-    g->free_head = (int)(s - g->slots);
+    slot_free(g, s);
 }
 
 /* Reads and drops what the client still sends after its answer; closes
@@ -442,10 +433,7 @@ static void hand_on(nesfd_gate *g, gate_slot *s)
     struct sockaddr_storage addr = s->addr;
     socklen_t alen = s->alen;
     epoll_ctl(g->ep, EPOLL_CTL_DEL, fd, NULL);
-    s->fd = -1;
-    s->state = SLOT_FREE;
-    s->next_free = g->free_head;
-    g->free_head = (int)(s - g->slots);
+    slot_free(g, s);
     if (g->c.handoff(g->c.ctx, fd, (struct sockaddr *)&addr, alen)) release_key(g, &addr);
 }
 

@@ -36,3 +36,8 @@ const char *nesfd_allowed_origin(const char (*origins)[256], int n_origins, cons
     }
     return NULL;
 }
+
+int nesfd_oip_path(const char *path)
+{
+    return !strncmp(path, "/v2", 3) && (path[3] == '/' || path[3] == '?' || !path[3]);
+}

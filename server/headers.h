@@ -1,7 +1,7 @@
-/* headers.h - the two request-header rules that nesfd's answers share,
- * whether libmicrohttpd parsed the head (http.c) or the gate refused it
- * (gate.c): which request id an answer carries, and which CORS origin it
- * allows.  Values are length-delimited, so that the gate can pass bytes
+/* headers.h - the request rules that nesfd's answers share, whether
+ * libmicrohttpd parsed the head (http.c) or the gate refused it (gate.c):
+ * which request id an answer carries, which CORS origin it allows, and
+ * which error shape it uses.  Values are length-delimited, so that the gate can pass bytes
  * of a head it peeked at without copying them.  Pure and thread-safe. */
 #ifndef NESFD_HEADERS_H
 #define NESFD_HEADERS_H
@@ -28,5 +28,10 @@ void nesfd_request_id(const char *sent, size_t n, char out[NESFD_REQUEST_ID_SIZE
  * caller's, which it must keep), or NULL: no CORS headers. */
 const char *nesfd_allowed_origin(const char (*origins)[256], int n_origins, const char *origin,
                                  size_t n);
+
+/* 1 when path (a target, its query included or not) is under /v2, the
+ * Open Inference Protocol's routes, whose errors are {"error": "message"}
+ * instead of nesfd's {"error": {"code", "message", "request_id"}}. */
+int nesfd_oip_path(const char *path);
 
 #endif

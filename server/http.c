@@ -46,17 +46,18 @@ struct nesfd_http {
     pthread_t sweeper;
     int sweeper_started, sweeper_stop;
     pthread_cond_t sweeper_cv;
-    int64_t header_ns, body_ns;
+    int64_t body_ns;
     /* bytes of request bodies reserved, all connections */
     atomic_size_t body_bytes;
     size_t body_memory;
 };
 
-/* A TCP connection's clocks: a request head is due header_ns after connect
- * or the previous answer, its body body_ns after the head. */
+/* A TCP connection's body clock: its body is due body_ns after the head.
+ * (The head's own deadline is the gate's, which hands on only complete
+ * heads, and each connection carries one request.) */
 typedef struct conn_watch {
     int fd;
-    int64_t head_since, body_since; /* 0: not waiting for that */
+    int64_t body_since; /* 0: not waiting for a body */
     struct conn_watch *prev, *next;
 } conn_watch;
 
@@ -215,8 +216,7 @@ void nesfd_reply_error(nesfd_req *r, int status, const char *code, const char *f
     va_end(ap);
     utf8_clean(msg);
     snprintf(r->err_code, sizeof r->err_code, "%s", code);
-    int oip = !strncmp(r->path, "/v2", 3) && (r->path[3] == '/' || !r->path[3]);
-    json_t *j = oip ? json_pack("{s:s}", "error", msg)
+    json_t *j = nesfd_oip_path(r->path) ? json_pack("{s:s}", "error", msg)
                     : json_pack("{s:{s:s, s:s, s:s}}", "error", "code", code, "message", msg,
                                 "request_id", r->id);
     char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -392,12 +392,11 @@ static int precheck(nesfd_http *h, nesfd_req *r, const char *method)
     return body_precheck(h, r);
 }
 
-/* Sets a connection's clocks (0: stopped). */
-static void watch_set(nesfd_http *h, conn_watch *w, int64_t head_since, int64_t body_since)
+/* Sets a connection's body clock (0: stopped). */
+static void watch_set(nesfd_http *h, conn_watch *w, int64_t body_since)
 {
     if (!w) return;
     pthread_mutex_lock(&h->conns_mu);
-    w->head_since = head_since;
     w->body_since = body_since;
     pthread_mutex_unlock(&h->conns_mu);
 }
@@ -413,7 +412,6 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **ctx,
         *ctx = w;
         if (!w) return; /* unwatched: only the idle timeout applies */
         w->fd = ci->connect_fd;
-        w->head_since = nesf_clock_ns();
         pthread_mutex_lock(&h->conns_mu);
         w->next = h->conns;
         if (h->conns) h->conns->prev = w;
@@ -434,8 +432,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **ctx,
 }
 
 /* libmicrohttpd 0.9.75 has only an idle timeout, which a byte now and then
- * resets (slowloris): a connection whose head or body is overdue has its
- * socket shut down, which its thread then sees and closes. */
+ * resets (slowloris): a connection whose body is overdue has its socket
+ * shut down, which its thread then sees and closes. */
 static void *sweeper_main(void *arg)
 {
     nesfd_http *h = arg;
@@ -443,10 +441,9 @@ static void *sweeper_main(void *arg)
     while (!h->sweeper_stop) {
         int64_t now = nesf_clock_ns();
         for (conn_watch *w = h->conns; w; w = w->next)
-            if ((w->head_since && now - w->head_since > h->header_ns) ||
-                (w->body_since && now - w->body_since > h->body_ns)) {
+            if (w->body_since && now - w->body_since > h->body_ns) {
                 shutdown(w->fd, SHUT_RDWR);
-                w->head_since = w->body_since = 0;
+                w->body_since = 0;
             }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -493,7 +490,7 @@ static nesfd_req *req_new(nesfd_http *h, struct MHD_Connection *conn, const char
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     r->watch = ci ? ci->socket_context : NULL;
-    watch_set(h, r->watch, 0, r->start); /* the head is in; the body's clock runs */
+    watch_set(h, r->watch, r->start); /* the head is in; the body's clock runs */
     return r;
 }
 
@@ -539,7 +536,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         if (append_body(r, upload_data, n)) r->late_status = 503;
         return MHD_YES;
     }
-    watch_set(h, r->watch, 0, 0); /* the whole body is in */
+    watch_set(h, r->watch, 0); /* the whole body is in */
     if (r->replied) return MHD_YES;
     if (r->late_status)
         nesfd_reply_error(r, 503, "out_of_memory", "cannot buffer the request body");
@@ -576,7 +573,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     if (r->state && r->state_free) r->state_free(r->state);
     atomic_fetch_sub(&h->body_bytes, r->reserved);
-    watch_set(h, r->watch, nesf_clock_ns(), 0); /* the next head is due from now */
     free(r->body);
     free(r);
     nesfd_metrics_inflight(h->metrics, -1);
@@ -684,7 +680,6 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
     h->log_requests = c->log_requests;
     snprintf(h->token, sizeof h->token, "%s", c->token);
 
-    h->header_ns = (int64_t)(c->header_timeout_s * 1e9);
     h->body_ns = (int64_t)(c->body_timeout_s * 1e9);
     h->body_memory = c->body_memory;
     pthread_mutex_init(&h->conns_mu, NULL);
@@ -723,7 +718,7 @@ int nesfd_http_start(const nesfd_config *c, const nesfd_route *routes, int n_rou
     }
     nesfd_gate_config gc = {.listen_fd = h->listen_fd, .max_connections = c->max_connections,
                             .max_per_client = c->max_connections_per_client,
-                            .header_ns = h->header_ns, .origins = h->origins,
+                            .header_ns = (int64_t)(c->header_timeout_s * 1e9), .origins = h->origins,
                             .n_origins = h->n_origins, .handoff = gate_handoff,
                             .answered = gate_answered, .ctx = h};
     h->listen_fd = -1; /* the gate's now, whatever happens */

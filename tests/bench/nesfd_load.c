@@ -150,14 +150,14 @@ static int cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int run(const char *lat_path);
-
 static double pct(const double *v, int n, double p)
 {
     if (!n) return 0;
     int i = (int)(p * (n - 1) + 0.5);
     return v[i];
 }
+
+static int run(const char *lat_path);
 
 int main(int argc, char **argv)
 {
