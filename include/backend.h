@@ -120,6 +120,12 @@ typedef struct nesf_backend_ops {
     void (*row_sqnorm)(nesf_backend *be, int rows, int cols, const float *X, int ldx,
                        float *out);
 
+    /* Fourier query columns (mlp.h, nesf_xyz_cols): row r of out (ld ldo)
+     * = [x, y, z, then for k < nf and axis d: sin(w_k x_d), cos(w_k x_d)],
+     * w_k = 2 pi 2^k / period, from xyz (rows x 3). */
+    void (*xyz_fourier)(nesf_backend *be, int rows, const float *xyz, int nf, float period,
+                        float *out, int ldo);
+
     /* A Linear layer: out = act(X W^T + b) with X rows x K (ldx), W N x K
      * (ldw), out rows x N (ldo, not aliasing X); b may be NULL; act = ReLU
      * when relu.  gemm + bias_act in one op, so that a GPU can apply the
@@ -218,6 +224,12 @@ static inline NESF_HOSTDEV float nesf_hash_uniform(uint64_t seed, uint64_t i)
     return (float)(x >> 40) * (1.0f / 16777216.0f);
 }
 
+/* Angular frequency w_k = 2 pi 2^k / period of the Fourier query columns
+ * (xyz_fourier): one formula for every backend and the reference. */
+static inline NESF_HOSTDEV float nesf_fourier_freq(int k, float period)
+{
+    return (float)(6.283185307179586 * (double)(1u << k) / (double)period);
+}
 
 /* Bump allocator over backend memory for the scratch of one forward or
  * training step: allocations live until the next reset.  When a step needs

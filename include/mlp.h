@@ -2,7 +2,10 @@
  * layers, each but the last followed by ReLU, then BatchNorm (when the MLP
  * has BN) and Dropout (when it has dropout).  A layer may take `extra`
  * trailing input columns (the query xyz of the fields), so its input row is
- * [features, extra] and its weight is [out, features + extra].
+ * [features, extra] and its weight is [out, features + extra].  The extra
+ * columns are xyz itself or, with Fourier features, [xyz, sin and cos of
+ * xyz at a few frequencies], which let a coordinate MLP fit finer detail
+ * (Tancik et al. 2020).
  *
  * The first layer may be "grouped": its features are one row per group
  * (the latent z of a structure) shared by all rows of the group, so z·W^T
@@ -29,9 +32,23 @@ typedef struct nesf_layer {
     size_t rmean, rvar;   /* BN running statistics, offsets in buffers */
 } nesf_layer;
 
+/* The query columns of a field MLP.  fourier = 0: xyz (3 columns); else
+ * 3 + 6 fourier columns [x, y, z, then per frequency k and axis d
+ * sin(w_k x_d), cos(w_k x_d)], w_k = 2 pi 2^k / period (period in Å). */
+typedef struct nesf_xyz_cols {
+    int layers;           /* leading layers that take them */
+    int fourier;          /* 0..NESF_MLP_FOURIER_MAX */
+    float period;         /* longest period, Å (fourier > 0) */
+} nesf_xyz_cols;
+
+#define NESF_MLP_FOURIER_MAX 8
+
 typedef struct nesf_mlp {
     char name[32];        /* "decoder.position" */
     int n;
+    int xw;               /* width of the query columns (0: none) */
+    int fourier;          /* as nesf_xyz_cols */
+    float period;
     nesf_layer L[NESF_MLP_MAX];
 } nesf_mlp;
 
@@ -54,7 +71,9 @@ typedef struct nesf_mlp_in {
     const int *off;       /* S+1 row offsets, backend memory */
     const float *z;       /* S x (L[0].in - L[0].extra), ld ldz */
     int ldz;
-    const float *xyz;     /* rows x 3, when a layer has extra columns */
+    const float *xyz;     /* rows x 3, when a layer has extra columns (the MLP makes
+                           * the Fourier columns itself); with Fourier columns
+                           * the first layer must be grouped */
 } nesf_mlp_in;
 
 /* What backward needs from a training forward. */
@@ -64,13 +83,15 @@ typedef struct nesf_mlp_acts {
     int ldr[NESF_MLP_MAX];
     float *mean[NESF_MLP_MAX], *invstd[NESF_MLP_MAX], *mask[NESF_MLP_MAX];
     float *out;                  /* rows x L[n-1].out */
+    const float *xyz;            /* the query columns used (rows x m->xw) */
 } nesf_mlp_acts;
 
 /* Appends an MLP with the given widths (widths[0] = feature input,
- * widths[n] = output) to the layout; xyz_layers = number of leading layers
- * that take 3 extra columns.  Advances *np / *nb (param / buffer counts). */
-void nesf_mlp_layout(nesf_mlp *m, const char *name, int n, const int *widths, int xyz_layers,
-                     int bn, int dropout, size_t *np, size_t *nb);
+ * widths[n] = output) to the layout; xyz (NULL: none) says which leading
+ * layers take query columns and which.  Advances *np / *nb (param / buffer
+ * counts). */
+void nesf_mlp_layout(nesf_mlp *m, const char *name, int n, const int *widths,
+                     const nesf_xyz_cols *xyz, int bn, int dropout, size_t *np, size_t *nb);
 
 /* Training forward (batch BN statistics, dropout from seed, running
  * statistics updated) keeping activations in acts. */

@@ -41,6 +41,8 @@ typedef struct nesf_model_config {
     int lattice_hidden[NESF_MAX_LAYERS], n_lattice_hidden;   /* 128 */
     int pos_hidden[NESF_MAX_LAYERS], n_pos_hidden;           /* 256,128 x7 */
     int spec_hidden[NESF_MAX_LAYERS], n_spec_hidden;         /* 256,128 */
+    int xyz_fourier;    /* Fourier query columns of the fields (mlp.h): 0 = the paper's xyz */
+    float xyz_fourier_period; /* their longest period, Å (8) */
     float dropout;      /* encoder.head, 0.3 */
     float bn_momentum;  /* 0.1 */
     float bn_eps;       /* 1e-5 */

@@ -738,6 +738,26 @@ static void cu_row_sqnorm(nesf_backend *be, int rows, int cols, const float *X, 
     });
 }
 
+static void cu_xyz_fourier(nesf_backend *be, int rows, const float *xyz, int nf, float period,
+                           float *out, int ldo)
+{
+    nesf_cuda *c = nesf_cuda_of(be);
+    if (rows <= 0) return;
+    nesf_cuda_bind(c);
+    nesf_each1d(c, "xyz_fourier", (size_t)rows, [=] __device__(size_t r) {
+        const float *x = xyz + 3 * r;
+        float *o = out + r * ldo;
+        o[0] = x[0], o[1] = x[1], o[2] = x[2];
+        for (int k = 0; k < nf; k++) {
+            const float w = nesf_fourier_freq(k, period);
+            for (int d = 0; d < 3; d++) {
+                o[3 + 6 * k + 2 * d] = sinf(w * x[d]);
+                o[4 + 6 * k + 2 * d] = cosf(w * x[d]);
+            }
+        }
+    });
+}
+
 static void cu_linear(nesf_backend *be, int rows, int N, int K, const float *X, int ldx,
                       const float *W, int ldw, const float *b, int relu, float *out, int ldo)
 {
@@ -818,6 +838,7 @@ static const nesf_backend_ops cuda_ops = {
     .cross_entropy = cu_cross_entropy,
     .adam = cu_adam,
     .row_sqnorm = cu_row_sqnorm,
+    .xyz_fourier = cu_xyz_fourier,
     .linear = cu_linear,
     .vote = cu_vote,
     .error = cu_error,

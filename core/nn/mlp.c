@@ -4,16 +4,22 @@
 #include <stdio.h>
 #include <string.h>
 
-void nesf_mlp_layout(nesf_mlp *m, const char *name, int n, const int *widths, int xyz_layers,
-                     int bn, int dropout, size_t *np, size_t *nb)
+void nesf_mlp_layout(nesf_mlp *m, const char *name, int n, const int *widths,
+                     const nesf_xyz_cols *xyz, int bn, int dropout, size_t *np, size_t *nb)
 {
     memset(m, 0, sizeof *m);
     snprintf(m->name, sizeof m->name, "%s", name);
     m->n = n;
+    const int xyz_layers = xyz ? xyz->layers : 0;
+    if (xyz_layers) {
+        m->fourier = xyz->fourier;
+        m->period = xyz->period;
+        m->xw = 3 + 6 * xyz->fourier;
+    }
     for (int l = 0; l < n; l++) {
         nesf_layer *L = &m->L[l];
         int last = l == n - 1;
-        L->extra = l < xyz_layers ? 3 : 0;
+        L->extra = l < xyz_layers ? m->xw : 0;
         L->in = widths[l] + L->extra;
         L->out = widths[l + 1];
         L->bn = !last && bn;
@@ -55,7 +61,7 @@ static void linear(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *i
         float *G = nesf_arena_floats(ar, (size_t)in->S * L->out);
         be->ops->gemm(be, 0, 1, in->S, L->out, feat, 1.0f, in->z, in->ldz, w + L->W, L->in, 0.0f,
                       G, L->out);
-        be->ops->group_linear(be, in->S, in->off, L->out, G, L->out, in->xyz, 3, L->extra,
+        be->ops->group_linear(be, in->S, in->off, L->out, G, L->out, in->xyz, m->xw, L->extra,
                               w + L->W + feat, L->in, w + L->b, relu, dst, ldd);
         return;
     }
@@ -67,18 +73,37 @@ static void put_xyz(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *
 {
     const nesf_layer *L = &m->L[l];
     if (L->extra)
-        net->be->ops->copy2d(net->be, in->rows, L->extra, in->xyz, 3, x + (L->in - L->extra), L->in);
+        net->be->ops->copy2d(net->be, in->rows, L->extra, in->xyz, m->xw, x + (L->in - L->extra), L->in);
+}
+
+/* The input with its query columns as the layers take them: the caller's
+ * xyz, or its Fourier columns made once here in the arena (the same for
+ * every layer); NULL on allocation failure. */
+static const nesf_mlp_in *with_xyz_cols(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
+                                        nesf_mlp_in *tmp)
+{
+    if (!m->fourier || !in->xyz) return in;
+    float *cols = nesf_arena_floats(&net->arena, (size_t)in->rows * m->xw);
+    if (!cols) return NULL;
+    net->be->ops->xyz_fourier(net->be, in->rows, in->xyz, m->fourier, m->period, cols, m->xw);
+    *tmp = *in;
+    tmp->xyz = cols;
+    return tmp;
 }
 
 #define CHECK(p) do { if (!(p)) return NESF_ERR_NOMEM; } while (0)
 
-int nesf_mlp_forward_train(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
+int nesf_mlp_forward_train(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in_caller,
                            uint64_t seed, nesf_mlp_acts *acts)
 {
     nesf_backend *be = net->be;
     nesf_arena *ar = &net->arena;
-    const int rows = in->rows;
+    const int rows = in_caller->rows;
     memset(acts, 0, sizeof *acts);
+    nesf_mlp_in tmp;
+    const nesf_mlp_in *in = with_xyz_cols(net, m, in_caller, &tmp);
+    CHECK(in);
+    acts->xyz = in->xyz;
     const float *x = in->x;
     int ldx = in->ldx;
     for (int l = 0; l < m->n; l++) {
@@ -124,9 +149,12 @@ int nesf_mlp_forward_train(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *
     return NESF_OK;
 }
 
-float *nesf_mlp_forward_infer(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in)
+float *nesf_mlp_forward_infer(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in_caller)
 {
     nesf_arena *ar = &net->arena;
+    nesf_mlp_in tmp;
+    const nesf_mlp_in *in = with_xyz_cols(net, m, in_caller, &tmp);
+    if (!in) return NULL;
     const float *x = in->x;
     int ldx = in->ldx;
     float *nx = NULL;
@@ -190,8 +218,8 @@ int nesf_mlp_backward(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
                 be->ops->gemm(be, 1, 0, L->out, feat, in->S, 1.0f, dG, L->out, in->z, in->ldz, 1.0f, dW,
                               L->in);
             if (want_w && L->extra)
-                be->ops->gemm(be, 1, 0, L->out, L->extra, rows, 1.0f, dy, ldy, in->xyz, 3, 1.0f,
-                              dW + feat, L->in);
+                be->ops->gemm(be, 1, 0, L->out, L->extra, rows, 1.0f, dy, ldy, acts->xyz, m->xw,
+                              1.0f, dW + feat, L->in);
             if (dz)
                 be->ops->gemm(be, 0, 0, in->S, feat, L->out, 1.0f, dG, L->out, W, L->in, 1.0f, dz,
                               lddz);

@@ -37,6 +37,8 @@ void nesf_model_config_paper(nesf_model_config *c)
     set_widths(c->lattice_hidden, &c->n_lattice_hidden, (int[]){128}, 1);
     set_widths(c->pos_hidden, &c->n_pos_hidden, (int[]){256, 128, 128, 128, 128, 128, 128, 128}, 8);
     set_widths(c->spec_hidden, &c->n_spec_hidden, (int[]){256, 128}, 2);
+    c->xyz_fourier = 0;
+    c->xyz_fourier_period = 8.0f;
     c->dropout = 0.3f;
     c->bn_momentum = 0.1f;
     c->bn_eps = 1e-5f;
@@ -90,6 +92,8 @@ static const nesf_jfield model_rows[] = {
     NESF_JF_CUSTOM("lattice_hidden", read_lattice_hidden),
     NESF_JF_CUSTOM("pos_hidden", read_pos_hidden),
     NESF_JF_CUSTOM("spec_hidden", read_spec_hidden),
+    NESF_JF_INT(C, "xyz_fourier", xyz_fourier, 0, NESF_MLP_FOURIER_MAX),
+    NESF_JF_FLOAT(C, "xyz_fourier_period", xyz_fourier_period, 0.5, 1000),
     NESF_JF_FLOAT(C, "dropout", dropout, 0, 0.99),
     NESF_JF_FLOAT(C, "bn_momentum", bn_momentum, 0, 1),
     NESF_JF_FLOAT(C, "bn_eps", bn_eps, 0, 1),
@@ -145,6 +149,10 @@ char *nesf_model_config_to_json(const nesf_model_config *c)
     json_object_set_new(o, "lattice_hidden", widths_json(c->lattice_hidden, c->n_lattice_hidden));
     json_object_set_new(o, "pos_hidden", widths_json(c->pos_hidden, c->n_pos_hidden));
     json_object_set_new(o, "spec_hidden", widths_json(c->spec_hidden, c->n_spec_hidden));
+    if (c->xyz_fourier) { /* absent = the paper's raw xyz: older readers load such files */
+        json_object_set_new(o, "xyz_fourier", json_integer(c->xyz_fourier));
+        json_object_set_new(o, "xyz_fourier_period", json_real(c->xyz_fourier_period));
+    }
     json_object_set_new(o, "dropout", json_real(c->dropout));
     json_object_set_new(o, "bn_momentum", json_real(c->bn_momentum));
     json_object_set_new(o, "bn_eps", json_real(c->bn_eps));
@@ -193,20 +201,24 @@ static int build_layout(nesf_model *m, nesf_error *err)
     size_t np = 0, nb = 0;
     int w[NESF_MAX_LAYERS + 2], n;
     n = widths_of(c->enc_pos_hidden, c->n_enc_pos_hidden, 3, c->enc_pos_out, w);
-    nesf_mlp_layout(&m->mlp[NESF_ENC_POS], mlp_names[NESF_ENC_POS], n, w, 0, 1, 0, &np, &nb);
+    nesf_mlp_layout(&m->mlp[NESF_ENC_POS], mlp_names[NESF_ENC_POS], n, w, NULL, 1, 0, &np, &nb);
     n = widths_of(c->enc_species_hidden, c->n_enc_species_hidden, m->A, c->enc_species_out, w);
-    nesf_mlp_layout(&m->mlp[NESF_ENC_SPECIES], mlp_names[NESF_ENC_SPECIES], n, w, 0, 1, 0, &np, &nb);
+    nesf_mlp_layout(&m->mlp[NESF_ENC_SPECIES], mlp_names[NESF_ENC_SPECIES], n, w, NULL, 1, 0, &np, &nb);
     n = widths_of(NULL, 0, c->enc_pos_out + c->enc_species_out, c->enc_mix_out, w);
-    nesf_mlp_layout(&m->mlp[NESF_ENC_MIX], mlp_names[NESF_ENC_MIX], n, w, 0, 0, 0, &np, &nb);
+    nesf_mlp_layout(&m->mlp[NESF_ENC_MIX], mlp_names[NESF_ENC_MIX], n, w, NULL, 0, 0, &np, &nb);
     n = widths_of(c->enc_head_hidden, c->n_enc_head_hidden, c->enc_mix_out + 6, c->latent, w);
-    nesf_mlp_layout(&m->mlp[NESF_ENC_HEAD], mlp_names[NESF_ENC_HEAD], n, w, 0, 1, 1, &np, &nb);
+    nesf_mlp_layout(&m->mlp[NESF_ENC_HEAD], mlp_names[NESF_ENC_HEAD], n, w, NULL, 1, 1, &np, &nb);
     n = widths_of(c->lattice_hidden, c->n_lattice_hidden, c->latent, 3, w);
-    nesf_mlp_layout(&m->mlp[NESF_DEC_LENGTH], mlp_names[NESF_DEC_LENGTH], n, w, 0, 0, 0, &np, &nb);
-    nesf_mlp_layout(&m->mlp[NESF_DEC_ANGLE], mlp_names[NESF_DEC_ANGLE], n, w, 0, 0, 0, &np, &nb);
+    nesf_mlp_layout(&m->mlp[NESF_DEC_LENGTH], mlp_names[NESF_DEC_LENGTH], n, w, NULL, 0, 0, &np, &nb);
+    nesf_mlp_layout(&m->mlp[NESF_DEC_ANGLE], mlp_names[NESF_DEC_ANGLE], n, w, NULL, 0, 0, &np, &nb);
+    /* every field layer but the last takes the query columns (spec §3) */
+    nesf_xyz_cols q = {0, c->xyz_fourier, c->xyz_fourier_period};
     n = widths_of(c->pos_hidden, c->n_pos_hidden, c->latent, 3, w);
-    nesf_mlp_layout(&m->mlp[NESF_DEC_POSITION], mlp_names[NESF_DEC_POSITION], n, w, n - 1, 1, 0, &np, &nb);
+    q.layers = n - 1;
+    nesf_mlp_layout(&m->mlp[NESF_DEC_POSITION], mlp_names[NESF_DEC_POSITION], n, w, &q, 1, 0, &np, &nb);
     n = widths_of(c->spec_hidden, c->n_spec_hidden, c->latent, m->A, w);
-    nesf_mlp_layout(&m->mlp[NESF_DEC_SPECIES], mlp_names[NESF_DEC_SPECIES], n, w, n - 1, 1, 0, &np, &nb);
+    q.layers = n - 1;
+    nesf_mlp_layout(&m->mlp[NESF_DEC_SPECIES], mlp_names[NESF_DEC_SPECIES], n, w, &q, 1, 0, &np, &nb);
     m->net.nparams = np;
     m->net.nbuffers = nb;
 

@@ -47,6 +47,10 @@ TINY_CONFIG = {
     "bn_eps": 1e-5,
 }
 
+# The tiny network with Fourier query columns (model config xyz_fourier,
+# include/mlp.h): 3 + 6 x 3 = 21 columns into every field layer but the last.
+FOURIER_CONFIG = dict(TINY_CONFIG, name="parity-fourier", xyz_fourier=3, xyz_fourier_period=6.0)
+
 # Gradient tolerance (README): max |c - ref| <= tol * max(max |ref|, 1e-3) per
 # tensor, tol = max(GRAD_TOL, 10 x the error of PyTorch's own float32 step).
 GRAD_TOL = 1e-3
@@ -413,6 +417,15 @@ def main():
                     bbmin, bbmax, args.out, rng, grad_filter=small,
                     adam_names=["decoder.position.8.weight", "encoder.head.1.bn.weight",
                                 "decoder.species.2.bias", "encoder.pos.0.bias"])
+    # generated last, so that the files above stay byte for byte what they were
+    make_forward("forward_fourier", FOURIER_CONFIG, calib, fwd, species, bbmin, bbmax, args.out,
+                 False, rng)
+    torch.manual_seed(SEED + 11)
+    four = ref.NeSF(FOURIER_CONFIG, len(species)).double()
+    randomize_bn(four, calib, species, bbmin, bbmax, rng)
+    round32(four)
+    make_train_step(four, "train_step_fourier.safetensors", "train_step_fourier_io.safetensors", trs,
+                    species, bbmin, bbmax, args.out, rng, write_weights=True)
     total = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
     print(f"fixtures in {args.out}: {total / 1e6:.2f} MB")
 

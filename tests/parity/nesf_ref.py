@@ -117,13 +117,13 @@ class MLP(nn.Module):
     Linear.  The first n_xyz layers also take the query xyz: their input is
     [features, x, y, z]."""
 
-    def __init__(self, widths, cfg, bn=False, dropout=False, n_xyz=0):
+    def __init__(self, widths, cfg, bn=False, dropout=False, n_xyz=0, xyz_width=3):
         super().__init__()
         self.n_xyz = n_xyz
         self.dropout = dropout
         n = len(widths) - 1
         self.layers = nn.ModuleList(
-            Layer(widths[i] + (3 if i < n_xyz else 0), widths[i + 1], i < n - 1, bn, cfg)
+            Layer(widths[i] + (xyz_width if i < n_xyz else 0), widths[i + 1], i < n - 1, bn, cfg)
             for i in range(n))
 
     def forward(self, x, xyz=None, drop_seed=None, p=0.0):
@@ -163,10 +163,15 @@ class NeSF(nn.Module):
                             dropout=True)
         self.dec_length = MLP([L] + cfg["lattice_hidden"] + [3], cfg)
         self.dec_angle = MLP([L] + cfg["lattice_hidden"] + [3], cfg)
+        # the fields' query columns: xyz, or xyz and its Fourier features
+        # (model config xyz_fourier, an extension of the spec: include/mlp.h)
+        self.fourier = int(cfg.get("xyz_fourier", 0))
+        self.period = float(cfg.get("xyz_fourier_period", 8.0))
+        xw = 3 + 6 * self.fourier
         pw = [L] + cfg["pos_hidden"] + [3]
-        self.dec_position = MLP(pw, cfg, bn=True, n_xyz=len(pw) - 2)
+        self.dec_position = MLP(pw, cfg, bn=True, n_xyz=len(pw) - 2, xyz_width=xw)
         sw = [L] + cfg["spec_hidden"] + [A]
-        self.dec_species = MLP(sw, cfg, bn=True, n_xyz=len(sw) - 2)
+        self.dec_species = MLP(sw, cfg, bn=True, n_xyz=len(sw) - 2, xyz_width=xw)
         # BN layers of the last Linear of an MLP never run; drop them so the
         # module tree matches the weight file exactly
         for mlp in self.mlps().values():
@@ -211,11 +216,23 @@ class NeSF(nn.Module):
         counts = torch.as_tensor(np.diff(np.asarray(off)), dtype=torch.long)
         return torch.repeat_interleave(z, counts, dim=0)
 
+    def query_columns(self, xyz):
+        """[x, y, z, then per frequency k and axis d: sin(w_k x_d), cos(w_k x_d)],
+        w_k = 2 pi 2^k / period (the frequency rounded to float32 as in C)."""
+        if not self.fourier:
+            return xyz
+        cols = [xyz]
+        for k in range(self.fourier):
+            w = float(np.float32(2 * math.pi * 2 ** k / self.period))
+            for d in range(3):
+                cols += [torch.sin(w * xyz[:, d:d + 1]), torch.cos(w * xyz[:, d:d + 1])]
+        return torch.cat(cols, dim=1)
+
     def position_field(self, z, off, xyz):
-        return self.dec_position(self._repeat(z, off), xyz)
+        return self.dec_position(self._repeat(z, off), self.query_columns(xyz))
 
     def species_field(self, z, off, xyz):
-        return self.dec_species(self._repeat(z, off), xyz)
+        return self.dec_species(self._repeat(z, off), self.query_columns(xyz))
 
 
 def num_params(model):

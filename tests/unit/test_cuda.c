@@ -470,8 +470,14 @@ static void test_elementwise(void **state)
     P->cpu->ops->row_sqnorm(P->cpu, rows, 3, (float *)X.c + 5, ld, S.c);
     P->gpu->ops->row_sqnorm(P->gpu, rows, 3, (float *)X.g + 5, ld, S.g);
     tw_check(P, &S, "row_sqnorm");
+    /* Fourier query columns of 3-column rows (queries within a few cells) */
+    twin Q = tw_floats(P, hx, (size_t)rows * 3);
+    twin Fq = tw_poison(P, (size_t)rows * 27);
+    P->cpu->ops->xyz_fourier(P->cpu, rows, Q.c, 4, 7.5f, Fq.c, 27);
+    P->gpu->ops->xyz_fourier(P->gpu, rows, Q.g, 4, 7.5f, Fq.g, 27);
+    tw_check(P, &Fq, "xyz_fourier");
 
-    twin *all[] = {&X, &Y, &B, &O, &D, &Mk, &S};
+    twin *all[] = {&X, &Y, &B, &O, &D, &Mk, &S, &Q, &Fq};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) tw_free(P, all[i]);
     free(hx);
     free(hy);

@@ -78,8 +78,9 @@ static void test_hash_matches_reference(void **state)
 static void test_layout(void **state)
 {
     (void)state;
-    const char *weights[] = {"forward.safetensors", "forward_tiny.safetensors", "train_step.safetensors"};
-    for (int w = 0; w < 3; w++) {
+    const char *weights[] = {"forward.safetensors", "forward_tiny.safetensors", "train_step.safetensors",
+                             "forward_fourier.safetensors", "train_step_fourier.safetensors"};
+    for (int w = 0; w < 5; w++) {
         nesf_st *st = load(weights[w]);
         const char *keys[] = {"nesf_version", "latent_size", "species", "bbox_min", "bbox_max",
                               "train_config", "model_config"};
@@ -104,8 +105,9 @@ static void test_layout(void **state)
     free(buf);
     nesf_st_free(st);
 
-    const char *ios[] = {"forward_io.safetensors", "forward_tiny_io.safetensors", "train_step_io.safetensors"};
-    for (int w = 0; w < 3; w++) {
+    const char *ios[] = {"forward_io.safetensors", "forward_tiny_io.safetensors", "train_step_io.safetensors",
+                         "forward_fourier_io.safetensors", "train_step_fourier_io.safetensors"};
+    for (int w = 0; w < 5; w++) {
         st = load(ios[w]);
         const nesf_st_tensor *aoff = need(st, "atom_off", NESF_ST_I32), *cart = need(st, "atom_cart", NESF_ST_F64);
         const nesf_st_tensor *lat = need(st, "lattice", NESF_ST_F64);

@@ -119,11 +119,14 @@ static double mlp_loss_cb(void *ctx)
     return mlp_loss(ctx, &acts);
 }
 
-static void check_mlp(int n, const int *widths, int xyz_layers, int bn, int dropout, int grouped)
+/* fourier > 0 needs grouped (mlp.h: the MLP makes those columns itself) */
+static void check_mlp(int n, const int *widths, int xyz_layers, int fourier, int bn, int dropout,
+                      int grouped)
 {
     mlp_case c = {0};
     size_t np = 0, nb = 0;
-    nesf_mlp_layout(&c.mlp, "t", n, widths, xyz_layers, bn, dropout, &np, &nb);
+    nesf_xyz_cols q = {xyz_layers, fourier, 3.0f};
+    nesf_mlp_layout(&c.mlp, "t", n, widths, &q, bn, dropout, &np, &nb);
     c.net.be = be;
     c.net.nparams = np;
     c.net.nbuffers = nb;
@@ -200,11 +203,12 @@ static void check_mlp(int n, const int *widths, int xyz_layers, int bn, int drop
     free(c.x); free(c.z); free(c.xyz); free(c.R); free(dout); free(din); free(ga); free(gf);
 }
 
-static void test_linear_relu(void **s) { (void)s; check_mlp(3, (int[]){5, 7, 6, 4}, 0, 0, 0, 0); }
-static void test_batchnorm(void **s) { (void)s; check_mlp(3, (int[]){5, 7, 6, 4}, 0, 1, 0, 0); }
-static void test_dropout(void **s) { (void)s; check_mlp(3, (int[]){5, 9, 8, 4}, 0, 1, 1, 0); }
-static void test_xyz_concat(void **s) { (void)s; check_mlp(4, (int[]){5, 7, 6, 6, 3}, 3, 1, 0, 0); }
-static void test_grouped_first_layer(void **s) { (void)s; check_mlp(4, (int[]){6, 7, 6, 5, 3}, 3, 1, 0, 1); }
+static void test_linear_relu(void **s) { (void)s; check_mlp(3, (int[]){5, 7, 6, 4}, 0, 0, 0, 0, 0); }
+static void test_batchnorm(void **s) { (void)s; check_mlp(3, (int[]){5, 7, 6, 4}, 0, 0, 1, 0, 0); }
+static void test_dropout(void **s) { (void)s; check_mlp(3, (int[]){5, 9, 8, 4}, 0, 0, 1, 1, 0); }
+static void test_xyz_concat(void **s) { (void)s; check_mlp(4, (int[]){5, 7, 6, 6, 3}, 3, 0, 1, 0, 0); }
+static void test_grouped_first_layer(void **s) { (void)s; check_mlp(4, (int[]){6, 7, 6, 5, 3}, 3, 0, 1, 0, 1); }
+static void test_grouped_fourier(void **s) { (void)s; check_mlp(4, (int[]){6, 7, 6, 5, 3}, 3, 2, 1, 0, 1); }
 
 /* ---- the whole loss ---- */
 
@@ -317,6 +321,7 @@ int main(void)
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_xyz_concat),
         cmocka_unit_test(test_grouped_first_layer),
+        cmocka_unit_test(test_grouped_fourier),
         cmocka_unit_test(test_whole_loss),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

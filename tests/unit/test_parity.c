@@ -257,6 +257,21 @@ static void test_forward_tiny(void **state)
     nesf_model_free(m);
 }
 
+/* Fourier query columns (model config xyz_fourier): 21 columns into every
+ * field layer but the last, the reference's own encoding of them */
+static void test_forward_fourier(void **state)
+{
+    (void)state;
+    nesf_model *m = load_model("forward_fourier.safetensors");
+    assert_int_equal(nesf_model_param_count(m), 18633);
+    const nesf_model_config *c = nesf_model_get_config(m);
+    assert_int_equal(c->xyz_fourier, 3);
+    assert_true(c->xyz_fourier_period == 6.0f);
+    check_metadata(m, "forward_fourier.safetensors");
+    check_forward(m, "forward_fourier_io.safetensors");
+    nesf_model_free(m);
+}
+
 /* Copies a weight file to a temp path, dropping metadata key `drop` (may
  * be "") and replacing tensor X by `override.X` of io (may be NULL). */
 static void copy_weights(const char *name, const char *drop, const nesf_st *io, char *out,
@@ -533,6 +548,12 @@ static void test_train_step_tiny(void **state)
     check_train_step("train_step.safetensors", "train_step_io.safetensors", 1);
 }
 
+static void test_train_step_fourier(void **state)
+{
+    (void)state;
+    check_train_step("train_step_fourier.safetensors", "train_step_fourier_io.safetensors", 1);
+}
+
 /* the paper network: widths 256/512 and A = 80 through every kernel */
 static void test_train_step_paper(void **state)
 {
@@ -545,12 +566,14 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_paper),
         cmocka_unit_test(test_forward_tiny),
+        cmocka_unit_test(test_forward_fourier),
         cmocka_unit_test(test_model_config_fallback),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_encode_errors),
         cmocka_unit_test(test_save_round_trip),
         cmocka_unit_test(test_train_step_tiny),
         cmocka_unit_test(test_train_step_paper),
+        cmocka_unit_test(test_train_step_fourier),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
