@@ -19,6 +19,7 @@
 #ifndef NESF_BACKEND_H
 #define NESF_BACKEND_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -229,6 +230,19 @@ static inline NESF_HOSTDEV float nesf_hash_uniform(uint64_t seed, uint64_t i)
 static inline NESF_HOSTDEV float nesf_fourier_freq(int k, float period)
 {
     return (float)(6.283185307179586 * (double)(1u << k) / (double)period);
+}
+
+/* One row of xyz_fourier: o = [x, y, z, sin(w_0 x), cos(w_0 x), sin(w_0 y), ...]. */
+static inline NESF_HOSTDEV void nesf_fourier_row(const float *x, int nf, float period, float *o)
+{
+    o[0] = x[0], o[1] = x[1], o[2] = x[2];
+    for (int k = 0; k < nf; k++) {
+        const float w = nesf_fourier_freq(k, period);
+        for (int d = 0; d < 3; d++) {
+            o[3 + 6 * k + 2 * d] = sinf(w * x[d]);
+            o[4 + 6 * k + 2 * d] = cosf(w * x[d]);
+        }
+    }
 }
 
 /* Bump allocator over backend memory for the scratch of one forward or

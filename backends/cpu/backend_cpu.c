@@ -903,18 +903,7 @@ static void cpu_xyz_fourier(nesf_backend *be, int rows, const float *xyz, int nf
                             float *out, int ldo)
 {
     (void)be;
-    for (int r = 0; r < rows; r++) {
-        const float *x = xyz + (size_t)3 * r;
-        float *o = out + (size_t)r * ldo;
-        o[0] = x[0], o[1] = x[1], o[2] = x[2];
-        for (int k = 0; k < nf; k++) {
-            const float w = nesf_fourier_freq(k, period);
-            for (int d = 0; d < 3; d++) {
-                o[3 + 6 * k + 2 * d] = sinf(w * x[d]);
-                o[4 + 6 * k + 2 * d] = cosf(w * x[d]);
-            }
-        }
-    }
+    for (int r = 0; r < rows; r++) nesf_fourier_row(xyz + (size_t)3 * r, nf, period, out + (size_t)r * ldo);
 }
 
 static void cpu_vote(nesf_backend *be, int n, int P, int A, const float *L, int *cls)

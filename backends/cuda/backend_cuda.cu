@@ -745,16 +745,7 @@ static void cu_xyz_fourier(nesf_backend *be, int rows, const float *xyz, int nf,
     if (rows <= 0) return;
     nesf_cuda_bind(c);
     nesf_each1d(c, "xyz_fourier", (size_t)rows, [=] __device__(size_t r) {
-        const float *x = xyz + 3 * r;
-        float *o = out + r * ldo;
-        o[0] = x[0], o[1] = x[1], o[2] = x[2];
-        for (int k = 0; k < nf; k++) {
-            const float w = nesf_fourier_freq(k, period);
-            for (int d = 0; d < 3; d++) {
-                o[3 + 6 * k + 2 * d] = sinf(w * x[d]);
-                o[4 + 6 * k + 2 * d] = cosf(w * x[d]);
-            }
-        }
+        nesf_fourier_row(xyz + 3 * r, nf, period, out + r * ldo);
     });
 }
 
