@@ -73,7 +73,8 @@ typedef struct nesf_mlp_in {
     int ldz;
     const float *xyz;     /* rows x 3, when a layer has extra columns (the MLP makes
                            * the Fourier columns itself); with Fourier columns
-                           * the first layer must be grouped */
+                           * the first layer must be grouped (else
+                           * NESF_ERR_INVALID, or NULL from forward_infer) */
 } nesf_mlp_in;
 
 /* What backward needs from a training forward. */

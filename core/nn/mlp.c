@@ -76,33 +76,36 @@ static void put_xyz(nesf_net *net, const nesf_mlp *m, int l, const nesf_mlp_in *
         net->be->ops->copy2d(net->be, in->rows, L->extra, in->xyz, m->xw, x + (L->in - L->extra), L->in);
 }
 
-/* The input with its query columns as the layers take them: the caller's
- * xyz, or its Fourier columns made once here in the arena (the same for
- * every layer); NULL on allocation failure. */
-static const nesf_mlp_in *with_xyz_cols(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
-                                        nesf_mlp_in *tmp)
+/* Points *in at the input with its query columns as the layers take them:
+ * the caller's xyz, or its Fourier columns made once here in the arena (the
+ * same for every layer; tmp holds the copy).  Fourier columns need a
+ * grouped first layer: an ungrouped one would read them from the caller's
+ * x, which holds raw xyz. */
+static int with_xyz_cols(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in **in, nesf_mlp_in *tmp)
 {
-    if (!m->fourier || !in->xyz) return in;
-    float *cols = nesf_arena_floats(&net->arena, (size_t)in->rows * m->xw);
-    if (!cols) return NULL;
-    net->be->ops->xyz_fourier(net->be, in->rows, in->xyz, m->fourier, m->period, cols, m->xw);
-    *tmp = *in;
+    if (!m->fourier || !(*in)->xyz) return NESF_OK;
+    if ((*in)->S <= 0) return NESF_ERR_INVALID;
+    float *cols = nesf_arena_floats(&net->arena, (size_t)(*in)->rows * m->xw);
+    if (!cols) return NESF_ERR_NOMEM;
+    net->be->ops->xyz_fourier(net->be, (*in)->rows, (*in)->xyz, m->fourier, m->period, cols, m->xw);
+    *tmp = **in;
     tmp->xyz = cols;
-    return tmp;
+    *in = tmp;
+    return NESF_OK;
 }
 
 #define CHECK(p) do { if (!(p)) return NESF_ERR_NOMEM; } while (0)
 
-int nesf_mlp_forward_train(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in_caller,
+int nesf_mlp_forward_train(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in,
                            uint64_t seed, nesf_mlp_acts *acts)
 {
     nesf_backend *be = net->be;
     nesf_arena *ar = &net->arena;
-    const int rows = in_caller->rows;
+    const int rows = in->rows;
     memset(acts, 0, sizeof *acts);
     nesf_mlp_in tmp;
-    const nesf_mlp_in *in = with_xyz_cols(net, m, in_caller, &tmp);
-    CHECK(in);
+    int rc = with_xyz_cols(net, m, &in, &tmp);
+    if (rc) return rc;
     acts->xyz = in->xyz;
     const float *x = in->x;
     int ldx = in->ldx;
@@ -149,12 +152,11 @@ int nesf_mlp_forward_train(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *
     return NESF_OK;
 }
 
-float *nesf_mlp_forward_infer(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in_caller)
+float *nesf_mlp_forward_infer(nesf_net *net, const nesf_mlp *m, const nesf_mlp_in *in)
 {
     nesf_arena *ar = &net->arena;
     nesf_mlp_in tmp;
-    const nesf_mlp_in *in = with_xyz_cols(net, m, in_caller, &tmp);
-    if (!in) return NULL;
+    if (with_xyz_cols(net, m, &in, &tmp)) return NULL;
     const float *x = in->x;
     int ldx = in->ldx;
     float *nx = NULL;

@@ -210,6 +210,28 @@ static void test_xyz_concat(void **s) { (void)s; check_mlp(4, (int[]){5, 7, 6, 6
 static void test_grouped_first_layer(void **s) { (void)s; check_mlp(4, (int[]){6, 7, 6, 5, 3}, 3, 0, 1, 0, 1); }
 static void test_grouped_fourier(void **s) { (void)s; check_mlp(4, (int[]){6, 7, 6, 5, 3}, 3, 2, 1, 0, 1); }
 
+/* Fourier columns with an ungrouped first layer are refused, not read from x */
+static void test_fourier_needs_groups(void **s)
+{
+    (void)s;
+    nesf_mlp m;
+    size_t np = 0, nb = 0;
+    nesf_mlp_layout(&m, "t", 2, (int[]){4, 5, 3}, &(nesf_xyz_cols){1, 2, 4.0f}, 0, 0, &np, &nb);
+    assert_int_equal(m.L[0].extra, 15);
+    nesf_net net = {.be = be, .nparams = np, .nbuffers = nb};
+    net.params = calloc(np, sizeof(float));
+    net.grads = calloc(np, sizeof(float));
+    nesf_arena_init(&net.arena, be);
+    float x[2 * 7] = {0}, xyz[2 * 3] = {0};
+    nesf_mlp_in in = {.rows = 2, .x = x, .ldx = 7, .xyz = xyz};
+    nesf_mlp_acts acts;
+    assert_int_equal(nesf_mlp_forward_train(&net, &m, &in, 1, &acts), NESF_ERR_INVALID);
+    assert_null(nesf_mlp_forward_infer(&net, &m, &in));
+    nesf_arena_release(&net.arena);
+    free(net.params);
+    free(net.grads);
+}
+
 /* ---- the whole loss ---- */
 
 static nesf_structure *rand_structure(int n, const int *zs, int nz)
@@ -322,6 +344,7 @@ int main(void)
         cmocka_unit_test(test_xyz_concat),
         cmocka_unit_test(test_grouped_first_layer),
         cmocka_unit_test(test_grouped_fourier),
+        cmocka_unit_test(test_fourier_needs_groups),
         cmocka_unit_test(test_whole_loss),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
