@@ -7,6 +7,8 @@ StructureMatcher, at the settings generative-crystal papers report
     scripts/match_rate.py --truth val.jsonl --recon recon.jsonl [--json] [--list]
 or in one command (runs nesf eval, prints its table, then the match rate):
     scripts/match_rate.py --model M --data val.jsonl [--options JSON] [--refine JSON]
+(nesf eval refines each latent by default, as nesfd does; --refine false
+gives the encoder's own reconstructions, the paper's autoencoder.)
 
 Both files are JSON Lines in the dataset format (nesf eval --out writes
 it, keyed by the data's ids).  A reconstruction that is missing, failed
@@ -60,7 +62,8 @@ def main():
     ap.add_argument("--model", help="run nesf eval with this model first (with --data)")
     ap.add_argument("--data", help="structures to reconstruct (JSON Lines); the truth")
     ap.add_argument("--options", help="decode options for nesf eval (JSON)")
-    ap.add_argument("--refine", help="latent refinement for nesf eval (steps or JSON)")
+    ap.add_argument("--refine", help="latent refinement for nesf eval (steps or JSON; default nesf eval's: "
+                                             "true; false: none)")
     ap.add_argument("--limit", type=int, help="only the first N structures")
     ap.add_argument("--nesf", default=os.path.join(ROOT, "build", "tools", "nesf", "nesf"),
                     help="the nesf binary (default: build/tools/nesf/nesf)")

@@ -41,13 +41,16 @@ nesfd_job *nesfd_job_new(nesfd_job_kind kind, nesfd_model_entry *me, int n)
     j->me = me;
     j->n = n;
     j->z = calloc((size_t)n * (size_t)me->latent, sizeof *j->z);
+    if (kind == NESFD_JOB_ENCODE) j->z_enc = calloc((size_t)n * (size_t)me->latent, sizeof *j->z_enc);
     j->s = calloc((size_t)n, sizeof *j->s);
     j->item_err = calloc((size_t)n, sizeof *j->item_err);
     /* zeroed first so that the padding bytes in the batching key are too */
     memset(&j->opts, 0, sizeof j->opts);
     nesf_decode_opts_default(&j->opts);
     nesf_refine_opts_default(&j->refine);
-    if (!j->z || !j->s || !j->item_err) {
+    j->refine.steps = 0; /* the daemon's own encodes (the confidence's E(D(z))) are
+                            plain; a request's job takes the request's option */
+    if (!j->z || !j->s || !j->item_err || (kind == NESFD_JOB_ENCODE && !j->z_enc)) {
         nesfd_job_free(j);
         return NULL;
     }
@@ -60,6 +63,7 @@ void nesfd_job_free(void *p)
     if (!j) return;
     if (j->s) nesf_structure_list_free(j->s, j->n); /* frees the array too */
     free(j->z);
+    free(j->z_enc);
     free(j->item_err);
     free(j);
 }
@@ -164,6 +168,7 @@ static void run_encode(nesfd_model_entry *me, nesfd_item *const *items, int n)
         nesf_error e1 = err;
         int rci = rc && (n > 1 || me->invariant)
                 ? nesf_model_encode(me->model, &s[i], 1, z + (size_t)i * L, &e1) : rc;
+        if (!rci) memcpy(j->z_enc + (size_t)idx * L, z + (size_t)i * L, L * sizeof *z);
         if (!rci && j->refine.steps > 0)
             rci = nesf_refine_latents(me->model, &s[i], 1, z + (size_t)i * L, &j->refine, NULL, &e1);
         if (rci) {

@@ -77,10 +77,12 @@ typedef struct nesfd_job {
     nesfd_model_entry *me;
     int n;
     float *z;                /* n x latent: decode input / encode output */
+    float *z_enc;            /* encode: n x latent, the encoder's own latents
+                                before refinement (the confidence's reference) */
     nesf_structure **s;      /* n: encode input / decode output (owned) */
     nesf_error *item_err;    /* n: why item i failed (status != 0) */
     nesf_decode_opts opts;   /* decode */
-    nesf_refine_opts refine; /* encode: latent refinement (steps 0: none) */
+    nesf_refine_opts refine; /* encode: latent refinement (the request's; steps 0: none) */
 } nesfd_job;
 
 /* A job of n items with zeroed arrays (s and item_err always; z too).

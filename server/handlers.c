@@ -33,6 +33,8 @@ typedef struct op_state {
     nesf_decode_opts opts;
     int n;                     /* items of the request (frames for interpolate) */
     float *latents;            /* reconstruct: the encoded latents (n x L) */
+    float *z_enc;              /* reconstruct: the encoder's own latents before
+                                  refinement (n x L), the cycle's reference */
     /* interpolate: endpoints given as latents, or encode job slots */
     float *za, *zb;
     int a_slot, b_slot;        /* index in the encode job, -1 when a latent */
@@ -63,6 +65,7 @@ static void op_free(void *p)
     json_decref(st->warn);
     json_decref(st->warn_ends);
     free(st->latents);
+    free(st->z_enc);
     free(st->za);
     free(st->zb);
     free(st);
@@ -580,7 +583,10 @@ static int cycle_encode(op_state *st)
     return 1;
 }
 
-/* The encode of the decoded structures ended: their cycle distances. */
+/* The encode of the decoded structures ended: their cycle distances, to
+ * the decoded latent or, for a reconstruction, to the encoder's own latent
+ * of the input (a refined latent lies off the encoder's manifold, and
+ * |E(D) - E(S)| is the figure that separates wrong answers; docs/trust.md). */
 static void cycle_distances(op_state *st)
 {
     nesfd_job *job = nesfd_ticket_data(st->p.ticket), *dec = nesfd_ticket_data(st->dec_ticket);
@@ -588,7 +594,7 @@ static void cycle_distances(op_state *st)
     for (int i = 0, j = 0; i < dec->n; i++) {
         if (!dec->s[i] || dec->s[i]->n == 0) continue;
         if (!nesfd_ticket_item(st->p.ticket, j)->status) {
-            const float *a = job->z + (size_t)j * L, *b = dec->z + (size_t)i * L;
+            const float *a = job->z + (size_t)j * L, *b = (st->z_enc ? st->z_enc : dec->z) + (size_t)i * L;
             double sum = 0;
             for (int c = 0; c < L; c++) sum += ((double)a[c] - b[c]) * ((double)a[c] - b[c]);
             st->cycle[i] = sqrt(sum);
@@ -744,12 +750,9 @@ out:
     json_decref(root);
 }
 
-/* Parses the "structures" list into an encode job. */
-/* "refine": latent refinement of the structures encoded (refine.h): true,
- * a step count or an object; bounded so that one request's cost stays
- * within seconds per structure.  Absent: none. */
+/* Bounded so that one request's cost stays within seconds per structure. */
 #define NESFD_REFINE_MAX_STEPS 200
-static int parse_refine(nesfd_req *r, json_t *root, nesf_refine_opts *o)
+int nesfd_parse_refine(nesfd_req *r, json_t *root, nesf_refine_opts *o)
 {
     json_t *v = json_object_get(root, "refine");
     nesf_refine_opts_default(o);
@@ -766,6 +769,7 @@ static int parse_refine(nesfd_req *r, json_t *root, nesf_refine_opts *o)
     return 0;
 }
 
+/* Parses the "structures" list into an encode job. */
 static nesfd_job *structures_job(op_state *st, json_t *root)
 {
     nesfd_req *r = st->p.req;
@@ -779,7 +783,7 @@ static nesfd_job *structures_job(op_state *st, json_t *root)
     if (st->kind == OP_RECONSTRUCT && check_work(st, (int)json_array_size(list))) return NULL;
     int n = (int)json_array_size(list);
     nesf_refine_opts ro;
-    if (parse_refine(r, root, &ro)) return NULL;
+    if (nesfd_parse_refine(r, root, &ro)) return NULL;
     nesfd_job *job = nesfd_job_new(NESFD_JOB_ENCODE, st->p.me, n);
     if (!job) {
         nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
@@ -890,13 +894,15 @@ static void h_reconstruct(nesfd_req *r, void *ctx)
         size_t bytes = (size_t)job->n * st->p.me->latent * sizeof(float);
         nesfd_job *dec = nesfd_job_new(NESFD_JOB_DECODE, st->p.me, job->n);
         st->latents = malloc(bytes);
-        if (!dec || !st->latents) {
+        st->z_enc = malloc(bytes);
+        if (!dec || !st->latents || !st->z_enc) {
             nesfd_job_free(dec);
             nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
             return;
         }
         memcpy(dec->z, job->z, bytes);
         memcpy(st->latents, job->z, bytes);
+        memcpy(st->z_enc, job->z_enc, bytes);
         /* the inputs stay for the answer's "match" blocks */
         if ((st->inputs = calloc((size_t)job->n, sizeof *st->inputs)))
             for (int i = 0; i < job->n; i++) st->inputs[i] = job->s[i], job->s[i] = NULL;
@@ -984,7 +990,7 @@ static void h_interpolate(nesfd_req *r, void *ctx)
         }
         st->n = (int)json_integer_value(steps);
         nesf_refine_opts ro;
-        if (parse_refine(r, root, &ro)) goto out;
+        if (nesfd_parse_refine(r, root, &ro)) goto out;
         if (check_work(st, st->n)) goto out;
         if (parse_endpoint(st, from, "from", &st->za, &st->a_slot, enc, &n_enc) ||
             parse_endpoint(st, to, "to", &st->zb, &st->b_slot, enc, &n_enc))

@@ -30,6 +30,9 @@ nesf_structure *nesfd_parse_structure(nesfd_req *r, nesfd_model_entry *me, json_
                                       const char *where);
 /* n items in one request: at least one, at most the request/queue limit. */
 int nesfd_parse_count(nesfd_req *r, size_t n, const char *what, const nesfd_config *cfg);
+/* obj's "refine" (refine.h: true, a step count, an object, false), at most
+ * 200 steps, into o; absent: the default (refined).  400 invalid_refine. */
+int nesfd_parse_refine(nesfd_req *r, json_t *obj, nesf_refine_opts *o);
 /* A POST request between its parsing and its answer, kept across the
  * suspensions while a model's batcher works: the first member of each
  * route's state (handlers.c, oip.c). */

@@ -30,6 +30,7 @@ typedef struct oip_state {
     json_t *id;             /* the request's "id", or NULL */
     unsigned want;          /* OUT_* */
     double symprec;
+    nesf_refine_opts refine; /* structure inputs: parameters.refine (default on) */
 } oip_state;
 
 /* The request state's free_fn: the ticket keeps its own reference. */
@@ -230,8 +231,12 @@ static nesfd_job *input_job(oip_state *st, json_t *in, int decode, const nesf_de
     else if (!nesfd_parse_count(r, (size_t)shape[0], "inputs[0].shape[0]", st->p.app->cfg)) {
         if (!(job = nesfd_job_new(decode ? NESFD_JOB_DECODE : NESFD_JOB_ENCODE, me, (int)shape[0])))
             nesfd_reply_error(r, 503, "out_of_memory", "out of memory");
-        else
-            ok = decode ? fill_latents(r, job, flat, opts) : fill_structures(r, me, job, flat);
+        else if (decode)
+            ok = fill_latents(r, job, flat, opts);
+        else {
+            job->refine = st->refine;
+            ok = fill_structures(r, me, job, flat);
+        }
     }
     json_decref(flat);
     if (ok) return job;
@@ -239,11 +244,13 @@ static nesfd_job *input_job(oip_state *st, json_t *in, int decode, const nesf_de
     return NULL;
 }
 
-/* "parameters": "symprec" and decoding options (/decode's "options");
- * binary_data_output may be false (Triton's clients send it). */
+/* "parameters": "symprec", "refine" (/encode's) and decoding options
+ * (/decode's "options"); binary_data_output may be false (Triton's clients
+ * send it). */
 static int parse_parameters(oip_state *st, json_t *params, nesf_decode_opts *opts)
 {
     nesfd_req *r = st->p.req;
+    nesf_refine_opts_default(&st->refine);
     if (!params) return 0;
     if (!json_is_object(params)) {
         nesfd_reply_error(r, 400, "invalid_request", "'parameters' must be an object");
@@ -255,8 +262,10 @@ static int parse_parameters(oip_state *st, json_t *params, nesf_decode_opts *opt
                           "extension is not supported");
         return -1;
     }
+    if (nesfd_parse_refine(r, params, &st->refine)) return -1;
     json_t *decode = json_deep_copy(params), *sp = json_object_get(params, "symprec");
     if (decode) json_object_del(decode, "binary_data_output");
+    if (decode) json_object_del(decode, "refine");
     if (sp) {
         if (!json_is_number(sp) || !(json_number_value(sp) > 0) || json_number_value(sp) > 1) {
             json_decref(decode);
@@ -269,8 +278,8 @@ static int parse_parameters(oip_state *st, json_t *params, nesf_decode_opts *opt
     nesf_error err;
     int rc = !decode || nesf_decode_opts_from_json(opts, decode, &err) || nesf_decode_opts_check(opts, &err);
     json_decref(decode);
-    if (rc) nesfd_reply_error(r, 400, "invalid_options", "parameters: %s (parameters are \"symprec\" "
-                              "and decoding options)", decode ? err.msg : "out of memory");
+    if (rc) nesfd_reply_error(r, 400, "invalid_options", "parameters: %s (parameters are \"symprec\", "
+                              "\"refine\" and decoding options)", decode ? err.msg : "out of memory");
     return rc ? -1 : 0;
 }
 

@@ -19,7 +19,7 @@
 void nesf_refine_opts_default(nesf_refine_opts *o)
 {
     memset(o, 0, sizeof *o);
-    o->steps = 0;
+    o->steps = NESF_REFINE_STEPS;
     o->lr = 0.02f;
     o->w_pos = 10.0f;
     o->w_spec = 1.0f;

@@ -445,18 +445,24 @@ def test_refine(d, ctx):
     same in a batch as alone and on every call; /reconstruct and
     /interpolate take it too; bad values are 400 invalid_refine."""
     structs = dataset_structures(2)
+    st, _, plain = d.call("POST", "/encode", {"structures": structs, "refine": False})
+    assert st == 200, plain
+    plain = plain["latents"]
     ref = {"steps": 3, "global_fraction": 0.05, "species_fraction": 0.05, "cell_points": 16}
     st, _, a = d.call("POST", "/encode", {"structures": structs, "refine": ref})
     assert st == 200, a
-    assert a["latents"][0] != ctx["enc"][0] and a["latents"][1] != ctx["enc"][1]
-    assert not close(a["latents"][0], ctx["enc"][0], 1e-6)
+    assert a["latents"][0] != plain[0] and a["latents"][1] != plain[1]
+    assert not close(a["latents"][0], plain[0], 1e-6)
     for s, want in zip(structs, a["latents"]):
         st, _, one = d.call("POST", "/encode", {"structures": [s], "refine": ref})
         assert st == 200 and one["latents"][0] == want, "refined alone differs from refined in a batch"
     st, _, b = d.call("POST", "/reconstruct", {"structures": structs[:1], "options": FAST, "refine": ref})
     assert st == 200 and b["latents"][0] == a["latents"][0], b
+    # the default is "refine": true; 0 and false are the encoder alone
+    st, _, c = d.call("POST", "/encode", {"structures": structs[:1], "refine": True})
+    assert st == 200 and c["latents"][0] == ctx["enc"][0] and c["latents"][0] != plain[0]
     st, _, c = d.call("POST", "/encode", {"structures": structs[:1], "refine": 0})
-    assert st == 200 and c["latents"][0] == ctx["enc"][0]
+    assert st == 200 and c["latents"][0] == plain[0]
     st, _, f = d.call("POST", "/interpolate", {"from": structs[0], "to": structs[1], "steps": 2,
                                                "options": FAST, "refine": ref})
     assert st == 200 and len(f["frames"]) == 2, f
@@ -541,11 +547,18 @@ def test_self_check(d, ctx):
     assert 0 < len(got) < len(structs), got  # both verdicts occur: the comparison means something
     for s, c in zip(rec["structures"], conf):
         assert c["redecoded_atoms"] >= 1 and (c["redecoded_atoms"] == s["num_atoms"] or not c["self_consistent"]), c
+    # the same latents decoded: the same verdicts (the cycle distance of a
+    # reconstruction is taken to the input's plain encoding, E(S), instead)
+    def verdicts(cs):
+        return [(c["self_consistent"], c["redecoded_atoms"]) for c in cs]
     st, _, dec = m.call("POST", "/decode", {"latents": rec["latents"], "options": opts, "self_check": True})
-    assert st == 200 and [s["confidence"] for s in dec["structures"]] == conf, dec
+    assert st == 200 and verdicts(s["confidence"] for s in dec["structures"]) == verdicts(conf), dec
     st, _, ip = m.call("POST", "/interpolate", {"from": rec["latents"][0], "to": rec["latents"][2], "steps": 2,
                                                 "options": opts, "self_check": True})
-    assert st == 200 and [f["structure"]["confidence"] for f in ip["frames"]] == [conf[0], conf[2]], ip
+    assert st == 200 and verdicts(f["structure"]["confidence"] for f in ip["frames"]) == \
+        verdicts([conf[0], conf[2]]), ip
+    assert dec["structures"][0]["confidence"] == ip["frames"][0]["structure"]["confidence"]
+    assert all(a["confidence"]["cycle_distance"] != c["cycle_distance"] for a, c in zip(dec["structures"], conf))
 
     def one(i):
         return m.call("POST", "/reconstruct", {"structures": [structs[i]], "options": opts, "self_check": True})
@@ -640,7 +653,7 @@ def test_queue_full_and_deadline(_, ctx):
     """A second daemon: one item per call, queue of 4, 1.5 s deadline."""
     b = Daemon("--model", "fx=" + ctx["fixture"], "--compute-threads", "1", "--max-batch", "1",
                "--max-delay-us", "0", "--queue-limit", "4", "--request-timeout", "1.5")
-    slow = {"latents": latents(4, 1), "options": PAPER}  # seconds per latent here
+    slow = {"latents": latents(4, 1), "options": dict(PAPER, iterations=256)}  # 1-4 s per latent here
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         t0 = time.time()
         first = ex.submit(b.call, "POST", "/decode", slow, None, False)

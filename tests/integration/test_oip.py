@@ -199,6 +199,12 @@ def test_infer_encode(d, ctx):
     assert st == 200, native
     for i in range(3):
         assert close(lat["data"][LATENT * i:LATENT * (i + 1)], native["latents"][i], 1e-6), i
+    # parameters.refine as /encode's "refine" (refined by default)
+    outs, _ = infer(d, {"inputs": [{"name": "structure", "shape": [1], "datatype": "BYTES", "data": [cif]}],
+                        "parameters": {"refine": False}})
+    st, _, plain = d.call("POST", "/encode", {"structures": [cif], "refine": False})
+    assert st == 200 and close(outs["latent"]["data"], plain["latents"][0], 1e-6)
+    assert not close(outs["latent"]["data"], lat["data"][:LATENT], 1e-6)
     # [N, 1] is accepted as well
     outs, _ = infer(d, {"inputs": [{"name": "structure", "shape": [1, 1], "datatype": "BYTES", "data": [[cif]]}]})
     assert outs["latent"]["data"] == lat["data"][:LATENT]
@@ -271,7 +277,8 @@ def test_queue_full_deadline_draining(_, ctx):
     exits 0."""
     b = Daemon("--model", "fx=" + ctx["fx"], "--compute-threads", "1", "--max-batch", "1",
                "--max-delay-us", "0", "--queue-limit", "4", "--request-timeout", "1.5")
-    slow = {"inputs": [latent_input(latents(4, 1))], "parameters": {"mode": "paper"}}  # seconds per latent
+    # 1-4 s a latent here: past the 1.5 s deadline
+    slow = {"inputs": [latent_input(latents(4, 1))], "parameters": {"mode": "paper", "iterations": 256}}
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
         t0 = time.time()
         first = ex.submit(b.call, "POST", "/v2/models/fx/infer", slow, None, False)

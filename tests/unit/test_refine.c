@@ -237,7 +237,7 @@ static void test_options(void **state)
     (void)state;
     nesf_refine_opts o;
     nesf_refine_opts_default(&o);
-    assert_int_equal(o.steps, 0);
+    assert_int_equal(o.steps, NESF_REFINE_STEPS); /* on unless asked not to */
     nesf_error err;
     json_t *v = json_loads("{\"steps\": 7, \"lr\": 0.5, \"loss_weights\": {\"species\": 2},"
                            " \"cell_points\": 0, \"global_fraction\": 0.5}", 0, NULL);
@@ -260,6 +260,10 @@ static void test_options(void **state)
     v = json_true();
     assert_int_equal(nesf_refine_opts_from_json(&o, v, &err), NESF_OK);
     assert_int_equal(o.steps, NESF_REFINE_STEPS);
+    json_decref(v);
+    v = json_false();
+    assert_int_equal(nesf_refine_opts_from_json(&o, v, &err), NESF_OK);
+    assert_int_equal(o.steps, 0);
     json_decref(v);
 }
 

@@ -13,6 +13,7 @@
 #include "decode.h"
 #include "domain.h"
 #include "latent_cli.h"
+#include "refine.h"
 #include "safetensors.h"
 
 static void usage(FILE *f)
@@ -21,7 +22,8 @@ static void usage(FILE *f)
         "usage: nesf domain --model M.safetensors --data DIR|TRAIN.jsonl [options]\n"
         "Measures the training domain of M on its training set (DIR/train.jsonl):\n"
         "largest atom count, elements, ranges of a, b, c and of the angles, and the\n"
-        "distribution of the cycle distance |E(D(z)) - z| over a sample of it, and\n"
+        "distribution of the cycle distance |E(D(z)) - E(S)| over a sample of it\n"
+        "(encoded as nesfd encodes, z refined on S unless --refine false), and\n"
         "writes M again with that record in its metadata (\"domain\"); the weights\n"
         "are copied unchanged.  nesfd and nesf eval then warn about inputs outside\n"
         "the domain and give each decoded structure a confidence percentile.\n\n"
@@ -29,22 +31,27 @@ static void usage(FILE *f)
         "  --sample N         training structures for the cycle distance (default 300;\n"
         "                     0: domain only), evenly spaced through the file\n"
         "  --options JSON     decode options for the sample (default {\"mode\": \"fast\"})\n"
+        "  --refine JSON      latent refinement of the sample (default true; core/refine.h)\n"
         "  --backend KIND     cpu, cuda or auto;  --threads N\n");
 }
 
-/* Cycle distances of `count` structures spread evenly over d. */
+/* Cycle distances of `count` structures spread evenly over d, reconstructed
+ * as nesfd reconstructs them (refined latents decoded, the distance taken
+ * to the encoder's own latents: the figure nesfd and nesf eval report). */
 static int sample_cycle(nesf_model *m, const nesf_dataset *d, int count, const nesf_decode_opts *o,
-                        double *dist, nesf_error *err)
+                        const nesf_refine_opts *ro, double *dist, nesf_error *err)
 {
-    const int L = nesf_model_latent_size(m);
+    const size_t L = (size_t)nesf_model_latent_size(m);
     nesf_structure **s = malloc((size_t)count * sizeof *s), **dec = calloc((size_t)count, sizeof *dec);
     nesf_error *ie = calloc((size_t)count, sizeof *ie);
-    float *z = malloc((size_t)count * L * sizeof *z);
+    float *z = malloc(2 * (size_t)count * L * sizeof *z), *z0 = z ? z + (size_t)count * L : NULL;
     int rc = !s || !dec || !ie || !z ? nesf_fail(err, NESF_ERR_NOMEM, "out of memory") : NESF_OK;
     for (int i = 0; !rc && i < count; i++) s[i] = d->s[(long)i * d->n / count];
     if (!rc) rc = nesf_model_encode(m, s, count, z, err);
+    if (!rc) memcpy(z0, z, (size_t)count * L * sizeof *z);
+    if (!rc && ro->steps > 0) rc = nesf_refine_latents(m, s, count, z, ro, NULL, err);
     if (!rc) rc = nesf_decode(m, count, z, o, dec, ie, NULL, err);
-    if (!rc) rc = nesf_cycle_distances(m, count, z, dec, dist, err);
+    if (!rc) rc = nesf_cycle_distances(m, count, z0, dec, dist, err);
     if (dec) nesf_structure_list_free(dec, count);
     free(s);
     free(ie);
@@ -54,10 +61,11 @@ static int sample_cycle(nesf_model *m, const nesf_dataset *d, int count, const n
 
 int nesf_cmd_domain(int argc, char **argv)
 {
-    const char *model = NULL, *data = NULL, *out = NULL, *options = NULL, *backend = NULL;
+    const char *model = NULL, *data = NULL, *out = NULL, *options = NULL, *backend = NULL, *refine = NULL;
     int threads = 0, sample = 300;
     const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_OPT_DATA(&data), CLI_OPT_OUT(&out),
                             CLI_I("sample", &sample, 0, INT_MAX), CLI_OPT_OPTIONS(&options),
+                            CLI_S("refine", &refine),
                             CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads), CLI_OPT_END};
     int prc = cli_parse("domain", argc, argv, opts, usage, NULL);
     if (prc >= 0) return prc;
@@ -69,6 +77,9 @@ int nesf_cmd_domain(int argc, char **argv)
     nesf_decode_opts_default(&o);
     o.mode = NESF_DECODE_FAST;
     if (cli_decode_options("domain", "options", options, &o)) return 2;
+    nesf_refine_opts ro;
+    nesf_refine_opts_default(&ro);
+    if (refine && cli_refine_options("domain", refine, &ro)) return 2;
     char path[4096];
     size_t dl = strlen(data);
     snprintf(path, sizeof path, dl > 6 && !strcmp(data + dl - 6, ".jsonl") ? "%s" : "%s/train.jsonl", data);
@@ -97,11 +108,14 @@ int nesf_cmd_domain(int argc, char **argv)
             fprintf(stderr, "nesf domain: out of memory\n");
             goto done;
         }
-        if (sample_cycle(m, &d, sample, &o, dist, &err)) {
+        if (sample_cycle(m, &d, sample, &o, &ro, dist, &err)) {
             fprintf(stderr, "nesf domain: %s\n", err.msg);
             goto done;
         }
-        nesf_domain_set_cycle(&dom, dist, sample, o.mode == NESF_DECODE_FAST ? "fast" : "paper");
+        char label[16];
+        snprintf(label, sizeof label, "%s%s", o.mode == NESF_DECODE_FAST ? "fast" : "paper",
+                 ro.steps > 0 ? "+refine" : "");
+        nesf_domain_set_cycle(&dom, dist, sample, label);
         fprintf(stderr, "nesf domain: cycle distance of %d training structures in %.1f s: median "
                 "%.3f, 80th percentile %.3f, 95th %.3f\n", sample, nesf_clock_s() - t0, dom.cycle_q[50],
                 dom.cycle_q[80], dom.cycle_q[95]);

@@ -10,19 +10,23 @@
 #include "cli_opts.h"
 #include "commands.h"
 #include "model.h"
+#include "refine.h"
 #include "sio.h"
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: nesf encode --model M.safetensors [--backend cpu|cuda|auto] FILE|-\n"
+    fprintf(f, "usage: nesf encode --model M.safetensors [--refine JSON] [--backend cpu|cuda|auto] FILE|-\n"
                "  FILE: CIF (every data block), a JSON structure or array, or JSON Lines.\n"
+               "  --refine: latent refinement on each structure, as nesfd encodes: true (the\n"
+               "  default), a step count, {\"steps\", \"lr\", ...}, or false (the encoder alone).\n"
                "  Prints {\"latent_size\", \"latents\": [{\"id\", \"formula\", \"z\"}, ...]} on stdout.\n");
 }
 
 int nesf_cmd_encode(int argc, char **argv)
 {
-    const char *model = NULL, *backend = "auto";
-    const cli_opt opts[] = {{"model", CLI_STR, &model, 0, 0, 'm'}, CLI_OPT_BACKEND(&backend), CLI_OPT_END};
+    const char *model = NULL, *backend = "auto", *refine = NULL;
+    const cli_opt opts[] = {{"model", CLI_STR, &model, 0, 0, 'm'}, CLI_S("refine", &refine),
+                            CLI_OPT_BACKEND(&backend), CLI_OPT_END};
     int arg0;
     int prc = cli_parse("encode", argc, argv, opts, usage, &arg0);
     if (prc >= 0) return prc;
@@ -30,6 +34,9 @@ int nesf_cmd_encode(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    nesf_refine_opts ro;
+    nesf_refine_opts_default(&ro);
+    if (refine && cli_refine_options("encode", refine, &ro)) return 2;
     nesf_error err = {0};
     nesf_backend *be = NULL;
     nesf_model *m = NULL;
@@ -42,6 +49,7 @@ int nesf_cmd_encode(int argc, char **argv)
     const int L = nesf_model_latent_size(m);
     z = malloc((size_t)(n ? n : 1) * L * sizeof *z);
     if (!z || nesf_model_encode(m, s, n, z, &err)) goto out;
+    if (ro.steps > 0 && n > 0 && nesf_refine_latents(m, s, n, z, &ro, NULL, &err)) goto out;
     json_t *arr = json_array();
     for (int i = 0; i < n; i++) {
         char formula[256];

@@ -46,8 +46,10 @@ static void usage(FILE *f)
         "  --options JSON     decode options, e.g. '{\"iterations\": 32}' (or @FILE)\n"
         "  --self-check       re-encode and decode every reconstruction again and report\n"
         "                     how well \"not a fixed point\" flags the wrong ones\n"
-        "  --refine JSON      refine each latent on its structure before decoding:\n"
-        "                     true, a step count or {\"steps\", \"lr\", ...} (core/refine.h)\n"
+        "  --refine JSON      latent refinement on each structure before decoding:\n"
+        "                     true (the default, as nesfd), a step count, {\"steps\",\n"
+        "                     \"lr\", ...} (core/refine.h), or false: the encoder's latent\n"
+        "                     alone (the paper's autoencoder, Table 1)\n"
         "  --batch N          structures per batched decode (default 64)\n"
         "  --limit N          only the first N structures\n"
         "  --backend KIND     cpu, cuda or auto (default auto)\n"
@@ -66,7 +68,7 @@ typedef struct item {
     int n_warn;    /* domain warnings of the input (domain.h) */
     nesf_domain_warning warn[NESF_DOMAIN_MAX_WARNINGS];
     int lacks;     /* an element the model does not know: never encoded */
-    double cycle;  /* cycle distance |E(D(z)) - z| (NAN: not measured) */
+    double cycle;  /* cycle distance |E(D(z)) - E(S)| (NAN: not measured) */
     int matched;   /* the same crystal as the truth (match.h) */
     double rms;    /* its normalised RMS displacement */
     int fixed;     /* --self-check: 1 a fixed point of decode∘encode, 0 not, -1 unchecked */
@@ -193,7 +195,10 @@ static void print_row(const char *label, const nesf_metrics *m)
            s.ang_mae);
 }
 
-/* Cycle distances of one decoded batch into its items. */
+/* Cycle distances of one decoded batch into its items, against the
+ * encoder's own latents z of the inputs: with refinement the decoded
+ * latent lies off the encoder's manifold, and |E(D) - E(S)| is what
+ * separates wrong answers (docs/trust.md); without, it is |E(D(z)) - z|. */
 static int batch_cycle(nesf_model *m, int S, const float *z, nesf_structure *const *rec, item *it,
                        nesf_error *err)
 {
@@ -207,7 +212,7 @@ static int batch_cycle(nesf_model *m, int S, const float *z, nesf_structure *con
 
 static void print_confidence(const conf_report *r)
 {
-    printf("confidence (cycle distance |E(D(z)) - z|): median %.3f for %d with the right atom count, "
+    printf("confidence (cycle distance |E(D(z)) - E(S)|): median %.3f for %d with the right atom count, "
            "%.3f for %d with the wrong one\n", r->median[0], r->n[0], r->median[1], r->n[1]);
     for (int f = 0; f < N_FLAG && r->calibrated; f++)
         printf("  above the training sample's %2dth percentile (%.3f): flags %d of %d wrong, %d of %d "
@@ -293,6 +298,7 @@ typedef struct eval_run {
     nesf_error *ierr;       /* [n] */
     nesf_metrics *by_n;     /* [maxn + 1] */
     float *z, *cell;        /* a batch's latents, raw lattice heads (len | ang) */
+    float *z0;              /* the batch's latents before refinement (in z's block) */
     nesf_error *keep;       /* a batch's encoder errors */
     nesf_decode_stats total;
     double t_start, t_encode, t_self_check;
@@ -317,7 +323,8 @@ static int eval_setup(eval_run *r)
         for (int c = 0; c < r->ns; c++) r->species_z[c] = nesf_model_species_z(r->m, c);
         nesf_model_bbox(r->m, r->lo, r->hi);
         r->bbox_src = "the model's";
-        r->z = malloc((size_t)a->batch * nesf_model_latent_size(r->m) * sizeof *r->z);
+        r->z = malloc(2 * (size_t)a->batch * nesf_model_latent_size(r->m) * sizeof *r->z);
+        r->z0 = r->z ? r->z + (size_t)a->batch * nesf_model_latent_size(r->m) : NULL;
         r->cell = malloc((size_t)a->batch * 6 * sizeof *r->cell);
         if (!r->z || !r->cell) {
             fprintf(stderr, "nesf eval: out of memory\n");
@@ -379,6 +386,7 @@ static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_e
             }
         rc = NESF_OK;
     }
+    memcpy(r->z0, z, (size_t)S * L * sizeof *z);
     for (int i = 0; !rc && r->ropts.steps > 0 && i < S; i++)
         if (!r->ierr[b0 + i].code)
             rc = nesf_refine_latents(r->m, s + i, 1, z + (size_t)i * L, &r->ropts, &r->rstats, err);
@@ -394,7 +402,7 @@ static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_e
             r->rec[b0 + i] = NULL;
             r->ierr[b0 + i] = r->keep[i];
         }
-    if (!rc) rc = batch_cycle(r->m, S, z, r->rec + b0, r->items + b0, err);
+    if (!rc) rc = batch_cycle(r->m, S, r->z0, r->rec + b0, r->items + b0, err);
     return rc || !r->a.self_check ? rc : batch_fixed_point(r, b0, S, err);
 }
 

@@ -187,9 +187,12 @@ def with_model(args, body):
 
 
 def refine_flag(s):
-    s.add_argument("--refine", nargs="?", type=int, const=40, metavar="STEPS",
-                   help="refine each structure's latent on the structure itself (default 40 steps): "
-                        "slower, with species much closer to the input (docs/training.md)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--refine", nargs="?", type=int, const=40, metavar="STEPS",
+                   help="refinement steps of each structure's latent on the structure itself "
+                        "(the daemon refines by default, 40 steps; docs/training.md)")
+    g.add_argument("--no-refine", dest="refine", action="store_const", const=0,
+                   help="the encoder's latent alone: faster, less accurate")
 
 
 def cmd_health(api, args):
