@@ -78,8 +78,7 @@ int nesf_cmd_domain(int argc, char **argv)
     o.mode = NESF_DECODE_FAST;
     if (cli_decode_options("domain", "options", options, &o)) return 2;
     nesf_refine_opts ro;
-    nesf_refine_opts_default(&ro);
-    if (refine && cli_refine_options("domain", refine, &ro)) return 2;
+    if (cli_refine_options("domain", refine, &ro)) return 2;
     char path[4096];
     size_t dl = strlen(data);
     snprintf(path, sizeof path, dl > 6 && !strcmp(data + dl - 6, ".jsonl") ? "%s" : "%s/train.jsonl", data);

@@ -35,8 +35,7 @@ int nesf_cmd_encode(int argc, char **argv)
         return 2;
     }
     nesf_refine_opts ro;
-    nesf_refine_opts_default(&ro);
-    if (refine && cli_refine_options("encode", refine, &ro)) return 2;
+    if (cli_refine_options("encode", refine, &ro)) return 2;
     nesf_error err = {0};
     nesf_backend *be = NULL;
     nesf_model *m = NULL;

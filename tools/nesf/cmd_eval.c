@@ -653,8 +653,7 @@ static int eval_main(eval_run *r)
     nesf_match_opts_default(&r->mopts);
     int status = 2;
     if (cli_decode_options("eval", "options", a->options, &r->opts)) goto done;
-    nesf_refine_opts_default(&r->ropts);
-    if (a->refine && cli_refine_options("eval", a->refine, &r->ropts)) goto done;
+    if (cli_refine_options("eval", a->refine, &r->ropts)) goto done;
     if (r->opts.symmetrize) { /* the metrics pair atoms of one cell with those of the other */
         fprintf(stderr, "nesf eval: --options: symmetrize changes the cell (and its atom count) the "
                         "metrics compare with the truth; evaluate without it\n");

@@ -170,6 +170,8 @@ int cli_decode_options(const char *cmd, const char *flag, const char *arg, nesf_
 
 int cli_refine_options(const char *cmd, const char *arg, nesf_refine_opts *o)
 {
+    nesf_refine_opts_default(o);
+    if (!arg) return 0;
     nesf_error err;
     json_error_t je;
     json_t *v = json_loads(arg, JSON_DECODE_ANY, &je);

@@ -46,8 +46,9 @@ int cli_parse_latents(const char *text, int latent, float **z, int *n, nesf_erro
  * over *o; arg NULL leaves *o.  On failure prints "nesf CMD: --FLAG: ..."
  * and returns 2 (the usage exit code), else 0. */
 int cli_decode_options(const char *cmd, const char *flag, const char *arg, nesf_decode_opts *o);
-/* Latent refinement options from --refine's argument (true, a step count
- * or a JSON object, refine.h); prints the error and returns 2 on failure. */
+/* Latent refinement options: the defaults (refinement on), overridden by
+ * --refine's argument when given (true, false, a step count or a JSON
+ * object, refine.h); prints the error and returns 2 on failure. */
 int cli_refine_options(const char *cmd, const char *arg, nesf_refine_opts *o);
 
 /* Structures as one text: "cif" (data blocks one after another), "json"
