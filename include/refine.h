@@ -28,6 +28,10 @@
  * measured; 80 gains under a point over 40 at twice the cost). */
 #define NESF_REFINE_STEPS 40
 
+/* Restarts of the second look (second_look.h) that "second_look": true
+ * and the defaults ask for. */
+#define NESF_SECOND_LOOK_TRIES 2
+
 typedef struct nesf_refine_opts {
     int steps;            /* Adam steps on z (0: the encoder's latent as it is) */
     float lr;             /* Adam step size (0.02) */
@@ -35,6 +39,12 @@ typedef struct nesf_refine_opts {
     nesf_sampling sampling; /* query points: the paper's with a quarter of the
                                global and half the species points, + 256 cell points */
     uint64_t seed;        /* query draws (1) */
+    /* the second look (second_look.h) at reconstructions that stay doubtful */
+    int look_tries;       /* refinements again from the encoder's latent (2; 0: none) */
+    float look_pct;       /* doubtful: cycle distance above this percentile of the
+                             model's training sample (80) */
+    int look_steps;       /* steps of each (200) */
+    float look_lr;        /* their Adam step size (0.05) */
 } nesf_refine_opts;
 
 /* The defaults above, refinement on (NESF_REFINE_STEPS): every structure
@@ -44,7 +54,8 @@ void nesf_refine_opts_default(nesf_refine_opts *o);
 
 /* Overrides from a JSON object {"steps", "lr", "seed", "loss_weights":
  * {"position", "species", "length", "angle"}, "global_fraction",
- * "species_fraction", "cell_points", "boundary_points"}; unknown keys,
+ * "species_fraction", "cell_points", "boundary_points", "second_look":
+ * false | true | {"tries", "above_percentile", "steps", "lr"}}; unknown keys,
  * wrong types and out-of-range values fail naming the key.  A JSON integer
  * alone sets steps; true means NESF_REFINE_STEPS, false none. */
 struct json_t;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "second_look.h"
 
 struct nesfd_engine {
     nesfd_model_entry models[NESFD_MAX_MODELS];
@@ -41,7 +42,12 @@ nesfd_job *nesfd_job_new(nesfd_job_kind kind, nesfd_model_entry *me, int n)
     j->me = me;
     j->n = n;
     j->z = calloc((size_t)n * (size_t)me->latent, sizeof *j->z);
-    if (kind == NESFD_JOB_ENCODE) j->z_enc = calloc((size_t)n * (size_t)me->latent, sizeof *j->z_enc);
+    if (kind != NESFD_JOB_DECODE) j->z_enc = calloc((size_t)n * (size_t)me->latent, sizeof *j->z_enc);
+    if (kind == NESFD_JOB_LOOK) {
+        j->rec = calloc((size_t)n, sizeof *j->rec);
+        j->cycle = calloc((size_t)n, sizeof *j->cycle);
+        j->z_dec = calloc((size_t)n * (size_t)me->latent, sizeof *j->z_dec);
+    }
     j->s = calloc((size_t)n, sizeof *j->s);
     j->item_err = calloc((size_t)n, sizeof *j->item_err);
     /* zeroed first so that the padding bytes in the batching key are too */
@@ -50,7 +56,8 @@ nesfd_job *nesfd_job_new(nesfd_job_kind kind, nesfd_model_entry *me, int n)
     nesf_refine_opts_default(&j->refine);
     j->refine.steps = 0; /* the daemon's own encodes (the confidence's E(D(z))) are
                             plain; a request's job takes the request's option */
-    if (!j->z || !j->s || !j->item_err || (kind == NESFD_JOB_ENCODE && !j->z_enc)) {
+    if (!j->z || !j->s || !j->item_err || (kind != NESFD_JOB_DECODE && !j->z_enc) ||
+        (kind == NESFD_JOB_LOOK && (!j->rec || !j->cycle || !j->z_dec))) {
         nesfd_job_free(j);
         return NULL;
     }
@@ -62,6 +69,9 @@ void nesfd_job_free(void *p)
     nesfd_job *j = p;
     if (!j) return;
     if (j->s) nesf_structure_list_free(j->s, j->n); /* frees the array too */
+    if (j->rec) nesf_structure_list_free(j->rec, j->n);
+    free(j->cycle);
+    free(j->z_dec);
     free(j->z);
     free(j->z_enc);
     free(j->item_err);
@@ -72,13 +82,15 @@ nesfd_ticket *nesfd_job_ticket(nesfd_job *job, int64_t deadline_ns, nesfd_done_f
 {
     /* the options' bytes, not a printed form: two option sets share a call
      * only when every field is bit-identical */
-    char key[16 + 2 * sizeof job->opts + 1];
+    char key[16 + 2 * (sizeof job->opts + sizeof job->refine) + 1];
     if (job->kind == NESFD_JOB_ENCODE) {
         snprintf(key, sizeof key, "encode");
     } else {
-        const unsigned char *b = (const unsigned char *)&job->opts;
-        int k = snprintf(key, sizeof key, "decode:");
+        const unsigned char *b = (const unsigned char *)&job->opts, *c = (const unsigned char *)&job->refine;
+        int k = snprintf(key, sizeof key, job->kind == NESFD_JOB_LOOK ? "look:" : "decode:");
         for (size_t i = 0; i < sizeof job->opts; i++) k += snprintf(key + k, sizeof key - (size_t)k, "%02x", b[i]);
+        for (size_t i = 0; job->kind == NESFD_JOB_LOOK && i < sizeof job->refine; i++)
+            k += snprintf(key + k, sizeof key - (size_t)k, "%02x", c[i]);
     }
     nesfd_ticket *t = nesfd_ticket_new(job->n, key, deadline_ns, done, arg, job, nesfd_job_free);
     if (!t) nesfd_job_free(job);
@@ -183,12 +195,56 @@ static void run_encode(nesfd_model_entry *me, nesfd_item *const *items, int n)
     free(s);
 }
 
+/* The second look: one call over the batch (its items share decode and
+ * refinement options: the key); each structure is refined, decoded in its
+ * own GEMMs (invariant batches) and judged alone, so its answer is the
+ * same in any batch. */
+static void run_look(nesfd_model_entry *me, nesfd_item *const *items, int n)
+{
+    const nesfd_job *j0 = items[0]->data;
+    const size_t L = (size_t)me->latent;
+    nesf_structure **s = calloc((size_t)n, sizeof *s), **rec = calloc((size_t)n, sizeof *rec);
+    float *z0 = malloc((size_t)n * L * sizeof *z0), *z = malloc((size_t)n * L * sizeof *z);
+    double *cyc = malloc((size_t)n * sizeof *cyc);
+    nesf_error err = {0};
+    int rc = s && rec && z0 && z && cyc ? NESF_OK : nesf_fail(&err, NESF_ERR_NOMEM, "out of memory for a second look at %d structures", n);
+    for (int i = 0; !rc && i < n; i++) { /* the decodes are lent, and given back below */
+        nesfd_job *j = items[i]->data;
+        int idx = items[i]->index;
+        s[i] = j->s[idx];
+        rec[i] = j->rec[idx];
+        j->rec[idx] = NULL;
+        cyc[i] = j->cycle[idx];
+        memcpy(z0 + i * L, j->z_enc + idx * L, L * sizeof *z0);
+        memcpy(z + i * L, j->z + idx * L, L * sizeof *z);
+    }
+    nesf_decode_opts o = j0->opts;
+    if (me->invariant) o.batch_particles = 1;
+    o.cancel = batch_abandoned;
+    o.cancel_arg = me->batcher;
+    if (!rc) rc = nesf_second_look(me->model, s, n, z0, z, rec, cyc, &j0->refine, &o, NULL, &err);
+    for (int i = 0; rec && i < n; i++) {
+        nesfd_job *j = items[i]->data;
+        int idx = items[i]->index;
+        if (!j->rec[idx]) j->rec[idx] = rec[i];
+        if (rc) continue;
+        j->cycle[idx] = cyc[i];
+        memcpy(j->z + idx * L, z + i * L, L * sizeof *z);
+        nesf_error e1;
+        items[i]->status = nesf_model_encode(me->model, &j->rec[idx], 1, j->z_dec + idx * L, &e1);
+        if (items[i]->status) j->item_err[idx] = e1;
+    }
+    if (rc) fail_items(items, n, &err);
+    free(s), free(rec), free(z0), free(z), free(cyc);
+}
+
 static void batch_fn(void *ctx, const char *key, nesfd_item *const *items, int n)
 {
     nesfd_model_entry *me = ctx;
     const nesfd_job *j0 = items[0]->data;
     (void)key;
     if (j0->kind == NESFD_JOB_DECODE) run_decode(me, items, n);
+    else if (j0->kind == NESFD_JOB_LOOK) run_look(me, items, n);
     else run_encode(me, items, n);
     double waits[256], *w = n <= 256 ? waits : malloc((size_t)n * sizeof *w);
     if (w)

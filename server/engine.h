@@ -5,7 +5,10 @@
  * Work is submitted as jobs: a job is the data block of one batcher ticket,
  * holding the inputs and receiving the outputs of n items:
  *   decode: n latents in, n structures out (or a per-item error);
- *   encode: n structures in, n latents out.
+ *   encode: n structures in, n latents out;
+ *   look: the second look (second_look.h) at n doubtful reconstructions:
+ *     inputs, encoder latents, refined latents, decodes and cycle
+ *     distances in, the ones the second look kept out.
  * Decode jobs share a backend call only with decode jobs of identical
  * options (the ticket key is the options' bytes).
  *
@@ -70,7 +73,7 @@ nesfd_model_entry *nesfd_engine_find(nesfd_engine *e, const char *name);
 /* Models loaded and batchers accepting work. */
 int nesfd_engine_ready(nesfd_engine *e);
 
-typedef enum { NESFD_JOB_DECODE, NESFD_JOB_ENCODE } nesfd_job_kind;
+typedef enum { NESFD_JOB_DECODE, NESFD_JOB_ENCODE, NESFD_JOB_LOOK } nesfd_job_kind;
 
 typedef struct nesfd_job {
     nesfd_job_kind kind;
@@ -78,11 +81,16 @@ typedef struct nesfd_job {
     int n;
     float *z;                /* n x latent: decode input / encode output */
     float *z_enc;            /* encode: n x latent, the encoder's own latents
-                                before refinement (the confidence's reference) */
-    nesf_structure **s;      /* n: encode input / decode output (owned) */
+                                before refinement (the confidence's reference);
+                                look: the same, input */
+    nesf_structure **s;      /* n: encode and look input / decode output (owned) */
+    nesf_structure **rec;    /* look: n decodes of z, in and out (owned) */
+    double *cycle;           /* look: n cycle distances of rec, in and out */
+    float *z_dec;            /* look: n x latent out, E(rec): the kept answers'
+                                encodings, for the self-check */
     nesf_error *item_err;    /* n: why item i failed (status != 0) */
     nesf_decode_opts opts;   /* decode */
-    nesf_refine_opts refine; /* encode: latent refinement (the request's; steps 0: none) */
+    nesf_refine_opts refine; /* encode, look: latent refinement (the request's; steps 0: none) */
 } nesfd_job;
 
 /* A job of n items with zeroed arrays (s and item_err always; z too).
@@ -91,7 +99,7 @@ nesfd_job *nesfd_job_new(nesfd_job_kind kind, nesfd_model_entry *me, int n);
 void nesfd_job_free(void *job);
 
 /* The ticket for a job: the key is the kind plus, for decode, the options'
- * bytes.  done(arg, state) is called once (batcher.h).  The ticket owns the
+ * bytes (for look, the decode and refinement options' bytes).  done(arg, state) is called once (batcher.h).  The ticket owns the
  * job from here on. */
 nesfd_ticket *nesfd_job_ticket(nesfd_job *job, int64_t deadline_ns, nesfd_done_fn done, void *arg);
 

@@ -12,6 +12,7 @@
 #include "interp.h"
 #include "oip.h"
 #include "match.h"
+#include "second_look.h"
 #include "sio.h"
 #include "sjson.h"
 #include "static.h"
@@ -48,6 +49,10 @@ typedef struct op_state {
     nesf_fixed_point *fixed;   /* [n] verdicts; NULL: none (not asked, or no memory) */
     int *fixed_idx;            /* item of the re-decode job -> item of the answer */
     nesf_structure **inputs;   /* reconstruct: the input structures (n), for "match" */
+    nesf_refine_opts refine;   /* reconstruct: the request's, for the second look */
+    int look_stage;            /* 0 second look not considered, 1 under way, 2 done */
+    int *look_idx;             /* item of the look job -> item of the answer */
+    nesfd_ticket *cyc_ticket;  /* the cycle's encode ticket while the look runs */
     json_t *warn;              /* input structures' domain warnings, one list each */
     json_t *warn_ends;         /* interpolate: {"from"|"to": list} of structure ends */
 } op_state;
@@ -58,9 +63,11 @@ static void op_free(void *p)
     if (!st) return;
     nesfd_pending_release(&st->p);
     nesfd_ticket_release(st->dec_ticket);
+    nesfd_ticket_release(st->cyc_ticket);
     free(st->cycle);
     free(st->fixed);
     free(st->fixed_idx);
+    free(st->look_idx);
     if (st->inputs) nesf_structure_list_free(st->inputs, st->n);
     json_decref(st->warn);
     json_decref(st->warn_ends);
@@ -653,12 +660,78 @@ static void fixed_point_verdicts(op_state *st)
     }
 }
 
+/* A reconstruction's second look (second_look.h) at the answers that
+ * stay doubtful after the cycle distances, as one job, before the
+ * self-check (which then judges the answers kept).  Only answers with
+ * atoms whose encode succeeded have a finite distance.  Returns 1 when it
+ * was submitted (or its submission failed and was answered), 0 when there
+ * is nothing to look at (or no memory: the first answers stand). */
+static int look_submit(op_state *st)
+{
+    nesfd_job *dec = nesfd_ticket_data(st->dec_ticket);
+    const size_t L = (size_t)st->p.me->latent;
+    double thr = st->inputs && st->z_enc && st->latents ? nesf_second_look_threshold(st->p.me->model, &st->refine)
+                                                       : INFINITY;
+    int k = 0;
+    st->look_stage = 2;
+    st->look_idx = !isinf(thr) ? malloc((size_t)dec->n * sizeof *st->look_idx) : NULL;
+    for (int i = 0; st->look_idx && i < dec->n; i++)
+        if (dec->s[i] && st->inputs[i] && isfinite(st->cycle[i]) && st->cycle[i] > thr) st->look_idx[k++] = i;
+    nesfd_job *look = k ? nesfd_job_new(NESFD_JOB_LOOK, st->p.me, k) : NULL;
+    for (int j = 0; look && j < k; j++) {
+        int i = st->look_idx[j];
+        look->s[j] = nesf_structure_copy(st->inputs[i]);
+        look->rec[j] = nesf_structure_copy(dec->s[i]);
+        if (!look->s[j] || !look->rec[j]) {
+            nesfd_job_free(look);
+            look = NULL;
+            break;
+        }
+        look->cycle[j] = st->cycle[i];
+        memcpy(look->z_enc + j * L, st->z_enc + i * L, L * sizeof *look->z);
+        memcpy(look->z + j * L, st->latents + i * L, L * sizeof *look->z);
+    }
+    if (!look) return 0;
+    look->opts = decode_opts(st);
+    look->refine = st->refine;
+    st->look_stage = 1;
+    st->cyc_ticket = st->p.ticket;
+    st->p.ticket = NULL;
+    submit(st, look);
+    return 1;
+}
+
+/* The second look ended: the answers it replaced, their latents,
+ * distances and encodings (in the cycle's encode job, for the self-check);
+ * st->p.ticket is the cycle's encode ticket again. */
+static void look_take(op_state *st)
+{
+    nesfd_job *look = nesfd_ticket_data(st->p.ticket), *dec = nesfd_ticket_data(st->dec_ticket);
+    nesfd_job *enc = nesfd_ticket_data(st->cyc_ticket);
+    const size_t L = (size_t)st->p.me->latent;
+    for (int j = 0, e = 0, i = 0; j < look->n; j++) {
+        for (; i < st->look_idx[j]; i++) e += dec->s[i] && dec->s[i]->n > 0; /* e: i's row in enc */
+        if (nesfd_ticket_item(st->p.ticket, j)->status || !(look->cycle[j] < st->cycle[i])) continue;
+        nesf_structure_free(dec->s[i]);
+        dec->s[i] = look->rec[j];
+        look->rec[j] = NULL;
+        st->cycle[i] = look->cycle[j];
+        memcpy(st->latents + i * L, look->z + j * L, L * sizeof *look->z);
+        memcpy(enc->z + (size_t)e * L, look->z_dec + j * L, L * sizeof *look->z);
+    }
+    nesfd_ticket_release(st->p.ticket);
+    st->p.ticket = st->cyc_ticket;
+    st->cyc_ticket = NULL;
+    st->look_stage = 2;
+}
+
 /* The confidence stage between a finished decode ticket and the answer:
- * the encode of the decoded structures (cycle distances), then, with the
- * self-check, the decode of those latents.  Returns 1 while one of them
- * is under way (or its submission failed and was answered), 0 when the
- * answer can be given: st->p.ticket is the decode ticket again and
- * st->cycle (and st->fixed) are filled. */
+ * the encode of the decoded structures (cycle distances), for a
+ * reconstruction the second look, then, with the self-check, the decode of
+ * those latents.  Returns 1 while one of them is under way (or its
+ * submission failed and was answered), 0 when the answer can be given:
+ * st->p.ticket is the decode ticket again and st->cycle (and st->fixed)
+ * are filled. */
 static int cycle_stage(op_state *st)
 {
     if (st->cycle_done) return 0;
@@ -668,8 +741,14 @@ static int cycle_stage(op_state *st)
         return 0;
     }
     nesfd_job *job = nesfd_ticket_data(st->p.ticket);
-    if (job->kind == NESFD_JOB_ENCODE) {
+    if (job->kind == NESFD_JOB_ENCODE && st->look_stage == 0) {
         cycle_distances(st);
+        if (look_submit(st)) return 1;
+    } else if (job->kind == NESFD_JOB_LOOK) {
+        look_take(st);
+        job = nesfd_ticket_data(st->p.ticket);
+    }
+    if (job->kind == NESFD_JOB_ENCODE) {
         if (st->self_check && fixed_point_decode(st)) return 1;
     } else {
         fixed_point_verdicts(st);
@@ -752,6 +831,7 @@ out:
 
 /* Bounded so that one request's cost stays within seconds per structure. */
 #define NESFD_REFINE_MAX_STEPS 200
+#define NESFD_LOOK_MAX_STEPS 800 /* the second look's, per doubtful structure (default 2 x 200) */
 int nesfd_parse_refine(nesfd_req *r, json_t *root, nesf_refine_opts *o)
 {
     json_t *v = json_object_get(root, "refine");
@@ -764,6 +844,11 @@ int nesfd_parse_refine(nesfd_req *r, json_t *root, nesf_refine_opts *o)
     }
     if (o->steps > NESFD_REFINE_MAX_STEPS) {
         nesfd_reply_error(r, 400, "invalid_refine", "refine: at most %d steps", NESFD_REFINE_MAX_STEPS);
+        return -1;
+    }
+    if ((long)o->look_tries * o->look_steps > NESFD_LOOK_MAX_STEPS) {
+        nesfd_reply_error(r, 400, "invalid_refine", "refine.second_look: tries x steps at most %d",
+                          NESFD_LOOK_MAX_STEPS);
         return -1;
     }
     return 0;
@@ -790,6 +875,7 @@ static nesfd_job *structures_job(op_state *st, json_t *root)
         return NULL;
     }
     job->refine = ro;
+    st->refine = ro;
     st->warn = json_array();
     for (int i = 0; i < n; i++) {
         char where[32];

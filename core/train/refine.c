@@ -30,10 +30,35 @@ void nesf_refine_opts_default(nesf_refine_opts *o)
     o->sampling.species_fraction = 0.5f;
     o->sampling.cell_points = 256;
     o->seed = 1;
+    o->look_tries = NESF_SECOND_LOOK_TRIES;
+    o->look_pct = 80.0f;
+    o->look_steps = 200;
+    o->look_lr = 0.05f;
 }
 
 #define R nesf_refine_opts
 static const nesf_jfield weight_rows[] = {NESF_LOSS_WEIGHT_ROWS(R, 1e4), NESF_JF_END};
+static const nesf_jfield look_rows[] = {
+    NESF_JF_INT(R, "tries", look_tries, 0, 16),
+    NESF_JF_FLOAT(R, "above_percentile", look_pct, 0, 100),
+    NESF_JF_INT(R, "steps", look_steps, 1, 1000),
+    NESF_JF_FLOAT_OPEN(R, "lr", look_lr, 0, 1),
+    NESF_JF_END,
+};
+
+/* "second_look": true / false as shorthands of the object form. */
+static int read_look(void *dst, const char *path, const json_t *v, void *ctx, nesf_error *err)
+{
+    nesf_refine_opts *o = dst;
+    (void)ctx;
+    if (json_is_boolean(v)) {
+        o->look_tries = json_is_true(v) ? NESF_SECOND_LOOK_TRIES : 0;
+        return NESF_OK;
+    }
+    if (!json_is_object(v)) return nesf_fail(err, NESF_ERR_INVALID, "%s: expected true, false or an object", path);
+    return nesf_jconf_read(look_rows, o, v, path, NULL, err);
+}
+
 static const nesf_jfield refine_rows[] = {
     NESF_JF_INT(R, "steps", steps, 0, 1000),
     NESF_JF_FLOAT_OPEN(R, "lr", lr, 0, 1),
@@ -43,6 +68,7 @@ static const nesf_jfield refine_rows[] = {
     NESF_JF_INT(R, "cell_points", sampling.cell_points, 0, 4096),
     NESF_JF_INT(R, "boundary_points", sampling.boundary_points, 0, 4096),
     NESF_JF_U64(R, "seed", seed, 0, 9.2e18),
+    NESF_JF_CUSTOM("second_look", read_look),
     NESF_JF_END,
 };
 #undef R

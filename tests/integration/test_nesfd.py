@@ -456,7 +456,8 @@ def test_refine(d, ctx):
     for s, want in zip(structs, a["latents"]):
         st, _, one = d.call("POST", "/encode", {"structures": [s], "refine": ref})
         assert st == 200 and one["latents"][0] == want, "refined alone differs from refined in a batch"
-    st, _, b = d.call("POST", "/reconstruct", {"structures": structs[:1], "options": FAST, "refine": ref})
+    st, _, b = d.call("POST", "/reconstruct", {"structures": structs[:1], "options": FAST,
+                                               "refine": dict(ref, second_look=False)})
     assert st == 200 and b["latents"][0] == a["latents"][0], b
     # the default is "refine": true; 0 and false are the encoder alone
     st, _, c = d.call("POST", "/encode", {"structures": structs[:1], "refine": True})
@@ -466,7 +467,8 @@ def test_refine(d, ctx):
     st, _, f = d.call("POST", "/interpolate", {"from": structs[0], "to": structs[1], "steps": 2,
                                                "options": FAST, "refine": ref})
     assert st == 200 and len(f["frames"]) == 2, f
-    for bad in ({"stpes": 3}, -1, 1000, "yes", {"lr": 0}):
+    for bad in ({"stpes": 3}, -1, 1000, "yes", {"lr": 0}, {"second_look": 3}, {"second_look": {"tries": 17}},
+                {"second_look": {"tries": 16, "steps": 1000}}):
         err = expect_error(d.call("POST", "/encode", {"structures": structs[:1], "refine": bad}),
                            400, "invalid_refine")
         assert "refine" in err["message"], err
@@ -476,9 +478,38 @@ def test_reconstruct(d, ctx):
     structs = dataset_structures(2)
     st, _, body = d.call("POST", "/reconstruct", {"structures": structs, "options": FAST, "format": "cif"})
     assert st == 200, body
-    assert body["latents"] == ctx["enc"][:2]
     assert len(body["structures"]) == 2 and all("cif" in s for s in body["structures"])
     expect_error(d.call("POST", "/reconstruct", {"structures": []}), 400, "invalid_request")
+    # the second look (second_look.h): without it, /encode's latents; with
+    # it (the default), those or ones whose answer lies nearer E(S)
+    st, _, first = d.call("POST", "/reconstruct", {"structures": structs, "options": FAST,
+                                                   "refine": {"second_look": False}})
+    assert st == 200 and first["latents"] == ctx["enc"][:2], first
+    for a, b, za, zb in zip(body["structures"], first["structures"], body["latents"], first["latents"]):
+        ca, cb = a["confidence"]["cycle_distance"], b["confidence"]["cycle_distance"]
+        assert (za == zb and ca == cb) or ca < cb, (ca, cb)
+
+
+def test_second_look(d, ctx):
+    """Every answer doubtful (above_percentile 0): some are replaced by
+    nearer ones, none by farther, each the same alone as in a batch."""
+    structs = dataset_structures(4)
+    look = {"second_look": {"above_percentile": 0, "steps": 20}}
+    st, _, plain = d.call("POST", "/reconstruct", {"structures": structs, "options": FAST,
+                                                   "refine": {"second_look": False}})
+    assert st == 200, plain
+    st, _, body = d.call("POST", "/reconstruct", {"structures": structs, "options": FAST, "refine": look})
+    assert st == 200, body
+    moved = 0
+    for a, b, za, zb in zip(body["structures"], plain["structures"], body["latents"], plain["latents"]):
+        ca, cb = a["confidence"]["cycle_distance"], b["confidence"]["cycle_distance"]
+        assert (za == zb and ca == cb) or ca < cb, (ca, cb)
+        moved += za != zb
+    assert moved > 0, "the second look replaced nothing"
+    for i, s in enumerate(structs):
+        st, _, one = d.call("POST", "/reconstruct", {"structures": [s], "options": FAST, "refine": look})
+        assert st == 200 and one["structures"][0] == body["structures"][i], "structure %d differs alone" % i
+        assert one["latents"][0] == body["latents"][i]
 
 
 def test_interpolate(d, ctx):
@@ -873,7 +904,7 @@ TESTS = [test_health_and_ids, test_auth, test_ready_models, test_decode_fields, 
          test_decode_paper_settings,
          test_decode_errors, test_body_limit, test_error_shapes, test_cors, test_encode, test_encode_errors,
          test_refine,
-         test_reconstruct, test_interpolate, test_self_check, test_batching, test_metrics, test_logs, test_web_root,
+         test_reconstruct, test_second_look, test_interpolate, test_self_check, test_batching, test_metrics, test_logs, test_web_root,
          test_queue_full_and_deadline, test_bounded_work, test_connection_attacks, test_degenerate_cell, test_openapi, test_graceful_shutdown]
 
 

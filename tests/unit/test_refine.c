@@ -2,7 +2,7 @@
  * differences, its loss against the model's own inference fields (so the
  * BN-stripped view over the folded weights is the inference network), the
  * loss going down, batched answers identical to single ones, and option
- * errors. */
+ * errors (the second look's too; its work: test_second_look.c). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -267,6 +267,27 @@ static void test_options(void **state)
     json_decref(v);
 }
 
+static void test_look_options(void **state)
+{
+    (void)state;
+    nesf_refine_opts o;
+    nesf_refine_opts_default(&o);
+    assert_int_equal(o.look_tries, NESF_SECOND_LOOK_TRIES);
+    nesf_error err;
+    json_t *v = json_loads("{\"second_look\": false}", 0, NULL);
+    assert_int_equal(nesf_refine_opts_from_json(&o, v, &err), NESF_OK);
+    assert_int_equal(o.look_tries, 0);
+    json_decref(v);
+    v = json_loads("{\"second_look\": {\"tries\": 3, \"above_percentile\": 90, \"steps\": 50, \"lr\": 0.1}}", 0, NULL);
+    assert_int_equal(nesf_refine_opts_from_json(&o, v, &err), NESF_OK);
+    assert_true(o.look_tries == 3 && o.look_pct == 90.0f && o.look_steps == 50 && o.look_lr == 0.1f);
+    json_decref(v);
+    expect_bad("{\"second_look\": {\"tries\": -1}}", "tries");
+    expect_bad("{\"second_look\": {\"above_percentile\": 101}}", "above_percentile");
+    expect_bad("{\"second_look\": {\"try\": 1}}", "try");
+    expect_bad("{\"second_look\": 2}", "second_look");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -275,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_refine_batch),
         cmocka_unit_test(test_unknown_element),
         cmocka_unit_test(test_options),
+        cmocka_unit_test(test_look_options),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -16,8 +16,8 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: nesf decode --model M.safetensors [options] LATENTS.json\n"
         "Decodes latent vectors (a JSON array of numbers, an array of them, or an\n"
-        "object with \"latents\", as `nesf latents` writes; - reads stdin) in one\n"
-        "batched pass and prints the structures.\n\n"
+        "object with \"latents\", as `nesf latents` and `nesf encode` write; - reads\n"
+        "stdin) in one batched pass and prints the structures.\n\n"
         "  --format FMT       json (default: formula, space group), cif or jsonl\n"
         "  --out FILE         write there instead of stdout\n"
         "  --options JSON     decode options (or @FILE), e.g. '{\"grid_step\": 0.4}';\n"

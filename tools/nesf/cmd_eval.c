@@ -19,6 +19,7 @@
 #include "match.h"
 #include "metrics.h"
 #include "refine.h"
+#include "second_look.h"
 
 static void usage(FILE *f)
 {
@@ -285,6 +286,8 @@ typedef struct eval_run {
     nesf_decode_opts opts;
     nesf_refine_opts ropts;
     nesf_refine_stats rstats;
+    nesf_second_look_stats lstats;
+    double t_look;
     nesf_match_opts mopts;
     nesf_dataset d;
     int n, maxn;
@@ -368,6 +371,29 @@ static int batch_fixed_point(eval_run *r, int b0, int S, nesf_error *err)
     return rc;
 }
 
+/* The second look (second_look.h) at the batch's doubtful
+ * reconstructions; the lattice heads again for the latents it replaced. */
+static int batch_second_look(eval_run *r, int b0, int S, nesf_error *err)
+{
+    if (r->ropts.steps <= 0 || r->ropts.look_tries <= 0) return NESF_OK;
+    double t0 = nesf_clock_s();
+    nesf_structure **s = malloc((size_t)S * sizeof *s);
+    double *cyc = malloc((size_t)S * sizeof *cyc);
+    int rc = s && cyc ? NESF_OK : nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < S; i++) {
+        s[i] = r->ierr[b0 + i].code ? NULL : r->d.s[b0 + i]; /* no second look at a failure */
+        cyc[i] = r->items[b0 + i].cycle;
+    }
+    int before = r->lstats.replaced;
+    if (!rc) rc = nesf_second_look(r->m, s, S, r->z0, r->z, r->rec + b0, cyc, &r->ropts, &r->opts, &r->lstats, err);
+    for (int i = 0; !rc && i < S; i++) r->items[b0 + i].cycle = cyc[i];
+    if (!rc && r->lstats.replaced > before) rc = nesf_model_lattice(r->m, S, r->z, r->cell, r->cell + 3 * S, err);
+    free(s);
+    free(cyc);
+    r->t_look += nesf_clock_s() - t0;
+    return rc;
+}
+
 /* Encodes (structures the model cannot take fail alone) and decodes the S
  * structures from b0, with each one's cycle distance. */
 static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_error *err)
@@ -403,6 +429,7 @@ static int model_batch(eval_run *r, int b0, int S, nesf_decode_stats *st, nesf_e
             r->ierr[b0 + i] = r->keep[i];
         }
     if (!rc) rc = batch_cycle(r->m, S, r->z0, r->rec + b0, r->items + b0, err);
+    if (!rc) rc = batch_second_look(r, b0, S, err);
     return rc || !r->a.self_check ? rc : batch_fixed_point(r, b0, S, err);
 }
 
@@ -619,6 +646,11 @@ static void report_text(const eval_run *r, double wall)
         printf("refine: %d steps, lr %g: loss %.4f -> %.4f (mean over structures), %ld field rows\n",
                r->ropts.steps, (double)r->ropts.lr, r->rstats.loss_before / n, r->rstats.loss_after / n,
                r->rstats.field_rows);
+    if (r->ropts.steps > 0 && r->ropts.look_tries > 0)
+        printf("second look: %d doubtful (cycle distance above the %g th percentile of training), "
+               "%d answers replaced, %d tries of %d steps, %.2f s\n",
+               r->lstats.doubtful, (double)r->ropts.look_pct, r->lstats.replaced, r->lstats.tries,
+               r->ropts.look_steps, r->t_look);
     if (t->truncated) printf("max_atoms reached in %d structures\n", t->truncated);
     if (t->lattice_repaired)
         printf("predicted cell was no cell, decoded in a repaired one: %d structures\n", t->lattice_repaired);

@@ -86,9 +86,13 @@ void cli_close_model(nesf_backend *be, nesf_model *m)
     nesf_backend_free(be);
 }
 
-/* One latent from a JSON array of numbers. */
+/* One latent from a JSON array of numbers, or from an object's "z" (the
+ * entries `nesf encode` and nesfd's /encode write). */
 static int latent_row(const json_t *a, int latent, float *z, int idx, nesf_error *err)
 {
+    if (json_is_object(a)) a = json_object_get(a, "z");
+    if (!json_is_array(a))
+        return nesf_fail(err, NESF_ERR_INVALID, "latent %d is neither an array of numbers nor an object with \"z\"", idx);
     if ((int)json_array_size(a) != latent)
         return nesf_fail(err, NESF_ERR_INVALID, "latent %d has %zu values, the model takes %d",
                          idx, json_array_size(a), latent);
@@ -121,7 +125,7 @@ int cli_parse_latents(const char *text, int latent, float **z, int *n, nesf_erro
         rc = nesf_fail(err, NESF_ERR_FORMAT, "not a latent vector or a list of them");
         goto done;
     }
-    int many = json_is_array(json_array_get(v, 0));
+    int many = json_is_array(json_array_get(v, 0)) || json_is_object(json_array_get(v, 0));
     int cnt = many ? (int)json_array_size(v) : 1;
     if (!many && !json_is_number(json_array_get(v, 0))) {
         rc = nesf_fail(err, NESF_ERR_FORMAT, "not a latent vector or a list of them");
