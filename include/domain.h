@@ -23,6 +23,8 @@ typedef struct nesf_domain {
     unsigned char element[NESF_MAX_Z + 1]; /* 1: Z occurs in the training set */
     double len_lo[3], len_hi[3];    /* a, b, c, Å */
     double ang_lo[3], ang_hi[3];    /* alpha, beta, gamma, degrees */
+    double min_distance;            /* shortest interatomic distance, Å (periodic;
+                                       0: not recorded, older files) */
     /* cycle-distance calibration; cycle_n = 0: none */
     int cycle_n;                    /* sampled structures */
     char cycle_decoder[16];         /* decoding mode used ("fast") */

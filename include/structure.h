@@ -42,6 +42,10 @@ double nesf_lattice_volume(const nesf_lattice *l);
  * of tiny volume always has a short vector (Minkowski), and every cell
  * with a short vector puts an atom next to its own image. */
 double nesf_lattice_shortest(const nesf_lattice *l);
+/* The shortest distance (Å) between two sites of s, periodic images
+ * included (a site and its own image: nesf_lattice_shortest); INFINITY
+ * for a structure of no sites. */
+double nesf_structure_min_distance(const nesf_structure *s);
 /* LLL reduction (delta 0.75) of the lattice rows in place; a singular or
  * non-finite lattice is left as it is. */
 void nesf_lattice_lll(nesf_lattice *l);

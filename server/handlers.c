@@ -155,6 +155,14 @@ static void submit(op_state *st, nesfd_job *job)
     nesfd_pending_submit(&st->p, job);
 }
 
+/* A ticket more while the finished one waits in *keep for later stages. */
+static void submit_keeping(op_state *st, nesfd_ticket **keep, nesfd_job *job)
+{
+    *keep = st->p.ticket;
+    st->p.ticket = NULL;
+    submit(st, job);
+}
+
 static int http_status_of(int code)
 {
     switch (code) {
@@ -584,9 +592,7 @@ static int cycle_encode(op_state *st)
         if (k) free(st->cycle), st->cycle = NULL;
         return 0;
     }
-    st->dec_ticket = st->p.ticket;
-    st->p.ticket = NULL;
-    submit(st, enc);
+    submit_keeping(st, &st->dec_ticket, enc);
     return 1;
 }
 
@@ -695,9 +701,7 @@ static int look_submit(op_state *st)
     look->opts = decode_opts(st);
     look->refine = st->refine;
     st->look_stage = 1;
-    st->cyc_ticket = st->p.ticket;
-    st->p.ticket = NULL;
-    submit(st, look);
+    submit_keeping(st, &st->cyc_ticket, look);
     return 1;
 }
 

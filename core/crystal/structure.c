@@ -139,6 +139,31 @@ double nesf_lattice_shortest(const nesf_lattice *l)
     return isfinite(best) ? sqrt(best) : 0;
 }
 
+/* Images of the wrapped difference within one cell either way: enough
+ * for the cells of crystal data, whose angles are far from degenerate. */
+double nesf_structure_min_distance(const nesf_structure *s)
+{
+    double best = s->n > 0 ? nesf_lattice_shortest(&s->lat) : INFINITY;
+    if (s->n > 0 && best <= 0) best = INFINITY;
+    for (int a = 0; a < s->n; a++)
+        for (int b = a + 1; b < s->n; b++) {
+            double w[3];
+            for (int c = 0; c < 3; c++) {
+                w[c] = s->frac[3 * b + c] - s->frac[3 * a + c];
+                w[c] -= floor(w[c] + 0.5);
+            }
+            for (int i = -1; i <= 1; i++)
+                for (int j = -1; j <= 1; j++)
+                    for (int k = -1; k <= 1; k++) {
+                        const double f[3] = {w[0] + i, w[1] + j, w[2] + k};
+                        double v[3];
+                        nesf_lattice_frac_to_cart(&s->lat, f, v);
+                        best = fmin(best, sqrt(dot3(v, v)));
+                    }
+        }
+    return best;
+}
+
 int nesf_lattice_inverse(const nesf_lattice *l, double inv[3][3], nesf_error *err)
 {
     const double (*m)[3] = l->m;

@@ -37,6 +37,8 @@ void nesf_domain_from_structures(nesf_structure *const *s, int n, nesf_domain *d
             d->ang_hi[k] = fmax(d->ang_hi[k], ang[k]);
         }
         if (s[i]->n > d->max_atoms) d->max_atoms = s[i]->n;
+        double md = nesf_structure_min_distance(s[i]);
+        if (isfinite(md) && (d->min_distance == 0 || md < d->min_distance)) d->min_distance = md;
         for (int a = 0; a < s[i]->n; a++)
             if (s[i]->z[a] >= 1 && s[i]->z[a] <= NESF_MAX_Z) d->element[s[i]->z[a]] = 1;
     }
@@ -97,6 +99,7 @@ char *nesf_domain_to_json(const nesf_domain *d)
     json_object_set_new(o, "structures", json_integer(d->structures));
     json_object_set_new(o, "max_atoms", json_integer(d->max_atoms));
     json_object_set_new(o, "elements", el);
+    if (d->min_distance > 0) json_object_set_new(o, "min_distance", json_real(d->min_distance));
     for (int k = 0; k < 3; k++) json_object_set_new(o, len_names[k], range(d->len_lo[k], d->len_hi[k]));
     for (int k = 0; k < 3; k++) json_object_set_new(o, ang_names[k], range(d->ang_lo[k], d->ang_hi[k]));
     if (d->cycle_n > 0) {
@@ -169,6 +172,12 @@ static int domain_from(json_t *o, nesf_domain *d, nesf_error *err)
         rc = get_range(o, len_names[k], 0, NESF_MAX_CELL_LENGTH, &d->len_lo[k], &d->len_hi[k], err);
     for (int k = 0; k < 3 && !rc; k++)
         rc = get_range(o, ang_names[k], 0, 180, &d->ang_lo[k], &d->ang_hi[k], err);
+    json_t *md = json_object_get(o, "min_distance");
+    if (!rc && md) {
+        if (!json_is_number(md) || !(json_number_value(md) > 0) || json_number_value(md) > NESF_MAX_CELL_LENGTH)
+            return nesf_fail(err, NESF_ERR_FORMAT, "domain: min_distance must be a positive distance");
+        d->min_distance = json_number_value(md);
+    }
     json_t *c = json_object_get(o, "cycle_distance");
     if (!rc && c) rc = get_cycle(c, d, err);
     return rc;

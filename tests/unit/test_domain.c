@@ -13,6 +13,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <jansson.h>
+
 #include "domain.h"
 #include "safetensors.h"
 
@@ -46,6 +48,16 @@ static void test_measure_check(void **state)
     assert_true(d.element[8] && d.element[11] && !d.element[17]);
     assert_true(fabs(d.len_lo[0] - 4.0) < 1e-9 && fabs(d.len_hi[2] - 5.0) < 1e-9);
     assert_true(fabs(d.ang_lo[1] - 90) < 1e-9 && fabs(d.ang_hi[1] - 90) < 1e-9);
+    assert_true(fabs(d.min_distance - 1.25) < 1e-9); /* 4 sites along a 5 Å edge */
+    /* periodic: a site and its own image, and a pair across the cell's face */
+    nesf_structure *one = cubic(4.0, 8, 1), *pair = cubic(4.0, 8, 0);
+    assert_true(fabs(nesf_structure_min_distance(one) - 4.0) < 1e-9);
+    assert_true(isinf(nesf_structure_min_distance(pair)));
+    assert_int_equal(nesf_structure_add_site(pair, 8, (double[3]){0.02, 0.5, 0.5}, NULL), 0);
+    assert_int_equal(nesf_structure_add_site(pair, 8, (double[3]){0.98, 0.5, 0.5}, NULL), 0);
+    assert_true(fabs(nesf_structure_min_distance(pair) - 0.16) < 1e-9);
+    nesf_structure_free(one);
+    nesf_structure_free(pair);
     const float lo[3] = {0, 0, 0}, hi[3] = {5, 5, 5};
     nesf_domain_warning w[NESF_DOMAIN_MAX_WARNINGS];
     assert_int_equal(nesf_domain_check(&d, lo, hi, train[1], w, NESF_DOMAIN_MAX_WARNINGS), 0);
@@ -91,7 +103,14 @@ static void test_json_and_percentile(void **state)
     assert_non_null(strstr(text, "\"elements\":[\"O\"]"));
     nesf_error err;
     assert_int_equal(nesf_domain_from_json(text, &back, &err), 0);
+    json_t *rec = json_loads(text, 0, NULL); /* the same record as an older file writes it */
     free(text);
+    assert_non_null(rec);
+    json_object_del(rec, "min_distance");
+    char *older = json_dumps(rec, 0);
+    json_object_set_new(rec, "min_distance", json_real(-1));
+    char *broken = json_dumps(rec, 0);
+    json_decref(rec);
     assert_int_equal(back.structures, 1);
     assert_int_equal(back.max_atoms, 2);
     assert_true(back.element[8] && !back.element[11]);
@@ -100,6 +119,15 @@ static void test_json_and_percentile(void **state)
     for (int q = 0; q < NESF_DOMAIN_QUANTILES; q++) /* 9 significant digits */
         assert_true(back.cycle_q[q] == d.cycle_q[q] || fabs(back.cycle_q[q] - d.cycle_q[q]) < 1e-8 * d.cycle_q[q]);
     assert_true(fabs(back.len_lo[1] - d.len_lo[1]) < 1e-8 && fabs(back.ang_hi[2] - d.ang_hi[2]) < 1e-6);
+    assert_true(fabs(back.min_distance - 2.0) < 1e-8);
+    /* an older record without min_distance reads as 0 (not recorded) */
+    nesf_domain old;
+    assert_int_equal(nesf_domain_from_json(older, &old, &err), 0);
+    assert_true(old.min_distance == 0 && old.max_atoms == 2);
+    assert_int_equal(nesf_domain_from_json(broken, &old, &err), NESF_ERR_FORMAT);
+    assert_non_null(strstr(err.msg, "min_distance"));
+    free(older);
+    free(broken);
     /* broken records name what is wrong */
     assert_int_equal(nesf_domain_from_json("{\"structures\": 1}", &back, &err), NESF_ERR_FORMAT);
     assert_int_equal(nesf_domain_from_json("[1]", &back, &err), NESF_ERR_FORMAT);

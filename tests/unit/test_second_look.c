@@ -15,6 +15,7 @@
 
 #include "domain.h"
 #include "second_look.h"
+#include "shipped.h"
 
 enum { N = 3, L_MAX = 512 };
 
@@ -23,22 +24,15 @@ static nesf_model *m;
 
 static nesf_structure *cubic(double a, int n, const int *z, const double (*f)[3])
 {
-    nesf_structure *s = nesf_structure_new(n);
-    nesf_cellpar p = {a, a, a, 90, 90, 90};
-    assert_int_equal(nesf_lattice_from_params(&p, &s->lat, NULL), NESF_OK);
-    for (int i = 0; i < n; i++) assert_int_equal(nesf_structure_add_site(s, z[i], f[i], NULL), NESF_OK);
+    nesf_structure *s = shipped_cubic(a, n, z, f);
+    assert_non_null(s);
     return s;
 }
 
-/* the shipped model: a random small one decodes no atoms to judge */
 static int setup(void **state)
 {
     (void)state;
-    const char *root = getenv("NESF_SOURCE_ROOT");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/models/lcs6.safetensors", root ? root : ".");
-    if (nesf_backend_cpu_create(1, &be, NULL)) return 1;
-    return nesf_model_load(path, be, &m, NULL) != NESF_OK || nesf_model_latent_size(m) > L_MAX;
+    return shipped_load(&be, &m) || nesf_model_latent_size(m) > L_MAX;
 }
 
 static int teardown(void **state)
