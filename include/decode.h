@@ -42,7 +42,10 @@ typedef struct nesf_decode_opts {
     float grid_pad;      /* grid covers [bbmin - pad, bbmax + pad) per axis (0.5) */
     int iterations;      /* p <- p + f_p(p) steps (64), >= 1 */
     float score_max;     /* drop particles with |f_p| > score_max, Å (0.9) */
-    float nms_radius;    /* NMS sphere radius, Å (0.5) */
+    float nms_radius;    /* NMS sphere radius, Å (0.5); 0: from the model's training
+                            set, max(0.5, 0.9 x its shortest interatomic distance)
+                            (domain.h; 0.5 when not recorded): no two atoms
+                            closer than the training set ever had */
     int nms_min_count;   /* particles a sphere needs to emit an atom (10) */
     float species_lo, species_hi, species_step; /* vote grid arange(lo, hi, step)³
                                                    around each atom (-0.3, 0.3, 0.1) */
@@ -134,6 +137,8 @@ struct nesf_field {
     int num_species;            /* A: species logits per point */
     const int *species_z;       /* class -> atomic number, A entries */
     float bbox_min[3], bbox_max[3];
+    float min_distance;         /* shortest interatomic distance of the training
+                                   set, Å (0: unknown), for nms_radius 0 */
     /* out: Q x 3, vector from each point to the nearest atom */
     int (*position)(nesf_field *f, int first, int S, const int *off, const float *xyz,
                     float *out, nesf_error *err);

@@ -8,6 +8,7 @@
 #include "decode_internal.h"
 #include "symmetry.h"
 
+#include <math.h>
 #include <string.h>
 
 int nesf__cancelled(const nesf_decode_opts *o, nesf_error *err)
@@ -89,6 +90,11 @@ int nesf_decode_field(nesf_field *f, const nesf_decode_opts *o, nesf_structure *
     nesf_decode_opts def;
     if (!o) {
         nesf_decode_opts_default(&def);
+        o = &def;
+    }
+    if (o->nms_radius == 0) { /* from the training set (decode.h) */
+        if (o != &def) def = *o;
+        def.nms_radius = f->min_distance > 0 ? fmaxf(0.5f, 0.9f * f->min_distance) : 0.5f;
         o = &def;
     }
     nesf_decode_stats stats;

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "domain.h"
+
 typedef struct model_field {
     nesf_model *m;
     int latent;
@@ -78,6 +80,8 @@ int nesf_field_model(nesf_model *m, int n, const float *z, nesf_field *f, nesf_e
         mf->species_z[c] = nesf_model_species_z(m, c);
     f->species_z = mf->species_z;
     nesf_model_bbox(m, f->bbox_min, f->bbox_max);
+    const nesf_domain *dom = nesf_model_domain(m);
+    f->min_distance = dom ? (float)dom->min_distance : 0.0f;
     f->position = mf_position;
     f->species = mf_species;
     f->lattice = mf_lattice;

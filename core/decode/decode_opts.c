@@ -62,7 +62,7 @@ static const nesf_jfield opt_rows[] = {
     NESF_JF_FLOAT(O, "grid_pad", grid_pad, 0.0, 20.0),
     NESF_JF_INT(O, "iterations", iterations, 1, 4096),
     NESF_JF_FLOAT(O, "score_max", score_max, 1e-3, 100.0),
-    NESF_JF_FLOAT(O, "nms_radius", nms_radius, 1e-2, 10.0),
+    NESF_JF_FLOAT(O, "nms_radius", nms_radius, 0.0, 10.0), /* 0: from the training set */
     NESF_JF_INT(O, "nms_min_count", nms_min_count, 1, 1e6),
     NESF_JF_FLOAT(O, "species_lo", species_lo, -5.0, 5.0),
     NESF_JF_FLOAT(O, "species_hi", species_hi, -5.0, 5.0),

@@ -2,7 +2,8 @@
  * nothing without a calibration or with no tries; with a calibration that
  * makes every answer doubtful, cycle distances only go down, a replaced
  * answer comes with its latent, and a batch gives what each structure
- * gets alone. */
+ * gets alone.  Also nms_radius 0, the radius from the training set's
+ * shortest interatomic distance, which needs a network that decodes atoms. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -137,10 +138,56 @@ static void test_second_look(void **state)
     }
 }
 
+static int same_structures(nesf_structure *const *a, nesf_structure *const *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (a[i]->n != b[i]->n || memcmp(a[i]->cart, b[i]->cart, (size_t)a[i]->n * 3 * sizeof(double)) ||
+            memcmp(a[i]->z, b[i]->z, (size_t)a[i]->n * sizeof *a[i]->z))
+            return 0;
+    return 1;
+}
+
+/* nms_radius 0: 0.5 Å without a record, 0.9 x the recorded distance when
+ * that is larger; a decode with 0 is the decode with the radius it means. */
+static void test_nms_from_domain(void **state)
+{
+    (void)state;
+    const double zb[8][3] = {{0, 0, 0}, {0, 0.5, 0.5}, {0.5, 0, 0.5}, {0.5, 0.5, 0},
+                             {0.25, 0.25, 0.25}, {0.25, 0.75, 0.75}, {0.75, 0.25, 0.75}, {0.75, 0.75, 0.25}};
+    const int cds[8] = {48, 48, 48, 48, 16, 16, 16, 16};
+    nesf_structure *s = cubic(5.83, 8, cds, zb), *a[4];
+    static float z[L_MAX];
+    nesf_error err;
+    assert_int_equal(nesf_model_encode(m, &s, 1, z, &err), NESF_OK);
+    nesf_decode_opts d;
+    nesf_decode_opts_default(&d);
+    d.mode = NESF_DECODE_FAST;
+    nesf_domain dom;
+    nesf_domain_from_structures(&s, 1, &dom);
+    const double md[2] = {0, 3.0}; /* not recorded; recorded: radius 2.7 Å */
+    const float want[2] = {0.5f, 0.9f * 3.0f};
+    for (int k = 0; k < 2; k++) {
+        dom.min_distance = md[k];
+        nesf_model_set_domain(m, &dom);
+        d.nms_radius = 0;
+        assert_int_equal(nesf_decode(m, 1, z, &d, &a[2 * k], NULL, NULL, &err), NESF_OK);
+        d.nms_radius = want[k];
+        assert_int_equal(nesf_decode(m, 1, z, &d, &a[2 * k + 1], NULL, NULL, &err), NESF_OK);
+        assert_true(same_structures(&a[2 * k], &a[2 * k + 1], 1));
+    }
+    print_message("  CdS: %d atoms at 0.5 Å, %d at 2.7 Å\n", a[0]->n, a[2]->n);
+    assert_true(a[2]->n < a[0]->n); /* the large radius merges neighbours (2.52 Å apart) */
+    dom.min_distance = 0;
+    nesf_model_set_domain(m, &dom);
+    for (int i = 0; i < 4; i++) nesf_structure_free(a[i]);
+    nesf_structure_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_second_look),
+        cmocka_unit_test(test_nms_from_domain),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
