@@ -228,9 +228,11 @@ static void run_look(nesfd_model_entry *me, nesfd_item *const *items, int n)
         int idx = items[i]->index;
         if (!j->rec[idx]) j->rec[idx] = rec[i];
         if (rc) continue;
+        items[i]->status = 0;
+        if (!memcmp(j->z + idx * L, z + i * L, L * sizeof *z)) continue; /* kept: E(rec) is the cycle's */
         j->cycle[idx] = cyc[i];
         memcpy(j->z + idx * L, z + i * L, L * sizeof *z);
-        nesf_error e1;
+        nesf_error e1; /* a replaced answer's encoding, for the self-check */
         items[i]->status = nesf_model_encode(me->model, &j->rec[idx], 1, j->z_dec + idx * L, &e1);
         if (items[i]->status) j->item_err[idx] = e1;
     }

@@ -86,8 +86,8 @@ typedef struct nesfd_job {
     nesf_structure **s;      /* n: encode and look input / decode output (owned) */
     nesf_structure **rec;    /* look: n decodes of z, in and out (owned) */
     double *cycle;           /* look: n cycle distances of rec, in and out */
-    float *z_dec;            /* look: n x latent out, E(rec): the kept answers'
-                                encodings, for the self-check */
+    float *z_dec;            /* look: n x latent out, E(rec) of the answers it
+                                replaced (z changed), for the self-check */
     nesf_error *item_err;    /* n: why item i failed (status != 0) */
     nesf_decode_opts opts;   /* decode */
     nesf_refine_opts refine; /* encode, look: latent refinement (the request's; steps 0: none) */
