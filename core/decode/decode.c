@@ -26,8 +26,9 @@ static void free_outputs(nesf_structure **out, int n)
 }
 
 /* One batch, structures [b0, b0 + S), through steps 2-6 and 1. */
-static int decode_batch(nesf__decode_run *r, const nesf__decode_mode *m, nesf__vote *vote, int b0,
-                        int S, nesf_structure **out, nesf_error *item_err, nesf_error *err)
+static int decode_batch(nesf__decode_run *r, const nesf__decode_mode *m, nesf__vote *vote,
+                        nesf__polish *pol, int b0, int S, nesf_structure **out,
+                        nesf_error *item_err, nesf_error *err)
 {
     nesf_decode_stats *st = &r->stats;
     double t1 = nesf_clock_ms();
@@ -42,15 +43,18 @@ static int decode_batch(nesf__decode_run *r, const nesf__decode_mode *m, nesf__v
     double t3 = nesf_clock_ms();
     st->ms_nms += t3 - t2;
 
+    const float *atoms;
+    if ((rc = nesf__polish_run(pol, r->f, b0, S, a.aoff, a.atoms, &atoms, &st->field_evals, err)))
+        return rc;
     /* step 6: species vote */
-    if ((rc = nesf__vote_run(vote, r->f, b0, S, a.aoff, a.atoms, a.cls, &st->field_evals, err)))
+    if ((rc = nesf__vote_run(vote, r->f, b0, S, a.aoff, atoms, a.cls, &st->field_evals, err)))
         return rc;
     st->ms_species += nesf_clock_ms() - t3;
 
     /* step 1 (the lattice) and the output structures */
     const float *len, *ang;
     if ((rc = m->lattice(r, b0, S, &len, &ang, err))) return rc;
-    return nesf__build_batch(r->f, r->o, b0, S, len, ang, a.aoff, a.atoms, a.cls, out, item_err,
+    return nesf__build_batch(r->f, r->o, b0, S, len, ang, a.aoff, atoms, a.cls, out, item_err,
                              &st->lattice_repaired, err);
 }
 
@@ -63,15 +67,19 @@ static int decode_run(nesf_field *f, const nesf_decode_opts *o, const nesf__deco
     double t0 = nesf_clock_ms();
     nesf__decode_run r = {.f = f, .o = o};
     nesf__vote vote;
+    nesf__polish pol;
     memset(&vote, 0, sizeof vote);
+    memset(&pol, 0, sizeof pol);
     int max_structs = 0;
     int rc = m->init(&r, &max_structs, err);
     if (!rc) rc = nesf__vote_init(&vote, f->be, o, f->num_species, max_structs, err);
+    if (!rc) rc = nesf__polish_init(&pol, f->be, o, max_structs, err);
     for (int b0 = 0; !rc && b0 < f->n;) {
         const int S = m->batch(&r, b0);
-        rc = decode_batch(&r, m, &vote, b0, S, out, item_err, err);
+        rc = decode_batch(&r, m, &vote, &pol, b0, S, out, item_err, err);
         b0 += S;
     }
+    nesf__polish_free(&pol);
     nesf__vote_free(&vote);
     m->release(&r);
     if (rc) {

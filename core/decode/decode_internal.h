@@ -85,19 +85,34 @@ static inline uint64_t nesf__cell_key(uint64_t x, uint64_t y, uint64_t z)
 /* qsort order of cell entries: by key, then by index */
 int nesf__cmp_cell(const void *a, const void *b);
 
-/* ---- the species vote, step 6 (decode_vote.c) ----
- * Buffers sized at init for the options' offset grid and up to
- * max_structs structures per call. */
-typedef struct nesf__vote {
+/* ---- queries on an offset grid around atoms (decode_vote.c) ----
+ * The species vote and the position polish ask a field at each atom plus
+ * every offset of arange(lo, hi, step)^3, in chunks of whole atoms. */
+typedef struct nesf__around {
     nesf_backend *be;
     int P;              /* offsets per atom */
-    int A;              /* species */
     int chunk;          /* atoms per field call */
-    float *sq_d, *sl_d; /* backend: chunk*P queries, their logits */
-    int *cls_d;         /* backend: chunk classes */
+    float *sq_d;        /* backend: chunk*P queries */
     float *sq_h;        /* host: chunk*P queries */
     float *ofs_h;       /* host: P offsets */
     int *sp_off;        /* host: max_structs+1 */
+} nesf__around;
+
+int nesf__around_init(nesf__around *q, nesf_backend *be, float lo, float hi, float step,
+                      int max_structs, nesf_error *err);
+void nesf__around_free(nesf__around *q);
+/* Fills and uploads the queries of atoms [a0, a1) (host, x 3) of the
+ * structures whose atoms are aoff[.]; *sf, *Sc: the first of those
+ * structures and how many, sp_off their rows within the chunk. */
+int nesf__around_fill(nesf__around *q, const int *aoff, const float *atoms, int a0, int a1,
+                      int *sf, int *Sc, nesf_error *err);
+
+/* ---- the species vote, step 6 (decode_vote.c) ---- */
+typedef struct nesf__vote {
+    nesf__around q;     /* the vote grid around each atom */
+    int A;              /* species */
+    float *sl_d;        /* backend: chunk*P logits */
+    int *cls_d;         /* backend: chunk classes */
 } nesf__vote;
 
 int nesf__vote_init(nesf__vote *v, nesf_backend *be, const nesf_decode_opts *o, int A,
@@ -109,6 +124,27 @@ void nesf__vote_free(nesf__vote *v);
  * receives aoff[S] classes; *evals grows by the species queries. */
 int nesf__vote_run(nesf__vote *v, nesf_field *f, int first, int S, const int *aoff,
                    const float *atoms, int *cls, long *evals, nesf_error *err);
+
+/* ---- the position polish (decode_polish.c) ----
+ * With o->polish > 0 each NMS atom moves to the mean of q + f_p(q) over the
+ * offsets q of a 5^3 grid of half-width o->polish around it: the field's
+ * own estimate of the atom, averaged, instead of one particle's end. */
+typedef struct nesf__polish {
+    nesf__around q;
+    float radius;       /* estimates farther than this from the atom are another's */
+    float *sv_d;        /* backend: chunk*P vectors */
+    float *sv_h;        /* host: the same */
+    float *out;         /* host: polished atoms, cap x 3 */
+    int cap;
+} nesf__polish;
+
+int nesf__polish_init(nesf__polish *p, nesf_backend *be, const nesf_decode_opts *o,
+                      int max_structs, nesf_error *err);
+void nesf__polish_free(nesf__polish *p);
+/* The polished atoms of field structures [first, first + S) (host,
+ * aoff[S] x 3, owned by p, valid until the next call); *evals grows. */
+int nesf__polish_run(nesf__polish *p, nesf_field *f, int first, int S, const int *aoff,
+                     const float *atoms, const float **out, long *evals, nesf_error *err);
 
 /* ---- the output structures (decode_build.c) ---- */
 

@@ -19,6 +19,7 @@ void nesf_decode_opts_default(nesf_decode_opts *o)
     o->species_lo = -0.3f;
     o->species_hi = 0.3f;
     o->species_step = 0.1f;
+    o->polish = 0.6f;
     o->max_atoms = 1024;
     o->max_particles = 1 << 21;
     o->batch_particles = 1L << 20;
@@ -67,6 +68,7 @@ static const nesf_jfield opt_rows[] = {
     NESF_JF_FLOAT(O, "species_lo", species_lo, -5.0, 5.0),
     NESF_JF_FLOAT(O, "species_hi", species_hi, -5.0, 5.0),
     NESF_JF_FLOAT(O, "species_step", species_step, 1e-2, 5.0),
+    NESF_JF_FLOAT(O, "polish", polish, 0.0, 2.0),
     NESF_JF_INT(O, "max_atoms", max_atoms, 1, 100000),
     NESF_JF_INT(O, "max_particles", max_particles, 1, 1 << 24),
     NESF_JF_LONG(O, "batch_particles", batch_particles, 1, 1L << 28),

@@ -125,9 +125,9 @@ static void test_truth_small(void **state)
     assert_int_equal(nesf_decode_field(&f, NULL, out, NULL, &st, &err), 0);
     assert_same(s[0], out[0], 1e-4);
     assert_same(s[1], out[1], 1e-4);
-    /* 14³ particles each, 64 steps, 216 species queries per atom */
+    /* 14³ particles each, 64 steps, 125 polish and 216 species queries per atom */
     assert_int_equal(st.particles, 2 * 14 * 14 * 14);
-    assert_int_equal(st.field_evals, 2L * 14 * 14 * 14 * 64 + 9 * 216);
+    assert_int_equal(st.field_evals, 2L * 14 * 14 * 14 * 64 + 9 * 125 + 9 * 216);
     assert_int_equal(st.atoms, 9);
     for (int i = 0; i < 2; i++) nesf_structure_free(out[i]);
 
@@ -475,6 +475,75 @@ static void test_repair(void **state)
     nesf_structure_free(s[0]);
 }
 
+/* The exact field plus a bias that depends on the point (up to 0.06 Å a
+ * component), standing in for a trained field's local errors. */
+static int (*exact_position)(nesf_field *, int, int, const int *, const float *, float *,
+                             nesf_error *);
+static int biased_position(nesf_field *f, int first, int S, const int *off, const float *xyz,
+                           float *out, nesf_error *err)
+{
+    int rc = exact_position(f, first, S, off, xyz, out, err);
+    for (int i = 0; !rc && i < off[S] - off[0]; i++)
+        for (int k = 0; k < 3; k++) {
+            uint32_t h = 2166136261u ^ (uint32_t)k;
+            for (int j = 0; j < 3; j++)
+                h = (h ^ (uint32_t)lrintf(xyz[3 * i + j] * 97.0f)) * 16777619u;
+            out[3 * i + k] += 0.06f * ((float)(h >> 8 & 0xffff) / 32768.0f - 1.0f);
+        }
+    return rc;
+}
+
+static double mean_error(const nesf_structure *t, const nesf_structure *d)
+{
+    assert_int_equal(d->n, t->n);
+    nesf_metrics m;
+    nesf_metrics_init(&m);
+    nesf_metrics_add(&m, t, d);
+    nesf_metrics_summary sm;
+    nesf_metrics_summarize(&m, &sm);
+    return sm.pos_act;
+}
+
+/* The polish: exact on the exact field, with its own field evaluations
+ * counted; on a biased field it brings atoms nearer than the particles'
+ * ends, in both modes. */
+static void test_polish(void **state)
+{
+    (void)state;
+    nesf_structure *s[1] = {rocksalt(5.64)};
+    const float lo[3] = {0, 0, 0}, hi[3] = {5.64f, 5.64f, 5.64f};
+    nesf_field f;
+    nesf_error err;
+    assert_int_equal(nesf_field_truth(be, s, 1, species_z, 3, lo, hi, &f, &err), 0);
+    nesf_decode_opts o;
+    nesf_decode_opts_default(&o);
+    o.polish = 0.6f;
+    nesf_structure *out;
+    nesf_decode_stats st;
+    assert_int_equal(nesf_decode_field(&f, &o, &out, NULL, &st, &err), 0);
+    assert_same(s[0], out, 1e-4);
+    assert_int_equal(st.field_evals, 14L * 14 * 14 * 64 + 8 * 216 + 8 * 125);
+    nesf_structure_free(out);
+
+    exact_position = f.position;
+    f.position = biased_position;
+    for (int mode = 0; mode < 2; mode++) {
+        o.mode = mode ? NESF_DECODE_FAST : NESF_DECODE_PAPER;
+        double e[2];
+        for (int i = 0; i < 2; i++) {
+            o.polish = i ? 0.6f : 0.0f;
+            assert_int_equal(nesf_decode_field(&f, &o, &out, NULL, NULL, &err), 0);
+            e[i] = mean_error(s[0], out);
+            nesf_structure_free(out);
+        }
+        assert_true(e[0] > 0.01);
+        assert_true(e[1] < 0.5 * e[0]);
+    }
+    f.position = exact_position;
+    nesf_field_release(&f);
+    nesf_structure_free(s[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -485,6 +554,7 @@ int main(void)
         cmocka_unit_test(test_truth_lcs6_val),
         cmocka_unit_test(test_model_decode),
         cmocka_unit_test(test_repair),
+        cmocka_unit_test(test_polish),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
