@@ -50,8 +50,9 @@ typedef struct nesf_decode_opts {
     float species_lo, species_hi, species_step; /* vote grid arange(lo, hi, step)³
                                                    around each atom (-0.3, 0.3, 0.1) */
     float polish;        /* > 0: each atom moves to the mean of q + f_p(q) over a
-                            5^3 grid of this half-width around it, Å (0: off;
-                            docs/training.md) */
+                            5^3 grid of this half-width around it, Å (0.6, the
+                            training's local query grid; 0: where NMS put it,
+                            spec §5 as the paper has it; docs/decoding.md) */
     int max_atoms;       /* atoms kept per structure, lowest scores first (1024) */
     int max_particles;   /* refuse grids larger than this per structure (2^21) */
     long batch_particles;/* particles evaluated together; structures are
