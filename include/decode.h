@@ -117,7 +117,7 @@ typedef struct nesf_decode_stats {
     int lattice_repaired;/* structures whose cell was repaired */
     double ms;           /* wall time of the whole call */
     double ms_flow;      /* particle flow (position field) */
-    double ms_nms;       /* download, scoring, NMS */
+    double ms_nms;       /* download, scoring, NMS, the polish */
     double ms_species;   /* species field and vote */
     long steps;          /* sum over structures of the flow steps they ran */
     long merged;         /* particles merged into others (fast mode) */
