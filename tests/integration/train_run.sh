@@ -102,8 +102,24 @@ for k in 0 1; do
     [ "$(grep -c '"epoch"' "$tmp/cv/fold$k/log.jsonl")" -eq 2 ] || fail "fold $k log"
 done
 grep -q "nesf, 2 folds, 4 structures" "$tmp/cv.out" || fail "pooled row: $(cat "$tmp/cv.out")"
+# each fold's best weights carry the cycle distances of its 16 training
+# structures (the second look's threshold), measured once: a rerun skips it
+[ "$(grep -c "calibrating the cycle distance" "$tmp/cv.err")" -eq 2 ] || fail "cv calibration: $(cat "$tmp/cv.err")"
+for k in 0 1; do
+    /usr/bin/python3 - "$tmp/cv/fold$k/best.safetensors" <<'PY' || fail "fold $k: no cycle calibration"
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(1 << 20)
+meta = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]
+assert json.loads(meta["domain"])["cycle_distance"]["sample"] == 16, meta["domain"]
+PY
+done
+"$nesf" cv --data "$tmp/folds" --out "$tmp/cv" --config "$cfg" --epochs 2 --backend cpu \
+    --options '{"grid_step": 1.5, "iterations": 4, "repair_lattice": 1}' > "$tmp/cv2.out" 2> "$tmp/cv.err" \
+    || fail "cv again: $(tail -5 "$tmp/cv.err")"
+grep -q "calibrating" "$tmp/cv.err" && fail "calibrated again: $(cat "$tmp/cv.err")"
+cmp -s <(grep '^| fold' "$tmp/cv.out") <(grep '^| fold' "$tmp/cv2.out") || fail "rerun rows differ"
 set +e
 "$nesf" cv --data "$tmp/folds" --out "$tmp/cv" --folds 0-x 2> "$tmp/cv.err"; rc=$?
 set -e
 [ $rc -eq 2 ] && grep -q "^nesf cv: --folds: '0-x'" "$tmp/cv.err" || fail "cv --folds 0-x: $rc $(cat "$tmp/cv.err")"
-echo "4 passed, 0 failed"
+echo "5 passed, 0 failed"

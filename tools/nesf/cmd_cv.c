@@ -18,7 +18,9 @@
 #include "cli_opts.h"
 #include "commands.h"
 #include "dataset.h"
+#include "domain.h"
 #include "metrics.h"
+#include "safetensors.h"
 #include "train.h"
 
 static void usage(FILE *f)
@@ -36,6 +38,10 @@ static void usage(FILE *f)
             "  --minutes M      training time limit per fold\n"
             "  --folds LIST     e.g. 0-4,7 (default: every foldK found)\n"
             "  --options JSON   decode options passed to nesf eval\n"
+            "  --calibrate N    before the test split, record in each fold's best weights the\n"
+            "                   cycle distances of N of its training structures (nesf domain\n"
+            "                   --sample N), so that the second look judges the fold's answers\n"
+            "                   by the fold model's own figures (default 90; 0: none)\n"
             "  --backend B      cpu | cuda | auto\n");
 }
 
@@ -74,6 +80,7 @@ static void print_row(const char *label, const nesf_metrics *m)
 /* What every fold shares. */
 typedef struct cv_args {
     const char *data, *out, *folds, *options, *backend;
+    int calibrate; /* training structures for the cycle distances */
     nesf_train_job job; /* config, from, epochs, minutes and the backend */
 } cv_args;
 
@@ -122,6 +129,20 @@ static int fold_pool(int k, const char *test, const char *recon, nesf_metrics *p
     return 0;
 }
 
+/* Whether the weights file at path already holds a cycle-distance
+ * calibration (a rerun of cv need not measure it again). */
+static int calibrated(const char *path)
+{
+    nesf_st *st = NULL;
+    nesf_error err;
+    if (nesf_st_read(path, &st, &err)) return 0;
+    nesf_domain d;
+    const char *text = nesf_st_meta(st, "domain");
+    int yes = text && !nesf_domain_from_json(text, &d, &err) && d.cycle_n > 0;
+    nesf_st_free(st);
+    return yes;
+}
+
 /* Fold k (its splits in fdir): train (resuming), reconstruct the test
  * split with the best weights, pool.  Returns the exit status (1 also
  * when a signal stopped the training). */
@@ -157,6 +178,11 @@ static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *poo
     }
     snprintf(best, sizeof best, "%s/best.safetensors", odir);
     snprintf(recon, sizeof recon, "%s/test-recon.jsonl", odir);
+    snprintf(test, sizeof test, "%s/train.jsonl", fdir);
+    if (a->calibrate > 0 && !calibrated(best)) {
+        fprintf(stderr, "nesf cv: fold %d: calibrating the cycle distance\n", k);
+        if (nesf_domain_record(best, test, NULL, a->calibrate, a->options, NULL, a->backend, 0, stderr)) return 1;
+    }
     snprintf(test, sizeof test, "%s/test.jsonl", fdir);
     fprintf(stderr, "nesf cv: fold %d: reconstructing the test split\n", k);
     if (nesf_eval_reconstruct(best, test, recon, a->backend, a->options)) {
@@ -168,12 +194,12 @@ static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *poo
 
 int nesf_cmd_cv(int argc, char **argv)
 {
-    cv_args a = {.backend = "auto"};
+    cv_args a = {.backend = "auto", .calibrate = 90};
     nesf_train_job_default(&a.job);
     const cli_opt opts[] = {
         CLI_OPT_DATA(&a.data), CLI_OPT_OUT(&a.out), CLI_S("config", &a.job.config),
         CLI_I("epochs", &a.job.epochs, 0, 1 << 24), CLI_D("minutes", &a.job.minutes, 0, 1e9),
-        CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_OPT_BACKEND(&a.backend),
+        CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_I("calibrate", &a.calibrate, 0, 1 << 24), CLI_OPT_BACKEND(&a.backend),
         CLI_S("from", &a.job.from), CLI_OPT_END};
     int rc = cli_parse("cv", argc, argv, opts, usage, NULL);
     if (rc >= 0) return rc;

@@ -59,20 +59,62 @@ static int sample_cycle(nesf_model *m, const nesf_dataset *d, int count, const n
     return rc;
 }
 
-int nesf_cmd_domain(int argc, char **argv)
+/* The record itself: d's domain and, for sample > 0, the cycle distances
+ * of that many of its structures, written into model's file as out (NULL:
+ * in place).  Prints what it did on report; returns the exit status. */
+static int record(const char *model, const char *path, const nesf_dataset *d, const char *out, int sample,
+                  const nesf_decode_opts *o, const nesf_refine_opts *ro, const char *backend, int threads,
+                  FILE *report)
 {
-    const char *model = NULL, *data = NULL, *out = NULL, *options = NULL, *backend = NULL, *refine = NULL;
-    int threads = 0, sample = 300;
-    const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_OPT_DATA(&data), CLI_OPT_OUT(&out),
-                            CLI_I("sample", &sample, 0, INT_MAX), CLI_OPT_OPTIONS(&options),
-                            CLI_S("refine", &refine),
-                            CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads), CLI_OPT_END};
-    int prc = cli_parse("domain", argc, argv, opts, usage, NULL);
-    if (prc >= 0) return prc;
-    if (!model || !data) {
-        usage(stderr);
-        return 2;
+    nesf_backend *be = NULL;
+    nesf_model *m = NULL;
+    int status = 1;
+    double *dist = NULL;
+    char *text = NULL;
+    nesf_error err;
+    if (d->n == 0) {
+        fprintf(stderr, "nesf domain: %s holds no structures\n", path);
+        return 1;
     }
+    if (cli_open_model("domain", model, backend, threads, &be, &m)) return 1;
+    nesf_domain dom;
+    nesf_domain_from_structures(d->s, d->n, &dom);
+    if (sample > d->n) sample = d->n;
+    if (sample > 0) {
+        double t0 = nesf_clock_s();
+        if (!(dist = malloc((size_t)sample * sizeof *dist))) {
+            fprintf(stderr, "nesf domain: out of memory\n");
+            goto done;
+        }
+        if (sample_cycle(m, d, sample, o, ro, dist, &err)) {
+            fprintf(stderr, "nesf domain: %s\n", err.msg);
+            goto done;
+        }
+        char label[16];
+        snprintf(label, sizeof label, "%s%s", o->mode == NESF_DECODE_FAST ? "fast" : "paper",
+                 ro->steps > 0 ? "+refine" : "");
+        nesf_domain_set_cycle(&dom, dist, sample, label);
+        fprintf(stderr, "nesf domain: cycle distance of %d training structures in %.1f s: median "
+                "%.3f, 80th percentile %.3f, 95th %.3f\n", sample, nesf_clock_s() - t0, dom.cycle_q[50],
+                dom.cycle_q[80], dom.cycle_q[95]);
+    }
+    if (!(text = nesf_domain_to_json(&dom)) ||
+        nesf_st_rewrite_meta(model, out ? out : model, "domain", text, &err)) {
+        fprintf(stderr, "nesf domain: %s\n", text ? err.msg : "out of memory");
+        goto done;
+    }
+    fprintf(report, "%s: domain of %d structures of %s recorded\n%s\n", out ? out : model, d->n, path, text);
+    status = 0;
+done:
+    free(text);
+    free(dist);
+    cli_close_model(be, m);
+    return status;
+}
+
+int nesf_domain_record(const char *model, const char *data, const char *out, int sample, const char *options,
+                       const char *refine, const char *backend, int threads, FILE *report)
+{
     nesf_decode_opts o;
     nesf_decode_opts_default(&o);
     o.mode = NESF_DECODE_FAST;
@@ -88,48 +130,24 @@ int nesf_cmd_domain(int argc, char **argv)
         fprintf(stderr, "nesf domain: %s\n", err.msg);
         return 1;
     }
-    nesf_backend *be = NULL;
-    nesf_model *m = NULL;
-    int status = 1;
-    double *dist = NULL;
-    char *text = NULL;
-    if (d.n == 0) {
-        fprintf(stderr, "nesf domain: %s holds no structures\n", path);
-        goto done;
-    }
-    if (cli_open_model("domain", model, backend, threads, &be, &m)) goto done;
-    nesf_domain dom;
-    nesf_domain_from_structures(d.s, d.n, &dom);
-    if (sample > d.n) sample = d.n;
-    if (sample > 0) {
-        double t0 = nesf_clock_s();
-        if (!(dist = malloc((size_t)sample * sizeof *dist))) {
-            fprintf(stderr, "nesf domain: out of memory\n");
-            goto done;
-        }
-        if (sample_cycle(m, &d, sample, &o, &ro, dist, &err)) {
-            fprintf(stderr, "nesf domain: %s\n", err.msg);
-            goto done;
-        }
-        char label[16];
-        snprintf(label, sizeof label, "%s%s", o.mode == NESF_DECODE_FAST ? "fast" : "paper",
-                 ro.steps > 0 ? "+refine" : "");
-        nesf_domain_set_cycle(&dom, dist, sample, label);
-        fprintf(stderr, "nesf domain: cycle distance of %d training structures in %.1f s: median "
-                "%.3f, 80th percentile %.3f, 95th %.3f\n", sample, nesf_clock_s() - t0, dom.cycle_q[50],
-                dom.cycle_q[80], dom.cycle_q[95]);
-    }
-    if (!(text = nesf_domain_to_json(&dom)) ||
-        nesf_st_rewrite_meta(model, out ? out : model, "domain", text, &err)) {
-        fprintf(stderr, "nesf domain: %s\n", text ? err.msg : "out of memory");
-        goto done;
-    }
-    printf("%s: domain of %d structures of %s recorded\n%s\n", out ? out : model, d.n, path, text);
-    status = 0;
-done:
-    free(text);
-    free(dist);
-    cli_close_model(be, m);
+    int status = record(model, path, &d, out, sample, &o, &ro, backend, threads, report);
     nesf_dataset_free(&d);
     return status;
+}
+
+int nesf_cmd_domain(int argc, char **argv)
+{
+    const char *model = NULL, *data = NULL, *out = NULL, *options = NULL, *backend = NULL, *refine = NULL;
+    int threads = 0, sample = 300;
+    const cli_opt opts[] = {CLI_OPT_MODEL(&model), CLI_OPT_DATA(&data), CLI_OPT_OUT(&out),
+                            CLI_I("sample", &sample, 0, INT_MAX), CLI_OPT_OPTIONS(&options),
+                            CLI_S("refine", &refine),
+                            CLI_OPT_BACKEND(&backend), CLI_OPT_THREADS(&threads), CLI_OPT_END};
+    int prc = cli_parse("domain", argc, argv, opts, usage, NULL);
+    if (prc >= 0) return prc;
+    if (!model || !data) {
+        usage(stderr);
+        return 2;
+    }
+    return nesf_domain_record(model, data, out, sample, options, refine, backend, threads, stdout);
 }

@@ -4,6 +4,8 @@
 #ifndef NESF_COMMANDS_H
 #define NESF_COMMANDS_H
 
+#include <stdio.h>
+
 int nesf_cmd_convert(int argc, char **argv);
 int nesf_cmd_bench(int argc, char **argv);
 int nesf_cmd_train(int argc, char **argv);
@@ -33,5 +35,11 @@ struct nesf_train_job;
 int nesf_eval_reconstruct(const char *model, const char *data, const char *out, const char *backend,
                           const char *options);
 int nesf_train_job_cli(const struct nesf_train_job *job, int quiet, int *stopped);
+/* nesf domain --model MODEL --data DATA [--out OUT] --sample N --options O
+ * --refine R --backend B --threads T (NULL strings: the defaults): records
+ * DATA's domain and cycle-distance calibration in MODEL; returns the exit
+ * status, having printed what it did on report (errors on stderr). */
+int nesf_domain_record(const char *model, const char *data, const char *out, int sample, const char *options,
+                       const char *refine, const char *backend, int threads, FILE *report);
 
 #endif
