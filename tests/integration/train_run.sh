@@ -93,7 +93,7 @@ for k in 0 1; do
     sed -n "$((s + 16)),$((s + 19))p" "$v" > "$tmp/folds/fold$k/val.jsonl"
     sed -n "$((s + 20)),$((s + 21))p" "$v" > "$tmp/folds/fold$k/test.jsonl"
 done
-"$nesf" cv --data "$tmp/folds" --out "$tmp/cv" --config "$cfg" --epochs 2 --backend cpu \
+"$nesf" cv --data "$tmp/folds" --out "$tmp/cv" --config "$cfg" --epochs 2 --backend cpu --calibrate 90 \
     --options '{"grid_step": 1.5, "iterations": 4, "repair_lattice": 1}' > "$tmp/cv.out" 2> "$tmp/cv.err" \
     || fail "cv: $(tail -5 "$tmp/cv.err")"
 for k in 0 1; do
@@ -113,7 +113,7 @@ meta = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])["__metadata__"]
 assert json.loads(meta["domain"])["cycle_distance"]["sample"] == 16, meta["domain"]
 PY
 done
-"$nesf" cv --data "$tmp/folds" --out "$tmp/cv" --config "$cfg" --epochs 2 --backend cpu \
+"$nesf" cv --data "$tmp/folds" --out "$tmp/cv" --config "$cfg" --epochs 2 --backend cpu --calibrate 90 \
     --options '{"grid_step": 1.5, "iterations": 4, "repair_lattice": 1}' > "$tmp/cv2.out" 2> "$tmp/cv.err" \
     || fail "cv again: $(tail -5 "$tmp/cv.err")"
 grep -q "calibrating" "$tmp/cv.err" && fail "calibrated again: $(cat "$tmp/cv.err")"

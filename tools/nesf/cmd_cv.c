@@ -38,11 +38,15 @@ static void usage(FILE *f)
             "  --minutes M      training time limit per fold\n"
             "  --folds LIST     e.g. 0-4,7 (default: every foldK found)\n"
             "  --options JSON   decode options passed to nesf eval\n"
+            "  --refine JSON    latent refinement of the test structures (nesf eval --refine),\n"
+            "                   e.g. '{\"second_look\": false}'\n"
             "  --calibrate N    before the test split, record in each fold's best weights the\n"
             "                   cycle distances of N of its training structures (nesf domain\n"
             "                   --sample N), so that the second look judges the fold's answers\n"
-            "                   by the fold model's own figures (default 90; 0: none)\n"
-            "  --backend B      cpu | cuda | auto\n");
+            "                   by the fold model's own figures and nesf eval gives confidence\n"
+            "                   percentiles (default 0: none; on YBCO-like folds the second\n"
+            "                   look costs atom counts, docs/ybco-cv.md)\n"
+            "  --backend B      cpu | cuda | auto;  --threads N (default: all cores)\n");
 }
 
 /* Whether fold k is in list ("0-4,7"; NULL: every fold); -1 when list is
@@ -79,8 +83,9 @@ static void print_row(const char *label, const nesf_metrics *m)
 
 /* What every fold shares. */
 typedef struct cv_args {
-    const char *data, *out, *folds, *options, *backend;
+    const char *data, *out, *folds, *options, *refine, *backend;
     int calibrate; /* training structures for the cycle distances */
+    int threads;   /* CPU threads (0: all cores) */
     nesf_train_job job; /* config, from, epochs, minutes and the backend */
 } cv_args;
 
@@ -181,11 +186,11 @@ static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *poo
     snprintf(test, sizeof test, "%s/train.jsonl", fdir);
     if (a->calibrate > 0 && !calibrated(best)) {
         fprintf(stderr, "nesf cv: fold %d: calibrating the cycle distance\n", k);
-        if (nesf_domain_record(best, test, NULL, a->calibrate, a->options, NULL, a->backend, 0, stderr)) return 1;
+        if (nesf_domain_record(best, test, NULL, a->calibrate, a->options, NULL, a->backend, a->threads, stderr)) return 1;
     }
     snprintf(test, sizeof test, "%s/test.jsonl", fdir);
     fprintf(stderr, "nesf cv: fold %d: reconstructing the test split\n", k);
-    if (nesf_eval_reconstruct(best, test, recon, a->backend, a->options)) {
+    if (nesf_eval_reconstruct(best, test, recon, a->backend, a->threads, a->options, a->refine)) {
         fprintf(stderr, "nesf cv: fold %d: evaluation failed\n", k);
         return 1;
     }
@@ -194,12 +199,13 @@ static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *poo
 
 int nesf_cmd_cv(int argc, char **argv)
 {
-    cv_args a = {.backend = "auto", .calibrate = 90};
+    cv_args a = {.backend = "auto", .calibrate = 0};
     nesf_train_job_default(&a.job);
     const cli_opt opts[] = {
         CLI_OPT_DATA(&a.data), CLI_OPT_OUT(&a.out), CLI_S("config", &a.job.config),
         CLI_I("epochs", &a.job.epochs, 0, 1 << 24), CLI_D("minutes", &a.job.minutes, 0, 1e9),
-        CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_I("calibrate", &a.calibrate, 0, 1 << 24), CLI_OPT_BACKEND(&a.backend),
+        CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_S("refine", &a.refine),
+        CLI_I("calibrate", &a.calibrate, 0, 1 << 24), CLI_OPT_BACKEND(&a.backend), CLI_OPT_THREADS(&a.threads),
         CLI_S("from", &a.job.from), CLI_OPT_END};
     int rc = cli_parse("cv", argc, argv, opts, usage, NULL);
     if (rc >= 0) return rc;
@@ -216,7 +222,7 @@ int nesf_cmd_cv(int argc, char **argv)
         return 1;
     }
     nesf_error err = {0};
-    if (cli_backend_open(a.backend, 0, &a.job.be, &err)) {
+    if (cli_backend_open(a.backend, a.threads, &a.job.be, &err)) {
         fprintf(stderr, "nesf cv: %s\n", err.msg);
         return 1;
     }

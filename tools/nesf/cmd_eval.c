@@ -747,7 +747,7 @@ int nesf_cmd_eval(int argc, char **argv)
 }
 
 int nesf_eval_reconstruct(const char *model, const char *data, const char *out, const char *backend,
-                          const char *options)
+                          int threads, const char *options, const char *refine)
 {
     eval_run *r = calloc(1, sizeof *r);
     if (!r) {
@@ -755,6 +755,6 @@ int nesf_eval_reconstruct(const char *model, const char *data, const char *out, 
         return 1;
     }
     r->a = (eval_args){.model = model, .data = data, .out = out, .backend = backend, .options = options,
-                       .batch = 64, .limit = -1};
+                       .refine = refine, .threads = threads, .batch = 64, .limit = -1};
     return eval_main(r);
 }

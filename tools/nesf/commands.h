@@ -30,10 +30,11 @@ int nesf_bench_decode_modes(int argc, char **argv);
  * stop it with a checkpoint (*stopped, may be NULL, says so).  Returns the
  * exit status, having printed the error. */
 struct nesf_train_job;
-/* nesf eval --model MODEL --data DATA --out OUT --backend B [--options O]:
- * the report on stdout; returns the exit status. */
+/* nesf eval --model MODEL --data DATA --out OUT --backend B --threads T
+ * [--options O] [--refine R] (NULL: the default): the report on stdout;
+ * returns the exit status. */
 int nesf_eval_reconstruct(const char *model, const char *data, const char *out, const char *backend,
-                          const char *options);
+                          int threads, const char *options, const char *refine);
 int nesf_train_job_cli(const struct nesf_train_job *job, int quiet, int *stopped);
 /* nesf domain --model MODEL --data DATA [--out OUT] --sample N --options O
  * --refine R --backend B --threads T (NULL strings: the defaults): records
