@@ -29,14 +29,21 @@ void nesf_symmetry_free(nesf_symmetry *sym);
 typedef struct nesf_symmetry_info {
     int number;            /* International Tables number, 1..230 */
     char symbol[16];       /* international short symbol */
+    double tolerance;      /* spglib's symprec used (Å) */
+    double max_shift;      /* the farthest an atom moved (Å; NAN: not measured) */
 } nesf_symmetry_info;
 
-/* The crystal of s refined to its space group at tolerance symprec (Å):
- * spglib's standardized cell (conventional, or primitive when primitive
- * is 1) with idealized lattice and positions, so that any tolerance finds
- * that group again; returned in the datasets' orientation (a along +x)
- * with fractional coordinates wrapped into [0, 1).  This is how decoded
- * structures are published symmetric.  *out is the caller's
+/* The crystal of s refined to the most symmetric space group that moves
+ * no atom farther than symprec (Å): spglib's standardized cell
+ * (conventional, or primitive when primitive is 1) with idealized lattice
+ * and positions, so that any tolerance finds that group again; returned
+ * in the datasets' orientation (a along +x) with fractional coordinates
+ * wrapped into [0, 1).  spglib's own tolerance bounds an atom's distance
+ * to its images, up to twice its distance to its symmetric site, so it is
+ * asked at 1 to 2 x symprec and the answer kept that is farthest up in
+ * symmetry with every atom within symprec of where it was (lattice
+ * idealization included; none: spglib's answer at symprec).  This is how
+ * decoded structures are published symmetric.  *out is the caller's
  * (nesf_structure_free); info (may be NULL) receives the group.
  * NESF_ERR_INVALID when spglib finds no group (e.g. atoms closer than
  * symprec). */

@@ -440,8 +440,78 @@ static int standardize_once(const nesf_structure *s, double symprec, int primiti
     return rc;
 }
 
-/* Passes until the result's group at symprec is the one it was refined
- * to: idealizing can bring atoms within symprec of a higher group. */
+/* The largest distance (Å) from a site of s to the nearest site of its
+ * species in ds's idealized standardized cell, brought back into s's
+ * frame: c = R^T S (x_s + t - p) for spglib's std_rotation_matrix R,
+ * std_lattice S (columns) and origin_shift p, t a few standardized-cell
+ * translations, then wrapped by s's own lattice.  How far refining s to
+ * ds's group moves an atom, lattice idealization included. */
+static double ideal_shift(const nesf_structure *s, const SpglibDataset *ds)
+{
+    double inv[3][3], worst = 0;
+    if (nesf_lattice_inverse(&s->lat, inv, NULL)) return INFINITY;
+    for (int i = 0; i < s->n; i++) {
+        double best = INFINITY;
+        for (int j = 0; j < ds->n_std_atoms; j++) {
+            if (ds->std_types[j] != s->z[i]) continue;
+            for (int t = 0; t < 125; t++) {
+                double x[3] = {t % 5 - 2, t / 5 % 5 - 2, t / 25 - 2}, v[3] = {0}, c[3] = {0}, f[3] = {0};
+                for (int k = 0; k < 3; k++) x[k] += ds->std_positions[j][k] - ds->origin_shift[k];
+                for (int a = 0; a < 3; a++)
+                    for (int b = 0; b < 3; b++) v[a] += ds->std_lattice[a][b] * x[b];
+                for (int a = 0; a < 3; a++)
+                    for (int b = 0; b < 3; b++) c[a] += ds->std_rotation_matrix[b][a] * v[b];
+                for (int a = 0; a < 3; a++)
+                    for (int b = 0; b < 3; b++) f[a] += c[b] * inv[b][a];
+                for (int k = 0; k < 3; k++) f[k] -= s->frac[3 * i + k], f[k] -= round(f[k]);
+                nesf_lattice_frac_to_cart(&s->lat, f, c);
+                best = fmin(best, sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]));
+            }
+        }
+        worst = fmax(worst, best);
+    }
+    return worst;
+}
+
+/* spglib's tolerance bounds the distance between an atom and its image
+ * under an operation, so atoms each 0.06 Å off their symmetric sites (a
+ * decoded ZnS) need 0.12 Å for the group they are within 0.06 Å of.  The
+ * tolerance symprec promises instead that no atom moves farther than
+ * symprec: spglib is asked at up to SPG_LADDER_MAX x symprec, and the
+ * tolerance of the most symmetric answer within that distance is used. */
+#define SPG_LADDER_STEPS 5   /* 1, 1.25, 1.5, 1.75, 2 x symprec */
+#define SPG_LADDER_MAX 2.0
+
+/* The spglib tolerance for refining s at symprec (see above); *shift
+ * receives how far its answer moves an atom. */
+static double ladder_tolerance(const nesf_structure *s, double symprec, double *shift)
+{
+    double best_tol = symprec, lat[3][3], (*pos)[3];
+    int best_ops = 0, *zs;
+    *shift = NAN;
+    if (spg_input(s, lat, &pos, &zs)) return symprec;
+    for (int k = 0; k < SPG_LADDER_STEPS; k++) {
+        double tol = symprec * (1 + (SPG_LADDER_MAX - 1) * k / (SPG_LADDER_STEPS - 1));
+        if (spg_cell_ok(s, tol, NULL) != NESF_OK) break;
+        pthread_mutex_lock(&spg_lock);
+        SpglibDataset *ds = spg_get_dataset(lat, pos, zs, s->n, tol);
+        pthread_mutex_unlock(&spg_lock);
+        if (!ds) continue;
+        double d = ideal_shift(s, ds);
+        if (d <= symprec && ds->n_operations > best_ops) {
+            best_ops = ds->n_operations;
+            best_tol = tol;
+            *shift = d;
+        }
+        spg_free_dataset(ds);
+    }
+    free(pos);
+    free(zs);
+    return best_tol;
+}
+
+/* Passes until the result's group at the tolerance is the one it was
+ * refined to: idealizing can bring atoms within it of a higher group. */
 #define STANDARDIZE_PASSES 4
 
 int nesf_structure_standardize(const nesf_structure *s, double symprec, int primitive,
@@ -453,22 +523,24 @@ int nesf_structure_standardize(const nesf_structure *s, double symprec, int prim
     if (s->n <= 0) return nesf_fail(err, NESF_ERR_INVALID, "structure has no sites");
     if (!(symprec > 0) || !isfinite(symprec))
         return nesf_fail(err, NESF_ERR_INVALID, "symprec must be positive (got %g)", symprec);
-    nesf_structure *cur = NULL;
     nesf_symmetry_info got = {0};
+    const double tol = ladder_tolerance(s, symprec, &got.max_shift);
+    nesf_structure *cur = NULL;
     for (int pass = 0; pass < STANDARDIZE_PASSES; pass++) {
         nesf_structure *next = NULL;
-        if ((rc = standardize_once(cur ? cur : s, symprec, primitive, &next, &got, err))) break;
+        if ((rc = standardize_once(cur ? cur : s, tol, primitive, &next, &got, err))) break;
         nesf_structure_free(cur);
         cur = next;
         int was = got.number;
-        got.number = nesf_structure_spacegroup(cur, symprec, got.symbol, sizeof got.symbol);
+        got.number = nesf_structure_spacegroup(cur, tol, got.symbol, sizeof got.symbol);
         if (got.number == was) break;
     }
     if (rc) {
         nesf_structure_free(cur);
         return rc;
     }
-    if (info) *info = got; /* the group of what is returned, at symprec */
+    got.tolerance = tol;
+    if (info) *info = got; /* the group of what is returned */
     *out = cur;
     return NESF_OK;
 }

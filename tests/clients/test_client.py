@@ -243,14 +243,14 @@ def self_check():
 @check
 def reconstruct_symmetrized():
     """--symmetrize: the bundled NaCl and ZnS come back as Fm-3m and F-43m at
-    the daemon's default decoding (not TEST_OPTIONS' coarse grid), given the
-    model reconstructs their atom count; symprec 0.5 Å because decoded
-    positions are a few tenths of an Å off (docs/trust.md)."""
+    the daemon's default decoding (not TEST_OPTIONS' coarse grid) and the
+    default symprec (0.1 Å: no atom moves farther), given the model
+    reconstructs their atom count (docs/trust.md)."""
     with open(W("ZnS-NaCl.jsonl"), "w") as f:
         f.write(json.dumps(EXAMPLES["NaCl"]) + "\n" + json.dumps(EXAMPLES["ZnS"]) + "\n")
     e = {k: v for k, v in os.environ.items() if k not in ("NESF_URL", "NESF_TOKEN")}
     r = subprocess.run([sys.executable, CLIENT, "--url", URL, "reconstruct", W("ZnS-NaCl.jsonl"), "--format",
-                        "json", "--symmetrize", "--symprec", "0.5"], capture_output=True, text=True, env=e,
+                        "json", "--symmetrize"], capture_output=True, text=True, env=e,
                        timeout=300)
     need(r.returncode == 0, r.stderr)
     got = json.loads(r.stdout)["structures"]

@@ -101,6 +101,35 @@ static void test_zincblende(void **state)
         }
 }
 
+/* The tolerance promises a distance an atom may move: zincblende with
+ * every atom up to 0.06 Å off its site is refined to F-43m at 0.1 Å,
+ * although spglib itself needs more (an atom and its image can be 0.12 Å
+ * apart); at 0.04 Å it is not, and no answer moves an atom farther than
+ * its symprec. */
+static void test_tolerance_is_a_shift(void **state)
+{
+    (void)state;
+    int plain_missed = 0;
+    for (unsigned seed = 1; seed <= 8; seed++) {
+        nesf_structure *s = fcc_pair(5.41, 30, 16, 0.25, 1, 0.06 / sqrt(3), seed), *t = NULL;
+        char sym[16];
+        plain_missed += nesf_structure_spacegroup(s, 0.1, sym, sizeof sym) != 216;
+        nesf_symmetry_info info;
+        nesf_error err;
+        assert_int_equal(nesf_structure_standardize(s, 0.1, 0, &t, &info, &err), 0);
+        assert_int_equal(info.number, 216);
+        assert_true(info.max_shift > 0.005 && info.max_shift <= 0.1);
+        assert_true(info.tolerance >= 0.1 && info.tolerance <= 0.2);
+        nesf_structure_free(t);
+        assert_int_equal(nesf_structure_standardize(s, 0.02, 0, &t, &info, &err), 0);
+        assert_int_not_equal(info.number, 216);
+        assert_true(isnan(info.max_shift) || info.max_shift <= 0.02);
+        nesf_structure_free(t);
+        nesf_structure_free(s);
+    }
+    assert_true(plain_missed >= 2); /* the case the ladder is for */
+}
+
 static void test_refuses(void **state)
 {
     (void)state;
@@ -195,6 +224,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rocksalt),
         cmocka_unit_test(test_zincblende),
+        cmocka_unit_test(test_tolerance_is_a_shift),
         cmocka_unit_test(test_refuses),
         cmocka_unit_test(test_options),
         cmocka_unit_test(test_decode_symmetrized),
