@@ -30,7 +30,7 @@
 
 /* Restarts of the second look (second_look.h) that "second_look": true
  * and the defaults ask for. */
-#define NESF_SECOND_LOOK_TRIES 2
+#define NESF_SECOND_LOOK_TRIES 3
 
 typedef struct nesf_refine_opts {
     int steps;            /* Adam steps on z (0: the encoder's latent as it is) */
@@ -40,7 +40,7 @@ typedef struct nesf_refine_opts {
                                global and half the species points, + 256 cell points */
     uint64_t seed;        /* query draws (1) */
     /* the second look (second_look.h) at reconstructions that stay doubtful */
-    int look_tries;       /* refinements again from the encoder's latent (2; 0: none) */
+    int look_tries;       /* refinements again from the encoder's latent (3; 0: none) */
     float look_pct;       /* doubtful: cycle distance above this percentile of the
                              model's training sample (80) */
     int look_steps;       /* steps of each (200) */

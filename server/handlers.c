@@ -835,7 +835,7 @@ out:
 
 /* Bounded so that one request's cost stays within seconds per structure. */
 #define NESFD_REFINE_MAX_STEPS 200
-#define NESFD_LOOK_MAX_STEPS 800 /* the second look's, per doubtful structure (default 2 x 200) */
+#define NESFD_LOOK_MAX_STEPS 800 /* the second look's, per doubtful structure (default 3 x 200) */
 int nesfd_parse_refine(nesfd_req *r, json_t *root, nesf_refine_opts *o)
 {
     json_t *v = json_object_get(root, "refine");
