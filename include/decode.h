@@ -76,8 +76,9 @@ typedef struct nesf_decode_opts {
     float fast_merge;    /* (0.01) */
     /* Symmetrized output: with symmetrize = 1 (JSON true) every decoded
      * structure is refined to the most symmetric space group that moves no
-     * atom farther than symprec Å (nesf_structure_standardize) and returned as its standardized cell,
-     * "conventional" or "primitive" (JSON "cell").  A structure spglib
+     * atom farther than symprec Å (nesf_structure_standardize) and
+     * returned as its standardized cell, "conventional" or "primitive"
+     * (JSON "cell").  A structure spglib
      * cannot refine is returned as decoded and counted in
      * stats.symmetrize_failed. */
     int symmetrize;      /* (0) */

@@ -440,30 +440,42 @@ static int standardize_once(const nesf_structure *s, double symprec, int primiti
     return rc;
 }
 
+/* Standardized-cell translations tried for each of its sites: wrapping by
+ * s's own lattice covers the rest unless s is a supercell of more than
+ * 2 standardized cells along an axis. */
+#define SHIFT_IMAGES 125 /* -2..2 along each axis */
+
 /* The largest distance (Å) from a site of s to the nearest site of its
  * species in ds's idealized standardized cell, brought back into s's
- * frame: c = R^T S (x_s + t - p) for spglib's std_rotation_matrix R,
- * std_lattice S (columns) and origin_shift p, t a few standardized-cell
- * translations, then wrapped by s's own lattice.  How far refining s to
- * ds's group moves an atom, lattice idealization included. */
+ * frame (spglib: Cartesian c = R^T S (x_s - p) for std_rotation_matrix R,
+ * std_lattice S in columns and origin_shift p) and wrapped by s's lattice.
+ * How far refining s to ds's group moves an atom, lattice idealization
+ * included. */
 static double ideal_shift(const nesf_structure *s, const SpglibDataset *ds)
 {
-    double inv[3][3], worst = 0;
+    double inv[3][3], m[3][3] = {{0}}, img[SHIFT_IMAGES][3], worst = 0;
     if (nesf_lattice_inverse(&s->lat, inv, NULL)) return INFINITY;
+    /* m: standardized fractional coordinates -> s's, inv^T R^T S */
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            for (int c = 0; c < 3; c++)
+                for (int d = 0; d < 3; d++)
+                    m[a][b] += inv[d][a] * ds->std_rotation_matrix[c][d] * ds->std_lattice[c][b];
+    for (int t = 0; t < SHIFT_IMAGES; t++) {
+        const double u[3] = {t % 5 - 2, t / 5 % 5 - 2, t / 25 - 2};
+        for (int a = 0; a < 3; a++) img[t][a] = m[a][0] * u[0] + m[a][1] * u[1] + m[a][2] * u[2];
+    }
     for (int i = 0; i < s->n; i++) {
         double best = INFINITY;
         for (int j = 0; j < ds->n_std_atoms; j++) {
             if (ds->std_types[j] != s->z[i]) continue;
-            for (int t = 0; t < 125; t++) {
-                double x[3] = {t % 5 - 2, t / 5 % 5 - 2, t / 25 - 2}, v[3] = {0}, c[3] = {0}, f[3] = {0};
-                for (int k = 0; k < 3; k++) x[k] += ds->std_positions[j][k] - ds->origin_shift[k];
-                for (int a = 0; a < 3; a++)
-                    for (int b = 0; b < 3; b++) v[a] += ds->std_lattice[a][b] * x[b];
-                for (int a = 0; a < 3; a++)
-                    for (int b = 0; b < 3; b++) c[a] += ds->std_rotation_matrix[b][a] * v[b];
-                for (int a = 0; a < 3; a++)
-                    for (int b = 0; b < 3; b++) f[a] += c[b] * inv[b][a];
-                for (int k = 0; k < 3; k++) f[k] -= s->frac[3 * i + k], f[k] -= round(f[k]);
+            double x[3], f0[3];
+            for (int k = 0; k < 3; k++) x[k] = ds->std_positions[j][k] - ds->origin_shift[k];
+            for (int a = 0; a < 3; a++)
+                f0[a] = m[a][0] * x[0] + m[a][1] * x[1] + m[a][2] * x[2] - s->frac[3 * i + a];
+            for (int t = 0; t < SHIFT_IMAGES; t++) {
+                double f[3], c[3];
+                for (int k = 0; k < 3; k++) f[k] = f0[k] + img[t][k], f[k] -= round(f[k]);
                 nesf_lattice_frac_to_cart(&s->lat, f, c);
                 best = fmin(best, sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]));
             }
@@ -471,6 +483,28 @@ static double ideal_shift(const nesf_structure *s, const SpglibDataset *ds)
         worst = fmax(worst, best);
     }
     return worst;
+}
+
+/* How far refining s to the group spglib finds at tolerance tol moves an
+ * atom (ideal_shift); *ops receives that group's operations in s's cell
+ * (0 and INFINITY when spglib finds none or may not look). */
+static double refine_shift(const nesf_structure *s, double tol, int *ops)
+{
+    double lat[3][3], (*pos)[3], d = INFINITY;
+    int *zs;
+    *ops = 0;
+    if (spg_cell_ok(s, tol, NULL) != NESF_OK || spg_input(s, lat, &pos, &zs)) return INFINITY;
+    pthread_mutex_lock(&spg_lock);
+    SpglibDataset *ds = spg_get_dataset(lat, pos, zs, s->n, tol);
+    pthread_mutex_unlock(&spg_lock);
+    if (ds) {
+        d = ideal_shift(s, ds);
+        *ops = ds->n_operations;
+        spg_free_dataset(ds);
+    }
+    free(pos);
+    free(zs);
+    return d;
 }
 
 /* spglib's tolerance bounds the distance between an atom and its image
@@ -483,35 +517,29 @@ static double ideal_shift(const nesf_structure *s, const SpglibDataset *ds)
 #define SPG_LADDER_MAX 2.0
 
 /* The spglib tolerance for refining s at symprec (see above); *shift
- * receives how far its answer moves an atom. */
+ * receives how far its answer moves an atom (NAN: no answer within
+ * symprec, the tolerance is symprec itself). */
 static double ladder_tolerance(const nesf_structure *s, double symprec, double *shift)
 {
-    double best_tol = symprec, lat[3][3], (*pos)[3];
-    int best_ops = 0, *zs;
+    double best_tol = symprec;
+    int best_ops = 0;
     *shift = NAN;
-    if (spg_input(s, lat, &pos, &zs)) return symprec;
     for (int k = 0; k < SPG_LADDER_STEPS; k++) {
         double tol = symprec * (1 + (SPG_LADDER_MAX - 1) * k / (SPG_LADDER_STEPS - 1));
-        if (spg_cell_ok(s, tol, NULL) != NESF_OK) break;
-        pthread_mutex_lock(&spg_lock);
-        SpglibDataset *ds = spg_get_dataset(lat, pos, zs, s->n, tol);
-        pthread_mutex_unlock(&spg_lock);
-        if (!ds) continue;
-        double d = ideal_shift(s, ds);
-        if (d <= symprec && ds->n_operations > best_ops) {
-            best_ops = ds->n_operations;
+        int ops;
+        double d = refine_shift(s, tol, &ops);
+        if (d <= symprec && ops > best_ops) {
+            best_ops = ops;
             best_tol = tol;
             *shift = d;
         }
-        spg_free_dataset(ds);
     }
-    free(pos);
-    free(zs);
     return best_tol;
 }
 
-/* Passes until the result's group at the tolerance is the one it was
- * refined to: idealizing can bring atoms within it of a higher group. */
+/* Idealizing can bring atoms within the tolerance of a higher group, so
+ * the result is refined again, up to this many passes in all, while the
+ * atoms' summed moves stay within symprec. */
 #define STANDARDIZE_PASSES 4
 
 int nesf_structure_standardize(const nesf_structure *s, double symprec, int primitive,
@@ -524,22 +552,30 @@ int nesf_structure_standardize(const nesf_structure *s, double symprec, int prim
     if (!(symprec > 0) || !isfinite(symprec))
         return nesf_fail(err, NESF_ERR_INVALID, "symprec must be positive (got %g)", symprec);
     nesf_symmetry_info got = {0};
-    const double tol = ladder_tolerance(s, symprec, &got.max_shift);
+    double moved;
+    const double tol = ladder_tolerance(s, symprec, &moved);
     nesf_structure *cur = NULL;
     for (int pass = 0; pass < STANDARDIZE_PASSES; pass++) {
+        if (cur) { /* a higher group within tol of cur: only within symprec of s */
+            int ops;
+            double more = refine_shift(cur, tol, &ops);
+            if (!(moved + more <= symprec)) break;
+            moved += more;
+        }
         nesf_structure *next = NULL;
-        if ((rc = standardize_once(cur ? cur : s, tol, primitive, &next, &got, err))) break;
+        nesf_symmetry_info refined;
+        if ((rc = standardize_once(cur ? cur : s, tol, primitive, &next, &refined, err))) break;
         nesf_structure_free(cur);
         cur = next;
-        int was = got.number;
-        got.number = nesf_structure_spacegroup(cur, tol, got.symbol, sizeof got.symbol);
-        if (got.number == was) break;
+        got = refined; /* the group cur is exactly symmetric in */
+        if (nesf_structure_spacegroup(cur, tol, NULL, 0) == refined.number) break;
     }
     if (rc) {
         nesf_structure_free(cur);
         return rc;
     }
     got.tolerance = tol;
+    got.max_shift = moved;
     if (info) *info = got; /* the group of what is returned */
     *out = cur;
     return NESF_OK;

@@ -153,7 +153,7 @@ static int calibrated(const char *path)
  * when a signal stopped the training). */
 static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *pooled)
 {
-    char odir[4096], path[4200], best[4200], recon[4200], test[4200];
+    char odir[4096], path[4200], best[4200], recon[4200], test[4200], train[4200];
     snprintf(odir, sizeof odir, "%s/fold%d", a->out, k);
     snprintf(path, sizeof path, "%s/data", odir);
     mkdir(odir, 0755);
@@ -183,10 +183,12 @@ static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *poo
     }
     snprintf(best, sizeof best, "%s/best.safetensors", odir);
     snprintf(recon, sizeof recon, "%s/test-recon.jsonl", odir);
-    snprintf(test, sizeof test, "%s/train.jsonl", fdir);
+    snprintf(train, sizeof train, "%s/train.jsonl", fdir);
     if (a->calibrate > 0 && !calibrated(best)) {
         fprintf(stderr, "nesf cv: fold %d: calibrating the cycle distance\n", k);
-        if (nesf_domain_record(best, test, NULL, a->calibrate, a->options, NULL, a->backend, a->threads, stderr)) return 1;
+        if (nesf_domain_record(best, train, NULL, a->calibrate, a->options, NULL, a->backend, a->threads,
+                               stderr))
+            return 1;
     }
     snprintf(test, sizeof test, "%s/test.jsonl", fdir);
     fprintf(stderr, "nesf cv: fold %d: reconstructing the test split\n", k);
@@ -199,13 +201,14 @@ static int run_fold(const cv_args *a, int k, const char *fdir, nesf_metrics *poo
 
 int nesf_cmd_cv(int argc, char **argv)
 {
-    cv_args a = {.backend = "auto", .calibrate = 0};
+    cv_args a = {.backend = "auto"}; /* --calibrate 0: no cycle sample */
     nesf_train_job_default(&a.job);
     const cli_opt opts[] = {
         CLI_OPT_DATA(&a.data), CLI_OPT_OUT(&a.out), CLI_S("config", &a.job.config),
         CLI_I("epochs", &a.job.epochs, 0, 1 << 24), CLI_D("minutes", &a.job.minutes, 0, 1e9),
         CLI_S("folds", &a.folds), CLI_OPT_OPTIONS(&a.options), CLI_S("refine", &a.refine),
-        CLI_I("calibrate", &a.calibrate, 0, 1 << 24), CLI_OPT_BACKEND(&a.backend), CLI_OPT_THREADS(&a.threads),
+        CLI_I("calibrate", &a.calibrate, 0, 1 << 24), CLI_OPT_BACKEND(&a.backend),
+        CLI_OPT_THREADS(&a.threads),
         CLI_S("from", &a.job.from), CLI_OPT_END};
     int rc = cli_parse("cv", argc, argv, opts, usage, NULL);
     if (rc >= 0) return rc;
