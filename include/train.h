@@ -27,7 +27,17 @@ typedef struct nesf_train_config {
      * setting, not part of the network: a model trained on with another
      * rate loads and infers the same way (inference never drops). */
     float dropout;
+    /* Origin-shift augmentation: every epoch each training structure is
+     * seen in one of its settings shifted by halves of its cell vectors
+     * and wrapped back into the cell, drawn from (seed, epoch, structure).
+     * The same crystal, and settings the data hold side by side: of the
+     * 100 YBCO-like cells, 73 put the large cations at (1/2, 1/2), 17 at
+     * the origin, 10 on the edges.  JSON "origin_shifts": "none" (0, the
+     * spec), "half-ab" (4 settings) or "half-abc" (8). */
+    int origin_shifts;
 } nesf_train_config;
+
+enum { NESF_SHIFTS_NONE = 0, NESF_SHIFTS_HALF_AB = 1, NESF_SHIFTS_HALF_ABC = 2 };
 
 void nesf_train_config_paper(nesf_train_config *c);
 

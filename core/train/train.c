@@ -41,6 +41,7 @@ float nesf_train_lr(const nesf_train_config *c, int epoch)
 }
 
 #define C nesf_train_config
+static const char *const shift_words[] = {"none", "half-ab", "half-abc", NULL};
 static const nesf_jfield weight_rows[] = {NESF_LOSS_WEIGHT_ROWS(C, 1e6), NESF_JF_END};
 static const nesf_jfield sampling_rows[] = {
     NESF_JF_FLOAT(C, "global_step", sampling.global_step, 0.05, 100),
@@ -68,6 +69,7 @@ static const nesf_jfield training_rows[] = {
     NESF_JF_U64(C, "seed", seed, 0, 9.2e18),
     NESF_JF_FLOAT(C, "lr", lr, 0, 10),
     NESF_JF_FLOAT(C, "dropout", dropout, 0, 0.99),
+    NESF_JF_NAMED(C, "origin_shifts", origin_shifts, NESF_SHIFTS_NONE, shift_words),
     NESF_JF_OBJECT("loss_weights", weight_rows),
     NESF_JF_OBJECT("sampling", sampling_rows),
     NESF_JF_END,
@@ -123,6 +125,8 @@ char *nesf_train_config_to_json(const nesf_train_config *c)
     json_object_set_new(sp, "boundary_width", json_real(s->boundary_width));
     json_object_set_new(o, "sampling", sp);
     if (c->dropout >= 0) json_object_set_new(o, "dropout", json_real(c->dropout));
+    if (c->origin_shifts) /* absent = none: older readers load such files */
+        json_object_set_new(o, "origin_shifts", json_string(shift_words[c->origin_shifts]));
     char *out = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return out;

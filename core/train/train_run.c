@@ -47,6 +47,9 @@ typedef struct run {
     int have_vq;
     int B, nb;                  /* batch size, batches per epoch */
     int *perm;                  /* the epoch's order */
+    int settings;               /* origin settings of each structure (1: no shifts) */
+    nesf_structure **shifted;   /* [(settings - 1) * train.n]: setting v of i at
+                                   (v - 1) * train.n + i, owned */
     nesf_structure **bs;        /* the current batch */
     prefetch pf;
     double start, deadline, last_ckpt, seconds0;
@@ -256,6 +259,41 @@ static int open_loop(run *r, nesf_error *err)
     return NESF_OK;
 }
 
+/* The origin settings of the training structures (origin_shifts): setting
+ * v shifts every atom by (v & 1, v >> 1 & 1, v >> 2 & 1) / 2 of the cell
+ * vectors and wraps it back, built once since the data are small beside
+ * the queries drawn from them. */
+static int open_shifts(run *r, nesf_error *err)
+{
+    const int n = r->train.n;
+    r->settings = r->tc.origin_shifts == NESF_SHIFTS_HALF_ABC ? 8 : r->tc.origin_shifts ? 4 : 1;
+    if (r->settings == 1) return NESF_OK;
+    r->shifted = calloc((size_t)(r->settings - 1) * n, sizeof *r->shifted);
+    if (!r->shifted) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+    for (int v = 1; v < r->settings; v++)
+        for (int i = 0; i < n; i++) {
+            nesf_structure *t = nesf_structure_copy(r->train.s[i]);
+            if (!t) return nesf_fail(err, NESF_ERR_NOMEM, "out of memory");
+            r->shifted[(size_t)(v - 1) * n + i] = t;
+            for (int a = 0; a < t->n; a++)
+                for (int d = 0; d < 3; d++) t->frac[3 * a + d] += 0.5 * (v >> d & 1);
+            nesf_structure_wrap(t);
+        }
+    say(r, "origin shifts: %d settings of every training structure", r->settings);
+    return NESF_OK;
+}
+
+/* Structure `slot` of the epoch's order, in the setting the epoch draws
+ * for it (the prefetch and the step see the same one). */
+static nesf_structure *train_item(const run *r, int slot)
+{
+    const int i = r->perm[slot];
+    if (r->settings == 1) return r->train.s[i];
+    const uint64_t es = nesf_seed_mix(r->tc.seed, (uint64_t)r->st.epoch + 1);
+    const int v = (int)(nesf_seed_mix(es, 0x5A170000ull + (uint64_t)i) % (uint64_t)r->settings);
+    return v ? r->shifted[(size_t)(v - 1) * r->train.n + i] : r->train.s[i];
+}
+
 /* Whether to take another step: no stop from the hooks (remembered), time
  * and steps left. */
 static int keep_going(run *r)
@@ -289,7 +327,7 @@ static void prefetch_start(run *r, int batch)
     prefetch *pf = &r->pf;
     const int c0 = batch * r->B;
     pf->n = c0 + r->B <= r->train.n ? r->B : r->train.n - c0;
-    for (int i = 0; i < pf->n; i++) pf->bs[i] = r->train.s[r->perm[c0 + i]];
+    for (int i = 0; i < pf->n; i++) pf->bs[i] = train_item(r, c0 + i);
     pf->epoch = r->st.epoch;
     pf->batch = batch;
     pf->seed = batch_seed(r, batch);
@@ -321,7 +359,7 @@ static int train_batch(run *r, float lr, nesf_error *err)
 {
     nesf_train_state *st = &r->st;
     const int b0 = st->batch * r->B, n = b0 + r->B <= r->train.n ? r->B : r->train.n - b0;
-    for (int i = 0; i < n; i++) r->bs[i] = r->train.s[r->perm[b0 + i]];
+    for (int i = 0; i < n; i++) r->bs[i] = train_item(r, b0 + i);
     const uint64_t bseed = batch_seed(r, st->batch);
     nesf_queries q;
     nesf_losses l;
@@ -435,6 +473,7 @@ static void run_free(run *r)
         prefetch_take(&r->pf, -1, -1, &unused, &urc, &uerr);
     }
     free(r->perm);
+    if (r->shifted) nesf_structure_list_free(r->shifted, (r->settings - 1) * r->train.n);
     free(r->bs);
     free(r->pf.bs);
     free(r->tcj);
@@ -459,6 +498,7 @@ int nesf_train_run(const nesf_train_job *job, const nesf_train_hooks *hooks, nes
     if (!rc) rc = load_data(&r, err);
     if (!rc) rc = open_model(&r, resuming, err);
     if (!rc) rc = open_trainer(&r, resuming, err);
+    if (!rc) rc = open_shifts(&r, err);
     if (!rc) rc = open_loop(&r, err);
     if (!rc) rc = run_loop(&r, err);
     if (!rc && res) *res = (nesf_train_result){.state = r.st, .stopped = r.stopped};

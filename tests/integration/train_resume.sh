@@ -52,6 +52,25 @@ cut -d, -f1-5 "$tmp/a/log.jsonl" > "$tmp/la"
 cut -d, -f1-5 "$tmp/b/log.jsonl" > "$tmp/lb"
 diff "$tmp/la" "$tmp/lb"
 
+# origin shifts: the same exact resumption, the setting recorded, and
+# training that differs from a's (the shifted settings are trained on)
+/usr/bin/python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["training"]["origin_shifts"] = "half-abc"; json.dump(c, open(sys.argv[2], "w"))' "$cfg" "$tmp/shifts.json"
+"$nesf" train --config "$tmp/shifts.json" --data "$tmp/data" --threads 2 --out "$tmp/s1" 2>"$tmp/s1.err"
+grep -q "origin shifts: 8 settings" "$tmp/s1.err" || { cat "$tmp/s1.err"; exit 1; }
+cfg=$tmp/shifts.json run --out "$tmp/s2" --max-steps 6
+cfg=$tmp/shifts.json run --out "$tmp/s2" --resume
+check "$tmp/s1/checkpoint.safetensors" "$tmp/s2/checkpoint.safetensors" "$tmp/a/checkpoint.safetensors" <<'PY'
+def tensors(path):
+    b, n, h = header(path)
+    h.pop("__metadata__", None)
+    return {k: b[8 + n + v["data_offsets"][0]: 8 + n + v["data_offsets"][1]] for k, v in h.items()}
+s1, s2, a = (tensors(p) for p in sys.argv[1:4])
+assert s1 == s2, "a run with origin shifts resumed differs from the uninterrupted one"
+assert s1 != a, "origin shifts changed nothing"
+assert json.loads(meta(sys.argv[1])["training_config"])["origin_shifts"] == "half-abc"
+print("origin shifts: resumed run identical, differs from the unshifted one")
+PY
+
 # --from: a new stage on a's checkpoint with other loss weights keeps the
 # network and Adam moments, counts epochs from 1 and steps on from a's
 /usr/bin/python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["training"]["loss_weights"] = {"species": 2.5}; json.dump(c, open(sys.argv[2], "w"))' "$cfg" "$tmp/stage2.json"
@@ -97,7 +116,7 @@ PY
         echo "training on an element the model lacks succeeded"; exit 1
     fi
     grep -q "element Kr is not among the model's species" "$tmp/kr.err" || { cat "$tmp/kr.err"; exit 1; }
-    echo "3 passed, 0 failed"
+    echo "4 passed, 0 failed"
 else
-    echo "2 passed, 0 failed"
+    echo "3 passed, 0 failed"
 fi

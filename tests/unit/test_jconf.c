@@ -157,6 +157,21 @@ static void test_config_files(void **state)
     p = write_tmp("d.json", "{\"training\": {\"loss_weights\": {\"postion\": 1}}}");
     assert_int_equal(nesf_train_config_load(p, &tc, &err), NESF_ERR_INVALID);
     assert_non_null(strstr(err.msg, "postion"));
+    /* origin_shifts: a word, recorded back only when not "none" */
+    p = write_tmp("g.json", "{\"training\": {\"origin_shifts\": \"half-ab\"}}");
+    nesf_train_config_paper(&tc);
+    assert_int_equal(nesf_train_config_load(p, &tc, &err), NESF_OK);
+    assert_int_equal(tc.origin_shifts, NESF_SHIFTS_HALF_AB);
+    char *tj = nesf_train_config_to_json(&tc);
+    assert_non_null(strstr(tj, "\"origin_shifts\":\"half-ab\""));
+    free(tj);
+    nesf_train_config_paper(&tc);
+    tj = nesf_train_config_to_json(&tc);
+    assert_null(strstr(tj, "origin_shifts"));
+    free(tj);
+    p = write_tmp("h.json", "{\"training\": {\"origin_shifts\": \"half\"}}");
+    assert_int_equal(nesf_train_config_load(p, &tc, &err), NESF_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "origin_shifts"));
     p = write_tmp("e.json", "{\"latent\": 24, \"pos_hidden\": [8, 8]}"); /* a bare model config */
     assert_int_equal(nesf_model_config_load(p, &mc, &err), NESF_OK);
     assert_int_equal(mc.latent, 24);
