@@ -283,14 +283,19 @@ static int open_shifts(run *r, nesf_error *err)
     return NESF_OK;
 }
 
+/* The current epoch's seed: its order, origin settings and batches. */
+static uint64_t epoch_seed(const run *r)
+{
+    return nesf_seed_mix(r->tc.seed, (uint64_t)r->st.epoch + 1);
+}
+
 /* Structure `slot` of the epoch's order, in the setting the epoch draws
  * for it (the prefetch and the step see the same one). */
 static nesf_structure *train_item(const run *r, int slot)
 {
     const int i = r->perm[slot];
     if (r->settings == 1) return r->train.s[i];
-    const uint64_t es = nesf_seed_mix(r->tc.seed, (uint64_t)r->st.epoch + 1);
-    const int v = (int)(nesf_seed_mix(es, 0x5A170000ull + (uint64_t)i) % (uint64_t)r->settings);
+    const int v = (int)(nesf_seed_mix(epoch_seed(r), 0x5A170000ull + (uint64_t)i) % (uint64_t)r->settings);
     return v ? r->shifted[(size_t)(v - 1) * r->train.n + i] : r->train.s[i];
 }
 
@@ -305,7 +310,7 @@ static int keep_going(run *r)
 /* The epoch's order: Fisher-Yates from (seed, epoch). */
 static void shuffle(run *r)
 {
-    uint64_t es = nesf_seed_mix(r->tc.seed, (uint64_t)r->st.epoch + 1);
+    uint64_t es = epoch_seed(r);
     for (int i = 0; i < r->train.n; i++) r->perm[i] = i;
     for (int i = r->train.n - 1; i > 0; i--) {
         es = nesf_seed_mix(es, (uint64_t)i);
@@ -318,7 +323,7 @@ static void shuffle(run *r)
 /* The seed of the current epoch's batch: its queries and dropout. */
 static uint64_t batch_seed(const run *r, int batch)
 {
-    return nesf_seed_mix(nesf_seed_mix(r->tc.seed, (uint64_t)r->st.epoch + 1), (uint64_t)batch + 1);
+    return nesf_seed_mix(epoch_seed(r), (uint64_t)batch + 1);
 }
 
 /* Starts drawing the queries of the epoch's batch `batch` on a thread. */
